@@ -1,0 +1,227 @@
+//! A backend process started for a test.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::{err, make_temp_dir};
+
+const LISTEN_WAIT: Duration = Duration::from_secs(10);
+
+/// A backend process; killed (SIGKILL) and its temp dir removed on drop.
+pub struct Daemon {
+    child: Child,
+    dir: PathBuf,
+    sockets: Vec<PathBuf>,
+}
+
+impl Daemon {
+    /// Runs `program` with `args`. Every `--socket-path P` (or `--socket-path=P`) in `args` is
+    /// waited for (up to 10 s) until P is listening. Stdout and stderr go to files in a fresh
+    /// temp dir (see `stderr_log`).
+    pub fn spawn(program: &Path, args: &[String]) -> io::Result<Daemon> {
+        let dir = make_temp_dir("vgpud-harness")?;
+        Self::spawn_in(dir, program, args)
+    }
+
+    /// A fresh temp dir with `n` sockets `vm0.sock`.. passed as `--socket-path`, then `extra`.
+    pub fn spawn_with_sockets(program: &Path, n: usize, extra: &[&str]) -> io::Result<Daemon> {
+        let dir = make_temp_dir("vgpud-harness")?;
+        let mut args = Vec::new();
+        for i in 0..n {
+            args.push("--socket-path".to_string());
+            args.push(
+                dir.join(format!("vm{i}.sock"))
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_in(dir, program, &args)
+    }
+
+    fn spawn_in(dir: PathBuf, program: &Path, args: &[String]) -> io::Result<Daemon> {
+        let sockets = socket_args(args);
+        let spawned = File::create(dir.join("stderr.log")).and_then(|stderr| {
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(File::create(dir.join("stdout.log"))?)
+                .stderr(stderr)
+                .spawn()
+        });
+        let child = match spawned {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("spawning {program:?}: {e}"),
+                ));
+            }
+        };
+        // From here on Drop cleans up.
+        let mut d = Daemon {
+            child,
+            dir,
+            sockets,
+        };
+        let deadline = Instant::now() + LISTEN_WAIT;
+        for s in d.sockets.clone() {
+            loop {
+                if is_listening(&s) {
+                    break;
+                }
+                if !d.is_running() {
+                    return Err(err(
+                        io::ErrorKind::ConnectionRefused,
+                        format!(
+                            "{program:?} exited ({:?}) before listening on {s:?}; stderr:\n{}",
+                            d.child.try_wait().ok().flatten(),
+                            d.stderr_log()
+                        ),
+                    ));
+                }
+                if Instant::now() >= deadline {
+                    return Err(err(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "{program:?} not listening on {s:?} after {LISTEN_WAIT:?}; stderr:\n{}",
+                            d.stderr_log()
+                        ),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        Ok(d)
+    }
+
+    /// The i-th `--socket-path` argument.
+    pub fn socket(&self, i: usize) -> PathBuf {
+        self.sockets[i].clone()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Exit status, once the process has exited.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+
+    /// The child's stderr so far.
+    pub fn stderr_log(&self) -> String {
+        std::fs::read(self.dir.join("stderr.log"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Values of every `--socket-path P` / `--socket-path=P` argument.
+fn socket_args(args: &[String]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if a == "--socket-path" {
+            if let Some(p) = it.next() {
+                out.push(PathBuf::from(p));
+            }
+        } else if let Some(p) = a.strip_prefix("--socket-path=") {
+            out.push(PathBuf::from(p));
+        }
+    }
+    out
+}
+
+/// Whether a UNIX socket bound to `path` is in the listening state.
+///
+/// Probing with connect() is not an option: some backends (QEMU's vhost-user-gpu among them)
+/// accept exactly one connection, which the probe would use up. /proc/net/unix lists bound
+/// sockets with their flags; __SO_ACCEPTCON (0x10000) marks a listener.
+fn is_listening(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return false;
+    };
+    let mut names = vec![path.to_string_lossy().into_owned()];
+    if let Ok(abs) = std::path::absolute(path) {
+        names.push(abs.to_string_lossy().into_owned());
+    }
+    listening_in(&table, &names)
+}
+
+fn listening_in(table: &str, names: &[String]) -> bool {
+    // Fields: Num RefCount Protocol Flags Type St Inode Path; the path may contain spaces.
+    table.lines().skip(1).any(|line| {
+        let flags = line.split_whitespace().nth(3);
+        let flags = flags
+            .and_then(|f| u32::from_str_radix(f, 16).ok())
+            .unwrap_or(0);
+        let mut rest = line;
+        for _ in 0..7 {
+            rest = rest.trim_start();
+            rest = &rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..];
+        }
+        let path = rest.trim_start();
+        flags & 0x10000 != 0 && names.iter().any(|n| n == path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_socket_args() {
+        let a: Vec<String> = [
+            "--x",
+            "--socket-path",
+            "/a",
+            "--socket-path=/b",
+            "--socket-path",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            socket_args(&a),
+            vec![PathBuf::from("/a"), PathBuf::from("/b")]
+        );
+    }
+
+    #[test]
+    fn proc_net_unix_listener() {
+        let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
+            0000000000000000: 00000002 00000000 00010000 0001 01 12345 /tmp/d/vm0.sock\n\
+            0000000000000000: 00000003 00000000 00000000 0001 03 12346 /tmp/d/vm1.sock\n";
+        assert!(listening_in(table, &["/tmp/d/vm0.sock".into()]));
+        assert!(!listening_in(table, &["/tmp/d/vm1.sock".into()]));
+        assert!(!listening_in(table, &["d/vm0.sock".into()]));
+    }
+}

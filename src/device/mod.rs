@@ -1,0 +1,514 @@
+//! The virtio-gpu device model for one VM: resources, scanouts and cursor, over a `Renderer` and a
+//! view of the VM's memory. No I/O here; the vhost layer feeds requests in and carries the
+//! resulting display commands out, after releasing the device lock.
+
+pub mod edid;
+pub mod memory;
+pub mod renderer;
+mod resource;
+mod scanout;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use log::warn;
+use vgpud_protocol::{
+    format, Command, CtrlHeader, DisplayOne, ErrorCode, Rect, Request, Response, UpdateCursor,
+    MAX_SCANOUTS,
+};
+use vm_memory::GuestMemoryMmap;
+
+use self::memory::resolve_backing;
+pub use self::renderer::{CapsetInfo, RenderError, Renderer};
+use self::resource::Resource;
+use self::scanout::{intersect, rect_within, Scanout};
+pub use self::scanout::{CursorImage, DisplayCmd, CURSOR_SIZE};
+
+/// Per-VM limits and the initial display layout.
+#[derive(Clone, Debug)]
+pub struct DeviceConfig {
+    pub num_scanouts: u32,
+    pub width: u32,
+    pub height: u32,
+    pub max_resources: usize,
+    pub max_resource_bytes: u64,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            num_scanouts: 1,
+            width: 1280,
+            height: 800,
+            max_resources: 4096,
+            max_resource_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What one control request produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    pub display: Vec<DisplayCmd>,
+}
+
+type Result<T> = std::result::Result<T, ErrorCode>;
+
+pub struct Device<R: Renderer> {
+    renderer: R,
+    cfg: DeviceConfig,
+    resources: BTreeMap<u32, Resource>,
+    resource_bytes: u64,
+    scanouts: Vec<Scanout>,
+    modes: Vec<DisplayOne>,
+    edids: Vec<Option<Vec<u8>>>,
+    display_attached: bool,
+}
+
+impl<R: Renderer> Device<R> {
+    pub fn new(renderer: R, mut cfg: DeviceConfig) -> Self {
+        cfg.num_scanouts = cfg.num_scanouts.clamp(1, MAX_SCANOUTS as u32);
+        let n = cfg.num_scanouts as usize;
+        let modes = (0..n)
+            .map(|i| DisplayOne {
+                rect: Rect {
+                    x: 0,
+                    y: 0,
+                    width: cfg.width,
+                    height: cfg.height,
+                },
+                enabled: i == 0,
+                flags: 0,
+            })
+            .collect();
+        Device {
+            renderer,
+            resources: BTreeMap::new(),
+            resource_bytes: 0,
+            scanouts: vec![Scanout::default(); n],
+            modes,
+            edids: vec![None; n],
+            display_attached: false,
+            cfg,
+        }
+    }
+
+    pub fn num_scanouts(&self) -> u32 {
+        self.cfg.num_scanouts
+    }
+
+    pub fn num_capsets(&self) -> u32 {
+        u32::try_from(self.renderer.capsets().len()).unwrap_or(0)
+    }
+
+    /// A display now receives scanouts and updates (pixels are read back only while attached).
+    pub fn attach_display(&mut self) {
+        self.display_attached = true;
+    }
+
+    /// Replaces the display layout with what the frontend's display reports. Returns whether it
+    /// changed (the caller raises EVENT_DISPLAY).
+    pub fn set_display_modes(&mut self, modes: &[DisplayOne]) -> bool {
+        let mut changed = false;
+        for (mine, theirs) in self.modes.iter_mut().zip(modes) {
+            changed |= mine != theirs;
+            *mine = *theirs;
+        }
+        changed
+    }
+
+    /// An EDID the frontend's display supplied for `scanout`.
+    pub fn set_edid(&mut self, scanout: u32, edid: Vec<u8>) {
+        if let Some(slot) = self.edids.get_mut(scanout as usize) {
+            *slot = Some(edid);
+        }
+    }
+
+    pub fn handle(&mut self, req: &Request, mem: &Arc<GuestMemoryMmap>) -> Outcome {
+        let mut display = Vec::new();
+        let response = self
+            .dispatch(&req.cmd, mem, &mut display)
+            .unwrap_or_else(|code| {
+                warn!("{} failed: {code:?}", command_name(&req.hdr, &req.cmd));
+                Response::Err(code)
+            });
+        Outcome { response, display }
+    }
+
+    fn dispatch(
+        &mut self,
+        cmd: &Command,
+        mem: &Arc<GuestMemoryMmap>,
+        display: &mut Vec<DisplayCmd>,
+    ) -> Result<Response> {
+        match cmd {
+            Command::GetDisplayInfo => Ok(Response::OkDisplayInfo(self.modes.clone())),
+            Command::GetEdid { scanout } => self.get_edid(*scanout),
+            Command::GetCapsetInfo { capset_index } => self.capset_info(*capset_index),
+            Command::GetCapset {
+                capset_id,
+                capset_version,
+            } => self.capset(*capset_id, *capset_version),
+            Command::ResourceCreate2d {
+                resource_id,
+                format,
+                width,
+                height,
+            } => self.create_2d(*resource_id, *format, *width, *height),
+            Command::ResourceUnref { resource_id } => self.unref(*resource_id, display),
+            Command::ResourceAttachBacking {
+                resource_id,
+                entries,
+            } => {
+                let backing = resolve_backing(mem, entries)?;
+                let res = self.resource_mut(*resource_id)?;
+                if res.backing.is_some() {
+                    return Err(ErrorCode::InvalidParameter);
+                }
+                let global = res.global;
+                self.renderer
+                    .attach_backing(global, backing.ranges.clone())
+                    .map_err(render_error)?;
+                self.resource_mut(*resource_id)?.backing = Some(backing);
+                Ok(Response::OkNodata)
+            }
+            Command::ResourceDetachBacking { resource_id } => {
+                let res = self.resource_mut(*resource_id)?;
+                let global = res.global;
+                // Take the backing only after the renderer let go of the pages.
+                if res.backing.is_none() {
+                    return Err(ErrorCode::InvalidParameter);
+                }
+                self.renderer.detach_backing(global);
+                self.resource_mut(*resource_id)?.backing = None;
+                Ok(Response::OkNodata)
+            }
+            Command::TransferToHost2d {
+                rect,
+                offset,
+                resource_id,
+            } => self.transfer_to_host_2d(*resource_id, *rect, *offset),
+            Command::SetScanout {
+                rect,
+                scanout_id,
+                resource_id,
+            } => self.set_scanout(*scanout_id, *resource_id, *rect, display),
+            Command::ResourceFlush { rect, resource_id } => {
+                self.flush(*resource_id, *rect, display)
+            }
+            Command::ResourceAssignUuid { resource_id } => {
+                let res = self.resource_mut(*resource_id)?;
+                let uuid = match res.uuid {
+                    Some(uuid) => uuid,
+                    None => *res
+                        .uuid
+                        .insert(resource::random_uuid().ok_or(ErrorCode::Unspec)?),
+                };
+                Ok(Response::OkResourceUuid(uuid))
+            }
+            Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(ErrorCode::Unspec),
+            // 3D, contexts and blobs are not offered by this device model yet.
+            _ => Err(ErrorCode::Unspec),
+        }
+    }
+
+    fn get_edid(&self, scanout: u32) -> Result<Response> {
+        let mode = self
+            .modes
+            .get(scanout as usize)
+            .ok_or(ErrorCode::InvalidScanoutId)?;
+        let edid = match self.edids.get(scanout as usize) {
+            Some(Some(edid)) => edid.clone(),
+            _ => edid::edid_for_mode(mode.rect.width, mode.rect.height).to_vec(),
+        };
+        Ok(Response::OkEdid(edid))
+    }
+
+    fn capset_info(&self, index: u32) -> Result<Response> {
+        let info = self
+            .renderer
+            .capsets()
+            .get(index as usize)
+            .copied()
+            .ok_or(ErrorCode::InvalidParameter)?;
+        Ok(Response::OkCapsetInfo {
+            capset_id: info.id,
+            capset_max_version: info.max_version,
+            capset_max_size: info.max_size,
+        })
+    }
+
+    /// Only capsets the renderer advertised, at a version it advertised, are answered.
+    fn capset(&self, id: u32, version: u32) -> Result<Response> {
+        let offered = self
+            .renderer
+            .capsets()
+            .iter()
+            .any(|c| c.id == id && version <= c.max_version);
+        if !offered {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        self.renderer
+            .capset(id, version)
+            .map(Response::OkCapset)
+            .map_err(|_| ErrorCode::InvalidParameter)
+    }
+
+    fn create_2d(&mut self, id: u32, fmt: u32, width: u32, height: u32) -> Result<Response> {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(ErrorCode::InvalidResourceId);
+        }
+        let bpp = format::bytes_per_pixel(fmt).ok_or(ErrorCode::InvalidParameter)?;
+        if width == 0 || height == 0 {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        // The renderer computes width * 4 in 32 bits: keep the stride and the size representable.
+        let stride = width.checked_mul(bpp).ok_or(ErrorCode::InvalidParameter)?;
+        let size = u64::from(stride) * u64::from(height);
+        if self.resources.len() >= self.cfg.max_resources {
+            return Err(ErrorCode::OutOfMemory);
+        }
+        let total = self
+            .resource_bytes
+            .checked_add(size)
+            .ok_or(ErrorCode::OutOfMemory)?;
+        if total > self.cfg.max_resource_bytes || usize::try_from(size).is_err() {
+            return Err(ErrorCode::OutOfMemory);
+        }
+        let global = self.renderer.alloc_id().ok_or(ErrorCode::OutOfMemory)?;
+        self.renderer
+            .create_2d(global, width, height, fmt)
+            .map_err(render_error)?;
+        self.resource_bytes = total;
+        self.resources
+            .insert(id, Resource::new(global, width, height, size));
+        Ok(Response::OkNodata)
+    }
+
+    fn unref(&mut self, id: u32, display: &mut Vec<DisplayCmd>) -> Result<Response> {
+        if !self.resources.contains_key(&id) {
+            return Err(ErrorCode::InvalidResourceId);
+        }
+        // A scanout never shows freed memory: it goes dark first.
+        for (i, scanout) in self.scanouts.iter_mut().enumerate() {
+            if scanout.resource_id == id {
+                *scanout = Scanout::default();
+                display.push(DisplayCmd::disable(i as u32));
+            }
+        }
+        if let Some(res) = self.resources.remove(&id) {
+            self.release(res);
+        }
+        Ok(Response::OkNodata)
+    }
+
+    /// Frees a resource in the renderer before dropping its backing (and so its memory view).
+    fn release(&mut self, res: Resource) {
+        self.renderer.unref(res.global);
+        self.resource_bytes = self.resource_bytes.saturating_sub(res.size);
+        drop(res);
+    }
+
+    fn transfer_to_host_2d(&mut self, id: u32, rect: Rect, offset: u64) -> Result<Response> {
+        let res = self.resource(id)?;
+        let backing_bytes = res.backing.as_ref().map_or(0, |b| b.bytes);
+        if !rect_within(&rect, res.width, res.height) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        if rect.width == 0 || rect.height == 0 {
+            return Ok(Response::OkNodata);
+        }
+        // The guest names where the rect starts in its backing; the renderer adds the rect's own
+        // position, so hand it only the difference.
+        let stride = u64::from(res.width) * 4;
+        let implied = u64::from(rect.y) * stride + u64::from(rect.x) * 4;
+        let extra = offset
+            .checked_sub(implied)
+            .ok_or(ErrorCode::InvalidParameter)?;
+        // The last byte read must lie inside the backing (all values are far below 2^64 here).
+        let end = offset
+            .checked_add(u64::from(rect.height - 1) * stride + u64::from(rect.width) * 4)
+            .ok_or(ErrorCode::InvalidParameter)?;
+        if end > backing_bytes {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        self.renderer
+            .transfer_to_host_2d(res.global, rect, extra)
+            .map_err(|_| ErrorCode::InvalidParameter)?;
+        Ok(Response::OkNodata)
+    }
+
+    fn set_scanout(
+        &mut self,
+        scanout_id: u32,
+        id: u32,
+        rect: Rect,
+        display: &mut Vec<DisplayCmd>,
+    ) -> Result<Response> {
+        if scanout_id >= self.cfg.num_scanouts {
+            return Err(ErrorCode::InvalidScanoutId);
+        }
+        if id == 0 {
+            if let Some(s) = self.scanouts.get_mut(scanout_id as usize) {
+                *s = Scanout::default();
+            }
+            display.push(DisplayCmd::disable(scanout_id));
+            return Ok(Response::OkNodata);
+        }
+        let res = self.resource(id)?;
+        if rect.width == 0 || rect.height == 0 || !rect_within(&rect, res.width, res.height) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let s = self
+            .scanouts
+            .get_mut(scanout_id as usize)
+            .ok_or(ErrorCode::InvalidScanoutId)?;
+        *s = Scanout {
+            resource_id: id,
+            rect,
+        };
+        display.push(DisplayCmd::Scanout {
+            scanout: scanout_id,
+            width: rect.width,
+            height: rect.height,
+        });
+        Ok(Response::OkNodata)
+    }
+
+    fn flush(&mut self, id: u32, rect: Rect, display: &mut Vec<DisplayCmd>) -> Result<Response> {
+        let res = self.resource(id)?;
+        if !rect_within(&rect, res.width, res.height) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        if !self.display_attached {
+            return Ok(Response::OkNodata);
+        }
+        for (i, scanout) in self.scanouts.iter().enumerate() {
+            if scanout.resource_id != id {
+                continue;
+            }
+            let Some(area) = intersect(&rect, &scanout.rect) else {
+                continue;
+            };
+            let pixels = self
+                .renderer
+                .read_pixels(res.global, area)
+                .map_err(render_error)?;
+            display.push(DisplayCmd::Update {
+                scanout: i as u32,
+                rect: Rect {
+                    x: area.x - scanout.rect.x,
+                    y: area.y - scanout.rect.y,
+                    width: area.width,
+                    height: area.height,
+                },
+                pixels,
+            });
+        }
+        Ok(Response::OkNodata)
+    }
+
+    /// Cursor-queue commands; they have no response, only display effects.
+    pub fn handle_cursor(&mut self, cmd: &Command) -> Vec<DisplayCmd> {
+        let result = match cmd {
+            Command::UpdateCursor(c) => self.update_cursor(c),
+            Command::MoveCursor(c) => self.move_cursor(c),
+            _ => Err(ErrorCode::Unspec),
+        };
+        result.unwrap_or_else(|code| {
+            warn!("cursor command {:#x} failed: {code:?}", cmd.type_code());
+            Vec::new()
+        })
+    }
+
+    fn update_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
+        let scanout = c.pos.scanout_id;
+        if scanout >= self.cfg.num_scanouts {
+            return Err(ErrorCode::InvalidScanoutId);
+        }
+        if c.resource_id == 0 {
+            return Ok(vec![DisplayCmd::CursorHide { scanout }]);
+        }
+        let res = self.resource(c.resource_id)?;
+        let (w, h) = (res.width.min(CURSOR_SIZE), res.height.min(CURSOR_SIZE));
+        let pixels = self
+            .renderer
+            .read_pixels(
+                res.global,
+                Rect {
+                    x: 0,
+                    y: 0,
+                    width: w,
+                    height: h,
+                },
+            )
+            .map_err(render_error)?;
+        let image = CursorImage::from_rows(&pixels, w, h);
+        Ok(vec![DisplayCmd::CursorUpdate {
+            scanout,
+            x: c.pos.x,
+            y: c.pos.y,
+            hot_x: c.hot_x,
+            hot_y: c.hot_y,
+            image,
+        }])
+    }
+
+    fn move_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
+        let scanout = c.pos.scanout_id;
+        if scanout >= self.cfg.num_scanouts {
+            return Err(ErrorCode::InvalidScanoutId);
+        }
+        Ok(vec![DisplayCmd::CursorMove {
+            scanout,
+            x: c.pos.x,
+            y: c.pos.y,
+        }])
+    }
+
+    /// Back to the state of a freshly plugged device: every resource freed, scanouts dark.
+    pub fn reset(&mut self) {
+        for scanout in &mut self.scanouts {
+            *scanout = Scanout::default();
+        }
+        while let Some((_, res)) = self.resources.pop_first() {
+            self.release(res);
+        }
+    }
+
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
+    fn resource(&self, id: u32) -> Result<&Resource> {
+        self.resources.get(&id).ok_or(ErrorCode::InvalidResourceId)
+    }
+
+    fn resource_mut(&mut self, id: u32) -> Result<&mut Resource> {
+        self.resources
+            .get_mut(&id)
+            .ok_or(ErrorCode::InvalidResourceId)
+    }
+}
+
+impl<R: Renderer> Drop for Device<R> {
+    fn drop(&mut self) {
+        self.reset();
+    }
+}
+
+fn render_error(e: RenderError) -> ErrorCode {
+    warn!("renderer: {e}");
+    match e {
+        RenderError::OutOfMemory => ErrorCode::OutOfMemory,
+        RenderError::Rejected(_) | RenderError::Gone => ErrorCode::Unspec,
+    }
+}
+
+fn command_name(hdr: &CtrlHeader, cmd: &Command) -> String {
+    format!("command {:#x} (fence {})", cmd.type_code(), hdr.fence_id)
+}

@@ -1,0 +1,39 @@
+//! A guest-visible resource and what the device keeps about it.
+
+use std::fs::File;
+use std::io::Read;
+
+use super::memory::Backing;
+
+pub struct Resource {
+    /// The renderer's id for it; the guest never sees this.
+    pub global: u32,
+    pub width: u32,
+    pub height: u32,
+    /// Host bytes it costs, counted against the VM's quota.
+    pub size: u64,
+    pub backing: Option<Backing>,
+    pub uuid: Option<[u8; 16]>,
+}
+
+impl Resource {
+    pub fn new(global: u32, width: u32, height: u32, size: u64) -> Self {
+        Resource {
+            global,
+            width,
+            height,
+            size,
+            backing: None,
+            uuid: None,
+        }
+    }
+}
+
+/// A random (version 4) UUID. Read from the kernel's CSPRNG: small enough not to need a crate.
+pub fn random_uuid() -> Option<[u8; 16]> {
+    let mut b = [0u8; 16];
+    File::open("/dev/urandom").ok()?.read_exact(&mut b).ok()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    Some(b)
+}

@@ -1,0 +1,100 @@
+//! Scanouts, the cursor, and the commands the device hands to a display.
+
+use vgpud_protocol::Rect;
+
+/// Cursor images are 64x64 BGRA, as virtio-gpu and the display protocol define them.
+pub const CURSOR_SIZE: u32 = 64;
+const CURSOR_BYTES: usize = (CURSOR_SIZE * CURSOR_SIZE * 4) as usize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Scanout {
+    /// 0 when the scanout is disabled.
+    pub resource_id: u32,
+    pub rect: Rect,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorImage(pub Box<[u8; CURSOR_BYTES]>);
+
+impl CursorImage {
+    /// Places `w`x`h` packed rows at the top-left of a transparent 64x64 image.
+    pub fn from_rows(pixels: &[u8], w: u32, h: u32) -> Self {
+        let mut img = Box::new([0u8; CURSOR_BYTES]);
+        let row = (w.min(CURSOR_SIZE) * 4) as usize;
+        for (y, src) in pixels
+            .chunks_exact(row.max(1))
+            .take(h.min(CURSOR_SIZE) as usize)
+            .enumerate()
+        {
+            let start = y * (CURSOR_SIZE as usize) * 4;
+            if let Some(dst) = img.get_mut(start..start + row) {
+                dst.copy_from_slice(src);
+            }
+        }
+        CursorImage(img)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisplayCmd {
+    /// A scanout now shows a `width`x`height` image; 0x0 turns it off.
+    Scanout {
+        scanout: u32,
+        width: u32,
+        height: u32,
+    },
+    /// New pixels for `rect` (relative to the scanout), rows packed.
+    Update {
+        scanout: u32,
+        rect: Rect,
+        pixels: Vec<u8>,
+    },
+    CursorUpdate {
+        scanout: u32,
+        x: u32,
+        y: u32,
+        hot_x: u32,
+        hot_y: u32,
+        image: CursorImage,
+    },
+    CursorMove {
+        scanout: u32,
+        x: u32,
+        y: u32,
+    },
+    CursorHide {
+        scanout: u32,
+    },
+}
+
+impl DisplayCmd {
+    pub fn disable(scanout: u32) -> Self {
+        DisplayCmd::Scanout {
+            scanout,
+            width: 0,
+            height: 0,
+        }
+    }
+}
+
+/// Whether `rect` lies inside a `width`x`height` image (overflow-safe).
+pub fn rect_within(rect: &Rect, width: u32, height: u32) -> bool {
+    matches!(rect.x.checked_add(rect.width), Some(r) if r <= width)
+        && matches!(rect.y.checked_add(rect.height), Some(b) if b <= height)
+}
+
+/// The overlap of two rects that each lie inside a valid image, or None if empty.
+pub fn intersect(a: &Rect, b: &Rect) -> Option<Rect> {
+    let x0 = a.x.max(b.x);
+    let y0 = a.y.max(b.y);
+    let x1 = a.x.saturating_add(a.width).min(b.x.saturating_add(b.width));
+    let y1 =
+        a.y.saturating_add(a.height)
+            .min(b.y.saturating_add(b.height));
+    (x1 > x0 && y1 > y0).then(|| Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0,
+        height: y1 - y0,
+    })
+}

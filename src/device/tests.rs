@@ -1,0 +1,452 @@
+//! Device-model tests over the real rutabaga 2D renderer and anonymous guest memory.
+
+use std::sync::Arc;
+
+use vgpud_protocol::{
+    format, Command, CtrlHeader, CursorPos, ErrorCode, MemEntry, Rect, Request, Response,
+    UpdateCursor,
+};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::*;
+use crate::render::{RenderHandle, RendererKind};
+
+struct Vm {
+    dev: Device<RenderHandle>,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl Vm {
+    fn new(cfg: DeviceConfig) -> Vm {
+        let renderer = RenderHandle::start(RendererKind::TwoD).unwrap();
+        let mem = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 1 << 20),
+            (GuestAddress(1 << 32), 1 << 20),
+        ])
+        .unwrap();
+        Vm {
+            dev: Device::new(renderer, cfg),
+            mem: Arc::new(mem),
+        }
+    }
+
+    fn run(&mut self, cmd: Command) -> Outcome {
+        let req = Request {
+            hdr: CtrlHeader::default(),
+            cmd,
+        };
+        self.dev.handle(&req, &self.mem)
+    }
+
+    fn ok(&mut self, cmd: Command) -> Vec<DisplayCmd> {
+        let out = self.run(cmd);
+        assert_eq!(out.response, Response::OkNodata);
+        out.display
+    }
+
+    fn err(&mut self, cmd: Command) -> ErrorCode {
+        match self.run(cmd).response {
+            Response::Err(code) => code,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// A `w`x`h` resource whose backing holds pixel value `i` at pixel i, split over both regions.
+    fn frame(&mut self, id: u32, w: u32, h: u32) {
+        self.ok(create(id, w, h));
+        let bytes: Vec<u8> = (0..w * h).flat_map(|i| i.to_le_bytes()).collect();
+        let half = bytes.len() / 2;
+        self.mem
+            .write_slice(&bytes[..half], GuestAddress(0x1000))
+            .unwrap();
+        self.mem
+            .write_slice(&bytes[half..], GuestAddress(1 << 32))
+            .unwrap();
+        self.ok(Command::ResourceAttachBacking {
+            resource_id: id,
+            entries: vec![
+                MemEntry {
+                    addr: 0x1000,
+                    length: half as u32,
+                },
+                MemEntry {
+                    addr: 1 << 32,
+                    length: (bytes.len() - half) as u32,
+                },
+            ],
+        });
+    }
+}
+
+fn create(resource_id: u32, width: u32, height: u32) -> Command {
+    Command::ResourceCreate2d {
+        resource_id,
+        format: format::B8G8R8X8_UNORM,
+        width,
+        height,
+    }
+}
+
+fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+fn pixel_values(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn create_rejects_bad_ids_formats_and_sizes() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    assert_eq!(vm.err(create(0, 4, 4)), ErrorCode::InvalidResourceId);
+    vm.ok(create(1, 4, 4));
+    assert_eq!(vm.err(create(1, 4, 4)), ErrorCode::InvalidResourceId);
+    let bad_format = Command::ResourceCreate2d {
+        resource_id: 2,
+        format: 999,
+        width: 4,
+        height: 4,
+    };
+    assert_eq!(vm.err(bad_format), ErrorCode::InvalidParameter);
+    assert_eq!(vm.err(create(2, 0, 4)), ErrorCode::InvalidParameter);
+    // width * 4 does not fit 32 bits.
+    assert_eq!(
+        vm.err(create(2, 0x4000_0001, 1)),
+        ErrorCode::InvalidParameter
+    );
+    // Fits 32 bits per row but not the memory quota.
+    assert_eq!(vm.err(create(2, 0xffff, 0xffff)), ErrorCode::OutOfMemory);
+}
+
+#[test]
+fn quotas_limit_count_and_bytes_and_are_returned_on_unref() {
+    let cfg = DeviceConfig {
+        max_resources: 2,
+        max_resource_bytes: 64 * 64 * 4 * 2,
+        ..Default::default()
+    };
+    let mut vm = Vm::new(cfg);
+    vm.ok(create(1, 64, 64));
+    vm.ok(create(2, 64, 64));
+    assert_eq!(vm.err(create(3, 1, 1)), ErrorCode::OutOfMemory);
+    vm.ok(Command::ResourceUnref { resource_id: 1 });
+    assert_eq!(vm.err(create(3, 65, 64)), ErrorCode::OutOfMemory);
+    vm.ok(create(3, 64, 64));
+}
+
+#[test]
+fn full_frame_reaches_the_display_pixel_exact() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.dev.attach_display();
+    vm.frame(7, 64, 48);
+    vm.ok(Command::TransferToHost2d {
+        rect: rect(0, 0, 64, 48),
+        offset: 0,
+        resource_id: 7,
+    });
+    let shown = vm.ok(Command::SetScanout {
+        rect: rect(0, 0, 64, 48),
+        scanout_id: 0,
+        resource_id: 7,
+    });
+    assert_eq!(
+        shown,
+        vec![DisplayCmd::Scanout {
+            scanout: 0,
+            width: 64,
+            height: 48
+        }]
+    );
+    let flushed = vm.ok(Command::ResourceFlush {
+        rect: rect(0, 0, 64, 48),
+        resource_id: 7,
+    });
+    let [DisplayCmd::Update {
+        scanout: 0,
+        rect: r,
+        pixels,
+    }] = flushed.as_slice()
+    else {
+        panic!("expected one update, got {flushed:?}");
+    };
+    assert_eq!(*r, rect(0, 0, 64, 48));
+    assert_eq!(pixel_values(pixels), (0..64 * 48).collect::<Vec<u32>>());
+}
+
+#[test]
+fn partial_transfer_uses_the_guest_offset_once() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.dev.attach_display();
+    vm.frame(1, 16, 16);
+    vm.ok(Command::SetScanout {
+        rect: rect(0, 0, 16, 16),
+        scanout_id: 0,
+        resource_id: 1,
+    });
+    // The rect (4,2) 3x2 starts at byte (2 * 16 + 4) * 4 of the backing.
+    let offset = (2 * 16 + 4) * 4;
+    vm.ok(Command::TransferToHost2d {
+        rect: rect(4, 2, 3, 2),
+        offset,
+        resource_id: 1,
+    });
+    let out = vm.ok(Command::ResourceFlush {
+        rect: rect(4, 2, 3, 2),
+        resource_id: 1,
+    });
+    let [DisplayCmd::Update { pixels, .. }] = out.as_slice() else {
+        panic!("{out:?}")
+    };
+    assert_eq!(pixel_values(pixels), vec![36, 37, 38, 52, 53, 54]);
+    // An offset before the rect's own position cannot be expressed: rejected.
+    let bad = Command::TransferToHost2d {
+        rect: rect(4, 2, 3, 2),
+        offset: 4,
+        resource_id: 1,
+    };
+    assert_eq!(vm.err(bad), ErrorCode::InvalidParameter);
+}
+
+#[test]
+fn transfers_and_scanouts_outside_the_resource_are_rejected() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.frame(1, 16, 16);
+    for r in [
+        rect(10, 0, 7, 1),
+        rect(0, 16, 1, 1),
+        rect(u32::MAX, 0, 2, 1),
+        rect(0, 1, 1, u32::MAX),
+    ] {
+        let t = Command::TransferToHost2d {
+            rect: r,
+            offset: u64::MAX,
+            resource_id: 1,
+        };
+        assert_eq!(vm.err(t), ErrorCode::InvalidParameter, "{r:?}");
+        let s = Command::SetScanout {
+            rect: r,
+            scanout_id: 0,
+            resource_id: 1,
+        };
+        assert_eq!(vm.err(s), ErrorCode::InvalidParameter, "{r:?}");
+    }
+    let s = Command::SetScanout {
+        rect: rect(0, 0, 1, 1),
+        scanout_id: 1,
+        resource_id: 1,
+    };
+    assert_eq!(vm.err(s), ErrorCode::InvalidScanoutId);
+    let s = Command::SetScanout {
+        rect: rect(0, 0, 1, 1),
+        scanout_id: 0,
+        resource_id: 9,
+    };
+    assert_eq!(vm.err(s), ErrorCode::InvalidResourceId);
+}
+
+#[test]
+fn backing_rules() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.ok(create(1, 4, 4));
+    let t = Command::TransferToHost2d {
+        rect: rect(0, 0, 4, 4),
+        offset: 0,
+        resource_id: 1,
+    };
+    assert_eq!(
+        vm.err(t.clone()),
+        ErrorCode::InvalidParameter,
+        "no backing yet"
+    );
+    let outside = vec![MemEntry {
+        addr: 1 << 40,
+        length: 64,
+    }];
+    let attach = |entries| Command::ResourceAttachBacking {
+        resource_id: 1,
+        entries,
+    };
+    assert_eq!(vm.err(attach(outside)), ErrorCode::InvalidParameter);
+    let inside = vec![MemEntry {
+        addr: 0,
+        length: 64,
+    }];
+    vm.ok(attach(inside.clone()));
+    assert_eq!(
+        vm.err(attach(inside)),
+        ErrorCode::InvalidParameter,
+        "already attached"
+    );
+    vm.ok(t.clone());
+    vm.ok(Command::ResourceDetachBacking { resource_id: 1 });
+    assert_eq!(
+        vm.err(Command::ResourceDetachBacking { resource_id: 1 }),
+        ErrorCode::InvalidParameter
+    );
+    assert_eq!(vm.err(t), ErrorCode::InvalidParameter);
+}
+
+#[test]
+fn a_short_backing_fails_the_transfer_instead_of_reading_past_it() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.ok(create(1, 64, 64));
+    vm.ok(Command::ResourceAttachBacking {
+        resource_id: 1,
+        entries: vec![MemEntry {
+            addr: 0,
+            length: 256,
+        }],
+    });
+    let t = Command::TransferToHost2d {
+        rect: rect(0, 0, 64, 64),
+        offset: 0,
+        resource_id: 1,
+    };
+    assert_eq!(vm.err(t), ErrorCode::InvalidParameter);
+}
+
+#[test]
+fn unref_while_scanned_out_turns_the_scanout_off_first() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.dev.attach_display();
+    vm.frame(3, 8, 8);
+    vm.ok(Command::SetScanout {
+        rect: rect(0, 0, 8, 8),
+        scanout_id: 0,
+        resource_id: 3,
+    });
+    let out = vm.ok(Command::ResourceUnref { resource_id: 3 });
+    assert_eq!(out, vec![DisplayCmd::disable(0)]);
+    assert_eq!(
+        vm.err(Command::ResourceUnref { resource_id: 3 }),
+        ErrorCode::InvalidResourceId
+    );
+    assert_eq!(vm.dev.resource_count(), 0);
+}
+
+#[test]
+fn uuid_is_random_v4_and_stable() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.ok(create(1, 4, 4));
+    vm.ok(create(2, 4, 4));
+    let uuid = |vm: &mut Vm, id| match vm
+        .run(Command::ResourceAssignUuid { resource_id: id })
+        .response
+    {
+        Response::OkResourceUuid(u) => u,
+        other => panic!("{other:?}"),
+    };
+    let a = uuid(&mut vm, 1);
+    assert_eq!(a, uuid(&mut vm, 1));
+    assert_ne!(a, uuid(&mut vm, 2));
+    assert_eq!(a[6] >> 4, 4);
+    assert_eq!(a[8] >> 6, 2);
+    assert_eq!(
+        vm.err(Command::ResourceAssignUuid { resource_id: 9 }),
+        ErrorCode::InvalidResourceId
+    );
+}
+
+#[test]
+fn display_info_edid_and_capsets() {
+    let mut vm = Vm::new(DeviceConfig {
+        num_scanouts: 2,
+        width: 1920,
+        height: 1080,
+        ..Default::default()
+    });
+    let Response::OkDisplayInfo(modes) = vm.run(Command::GetDisplayInfo).response else {
+        panic!()
+    };
+    assert_eq!(modes.len(), 2);
+    assert!(modes[0].enabled && !modes[1].enabled);
+    assert_eq!((modes[0].rect.width, modes[0].rect.height), (1920, 1080));
+    let Response::OkEdid(edid) = vm.run(Command::GetEdid { scanout: 1 }).response else {
+        panic!()
+    };
+    assert_eq!(edid.len(), 128);
+    assert_eq!(
+        vm.err(Command::GetEdid { scanout: 2 }),
+        ErrorCode::InvalidScanoutId
+    );
+    // The 2D renderer has no capsets.
+    assert_eq!(vm.dev.num_capsets(), 0);
+    assert_eq!(
+        vm.err(Command::GetCapsetInfo { capset_index: 0 }),
+        ErrorCode::InvalidParameter
+    );
+}
+
+#[test]
+fn cursor_image_and_moves() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    vm.frame(5, 64, 64);
+    vm.ok(Command::TransferToHost2d {
+        rect: rect(0, 0, 64, 64),
+        offset: 0,
+        resource_id: 5,
+    });
+    let pos = CursorPos {
+        scanout_id: 0,
+        x: 10,
+        y: 20,
+    };
+    let up = UpdateCursor {
+        pos,
+        resource_id: 5,
+        hot_x: 1,
+        hot_y: 2,
+    };
+    let cmds = vm.dev.handle_cursor(&Command::UpdateCursor(up));
+    let [DisplayCmd::CursorUpdate {
+        x: 10,
+        y: 20,
+        hot_x: 1,
+        hot_y: 2,
+        image,
+        ..
+    }] = cmds.as_slice()
+    else {
+        panic!("{cmds:?}")
+    };
+    assert_eq!(
+        pixel_values(&image.0[..]),
+        (0..64 * 64).collect::<Vec<u32>>()
+    );
+    let hide = UpdateCursor {
+        resource_id: 0,
+        ..up
+    };
+    assert_eq!(
+        vm.dev.handle_cursor(&Command::UpdateCursor(hide)),
+        vec![DisplayCmd::CursorHide { scanout: 0 }]
+    );
+    let bad = UpdateCursor {
+        pos: CursorPos {
+            scanout_id: 4,
+            ..pos
+        },
+        ..up
+    };
+    assert!(vm.dev.handle_cursor(&Command::MoveCursor(bad)).is_empty());
+}
+
+#[test]
+fn reset_frees_everything() {
+    let mut vm = Vm::new(DeviceConfig {
+        max_resources: 1,
+        ..Default::default()
+    });
+    vm.frame(1, 8, 8);
+    vm.dev.reset();
+    assert_eq!(vm.dev.resource_count(), 0);
+    vm.ok(create(1, 8, 8));
+}

@@ -1,0 +1,57 @@
+use std::process::ExitCode;
+use std::thread;
+
+use clap::Parser;
+use log::error;
+use vgpud::cli::{capabilities_json, Options};
+use vgpud::render::RenderHandle;
+use vgpud::vhost::{serve, VmTemplate};
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opts = Options::parse();
+    if opts.print_capabilities {
+        println!("{}", capabilities_json());
+        return ExitCode::SUCCESS;
+    }
+    let listeners = match opts.listeners() {
+        Ok(l) if !l.is_empty() => l,
+        Ok(_) => {
+            error!("nothing to serve: give --socket-path or --fd");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let renderer = match RenderHandle::start(opts.renderer) {
+        Ok(r) => r,
+        Err(e) => {
+            error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let template = VmTemplate {
+        renderer,
+        device: opts.device_config(),
+    };
+    let servers: Vec<_> = listeners
+        .into_iter()
+        .map(|(name, listener)| {
+            let template = template.clone();
+            thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || serve(&name, listener, template))
+        })
+        .collect();
+    for server in servers {
+        match server {
+            Ok(handle) => {
+                let _ = handle.join();
+            }
+            Err(e) => error!("cannot start a server thread: {e}"),
+        }
+    }
+    ExitCode::FAILURE
+}

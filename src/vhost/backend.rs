@@ -1,0 +1,218 @@
+//! `VhostUserBackend` for one VM. State lives behind small locks (interior mutability) rather
+//! than one big lock around the backend: frontend requests (config reads, memory tables) must be
+//! answerable while a queue worker is busy or waiting on the frontend.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use log::{info, warn};
+use vgpud_protocol::{GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_EDID, F_RESOURCE_UUID};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::display::DisplayLink;
+use super::queue;
+use super::VmTemplate;
+use crate::device::Device;
+use crate::render::RenderHandle;
+
+pub const CONTROL_QUEUE: u16 = 0;
+pub const CURSOR_QUEUE: u16 = 1;
+const NUM_QUEUES: usize = 2;
+const MAX_QUEUE_SIZE: usize = 1024;
+const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+
+pub struct VmBackend {
+    pub(super) name: String,
+    pub(super) device: Mutex<Device<RenderHandle>>,
+    pub(super) mem: Mutex<GuestMemoryAtomic<GuestMemoryMmap>>,
+    pub(super) display: Mutex<Option<DisplayLink>>,
+    backend_req: Mutex<Option<Backend>>,
+    events_read: Mutex<u32>,
+    event_idx: AtomicBool,
+    acked_features: AtomicU64,
+    num_scanouts: u32,
+    num_capsets: u32,
+}
+
+impl VmBackend {
+    pub fn new(name: &str, template: VmTemplate) -> Self {
+        let device = Device::new(template.renderer, template.device);
+        VmBackend {
+            name: name.to_string(),
+            num_scanouts: device.num_scanouts(),
+            num_capsets: device.num_capsets(),
+            device: Mutex::new(device),
+            mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            display: Mutex::new(None),
+            backend_req: Mutex::new(None),
+            events_read: Mutex::new(0),
+            event_idx: AtomicBool::new(false),
+            acked_features: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn device(&self) -> MutexGuard<'_, Device<RenderHandle>> {
+        // A panic while holding the lock would be a bug; the state is still usable for teardown.
+        self.device.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn memory(&self) -> Arc<GuestMemoryMmap> {
+        lock(&self.mem).memory().into_inner()
+    }
+
+    pub(super) fn event_idx(&self) -> bool {
+        self.event_idx.load(Ordering::Relaxed)
+    }
+
+    /// Frees everything this VM holds, once its frontend is gone.
+    pub fn teardown(&self) {
+        self.device().reset();
+        *lock(&self.display) = None;
+        *lock(&self.backend_req) = None;
+        *lock(&self.mem) = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    }
+
+    /// Sets EVENT_DISPLAY and tells the driver to re-read the config space.
+    pub(super) fn raise_display_event(&self) {
+        *lock(&self.events_read) |= EVENT_DISPLAY;
+        let backend = lock(&self.backend_req).clone();
+        if let Some(backend) = backend {
+            if let Err(e) = backend.handle_config_change() {
+                warn!("{}: config change notification failed: {e}", self.name);
+            }
+        }
+    }
+
+    fn config(&self) -> GpuConfig {
+        GpuConfig {
+            events_read: *lock(&self.events_read),
+            events_clear: 0,
+            num_scanouts: self.num_scanouts,
+            num_capsets: self.num_capsets,
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl VhostUserBackend for VmBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        NUM_QUEUES
+    }
+
+    fn max_queue_size(&self) -> usize {
+        MAX_QUEUE_SIZE
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+            | 1 << F_EDID
+            | 1 << F_RESOURCE_UUID
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked_features.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Never CONFIGURE_MEM_SLOTS: the frontend would then add every mapped blob as a memory
+        // slot one by one, and gives up past a few hundred.
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::BACKEND_SEND_FD
+            | VhostUserProtocolFeatures::RESET_DEVICE
+    }
+
+    fn reset_device(&self) {
+        info!("{}: device reset", self.name);
+        self.device().reset();
+        *lock(&self.events_read) = 0;
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Relaxed);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let bytes = self.config().to_bytes();
+        let start = (offset as usize).min(CONFIG_SIZE);
+        let end = start.saturating_add(size as usize).min(CONFIG_SIZE);
+        bytes
+            .get(start..end)
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default()
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // Only events_clear (offset 4) is writable; writing a bit there clears it in events_read.
+        if offset == 4 {
+            if let Some(b) = buf.get(0..4) {
+                let clear = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                *lock(&self.events_read) &= !clear;
+            }
+        }
+        Ok(())
+    }
+
+    fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        *lock(&self.mem) = mem;
+        Ok(())
+    }
+
+    fn set_backend_req_fd(&self, backend: Backend) {
+        *lock(&self.backend_req) = Some(backend);
+    }
+
+    fn set_gpu_socket(&self, gpu: GpuBackend) -> io::Result<()> {
+        // Only store it: talking to the display now could deadlock, since the frontend may be
+        // waiting for our reply to this very message. The queue worker does the handshake.
+        *lock(&self.display) = Some(DisplayLink::new(gpu));
+        Ok(())
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or_else(|| io::Error::other(format!("unknown event {device_event}")))?;
+        match device_event {
+            CONTROL_QUEUE => queue::drain(self, vring, queue::Kind::Control),
+            CURSOR_QUEUE => queue::drain(self, vring, queue::Kind::Cursor),
+            _ => Err(io::Error::other(format!("unknown event {device_event}"))),
+        }
+    }
+}

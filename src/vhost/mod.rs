@@ -1,0 +1,57 @@
+//! vhost-user transport: one `VmBackend` per connected VM, served on its own listening socket.
+
+mod backend;
+mod display;
+mod queue;
+
+use std::sync::Arc;
+
+use log::{error, info};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+
+pub use self::backend::VmBackend;
+use crate::device::DeviceConfig;
+use crate::render::RenderHandle;
+
+/// Everything a VM's backend is made from; shared by all VMs of the daemon.
+#[derive(Clone)]
+pub struct VmTemplate {
+    pub renderer: RenderHandle,
+    pub device: DeviceConfig,
+}
+
+/// Serves VMs on `listener` one connection at a time, forever. Each connection gets a fresh device;
+/// when the frontend goes away, that VM's state is torn down before the next one is accepted.
+pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
+    loop {
+        let backend = Arc::new(VmBackend::new(name, template.clone()));
+        let mut daemon = match VhostUserDaemon::new(
+            name.to_string(),
+            backend.clone(),
+            GuestMemoryAtomic::new(GuestMemoryMmap::new()),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                error!("{name}: cannot create the vhost-user daemon: {e}");
+                return;
+            }
+        };
+        if let Err(e) = daemon.start(&mut listener) {
+            error!("{name}: cannot accept a frontend: {e}");
+            return;
+        }
+        info!("{name}: frontend connected");
+        match daemon.wait() {
+            Ok(()) => info!("{name}: frontend disconnected"),
+            Err(e) => info!("{name}: connection ended: {e}"),
+        }
+        // Stop the queue workers, then free what the VM held in the renderer.
+        for handler in daemon.get_epoll_handlers() {
+            handler.send_exit_event();
+        }
+        drop(daemon);
+        backend.teardown();
+    }
+}

@@ -1,0 +1,108 @@
+//! Shared by the integration tests: a vgpud process and request/response helpers.
+#![allow(dead_code)]
+
+use std::path::Path;
+
+use vgpud_harness::{Daemon, Vm, VmConfig};
+use vgpud_protocol::{format, Command, CtrlHeader, MemEntry, Rect, Request, Response};
+
+pub fn vgpud() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vgpud"))
+}
+
+/// A daemon serving `n` VMs, one socket each.
+pub fn daemon(n: usize, extra: &[&str]) -> Daemon {
+    Daemon::spawn_with_sockets(vgpud(), n, extra).expect("start vgpud")
+}
+
+pub fn connect(d: &Daemon, i: usize) -> Vm {
+    Vm::connect(&d.socket(i), VmConfig::default()).expect("connect")
+}
+
+pub fn connect_with_display(d: &Daemon, i: usize, modes: Vec<(u32, u32)>) -> Vm {
+    let cfg = VmConfig {
+        display: Some(modes),
+        ..VmConfig::default()
+    };
+    Vm::connect(&d.socket(i), cfg).expect("connect")
+}
+
+pub fn encode(cmd: Command) -> Vec<u8> {
+    Request {
+        hdr: CtrlHeader::default(),
+        cmd,
+    }
+    .encode()
+}
+
+/// Sends one control command and decodes the answer.
+pub fn call(vm: &mut Vm, cmd: Command) -> Response {
+    let bytes = vm.request(&encode(cmd)).expect("request");
+    Response::decode(&bytes).expect("decodable response").1
+}
+
+pub fn ok(vm: &mut Vm, cmd: Command) {
+    let what = format!("{cmd:?}");
+    assert_eq!(call(vm, cmd), Response::OkNodata, "{what}");
+}
+
+pub fn rect(x: u32, y: u32, width: u32, height: u32) -> Rect {
+    Rect {
+        x,
+        y,
+        width,
+        height,
+    }
+}
+
+pub fn create(resource_id: u32, width: u32, height: u32) -> Command {
+    Command::ResourceCreate2d {
+        resource_id,
+        format: format::B8G8R8A8_UNORM,
+        width,
+        height,
+    }
+}
+
+/// Creates a `w`x`h` resource whose backing holds `pixels` (4 bytes each), split into two entries in
+/// two different guest memory regions, and uploads it.
+pub fn upload(vm: &mut Vm, id: u32, w: u32, h: u32, pixels: &[u8]) {
+    ok(vm, create(id, w, h));
+    let half = (pixels.len() / 2) & !3;
+    let a = vm.alloc_in(0, half as u64, 4096);
+    let b = vm.alloc_in(1, (pixels.len() - half) as u64, 4096);
+    vm.write_mem(a, &pixels[..half]);
+    vm.write_mem(b, &pixels[half..]);
+    let entries = vec![
+        MemEntry {
+            addr: a,
+            length: half as u32,
+        },
+        MemEntry {
+            addr: b,
+            length: (pixels.len() - half) as u32,
+        },
+    ];
+    ok(
+        vm,
+        Command::ResourceAttachBacking {
+            resource_id: id,
+            entries,
+        },
+    );
+    ok(
+        vm,
+        Command::TransferToHost2d {
+            rect: rect(0, 0, w, h),
+            offset: 0,
+            resource_id: id,
+        },
+    );
+}
+
+/// A recognisable pattern: every pixel differs, seeded so two VMs can draw different images.
+pub fn pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
+    (0..w * h)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).to_le_bytes())
+        .collect()
+}
