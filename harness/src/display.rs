@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use crate::edid::edid_for_mode;
+use vgpud_protocol::edid_for_mode;
 
 const GET_PROTOCOL_FEATURES: u32 = 1;
 const SET_PROTOCOL_FEATURES: u32 = 2;
@@ -355,7 +355,7 @@ impl DisplayPeer {
             Some(&(w, h)) => {
                 r[0..4].copy_from_slice(&RESP_OK_EDID.to_le_bytes());
                 r[24..28].copy_from_slice(&128u32.to_le_bytes());
-                r[32..160].copy_from_slice(&edid_for_mode(w, h));
+                r[32..160].copy_from_slice(&edid_for_mode(w, h, b"vgpud-harness"));
             }
             None => r[0..4].copy_from_slice(&RESP_ERR_INVALID_SCANOUT_ID.to_le_bytes()),
         }

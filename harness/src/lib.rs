@@ -14,7 +14,6 @@
 
 mod daemon;
 mod display;
-mod edid;
 mod memory;
 mod shmem;
 mod util;
@@ -24,7 +23,6 @@ mod watchdog;
 
 pub use daemon::Daemon;
 pub use display::{DisplayEvent, DisplayPeer, Frame};
-pub use edid::edid_for_mode;
 pub use shmem::{ShmemMapping, ShmemPeer};
 pub use vm::{Token, Vm, VmConfig};
 pub use vring::{Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};

@@ -142,7 +142,10 @@ fn get_edid_round_trip() {
     assert_eq!(r.len(), 1056);
     let size = u32::from_le_bytes(r[24..28].try_into().unwrap());
     assert_eq!(size, 128);
-    assert_eq!(&r[32..160], &vgpud_harness::edid_for_mode(1024, 768)[..]);
+    assert_eq!(
+        &r[32..160],
+        &vgpud_protocol::edid_for_mode(1024, 768, b"vgpud-harness")[..]
+    );
 }
 
 #[test]

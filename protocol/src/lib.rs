@@ -7,6 +7,7 @@
 pub mod command;
 pub mod config;
 pub mod consts;
+pub mod edid;
 pub mod header;
 pub mod response;
 pub mod wire;
@@ -14,6 +15,7 @@ pub mod wire;
 pub use command::*;
 pub use config::*;
 pub use consts::*;
+pub use edid::*;
 pub use header::*;
 pub use response::*;
 pub use wire::*;

@@ -2,7 +2,6 @@
 //! view of the VM's memory. No I/O here; the vhost layer feeds requests in and carries the
 //! resulting display commands out, after releasing the device lock.
 
-pub mod edid;
 pub mod memory;
 pub mod renderer;
 mod resource;
@@ -16,8 +15,8 @@ use std::sync::Arc;
 
 use log::warn;
 use vgpud_protocol::{
-    format, Command, CtrlHeader, DisplayOne, ErrorCode, Rect, Request, Response, UpdateCursor,
-    MAX_SCANOUTS,
+    edid_for_mode, format, Command, CtrlHeader, DisplayOne, ErrorCode, Rect, Request, Response,
+    UpdateCursor, MAX_SCANOUTS,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -223,7 +222,7 @@ impl<R: Renderer> Device<R> {
             .ok_or(ErrorCode::InvalidScanoutId)?;
         let edid = match self.edids.get(scanout as usize) {
             Some(Some(edid)) => edid.clone(),
-            _ => edid::edid_for_mode(mode.rect.width, mode.rect.height).to_vec(),
+            _ => edid_for_mode(mode.rect.width, mode.rect.height, b"vgpud").to_vec(),
         };
         Ok(Response::OkEdid(edid))
     }

@@ -1,10 +1,11 @@
-//! A 128-byte EDID 1.4 base block describing one display mode, for GET_EDID when the frontend does
-//! not supply its own.
+//! A 128-byte EDID 1.4 base block describing one display mode: what GET_EDID returns when the
+//! display does not supply its own.
 
 pub const EDID_LEN: usize = 128;
 
-/// Builds an EDID whose preferred (and only detailed) timing is `width`x`height` at 60 Hz.
-pub fn edid_for_mode(width: u32, height: u32) -> [u8; EDID_LEN] {
+/// Builds an EDID whose preferred (and only detailed) timing is `width`x`height` at 60 Hz, for a
+/// monitor called `name` (at most 13 bytes are kept).
+pub fn edid_for_mode(width: u32, height: u32, name: &[u8]) -> [u8; EDID_LEN] {
     let mut e = [0u8; EDID_LEN];
     e[0..8].copy_from_slice(&[0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00]);
     // Manufacturer "VGD": three 5-bit letters, 'A' = 1, big-endian.
@@ -28,7 +29,7 @@ pub fn edid_for_mode(width: u32, height: u32) -> [u8; EDID_LEN] {
     }
     e[54..72].copy_from_slice(&detailed_timing(width, height));
     e[72..90].copy_from_slice(&range_limits());
-    e[90..108].copy_from_slice(&text_descriptor(0xfc, b"vgpud"));
+    e[90..108].copy_from_slice(&text_descriptor(0xfc, name));
     e[108..126].copy_from_slice(&text_descriptor(0xff, b"0"));
     e[127] = checksum(&e[..127]);
     e
@@ -79,7 +80,7 @@ fn text_descriptor(tag: u8, text: &[u8]) -> [u8; 18] {
     d[3] = tag;
     let body = &mut d[5..18];
     body.fill(b' ');
-    let n = text.len().min(12);
+    let n = text.len().min(13);
     body[..n].copy_from_slice(&text[..n]);
     if n < 13 {
         body[n] = b'\n';
@@ -93,7 +94,7 @@ mod tests {
 
     #[test]
     fn header_checksum_and_mode() {
-        let e = edid_for_mode(1920, 1080);
+        let e = edid_for_mode(1920, 1080, b"vgpud");
         assert_eq!(&e[0..8], &[0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0]);
         assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         let d = &e[54..72];
@@ -108,7 +109,7 @@ mod tests {
     #[test]
     fn extreme_modes_stay_valid() {
         for (w, h) in [(1, 1), (640, 480), (7680, 4320), (u32::MAX, u32::MAX)] {
-            let e = edid_for_mode(w, h);
+            let e = edid_for_mode(w, h, b"a-name-longer-than-13");
             assert_eq!(e.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
         }
     }
