@@ -38,7 +38,13 @@ fn negotiation_and_config_space() {
         assert_ne!(p & (1 << bit), 0, "protocol feature {bit}");
     }
     assert_eq!(p & (1 << 15), 0);
-    let cfg = GpuConfig::from_bytes(&vm.get_config(0, 16).unwrap()).unwrap();
+    // QEMU 11 acks RING_RESET (bit 40) whatever is offered; it must be offered or SET_FEATURES fails.
+    assert_ne!(vm.offered_features() & (1 << 40), 0, "RING_RESET offered");
+    // QEMU 11 reads 20 bytes of config; the answer must be exactly that long.
+    let wide = vm.get_config(0, 20).unwrap();
+    assert_eq!(wide.len(), 20);
+    assert_eq!(&wide[16..], &[0; 4]);
+    let cfg = GpuConfig::from_bytes(&wide).unwrap();
     assert_eq!(
         cfg,
         GpuConfig {
@@ -363,7 +369,13 @@ fn events_clear_is_writable() {
     let d = daemon(1, &[]);
     let mut vm = connect(&d, 0);
     vm.set_config(4, &1u32.to_le_bytes()).unwrap();
-    let cfg = GpuConfig::from_bytes(&vm.get_config(0, 16).unwrap()).unwrap();
+    // QEMU 11 acks RING_RESET (bit 40) whatever is offered; it must be offered or SET_FEATURES fails.
+    assert_ne!(vm.offered_features() & (1 << 40), 0, "RING_RESET offered");
+    // QEMU 11 reads 20 bytes of config; the answer must be exactly that long.
+    let wide = vm.get_config(0, 20).unwrap();
+    assert_eq!(wide.len(), 20);
+    assert_eq!(&wide[16..], &[0; 4]);
+    let cfg = GpuConfig::from_bytes(&wide).unwrap();
     assert_eq!(cfg.events_read, 0);
     assert_eq!(cfg.num_scanouts, 1);
 }

@@ -30,6 +30,9 @@ pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 const MAX_QUEUE_SIZE: usize = 1024;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+/// QEMU's vhost-user-gpu-pci acks this bit whether or not the backend offers it, and an acked bit
+/// that was never offered fails SET_FEATURES. The GPU driver never resets a single queue.
+const VIRTIO_F_RING_RESET: u32 = 40;
 
 pub struct VmBackend {
     pub(super) name: String,
@@ -103,6 +106,21 @@ impl VmBackend {
     }
 }
 
+/// The frontend may read more than the fields this device defines (QEMU 11 asks for 20 bytes) and
+/// needs exactly `size` bytes back; anything past the defined fields reads as zero.
+fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> {
+    // The vhost-user config space is at most 256 bytes.
+    let size = (size as usize).min(256);
+    (0..size)
+        .map(|i| {
+            fields
+                .get((offset as usize).saturating_add(i))
+                .copied()
+                .unwrap_or(0)
+        })
+        .collect()
+}
+
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -126,6 +144,7 @@ impl VhostUserBackend for VmBackend {
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+            | 1 << VIRTIO_F_RING_RESET
             | 1 << F_EDID
             | 1 << F_RESOURCE_UUID
     }
@@ -156,13 +175,7 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let bytes = self.config().to_bytes();
-        let start = (offset as usize).min(CONFIG_SIZE);
-        let end = start.saturating_add(size as usize).min(CONFIG_SIZE);
-        bytes
-            .get(start..end)
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default()
+        config_window(&self.config().to_bytes(), offset, size)
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
@@ -209,10 +222,34 @@ impl VhostUserBackend for VmBackend {
         let vring = vrings
             .get(usize::from(device_event))
             .ok_or_else(|| io::Error::other(format!("unknown event {device_event}")))?;
-        match device_event {
-            CONTROL_QUEUE => queue::drain(self, vring, queue::Kind::Control),
-            CURSOR_QUEUE => queue::drain(self, vring, queue::Kind::Cursor),
-            _ => Err(io::Error::other(format!("unknown event {device_event}"))),
+        let kind = match device_event {
+            CONTROL_QUEUE => queue::Kind::Control,
+            CURSOR_QUEUE => queue::Kind::Cursor,
+            _ => return Err(io::Error::other(format!("unknown event {device_event}"))),
+        };
+        // An error here is a broken ring in guest memory. Returning it would end this VM's worker
+        // for good, so log it and keep serving.
+        if let Err(e) = queue::drain(self, vring, kind) {
+            warn!("{}: {kind:?} queue: {e}", self.name);
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_window;
+
+    #[test]
+    fn config_reads_are_exactly_the_size_asked() {
+        let fields: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(
+            config_window(&fields, 0, 20),
+            [&fields[..], &[0; 4]].concat()
+        );
+        assert_eq!(config_window(&fields, 8, 4), vec![9, 10, 11, 12]);
+        assert_eq!(config_window(&fields, 14, 4), vec![15, 16, 0, 0]);
+        assert_eq!(config_window(&fields, u32::MAX, 2), vec![0, 0]);
+        assert_eq!(config_window(&fields, 0, u32::MAX).len(), 256);
     }
 }
