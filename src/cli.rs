@@ -45,6 +45,10 @@ pub struct Options {
     #[arg(long, default_value_t = 16384)]
     pub max_resources: usize,
 
+    /// Most rendering contexts one VM may hold at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_contexts: usize,
+
     /// Most host memory one VM's resources may use, in bytes (suffixes K, M, G allowed).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub max_resource_memory: u64,
@@ -58,6 +62,7 @@ impl Options {
             height: self.resolution.1,
             max_resources: self.max_resources,
             max_resource_bytes: self.max_resource_memory,
+            max_contexts: self.max_contexts,
         }
     }
 

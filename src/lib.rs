@@ -5,5 +5,6 @@
 
 pub mod cli;
 pub mod device;
+pub mod hub;
 pub mod render;
 pub mod vhost;

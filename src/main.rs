@@ -25,6 +25,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if listeners.len() > opts.renderer.max_vms() {
+        error!(
+            "the {:?} renderer serves at most {} VM(s) per daemon: its command streams name \
+             resources by the guest's own ids; run one daemon per VM",
+            opts.renderer,
+            opts.renderer.max_vms()
+        );
+        return ExitCode::from(2);
+    }
     let renderer = match RenderHandle::start(opts.renderer) {
         Ok(r) => r,
         Err(e) => {

@@ -2,6 +2,8 @@
 //! view of the VM's memory. No I/O here; the vhost layer feeds requests in and carries the
 //! resulting display commands out, after releasing the device lock.
 
+mod context;
+pub mod fences;
 pub mod memory;
 pub mod renderer;
 mod resource;
@@ -20,8 +22,10 @@ use vgpud_protocol::{
 };
 use vm_memory::GuestMemoryMmap;
 
+use self::context::Context;
+use self::fences::Timeline;
 use self::memory::resolve_backing;
-pub use self::renderer::{CapsetInfo, RenderError, Renderer};
+pub use self::renderer::{CapsetInfo, FenceSink, RenderError, Renderer};
 use self::resource::Resource;
 use self::scanout::{intersect, rect_within, Scanout};
 pub use self::scanout::{CursorImage, DisplayCmd, CURSOR_SIZE};
@@ -34,6 +38,7 @@ pub struct DeviceConfig {
     pub height: u32,
     pub max_resources: usize,
     pub max_resource_bytes: u64,
+    pub max_contexts: usize,
 }
 
 impl Default for DeviceConfig {
@@ -44,6 +49,7 @@ impl Default for DeviceConfig {
             height: 800,
             max_resources: 4096,
             max_resource_bytes: 1 << 30,
+            max_contexts: 64,
         }
     }
 }
@@ -53,6 +59,10 @@ impl Default for DeviceConfig {
 pub struct Outcome {
     pub response: Response,
     pub display: Vec<DisplayCmd>,
+    /// Answer only once this renderer fence has signalled (on this timeline, in order).
+    pub fence: Option<(Timeline, u64)>,
+    /// A context was destroyed: its parked responses will never be signalled.
+    pub closed_context: Option<u32>,
 }
 
 type Result<T> = std::result::Result<T, ErrorCode>;
@@ -62,6 +72,9 @@ pub struct Device<R: Renderer> {
     cfg: DeviceConfig,
     resources: BTreeMap<u32, Resource>,
     resource_bytes: u64,
+    contexts: BTreeMap<u32, Context>,
+    capsets: Vec<CapsetInfo>,
+    sink: Arc<dyn FenceSink>,
     scanouts: Vec<Scanout>,
     modes: Vec<DisplayOne>,
     edids: Vec<Option<Vec<u8>>>,
@@ -69,7 +82,7 @@ pub struct Device<R: Renderer> {
 }
 
 impl<R: Renderer> Device<R> {
-    pub fn new(renderer: R, mut cfg: DeviceConfig) -> Self {
+    pub fn new(renderer: R, mut cfg: DeviceConfig, sink: Arc<dyn FenceSink>) -> Self {
         cfg.num_scanouts = cfg.num_scanouts.clamp(1, MAX_SCANOUTS as u32);
         let n = cfg.num_scanouts as usize;
         let modes = (0..n)
@@ -85,9 +98,12 @@ impl<R: Renderer> Device<R> {
             })
             .collect();
         Device {
+            capsets: renderer.capsets(),
             renderer,
             resources: BTreeMap::new(),
             resource_bytes: 0,
+            contexts: BTreeMap::new(),
+            sink,
             scanouts: vec![Scanout::default(); n],
             modes,
             edids: vec![None; n],
@@ -101,7 +117,12 @@ impl<R: Renderer> Device<R> {
     }
 
     pub fn num_capsets(&self) -> u32 {
-        u32::try_from(self.renderer.capsets().len()).unwrap_or(0)
+        u32::try_from(self.capsets.len()).unwrap_or(0)
+    }
+
+    /// Whether the renderer does 3D (the VIRGL feature).
+    pub fn supports_3d(&self) -> bool {
+        self.has_3d()
     }
 
     /// A display now receives scanouts and updates (pixels are read back only while attached).
@@ -129,22 +150,64 @@ impl<R: Renderer> Device<R> {
 
     pub fn handle(&mut self, req: &Request, mem: &Arc<GuestMemoryMmap>) -> Outcome {
         let mut display = Vec::new();
-        let response = self
-            .dispatch(&req.cmd, mem, &mut display)
-            .unwrap_or_else(|code| {
-                warn!("{} failed: {code:?}", command_name(&req.hdr, &req.cmd));
-                Response::Err(code)
-            });
-        Outcome { response, display }
+        let result = self.dispatch(req, mem, &mut display);
+        let closed_context =
+            (matches!(req.cmd, Command::CtxDestroy) && result.is_ok()).then_some(req.hdr.ctx_id);
+        let response = result.unwrap_or_else(|code| {
+            warn!("{} failed: {code:?}", command_name(&req.hdr, &req.cmd));
+            Response::Err(code)
+        });
+        // Failed commands are fenced too: answering one early would signal the guest's earlier
+        // fences on that timeline before their work is done.
+        let fence = if req.hdr.is_fenced() {
+            self.create_fence(&req.hdr)
+        } else {
+            None
+        };
+        Outcome {
+            response,
+            display,
+            fence,
+            closed_context,
+        }
+    }
+
+    fn create_fence(&self, hdr: &CtrlHeader) -> Option<(Timeline, u64)> {
+        let ctx = self.contexts.get(&hdr.ctx_id).map(|c| c.global);
+        let timeline = match hdr.ring() {
+            Some(ring) => Timeline {
+                ctx: hdr.ctx_id,
+                ring: Some(ring),
+            },
+            None => Timeline::GLOBAL,
+        };
+        if timeline.ring.is_some() && ctx.is_none() {
+            // No such context: no timeline to order against, answer at once.
+            return None;
+        }
+        match self
+            .renderer
+            .create_fence(&self.sink, ctx.unwrap_or(0), timeline.ring)
+        {
+            Ok(id) => Some((timeline, id)),
+            Err(e) => {
+                warn!("cannot create a fence, answering at once: {e}");
+                None
+            }
+        }
     }
 
     fn dispatch(
         &mut self,
-        cmd: &Command,
+        req: &Request,
         mem: &Arc<GuestMemoryMmap>,
         display: &mut Vec<DisplayCmd>,
     ) -> Result<Response> {
-        match cmd {
+        let ctx = req.hdr.ctx_id;
+        if is_3d(&req.cmd) && !self.has_3d() {
+            return Err(ErrorCode::Unspec);
+        }
+        match &req.cmd {
             Command::GetDisplayInfo => Ok(Response::OkDisplayInfo(self.modes.clone())),
             Command::GetEdid { scanout } => self.get_edid(*scanout),
             Command::GetCapsetInfo { capset_index } => self.capset_info(*capset_index),
@@ -209,9 +272,23 @@ impl<R: Renderer> Device<R> {
                 };
                 Ok(Response::OkResourceUuid(uuid))
             }
+            Command::CtxCreate {
+                context_init,
+                debug_name,
+            } => self.ctx_create(ctx, *context_init, debug_name),
+            Command::CtxDestroy => self.ctx_destroy(ctx),
+            Command::CtxAttachResource { resource_id } => self.ctx_attach(ctx, *resource_id, true),
+            Command::CtxDetachResource { resource_id } => self.ctx_attach(ctx, *resource_id, false),
+            Command::ResourceCreate3d(args) => self.create_3d(args),
+            Command::TransferToHost3d(t) => self.transfer_3d(ctx, t, true),
+            Command::TransferFromHost3d(t) => self.transfer_3d(ctx, t, false),
+            Command::Submit3d { commands } => self.submit_3d(ctx, commands),
             Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(ErrorCode::Unspec),
-            // 3D, contexts and blobs are not offered by this device model yet.
-            _ => Err(ErrorCode::Unspec),
+            // Blobs are not offered by this device model yet.
+            Command::ResourceCreateBlob(_)
+            | Command::SetScanoutBlob(_)
+            | Command::ResourceMapBlob { .. }
+            | Command::ResourceUnmapBlob { .. } => Err(ErrorCode::Unspec),
         }
     }
 
@@ -268,6 +345,22 @@ impl<R: Renderer> Device<R> {
         // The renderer computes width * 4 in 32 bits: keep the stride and the size representable.
         let stride = width.checked_mul(bpp).ok_or(ErrorCode::InvalidParameter)?;
         let size = u64::from(stride) * u64::from(height);
+        self.charge(size)?;
+        let global = self
+            .renderer
+            .resource_id_for(id)
+            .ok_or(ErrorCode::OutOfMemory)?;
+        self.renderer
+            .create_2d(global, width, height, fmt)
+            .map_err(render_error)?;
+        self.resource_bytes += size;
+        self.resources
+            .insert(id, Resource::new(global, width, height, size));
+        Ok(Response::OkNodata)
+    }
+
+    /// Checks that one more resource of `size` bytes fits the VM's quotas.
+    fn charge(&self, size: u64) -> Result<()> {
         if self.resources.len() >= self.cfg.max_resources {
             return Err(ErrorCode::OutOfMemory);
         }
@@ -278,14 +371,7 @@ impl<R: Renderer> Device<R> {
         if total > self.cfg.max_resource_bytes || usize::try_from(size).is_err() {
             return Err(ErrorCode::OutOfMemory);
         }
-        let global = self.renderer.alloc_id().ok_or(ErrorCode::OutOfMemory)?;
-        self.renderer
-            .create_2d(global, width, height, fmt)
-            .map_err(render_error)?;
-        self.resource_bytes = total;
-        self.resources
-            .insert(id, Resource::new(global, width, height, size));
-        Ok(Response::OkNodata)
+        Ok(())
     }
 
     fn unref(&mut self, id: u32, display: &mut Vec<DisplayCmd>) -> Result<Response> {
@@ -321,13 +407,13 @@ impl<R: Renderer> Device<R> {
         if rect.width == 0 || rect.height == 0 {
             return Ok(Response::OkNodata);
         }
-        // The guest names where the rect starts in its backing; the renderer adds the rect's own
-        // position, so hand it only the difference.
+        // The guest names where the rect starts in its backing; it cannot start before the rect's
+        // own position in a tightly packed image.
         let stride = u64::from(res.width) * 4;
         let implied = u64::from(rect.y) * stride + u64::from(rect.x) * 4;
-        let extra = offset
-            .checked_sub(implied)
-            .ok_or(ErrorCode::InvalidParameter)?;
+        if offset < implied {
+            return Err(ErrorCode::InvalidParameter);
+        }
         // The last byte read must lie inside the backing (all values are far below 2^64 here).
         let end = offset
             .checked_add(u64::from(rect.height - 1) * stride + u64::from(rect.width) * 4)
@@ -336,7 +422,7 @@ impl<R: Renderer> Device<R> {
             return Err(ErrorCode::InvalidParameter);
         }
         self.renderer
-            .transfer_to_host_2d(res.global, rect, extra)
+            .transfer_to_host_2d(res.global, res.width, rect, offset)
             .map_err(|_| ErrorCode::InvalidParameter)?;
         Ok(Response::OkNodata)
     }
@@ -474,6 +560,9 @@ impl<R: Renderer> Device<R> {
         for scanout in &mut self.scanouts {
             *scanout = Scanout::default();
         }
+        while let Some((_, ctx)) = self.contexts.pop_first() {
+            self.renderer.destroy_context(ctx.global);
+        }
         while let Some((_, res)) = self.resources.pop_first() {
             self.release(res);
         }
@@ -506,6 +595,21 @@ fn render_error(e: RenderError) -> ErrorCode {
         RenderError::OutOfMemory => ErrorCode::OutOfMemory,
         RenderError::Rejected(_) | RenderError::Gone => ErrorCode::Unspec,
     }
+}
+
+/// Commands that only a 3D renderer (the VIRGL feature) can serve.
+fn is_3d(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::CtxCreate { .. }
+            | Command::CtxDestroy
+            | Command::CtxAttachResource { .. }
+            | Command::CtxDetachResource { .. }
+            | Command::ResourceCreate3d(_)
+            | Command::TransferToHost3d(_)
+            | Command::TransferFromHost3d(_)
+            | Command::Submit3d { .. }
+    )
 }
 
 fn command_name(hdr: &CtrlHeader, cmd: &Command) -> String {

@@ -1,7 +1,9 @@
 //! What the device model needs from a renderer. Ids here are the renderer's global resource ids,
 //! never a guest's: the device maps each VM's ids onto them.
 
-use vgpud_protocol::Rect;
+use std::sync::Arc;
+
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 
 use super::memory::HostRange;
 
@@ -23,24 +25,59 @@ pub struct CapsetInfo {
     pub max_size: u32,
 }
 
+/// Told when a fence the renderer created for this VM has signalled. Called from any thread, never
+/// with a renderer or routing lock held.
+pub trait FenceSink: Send + Sync {
+    fn signalled(&self, fence: u64);
+}
+
 pub trait Renderer: Send {
-    /// A fresh global resource id, never handed out before in this process.
-    fn alloc_id(&self) -> Option<u32>;
+    /// The renderer's id for the guest's resource `guest_id`. A 2D renderer hands out fresh ids
+    /// (never reused), so VMs cannot collide. A 3D renderer must use the guest's own id: its
+    /// command streams name resources by the ids the guest chose.
+    fn resource_id_for(&self, guest_id: u32) -> Option<u32>;
     fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError>;
     fn unref(&self, id: u32);
     /// The ranges must stay mapped until `detach_backing` or `unref` of `id` returned.
     fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError>;
     fn detach_backing(&self, id: u32);
-    /// Copies `rect` from the backing into the resource; the rect's first pixel is at byte
-    /// `y * stride + x * 4 + extra_offset` of the backing.
+    /// Copies `rect` from the backing into a `width`-pixel-wide 2D resource; the rect's first
+    /// pixel is at byte `offset` of the backing, rows `width * 4` bytes apart.
     fn transfer_to_host_2d(
         &self,
         id: u32,
+        width: u32,
         rect: Rect,
-        extra_offset: u64,
+        offset: u64,
     ) -> Result<(), RenderError>;
     /// The pixels of `rect`, rows packed (stride = width * 4).
     fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError>;
     fn capsets(&self) -> Vec<CapsetInfo>;
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError>;
+
+    /// A fresh global context id, never handed out before in this process.
+    fn alloc_ctx_id(&self) -> Option<u32>;
+    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError>;
+    /// Creates context `ctx`; its fences will be reported to `sink`.
+    fn create_context(
+        &self,
+        ctx: u32,
+        context_init: u32,
+        name: &str,
+        sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError>;
+    fn destroy_context(&self, ctx: u32);
+    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError>;
+    fn detach_from_context(&self, ctx: u32, id: u32);
+    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
+    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
+    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError>;
+    /// Creates a fence after all work submitted so far on `ctx` (0: none) and `ring` (None: the
+    /// global timeline); returns its id, later passed to `sink`.
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        ctx: u32,
+        ring: Option<u8>,
+    ) -> Result<u64, RenderError>;
 }

@@ -1,6 +1,6 @@
 //! Device-model tests over the real rutabaga 2D renderer and anonymous guest memory.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use vgpud_protocol::{
     format, Command, CtrlHeader, CursorPos, ErrorCode, MemEntry, Rect, Request, Response,
@@ -11,9 +11,19 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use super::*;
 use crate::render::{RenderHandle, RendererKind};
 
+#[derive(Default)]
+struct Signals(Mutex<Vec<u64>>);
+
+impl FenceSink for Signals {
+    fn signalled(&self, fence: u64) {
+        self.0.lock().unwrap().push(fence);
+    }
+}
+
 struct Vm {
     dev: Device<RenderHandle>,
     mem: Arc<GuestMemoryMmap>,
+    signals: Arc<Signals>,
 }
 
 impl Vm {
@@ -24,9 +34,12 @@ impl Vm {
             (GuestAddress(1 << 32), 1 << 20),
         ])
         .unwrap();
+        let signals = Arc::new(Signals::default());
+        let sink: Arc<dyn FenceSink> = signals.clone();
         Vm {
-            dev: Device::new(renderer, cfg),
+            dev: Device::new(renderer, cfg, sink),
             mem: Arc::new(mem),
+            signals,
         }
     }
 
@@ -449,4 +462,58 @@ fn reset_frees_everything() {
     vm.dev.reset();
     assert_eq!(vm.dev.resource_count(), 0);
     vm.ok(create(1, 8, 8));
+}
+
+#[test]
+fn fenced_commands_get_a_fence_that_signals() {
+    use vgpud_protocol::{FLAG_FENCE, FLAG_INFO_RING_IDX};
+    let mut vm = Vm::new(DeviceConfig::default());
+    let hdr = CtrlHeader {
+        flags: FLAG_FENCE,
+        fence_id: 5,
+        ..Default::default()
+    };
+    let out = vm.dev.handle(
+        &Request {
+            hdr,
+            cmd: create(1, 4, 4),
+        },
+        &vm.mem,
+    );
+    assert_eq!(out.response, Response::OkNodata);
+    let (timeline, id) = out.fence.expect("fenced");
+    assert_eq!(timeline, fences::Timeline::GLOBAL);
+    // The 2D renderer finishes at once.
+    assert_eq!(*vm.signals.0.lock().unwrap(), vec![id]);
+    // A failed command is still fenced, so it cannot overtake earlier fences.
+    let out = vm.dev.handle(
+        &Request {
+            hdr,
+            cmd: create(1, 4, 4),
+        },
+        &vm.mem,
+    );
+    assert_eq!(out.response, Response::Err(ErrorCode::InvalidResourceId));
+    assert!(out.fence.is_some());
+    // A ring fence on a context that does not exist has no timeline: answered at once.
+    let ring = CtrlHeader {
+        flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+        ctx_id: 3,
+        ring_idx: 1,
+        ..hdr
+    };
+    let out = vm.dev.handle(
+        &Request {
+            hdr: ring,
+            cmd: Command::GetDisplayInfo,
+        },
+        &vm.mem,
+    );
+    assert!(out.fence.is_none());
+    // The 2D renderer has no contexts.
+    let out = vm.run(Command::CtxCreate {
+        context_init: 0,
+        debug_name: b"x".to_vec(),
+    });
+    assert_eq!(out.response, Response::Err(ErrorCode::Unspec));
 }

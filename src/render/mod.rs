@@ -10,8 +10,11 @@ use std::sync::Arc;
 use std::thread;
 
 use ::rutabaga_gfx::Rutabaga;
+use log::warn;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 pub use self::rutabaga::RendererKind;
+use crate::hub::fences::FenceRouter;
 
 type Job = Box<dyn FnOnce(&mut Rutabaga) + Send>;
 
@@ -25,43 +28,90 @@ pub enum StartError {
 
 #[derive(Clone)]
 pub struct RenderHandle {
+    kind: RendererKind,
     jobs: mpsc::Sender<Job>,
     next_id: Arc<AtomicU32>,
+    next_ctx: Arc<AtomicU32>,
+    fences: Arc<FenceRouter>,
 }
 
 impl RenderHandle {
     /// Builds the renderer on its own thread and returns a handle to it. The thread ends when the
     /// last handle is dropped.
     pub fn start(kind: RendererKind) -> Result<RenderHandle, StartError> {
+        let fences = Arc::new(FenceRouter::default());
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let router = fences.clone();
         thread::Builder::new()
             .name("renderer".into())
             .spawn(move || {
-                let mut rutabaga = match rutabaga::build(kind) {
-                    Ok(r) => {
-                        let _ = ready_tx.send(Ok(()));
-                        r
-                    }
+                let mut rutabaga = match rutabaga::build(kind, router) {
+                    Ok(r) => r,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
                 };
+                let _ = ready_tx.send(Ok(rutabaga.poll_descriptor()));
                 while let Ok(job) = inbox.recv() {
                     job(&mut rutabaga);
                 }
             })?;
-        match ready_rx.recv() {
-            Ok(Ok(())) => Ok(RenderHandle {
-                jobs,
-                next_id: Arc::new(AtomicU32::new(1)),
-            }),
-            Ok(Err(e)) => Err(StartError::Rutabaga(e)),
-            Err(_) => Err(StartError::Rutabaga(
-                "renderer thread died while starting".into(),
-            )),
+        let poll_fd = match ready_rx.recv() {
+            Ok(Ok(fd)) => fd,
+            Ok(Err(e)) => return Err(StartError::Rutabaga(e)),
+            Err(_) => {
+                return Err(StartError::Rutabaga(
+                    "renderer thread died while starting".into(),
+                ))
+            }
+        };
+        let handle = RenderHandle {
+            kind,
+            jobs,
+            next_id: Arc::new(AtomicU32::new(1)),
+            next_ctx: Arc::new(AtomicU32::new(1)),
+            fences,
+        };
+        if let Some(fd) = poll_fd {
+            handle.watch_poll_fd(fd)?;
         }
+        Ok(handle)
+    }
+
+    /// Some renderers signal work through a descriptor: when it is readable, let the renderer
+    /// thread poll, and wait for that before looking again (the descriptor stays readable until then).
+    fn watch_poll_fd(&self, fd: ::rutabaga_gfx::RutabagaDescriptor) -> std::io::Result<()> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            fd.as_fd().as_raw_fd(),
+            EpollEvent::new(EventSet::IN, 0),
+        )?;
+        let handle = self.clone();
+        thread::Builder::new()
+            .name("renderer-poll".into())
+            .spawn(move || {
+                let _keep_open = fd;
+                let mut events = [EpollEvent::default(); 1];
+                loop {
+                    match epoll.wait(-1, &mut events) {
+                        Ok(_) => {
+                            if handle.call(|r| r.event_poll()).is_none() {
+                                return;
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => {
+                            warn!("renderer poll: {e}");
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(())
     }
 
     /// Runs `f` on the renderer thread and returns its result; None if that thread is gone.
@@ -78,9 +128,9 @@ impl RenderHandle {
         rx.recv().ok()
     }
 
-    fn fresh_id(&self) -> Option<u32> {
-        // Ids are never reused, so a stale id held anywhere can never name a new resource.
-        self.next_id
+    /// Ids are never reused, so a stale id held anywhere can never name a new object.
+    fn fresh(counter: &AtomicU32) -> Option<u32> {
+        counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
             .ok()
     }

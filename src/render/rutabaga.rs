@@ -1,16 +1,19 @@
 //! The device model's `Renderer` trait implemented over rutabaga_gfx.
 
 use std::io::IoSliceMut;
+use std::sync::Arc;
 
 use rutabaga_gfx::{
     ResourceCreate3D, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
-    RutabagaFenceHandler, RutabagaIovec, Transfer3D,
+    RutabagaFence, RutabagaFenceHandler, RutabagaIovec, Transfer3D, RUTABAGA_FLAG_FENCE,
+    RUTABAGA_FLAG_INFO_RING_IDX,
 };
-use vgpud_protocol::Rect;
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 
 use super::RenderHandle;
 use crate::device::memory::HostRange;
-use crate::device::{CapsetInfo, RenderError, Renderer};
+use crate::device::{CapsetInfo, FenceSink, RenderError, Renderer};
+use crate::hub::fences::FenceRouter;
 
 /// Which rutabaga component renders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -18,21 +21,52 @@ pub enum RendererKind {
     /// Software 2D only: no capsets, no 3D.
     #[value(name = "2d")]
     TwoD,
+    /// OpenGL through virglrenderer (capsets VIRGL and VIRGL2), on surfaceless EGL.
+    #[cfg(feature = "virgl")]
+    Virgl,
 }
 
-// Gallium's PIPE_TEXTURE_2D and PIPE_BIND_RENDER_TARGET, what a 2D resource is to rutabaga.
+impl RendererKind {
+    /// How many VMs one daemon may serve with this renderer. A 3D renderer takes resource ids
+    /// from the guest's command streams, so VMs cannot share it without translating them.
+    pub fn max_vms(self) -> usize {
+        match self {
+            RendererKind::TwoD => usize::MAX,
+            #[cfg(feature = "virgl")]
+            RendererKind::Virgl => 1,
+        }
+    }
+}
+
+// Gallium's PIPE_TEXTURE_2D and PIPE_BIND_RENDER_TARGET, what a 2D resource is to a 3D renderer.
 const PIPE_TEXTURE_2D: u32 = 2;
 const PIPE_BIND_RENDER_TARGET: u32 = 2;
 
-pub(super) fn build(kind: RendererKind) -> Result<Rutabaga, String> {
+pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Rutabaga, String> {
+    let fences = RutabagaFenceHandler::new(move |f: RutabagaFence| {
+        let ring = (f.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(f.ring_idx);
+        router.signal(f.ctx_id, ring, f.fence_id);
+    });
     match kind {
-        RendererKind::TwoD => {
-            // 2D completes every request synchronously; it has no fences to report.
-            let fences = RutabagaFenceHandler::new(|_| {});
-            RutabagaBuilder::new(0, fences)
-                .set_default_component(RutabagaComponentType::Rutabaga2D)
+        RendererKind::TwoD => RutabagaBuilder::new(0, fences)
+            .set_default_component(RutabagaComponentType::Rutabaga2D)
+            .build()
+            .map_err(|e| e.to_string()),
+        #[cfg(feature = "virgl")]
+        RendererKind::Virgl => {
+            use rutabaga_gfx::{RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2};
+            let capsets = (1 << RUTABAGA_CAPSET_VIRGL) | (1 << RUTABAGA_CAPSET_VIRGL2);
+            let r = RutabagaBuilder::new(capsets, fences)
+                .set_use_egl(true)
+                .set_use_gles(true)
+                .set_use_surfaceless(true)
                 .build()
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            // Rutabaga falls back to 2D quietly when virglrenderer does not start.
+            if r.get_num_capsets() == 0 {
+                return Err("virglrenderer did not start (see its log above)".into());
+            }
+            Ok(r)
         }
     }
 }
@@ -41,9 +75,42 @@ fn rejected(e: RutabagaError) -> RenderError {
     RenderError::Rejected(e.to_string())
 }
 
+fn transfer(t: &Transfer3d) -> Transfer3D {
+    Transfer3D {
+        x: t.box_.x,
+        y: t.box_.y,
+        z: t.box_.z,
+        w: t.box_.w,
+        h: t.box_.h,
+        d: t.box_.d,
+        level: t.level,
+        stride: t.stride,
+        layer_stride: t.layer_stride,
+        offset: t.offset,
+    }
+}
+
+impl RenderHandle {
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Rutabaga) -> Result<T, RutabagaError> + Send + 'static,
+    ) -> Result<T, RenderError> {
+        self.call(f).ok_or(RenderError::Gone)?.map_err(rejected)
+    }
+}
+
 impl Renderer for RenderHandle {
-    fn alloc_id(&self) -> Option<u32> {
-        self.fresh_id()
+    #[cfg_attr(not(feature = "virgl"), allow(unused_variables))]
+    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+        match self.kind {
+            RendererKind::TwoD => Self::fresh(&self.next_id),
+            #[cfg(feature = "virgl")]
+            RendererKind::Virgl => Some(guest_id),
+        }
+    }
+
+    fn alloc_ctx_id(&self) -> Option<u32> {
+        Self::fresh(&self.next_ctx)
     }
 
     fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
@@ -59,9 +126,23 @@ impl Renderer for RenderHandle {
             nr_samples: 0,
             flags: 0,
         };
-        self.call(move |r| r.resource_create_3d(id, create))
-            .ok_or(RenderError::Gone)?
-            .map_err(rejected)
+        self.run(move |r| r.resource_create_3d(id, create))
+    }
+
+    fn create_3d(&self, id: u32, a: &ResourceCreate3d) -> Result<(), RenderError> {
+        let create = ResourceCreate3D {
+            target: a.target,
+            format: a.format,
+            bind: a.bind,
+            width: a.width,
+            height: a.height,
+            depth: a.depth,
+            array_size: a.array_size,
+            last_level: a.last_level,
+            nr_samples: a.nr_samples,
+            flags: a.flags,
+        };
+        self.run(move |r| r.resource_create_3d(id, create))
     }
 
     fn unref(&self, id: u32) {
@@ -76,32 +157,51 @@ impl Renderer for RenderHandle {
                 len: r.len,
             })
             .collect();
-        self.call(move |r| r.attach_backing(id, iovecs))
-            .ok_or(RenderError::Gone)?
-            .map_err(rejected)
+        self.run(move |r| r.attach_backing(id, iovecs))
     }
 
     fn detach_backing(&self, id: u32) {
         let _ = self.call(move |r| r.detach_backing(id));
     }
 
-    fn transfer_to_host_2d(&self, id: u32, rect: Rect, extra: u64) -> Result<(), RenderError> {
-        let t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, extra);
-        self.call(move |r| r.transfer_write(0, id, t, None))
-            .ok_or(RenderError::Gone)?
-            .map_err(rejected)
+    fn transfer_to_host_2d(
+        &self,
+        id: u32,
+        width: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> Result<(), RenderError> {
+        // Rutabaga's 2D component adds the rect's own position to the offset; 3D renderers take
+        // the offset as where the rect starts, like the guest.
+        let offset = match self.kind {
+            RendererKind::TwoD => {
+                let implied = (u64::from(rect.y) * u64::from(width) + u64::from(rect.x)) * 4;
+                offset.checked_sub(implied).ok_or_else(|| {
+                    RenderError::Rejected("offset before the rect's position".into())
+                })?
+            }
+            #[cfg(feature = "virgl")]
+            RendererKind::Virgl => offset,
+        };
+        let t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, offset);
+        self.run(move |r| r.transfer_write(0, id, t, None))
     }
 
     fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let too_big = || RenderError::OutOfMemory;
         let stride = u64::from(rect.width) * 4;
-        // Rutabaga writes the rect at (y * stride + x * 4) of the destination: size the buffer for
-        // that, then drop the unused prefix so the rows come out packed.
-        let prefix = u64::from(rect.y) * stride + u64::from(rect.x) * 4;
-        let total = prefix + stride * u64::from(rect.height);
-        let prefix = usize::try_from(prefix).map_err(|_| RenderError::OutOfMemory)?;
-        let total = usize::try_from(total).map_err(|_| RenderError::OutOfMemory)?;
-        let stride = u32::try_from(stride).map_err(|_| RenderError::OutOfMemory)?;
-        self.call(move |r| {
+        // Rutabaga's 2D component writes the rect at (y * stride + x * 4) of the destination;
+        // 3D renderers write it at the start.
+        let prefix = match self.kind {
+            RendererKind::TwoD => u64::from(rect.y) * stride + u64::from(rect.x) * 4,
+            #[cfg(feature = "virgl")]
+            RendererKind::Virgl => 0,
+        };
+        let total =
+            usize::try_from(prefix + stride * u64::from(rect.height)).map_err(|_| too_big())?;
+        let prefix = usize::try_from(prefix).map_err(|_| too_big())?;
+        let stride = u32::try_from(stride).map_err(|_| too_big())?;
+        self.run(move |r| {
             let mut buf = vec![0u8; total];
             let mut t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
             t.stride = stride;
@@ -109,8 +209,6 @@ impl Renderer for RenderHandle {
             buf.drain(..prefix);
             Ok(buf)
         })
-        .ok_or(RenderError::Gone)?
-        .map_err(rejected)
     }
 
     fn capsets(&self) -> Vec<CapsetInfo> {
@@ -128,8 +226,70 @@ impl Renderer for RenderHandle {
     }
 
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError> {
-        self.call(move |r| r.get_capset(id, version))
-            .ok_or(RenderError::Gone)?
-            .map_err(rejected)
+        self.run(move |r| r.get_capset(id, version))
+    }
+
+    fn create_context(
+        &self,
+        ctx: u32,
+        context_init: u32,
+        name: &str,
+        sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError> {
+        // Routed before it exists, so no fence of it can go astray.
+        self.fences.add_context(ctx, sink);
+        let name = name.to_string();
+        let result = self.run(move |r| r.create_context(ctx, context_init, Some(&name)));
+        if result.is_err() {
+            self.fences.remove_context(ctx);
+        }
+        result
+    }
+
+    fn destroy_context(&self, ctx: u32) {
+        let _ = self.call(move |r| r.destroy_context(ctx));
+        self.fences.remove_context(ctx);
+    }
+
+    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
+        self.run(move |r| r.context_attach_resource(ctx, id))
+    }
+
+    fn detach_from_context(&self, ctx: u32, id: u32) {
+        let _ = self.call(move |r| r.context_detach_resource(ctx, id));
+    }
+
+    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        let t = transfer(t);
+        self.run(move |r| r.transfer_write(ctx, id, t, None))
+    }
+
+    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        let t = transfer(t);
+        self.run(move |r| r.transfer_read(ctx, id, t, None))
+    }
+
+    fn submit_3d(&self, ctx: u32, mut commands: Vec<u8>) -> Result<(), RenderError> {
+        self.run(move |r| r.submit_command(ctx, &mut commands, &[]))
+    }
+
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        ctx: u32,
+        ring: Option<u8>,
+    ) -> Result<u64, RenderError> {
+        let id = self.fences.next_id(ring.is_none());
+        if ring.is_none() {
+            self.fences.expect_global(id, sink);
+        }
+        let fence = RutabagaFence {
+            flags: RUTABAGA_FLAG_FENCE | ring.map_or(0, |_| RUTABAGA_FLAG_INFO_RING_IDX),
+            fence_id: id,
+            ctx_id: ctx,
+            ring_idx: ring.unwrap_or(0),
+        };
+        self.run(move |r| r.create_fence(fence))?;
+        Ok(id)
     }
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{info, warn};
-use vgpud_protocol::{GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_EDID, F_RESOURCE_UUID};
+use vgpud_protocol::{GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_EDID, F_RESOURCE_UUID, F_VIRGL};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
@@ -20,14 +20,18 @@ use vmm_sys_util::event::{
 };
 
 use super::display::DisplayLink;
+use super::fences::{Answer, FenceInbox};
 use super::queue;
 use super::VmTemplate;
-use crate::device::Device;
+use crate::device::fences::Timelines;
+use crate::device::{Device, FenceSink};
 use crate::render::RenderHandle;
 
 pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
+/// The epoll token of the fence inbox's eventfd (tokens up to NUM_QUEUES belong to the library).
+pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 const MAX_QUEUE_SIZE: usize = 1024;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// QEMU's vhost-user-gpu-pci acks this bit whether or not the backend offers it, and an acked bit
@@ -40,6 +44,9 @@ pub struct VmBackend {
     pub(super) mem: Mutex<GuestMemoryAtomic<GuestMemoryMmap>>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
+    pub(super) fence_inbox: Arc<FenceInbox>,
+    pub(super) parked: Mutex<Timelines<Answer>>,
+    features: u64,
     events_read: Mutex<u32>,
     event_idx: AtomicBool,
     acked_features: AtomicU64,
@@ -48,20 +55,30 @@ pub struct VmBackend {
 }
 
 impl VmBackend {
-    pub fn new(name: &str, template: VmTemplate) -> Self {
-        let device = Device::new(template.renderer, template.device);
-        VmBackend {
+    pub fn new(name: &str, template: VmTemplate) -> io::Result<Self> {
+        let fence_inbox = Arc::new(FenceInbox::new()?);
+        let sink: Arc<dyn FenceSink> = fence_inbox.clone();
+        let device = Device::new(template.renderer, template.device, sink);
+        let virgl = if device.supports_3d() {
+            1 << F_VIRGL
+        } else {
+            0
+        };
+        Ok(VmBackend {
             name: name.to_string(),
             num_scanouts: device.num_scanouts(),
             num_capsets: device.num_capsets(),
+            features: BASE_FEATURES | virgl,
             device: Mutex::new(device),
             mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
+            fence_inbox,
+            parked: Mutex::new(Timelines::default()),
             events_read: Mutex::new(0),
             event_idx: AtomicBool::new(false),
             acked_features: AtomicU64::new(0),
-        }
+        })
     }
 
     pub(super) fn device(&self) -> MutexGuard<'_, Device<RenderHandle>> {
@@ -80,6 +97,7 @@ impl VmBackend {
     /// Frees everything this VM holds, once its frontend is gone.
     pub fn teardown(&self) {
         self.device().reset();
+        lock(&self.parked).drain_all();
         *lock(&self.display) = None;
         *lock(&self.backend_req) = None;
         *lock(&self.mem) = GuestMemoryAtomic::new(GuestMemoryMmap::new());
@@ -121,6 +139,16 @@ fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> 
         .collect()
 }
 
+/// Offered whatever the renderer; VIRGL is added when it does 3D.
+const BASE_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
+    | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
+    | 1 << VIRTIO_RING_F_INDIRECT_DESC
+    | 1 << VIRTIO_RING_F_EVENT_IDX
+    | 1 << VHOST_USER_F_PROTOCOL_FEATURES
+    | 1 << VIRTIO_F_RING_RESET
+    | 1 << F_EDID
+    | 1 << F_RESOURCE_UUID;
+
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -139,14 +167,7 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn features(&self) -> u64 {
-        1 << VIRTIO_F_VERSION_1
-            | 1 << VIRTIO_F_NOTIFY_ON_EMPTY
-            | 1 << VIRTIO_RING_F_INDIRECT_DESC
-            | 1 << VIRTIO_RING_F_EVENT_IDX
-            | 1 << VHOST_USER_F_PROTOCOL_FEATURES
-            | 1 << VIRTIO_F_RING_RESET
-            | 1 << F_EDID
-            | 1 << F_RESOURCE_UUID
+        self.features
     }
 
     fn acked_features(&self, features: u64) {
@@ -167,6 +188,8 @@ impl VhostUserBackend for VmBackend {
     fn reset_device(&self) {
         info!("{}: device reset", self.name);
         self.device().reset();
+        // The rings are re-initialised after a reset: parked answers are dropped, not used.
+        lock(&self.parked).drain_all();
         *lock(&self.events_read) = 0;
     }
 
@@ -218,6 +241,14 @@ impl VhostUserBackend for VmBackend {
     ) -> io::Result<()> {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
+        }
+        if device_event == FENCE_EVENT {
+            if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
+                if let Err(e) = self.answer_signalled(control) {
+                    warn!("{}: answering fenced requests: {e}", self.name);
+                }
+            }
+            return Ok(());
         }
         let vring = vrings
             .get(usize::from(device_event))

@@ -2,14 +2,17 @@
 
 mod backend;
 mod display;
+mod fences;
 mod queue;
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use log::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
 
 pub use self::backend::VmBackend;
 use crate::device::DeviceConfig;
@@ -26,7 +29,13 @@ pub struct VmTemplate {
 /// when the frontend goes away, that VM's state is torn down before the next one is accepted.
 pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
     loop {
-        let backend = Arc::new(VmBackend::new(name, template.clone()));
+        let backend = match VmBackend::new(name, template.clone()) {
+            Ok(b) => Arc::new(b),
+            Err(e) => {
+                error!("{name}: cannot create the VM backend: {e}");
+                return;
+            }
+        };
         let mut daemon = match VhostUserDaemon::new(
             name.to_string(),
             backend.clone(),
@@ -38,6 +47,14 @@ pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
                 return;
             }
         };
+        let fence_fd = backend.fence_inbox.event.as_raw_fd();
+        let registered = daemon.get_epoll_handlers().first().map(|worker| {
+            worker.register_listener(fence_fd, EventSet::IN, u64::from(backend::FENCE_EVENT))
+        });
+        if !matches!(registered, Some(Ok(()))) {
+            error!("{name}: cannot watch the fence eventfd: {registered:?}");
+            return;
+        }
         if let Err(e) = daemon.start(&mut listener) {
             error!("{name}: cannot accept a frontend: {e}");
             return;

@@ -35,6 +35,10 @@ pub fn drain(vm: &VmBackend, vring: &VringRwLock, kind: Kind) -> io::Result<()> 
             vring.disable_notification().map_err(io::Error::other)?;
         }
         process_available(vm, vring, &mem, kind)?;
+        if kind == Kind::Control {
+            // Renderers that finish at once (2D) have signalled already: answer in this batch.
+            vm.answer_signalled(vring)?;
+        }
         if !vm.event_idx() || !vring.enable_notification().map_err(io::Error::other)? {
             return Ok(());
         }
@@ -61,10 +65,12 @@ fn process_available(
     for chain in chains {
         let head = chain.head_index();
         let written = match kind {
-            Kind::Control => control_chain(vm, mem, chain),
-            Kind::Cursor => cursor_chain(vm, mem, chain),
+            Kind::Control => control_chain(vm, vring, mem, chain, head)?,
+            Kind::Cursor => Some(cursor_chain(vm, mem, chain)),
         };
-        vring.add_used(head, written).map_err(io::Error::other)?;
+        if let Some(written) = written {
+            vring.add_used(head, written).map_err(io::Error::other)?;
+        }
     }
     if vring.needs_notification().map_err(io::Error::other)? {
         vring.signal_used_queue()?;
@@ -72,25 +78,42 @@ fn process_available(
     Ok(())
 }
 
-/// Handles one control request; returns the number of response bytes written.
-fn control_chain(vm: &VmBackend, mem: &Arc<GuestMemoryMmap>, chain: Chain) -> u32 {
+/// Handles one control request. Returns the number of response bytes written, or None when the
+/// answer is parked behind a fence.
+fn control_chain(
+    vm: &VmBackend,
+    vring: &VringRwLock,
+    mem: &Arc<GuestMemoryMmap>,
+    chain: Chain,
+    head: u16,
+) -> io::Result<Option<u32>> {
     let Some((bytes, mut writer)) = read_chain(vm, mem.as_ref(), chain, MAX_REQUEST_BYTES) else {
-        return 0;
+        return Ok(Some(0));
     };
-    let response = match Request::decode(&bytes, &Limits::default()) {
-        Ok(req) => {
-            vm.refresh_display(&req.cmd);
-            let outcome = vm.device().handle(&req, mem);
-            vm.show(&outcome.display);
-            outcome.response.encode(&req.hdr)
-        }
+    let req = match Request::decode(&bytes, &Limits::default()) {
+        Ok(req) => req,
         Err(e) => {
             warn!("{}: bad request: {e}", vm.name);
             let hdr = CtrlHeader::decode(&bytes).unwrap_or_default();
-            Response::Err(e.error_code()).encode(&hdr)
+            let response = Response::Err(e.error_code()).encode(&hdr);
+            return Ok(Some(write_response(vm, &mut writer, &response)));
         }
     };
-    write_response(vm, &mut writer, &response)
+    vm.refresh_display(&req.cmd);
+    let outcome = vm.device().handle(&req, mem);
+    vm.show(&outcome.display);
+    // The response bytes go to guest memory now; the guest sees them once the chain is used.
+    let written = write_response(vm, &mut writer, &outcome.response.encode(&req.hdr));
+    if let Some(ctx) = outcome.closed_context {
+        vm.answer_closed_context(vring, ctx)?;
+    }
+    Ok(match outcome.fence {
+        Some((timeline, fence)) => {
+            vm.park(timeline, fence, (head, written));
+            None
+        }
+        None => Some(written),
+    })
 }
 
 fn cursor_chain(vm: &VmBackend, mem: &Arc<GuestMemoryMmap>, chain: Chain) -> u32 {

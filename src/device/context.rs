@@ -1,0 +1,144 @@
+//! 3D: rendering contexts, 3D resources, 3D transfers and command submission.
+
+use vgpud_protocol::{
+    ErrorCode, ResourceCreate3d, Response, Transfer3d, CONTEXT_INIT_CAPSET_ID_MASK,
+};
+
+use super::resource::Resource;
+use super::{render_error, Device, Renderer, Result};
+
+/// A guest context: the renderer knows it by `global`.
+pub struct Context {
+    pub global: u32,
+}
+
+/// Largest dimensions a 3D resource may claim; the renderer allocates host memory for them.
+const MAX_3D_EXTENT: u32 = 16384;
+const MAX_3D_LAYERS: u32 = 2048;
+/// Bytes per texel assumed when charging a 3D resource to the VM's memory quota.
+const QUOTA_BYTES_PER_TEXEL: u64 = 4;
+
+impl<R: Renderer> Device<R> {
+    pub(super) fn has_3d(&self) -> bool {
+        !self.capsets.is_empty()
+    }
+
+    pub(super) fn ctx_create(
+        &mut self,
+        local: u32,
+        context_init: u32,
+        name: &[u8],
+    ) -> Result<Response> {
+        if local == 0 || self.contexts.contains_key(&local) {
+            return Err(ErrorCode::InvalidContextId);
+        }
+        let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
+        if capset != 0 && !self.capsets.iter().any(|c| c.id == capset) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        if self.contexts.len() >= self.cfg.max_contexts {
+            return Err(ErrorCode::OutOfMemory);
+        }
+        let global = self.renderer.alloc_ctx_id().ok_or(ErrorCode::OutOfMemory)?;
+        let name = String::from_utf8_lossy(name);
+        self.renderer
+            .create_context(global, context_init, &name, &self.sink)
+            .map_err(render_error)?;
+        self.contexts.insert(local, Context { global });
+        Ok(Response::OkNodata)
+    }
+
+    pub(super) fn ctx_destroy(&mut self, local: u32) -> Result<Response> {
+        let ctx = self
+            .contexts
+            .remove(&local)
+            .ok_or(ErrorCode::InvalidContextId)?;
+        self.renderer.destroy_context(ctx.global);
+        Ok(Response::OkNodata)
+    }
+
+    pub(super) fn ctx_global(&self, local: u32) -> Result<u32> {
+        self.contexts
+            .get(&local)
+            .map(|c| c.global)
+            .ok_or(ErrorCode::InvalidContextId)
+    }
+
+    pub(super) fn ctx_attach(&mut self, local: u32, id: u32, attach: bool) -> Result<Response> {
+        let ctx = self.ctx_global(local)?;
+        let res = self.resource(id)?.global;
+        if attach {
+            self.renderer
+                .attach_to_context(ctx, res)
+                .map_err(render_error)?;
+        } else {
+            self.renderer.detach_from_context(ctx, res);
+        }
+        Ok(Response::OkNodata)
+    }
+
+    pub(super) fn create_3d(&mut self, args: &ResourceCreate3d) -> Result<Response> {
+        let id = args.resource_id;
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(ErrorCode::InvalidResourceId);
+        }
+        let extent_ok = |v: u32, max: u32| v >= 1 && v <= max;
+        if !extent_ok(args.width, MAX_3D_EXTENT)
+            || !extent_ok(args.height, MAX_3D_EXTENT)
+            || !extent_ok(args.depth, MAX_3D_LAYERS)
+            || !extent_ok(args.array_size, MAX_3D_LAYERS)
+            || args.last_level > 31
+        {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        // Mip levels add at most a third; samples multiply.
+        let texels = u64::from(args.width)
+            * u64::from(args.height)
+            * u64::from(args.depth)
+            * u64::from(args.array_size)
+            * u64::from(args.nr_samples.clamp(1, 16));
+        let size = texels * QUOTA_BYTES_PER_TEXEL * if args.last_level > 0 { 4 } else { 3 } / 3;
+        self.charge(size)?;
+        let global = self
+            .renderer
+            .resource_id_for(id)
+            .ok_or(ErrorCode::OutOfMemory)?;
+        self.renderer
+            .create_3d(global, args)
+            .map_err(render_error)?;
+        self.resource_bytes += size;
+        self.resources
+            .insert(id, Resource::new(global, args.width, args.height, size));
+        Ok(Response::OkNodata)
+    }
+
+    pub(super) fn transfer_3d(
+        &mut self,
+        local_ctx: u32,
+        t: &Transfer3d,
+        to_host: bool,
+    ) -> Result<Response> {
+        let ctx = if local_ctx == 0 {
+            0
+        } else {
+            self.ctx_global(local_ctx)?
+        };
+        let res = self.resource(t.resource_id)?;
+        // The renderer checks the box against the resource and its backing.
+        let result = if to_host {
+            self.renderer.transfer_to_host_3d(ctx, res.global, t)
+        } else {
+            self.renderer.transfer_from_host_3d(ctx, res.global, t)
+        };
+        result.map_err(|_| ErrorCode::InvalidParameter)?;
+        Ok(Response::OkNodata)
+    }
+
+    pub(super) fn submit_3d(&mut self, local_ctx: u32, commands: &[u8]) -> Result<Response> {
+        let ctx = self.ctx_global(local_ctx)?;
+        self.renderer
+            .submit_3d(ctx, commands.to_vec())
+            .map_err(|_| ErrorCode::InvalidParameter)?;
+        Ok(Response::OkNodata)
+    }
+}

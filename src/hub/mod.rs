@@ -1,0 +1,3 @@
+//! What crosses VMs: today, the renderer's fence signals routed back to the VM that asked.
+
+pub mod fences;
