@@ -31,7 +31,7 @@ const FLAG_REPLY: u32 = 0x4;
 const PROTOCOL_F_EDID: u64 = 0;
 
 const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
-const RESP_OK_EDID: u32 = 0x1108;
+const RESP_OK_EDID: u32 = vgpud_protocol::resp::OK_EDID;
 const RESP_ERR_INVALID_SCANOUT_ID: u32 = 0x1203;
 
 const MAX_SCANOUTS: usize = 16;

@@ -36,8 +36,10 @@ grep -E "^Using|renderer:|^Rendered" /tmp/kmscube.log
 echo PASS'
 
 stop_backend() {
+    # The backend runs in its own process group (setsid): kill the group, which also reaches a
+    # backend that run.sh's mount namespace wrapper started as a child rather than exec'd.
     if [[ -n $BACKEND_PID ]] && kill -0 "$BACKEND_PID" 2>/dev/null; then
-        kill "$BACKEND_PID" 2>/dev/null || true
+        kill -TERM -- "-$BACKEND_PID" 2>/dev/null || true
         wait "$BACKEND_PID" 2>/dev/null || true
     fi
     [[ -z $SOCK ]] || rm -f "$TB_ROOT$SOCK"
@@ -53,8 +55,7 @@ start_backend() {
     # shellcheck disable=SC2059,SC2046
     set -- $(printf "$template" "$SOCK")
     tb_log "backend: $* (log: $log)"
-    # run.sh execs down to the backend, so this PID is the backend's.
-    "$TB_SCRIPTS/run.sh" "$@" >"$log" 2>&1 </dev/null &
+    setsid "$TB_SCRIPTS/run.sh" "$@" >"$log" 2>&1 </dev/null &
     BACKEND_PID=$!
     trap stop_backend EXIT
     for ((i = 0; i < 300; i++)); do

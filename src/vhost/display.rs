@@ -171,13 +171,13 @@ impl VmBackend {
     /// Before the device answers `cmd`, brings the display layout and EDIDs up to date from the
     /// frontend's display, which may have been resized since.
     pub(super) fn refresh_display(&self, cmd: &Command) {
-        let Some(link) = self.display_link() else {
-            return;
-        };
         let fresh = match cmd {
             Command::GetDisplayInfo => true,
             Command::GetEdid { .. } => false,
             _ => return,
+        };
+        let Some(link) = self.display_link() else {
+            return;
         };
         let result = link.display_modes().and_then(|modes| {
             let changed = self.device().set_display_modes(&modes);
