@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit, the vhost-user harness against vgpud (and against QEMU's own C backend),
-# and the protocol's randomized decode test. Installs what the tests need on a fresh machine.
+# Runs every test: unit and harness tests (against vgpud and against QEMU's own C backend), the
+# protocol's randomized decode test, then the real-guest end-to-end suite (2D and GL) on the
+# Debian sid testbed. Installs what the tests need on a fresh machine; needs root for the testbed.
+# VGPUD_TEST_HOST_ONLY=1 skips the guest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +18,9 @@ if ((${#need_packages[@]})); then
 fi
 
 cargo test --workspace --locked "$@"
+
+[[ ${VGPUD_TEST_HOST_ONLY:-0} == 1 ]] && exit 0
+# vgpud with OpenGL links the testbed's virglrenderer, so it is built inside the testbed.
+scripts/testbed/root.sh
+scripts/testbed/run.sh cargo build --release --locked --features virgl
+VGPUD_BIN=$PWD/target/testbed/release/vgpud VGPUD_E2E_VIRGL=1 scripts/e2e.sh

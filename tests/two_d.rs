@@ -243,9 +243,15 @@ fn edid_comes_from_the_display_or_is_generated() {
         edid.windows(13).any(|w| w == b"vgpud-harness"),
         "supplied by the display"
     );
+    // With a display attached the frontend owns the scanout count; virtio-gpu's own limit holds.
     assert_eq!(
-        call(&mut shown, Command::GetEdid { scanout: 1 }),
+        call(&mut shown, Command::GetEdid { scanout: 16 }),
         Response::Err(ErrorCode::InvalidScanoutId)
+    );
+    assert_eq!(
+        call(&mut headless, Command::GetEdid { scanout: 1 }),
+        Response::Err(ErrorCode::InvalidScanoutId),
+        "headless: the configured count"
     );
 }
 

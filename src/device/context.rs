@@ -12,11 +12,37 @@ pub struct Context {
     pub global: u32,
 }
 
-/// Largest dimensions a 3D resource may claim; the renderer allocates host memory for them.
+/// Largest dimensions a 3D texture may claim; the renderer allocates host memory for them.
 const MAX_3D_EXTENT: u32 = 16384;
 const MAX_3D_LAYERS: u32 = 2048;
-/// Bytes per texel assumed when charging a 3D resource to the VM's memory quota.
+/// Bytes per texel assumed when charging a 3D texture to the VM's memory quota.
 const QUOTA_BYTES_PER_TEXEL: u64 = 4;
+/// Gallium's PIPE_BUFFER: a buffer whose width is its size in bytes.
+const PIPE_BUFFER: u32 = 0;
+
+/// What a 3D resource is charged against the VM's memory quota, or None if its shape is invalid.
+fn quota_size(a: &ResourceCreate3d) -> Option<u64> {
+    let within = |v: u32, max: u32| (1..=max).contains(&v);
+    if a.target == PIPE_BUFFER {
+        return (a.width >= 1 && a.height == 1 && a.depth == 1).then_some(u64::from(a.width));
+    }
+    if !within(a.width, MAX_3D_EXTENT)
+        || !within(a.height, MAX_3D_EXTENT)
+        || !within(a.depth, MAX_3D_LAYERS)
+        || !within(a.array_size, MAX_3D_LAYERS)
+        || a.last_level > 31
+    {
+        return None;
+    }
+    let texels = u64::from(a.width)
+        * u64::from(a.height)
+        * u64::from(a.depth)
+        * u64::from(a.array_size)
+        * u64::from(a.nr_samples.clamp(1, 16));
+    // A full mip chain adds at most a third.
+    let mips = if a.last_level > 0 { 4 } else { 3 };
+    Some(texels * QUOTA_BYTES_PER_TEXEL * mips / 3)
+}
 
 impl<R: Renderer> Device<R> {
     pub(super) fn has_3d(&self) -> bool {
@@ -82,22 +108,7 @@ impl<R: Renderer> Device<R> {
         if id == 0 || self.resources.contains_key(&id) {
             return Err(ErrorCode::InvalidResourceId);
         }
-        let extent_ok = |v: u32, max: u32| v >= 1 && v <= max;
-        if !extent_ok(args.width, MAX_3D_EXTENT)
-            || !extent_ok(args.height, MAX_3D_EXTENT)
-            || !extent_ok(args.depth, MAX_3D_LAYERS)
-            || !extent_ok(args.array_size, MAX_3D_LAYERS)
-            || args.last_level > 31
-        {
-            return Err(ErrorCode::InvalidParameter);
-        }
-        // Mip levels add at most a third; samples multiply.
-        let texels = u64::from(args.width)
-            * u64::from(args.height)
-            * u64::from(args.depth)
-            * u64::from(args.array_size)
-            * u64::from(args.nr_samples.clamp(1, 16));
-        let size = texels * QUOTA_BYTES_PER_TEXEL * if args.last_level > 0 { 4 } else { 3 } / 3;
+        let size = quota_size(args).ok_or(ErrorCode::InvalidParameter)?;
         self.charge(size)?;
         let global = self
             .renderer
@@ -140,5 +151,39 @@ impl<R: Renderer> Device<R> {
             .submit_3d(ctx, commands.to_vec())
             .map_err(|_| ErrorCode::InvalidParameter)?;
         Ok(Response::OkNodata)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(target: u32, width: u32, height: u32) -> ResourceCreate3d {
+        ResourceCreate3d {
+            target,
+            width,
+            height,
+            depth: 1,
+            array_size: 1,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn buffers_are_charged_in_bytes_and_textures_per_texel() {
+        assert_eq!(quota_size(&args(PIPE_BUFFER, 1 << 20, 1)), Some(1 << 20));
+        assert_eq!(
+            quota_size(&args(PIPE_BUFFER, 64, 2)),
+            None,
+            "a buffer has one row"
+        );
+        assert_eq!(quota_size(&args(2, 256, 256)), Some(256 * 256 * 4));
+        assert_eq!(quota_size(&args(2, 16385, 1)), None);
+        assert_eq!(quota_size(&args(2, 0, 1)), None);
+        let mipped = ResourceCreate3d {
+            last_level: 8,
+            ..args(2, 256, 256)
+        };
+        assert_eq!(quota_size(&mipped), Some(256 * 256 * 4 * 4 / 3));
     }
 }

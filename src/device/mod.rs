@@ -84,8 +84,9 @@ pub struct Device<R: Renderer> {
 impl<R: Renderer> Device<R> {
     pub fn new(renderer: R, mut cfg: DeviceConfig, sink: Arc<dyn FenceSink>) -> Self {
         cfg.num_scanouts = cfg.num_scanouts.clamp(1, MAX_SCANOUTS as u32);
-        let n = cfg.num_scanouts as usize;
-        let modes = (0..n)
+        // Slots for every scanout virtio-gpu allows: with a display attached, the frontend decides
+        // how many the guest sees (QEMU's max_outputs), not our configuration.
+        let modes = (0..MAX_SCANOUTS)
             .map(|i| DisplayOne {
                 rect: Rect {
                     x: 0,
@@ -104,9 +105,9 @@ impl<R: Renderer> Device<R> {
             resource_bytes: 0,
             contexts: BTreeMap::new(),
             sink,
-            scanouts: vec![Scanout::default(); n],
+            scanouts: vec![Scanout::default(); MAX_SCANOUTS],
             modes,
-            edids: vec![None; n],
+            edids: vec![None; MAX_SCANOUTS],
             display_attached: false,
             cfg,
         }
@@ -208,7 +209,10 @@ impl<R: Renderer> Device<R> {
             return Err(ErrorCode::Unspec);
         }
         match &req.cmd {
-            Command::GetDisplayInfo => Ok(Response::OkDisplayInfo(self.modes.clone())),
+            Command::GetDisplayInfo => {
+                let shown = self.modes.iter().take(self.scanout_limit() as usize);
+                Ok(Response::OkDisplayInfo(shown.copied().collect()))
+            }
             Command::GetEdid { scanout } => self.get_edid(*scanout),
             Command::GetCapsetInfo { capset_index } => self.capset_info(*capset_index),
             Command::GetCapset {
@@ -292,7 +296,20 @@ impl<R: Renderer> Device<R> {
         }
     }
 
+    /// Scanouts the guest may address: the configured ones when headless, all of them when a
+    /// display (which owns the count) is attached.
+    fn scanout_limit(&self) -> u32 {
+        if self.display_attached {
+            MAX_SCANOUTS as u32
+        } else {
+            self.cfg.num_scanouts
+        }
+    }
+
     fn get_edid(&self, scanout: u32) -> Result<Response> {
+        if scanout >= self.scanout_limit() {
+            return Err(ErrorCode::InvalidScanoutId);
+        }
         let mode = self
             .modes
             .get(scanout as usize)
@@ -434,7 +451,7 @@ impl<R: Renderer> Device<R> {
         rect: Rect,
         display: &mut Vec<DisplayCmd>,
     ) -> Result<Response> {
-        if scanout_id >= self.cfg.num_scanouts {
+        if scanout_id >= self.scanout_limit() {
             return Err(ErrorCode::InvalidScanoutId);
         }
         if id == 0 {
@@ -512,7 +529,7 @@ impl<R: Renderer> Device<R> {
 
     fn update_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
         let scanout = c.pos.scanout_id;
-        if scanout >= self.cfg.num_scanouts {
+        if scanout >= self.scanout_limit() {
             return Err(ErrorCode::InvalidScanoutId);
         }
         if c.resource_id == 0 {
@@ -545,7 +562,7 @@ impl<R: Renderer> Device<R> {
 
     fn move_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
         let scanout = c.pos.scanout_id;
-        if scanout >= self.cfg.num_scanouts {
+        if scanout >= self.scanout_limit() {
             return Err(ErrorCode::InvalidScanoutId);
         }
         Ok(vec![DisplayCmd::CursorMove {

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use vgpud_protocol::{GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_EDID, F_RESOURCE_UUID, F_VIRGL};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
@@ -108,8 +108,9 @@ impl VmBackend {
         *lock(&self.events_read) |= EVENT_DISPLAY;
         let backend = lock(&self.backend_req).clone();
         if let Some(backend) = backend {
+            // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
             if let Err(e) = backend.handle_config_change() {
-                warn!("{}: config change notification failed: {e}", self.name);
+                debug!("{}: config change notification not taken: {e}", self.name);
             }
         }
     }

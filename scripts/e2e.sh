@@ -1,0 +1,519 @@
+#!/usr/bin/env bash
+# Real-guest end-to-end tests of vgpud: each case starts vgpud in the testbed
+# root, boots Debian guests under QEMU (TCG) with vhost-user-gpu-pci attached
+# to it, and runs test programs from guest-tests/ in them.
+#
+# usage: e2e.sh [--list] [--only NAME]...
+#
+#   --list       print the cases and exit
+#   --only NAME  run only this case (repeatable)
+#
+# Environment:
+#   VGPUD_BIN          vgpud binary to test (default: cargo build --release on
+#                      the host; with VGPUD_E2E_VIRGL=1, --features virgl
+#                      inside the root, as virglrenderer 1.3 is sid's)
+#   VGPUD_E2E_VIRGL=1  also run the cases that need vgpud --renderer virgl
+#   VGPUD_E2E_TIMEOUT  per-guest timeout in seconds (default 240)
+#
+# Builds what is missing first: the testbed root (root.sh), the guest image
+# (guest-image.sh), the guest tests (in the root, into target/guest-tests) and
+# vgpud. Each case's logs go to $VGPUD_TESTBED/runs/e2e-<time>-<pid>/<case>/:
+# vgpud.log, and per guest vm<N>/ with console.log, output.log, boot.log and
+# screen.txt (plus screen.ppm when a screendump did not match). Prints one
+# PASS/FAIL/SKIP line per case, then "N passed, N failed[, N skipped]", and
+# exits non-zero if any case failed. Needs root (chroot, mount), like the
+# testbed scripts.
+set -euo pipefail
+# shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
+
+E2E_HELPERS=$TB_PROJECT/scripts/e2e
+GUEST_TESTS=$TB_PROJECT/target/guest-tests
+GUEST_TIMEOUT=${VGPUD_E2E_TIMEOUT:-240}
+# kms-pattern holds its image until this file appears; the guest sees its
+# results dir (the host's <case>/vm<N>/) as /results.
+DONE_FILE=/results/screendump-taken
+# Features vgpud's 2D renderer offers, as virtio-gpu-features reports them.
+FEATURES_2D=(virgl=no edid=yes indirect=yes resource_uuid=yes blob_resources=no context_init=no)
+KMSCUBE_FRAMES=60
+
+# name|vgpud renderer|description. Cases with the virgl renderer run only
+# with VGPUD_E2E_VIRGL=1.
+CASES=(
+    "probe|2d|virtio_gpu binds, card0 exists, 2D feature set, >= 1 scanout"
+    "kms-pattern|2d|dumb buffer pattern on the CRTC, QEMU screendump compared pixel for pixel"
+    "kmscube|2d|kmscube renders $KMSCUBE_FRAMES frames (llvmpipe in the guest, 2D scanout)"
+    "two-vms|2d|one vgpud, two guests at once (1280x800 and 1024x768): probe + kms-pattern, different seeds"
+    "gl-offscreen|virgl|probe virgl=yes, then a GLES2 triangle offscreen, GL_RENDERER virgl"
+    "fences|virgl|GL draws with sync fd out-fences in flight, waited for in order"
+    "kms-pattern-virgl|virgl|kms-pattern with the virgl renderer (2D resources are virglrenderer textures)"
+    "kmscube-virgl|virgl|kmscube rendered by virgl through vgpud, $KMSCUBE_FRAMES frames"
+)
+
+RUN_DIR=""
+SOCK_DIR=""     # in the root's /tmp: QEMU and vgpud run in the root
+VGPUD=""        # the staged binary, at a path visible in the root
+RENDERER=""     # the current case's --renderer
+TRACKED=()      # process-group leaders started here (setsid), stopped at exit
+VGPUD_PID=""
+BOOT_PID=""
+READY_SIZE=""
+REASON=""
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# --- processes -------------------------------------------------------------
+
+track() { TRACKED+=("$1"); }
+
+untrack() {
+    local -a keep=()
+    local p
+    for p in "${TRACKED[@]}"; do [[ $p == "$1" ]] || keep+=("$p"); done
+    TRACKED=("${keep[@]}")
+}
+
+# Is PID alive (a zombie is not)?
+running() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+# QEMU runs under timeout(1), which moves itself into a process group of its
+# own, so a signal to boot.sh's group does not reach it: stop it through its
+# pidfile (checked to still be QEMU).
+stop_qemus() {
+    local f pid
+    for f in "$TB_ROOT$SOCK_DIR"/*.qemu.pid; do
+        [[ -f $f ]] || continue
+        pid=$(cat "$f" 2>/dev/null) || continue
+        if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == qemu-system-* ]]; then
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+        rm -f "$f"
+    done
+}
+
+# Stop the process group led by PID: TERM, then KILL after 10 s.
+stop_group() {
+    local pid=$1 i
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    untrack "$pid"
+}
+
+stop_all() {
+    [[ -z $SOCK_DIR ]] || stop_qemus
+    local pid
+    for pid in "${TRACKED[@]}"; do stop_group "$pid"; done
+    VGPUD_PID=""
+}
+
+cleanup() {
+    stop_all
+    if [[ -n $SOCK_DIR && -d $TB_ROOT$SOCK_DIR ]]; then rm -rf -- "${TB_ROOT:?}$SOCK_DIR"; fi
+}
+
+# --- building ------------------------------------------------------------------
+
+ensure_guest_image() {
+    local img=$TB_GUEST/initramfs.cpio.gz src
+    for src in "$TB_SCRIPTS/guest-init.sh" "$TB_SCRIPTS/guest-image.sh" "$TB_ROOT_STAMP"; do
+        if [[ ! -f $img || ! -f $TB_GUEST/vmlinuz || $src -nt $img ]]; then
+            "$TB_SCRIPTS/guest-image.sh"
+            return
+        fi
+    done
+}
+
+build_all() {
+    "$TB_SCRIPTS/root.sh"
+    # Done here once: concurrent boot.sh calls would each rebuild a stale image.
+    ensure_guest_image
+    log "building guest tests into $GUEST_TESTS (inside the root)"
+    "$TB_SCRIPTS/run.sh" "$TB_PROJECT/guest-tests/build.sh" "$GUEST_TESTS" >&2
+    local bin=${VGPUD_BIN:-}
+    [[ -n $bin ]] || build_vgpud
+    [[ -x $bin ]] || tb_die "vgpud binary $bin is missing or not executable"
+    # A copy in the run dir: visible inside the root wherever the original
+    # lives, and safe from rebuilds during the run.
+    VGPUD=$RUN_DIR/vgpud
+    cp "$bin" "$VGPUD"
+    log "vgpud: $bin"
+}
+
+# Sets bin (local to build_all) to a freshly built vgpud.
+build_vgpud() {
+    local target=${CARGO_TARGET_DIR:-}
+    [[ -z $target ]] || target=$(realpath -m "$target")
+    if [[ ${VGPUD_E2E_VIRGL:-0} != 1 ]]; then
+        log "cargo build --release"
+        cargo build --release --manifest-path "$TB_PROJECT/Cargo.toml" >&2
+        bin=${target:-$TB_PROJECT/target}/release/vgpud
+        return
+    fi
+    # The virgl feature needs sid's virglrenderer: build inside the root
+    # (run.sh's default target dir is target/testbed).
+    log "cargo build --release --features virgl (inside the root)"
+    CARGO_TARGET_DIR=$target "$TB_SCRIPTS/run.sh" \
+        cargo build --release --features virgl --manifest-path "$TB_PROJECT/Cargo.toml" >&2
+    target=${target:-$TB_PROJECT/target/testbed}
+    # A target dir outside the project was the root's own, e.g. its /tmp.
+    case $target/ in "$TB_PROJECT"/*) ;; *) target=$TB_ROOT$target ;; esac
+    bin=$target/release/vgpud
+}
+
+# --- vgpud and guests ------------------------------------------------------------
+
+# Every guest has a results dir <case>/vm<N>; its vhost-user socket, QMP
+# socket and QEMU pidfile are $SOCK_DIR/<case>-vm<N>.{sock,qmp,qemu.pid}.
+vm_tag() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
+
+# start_vgpud CASE_DIR NVMS: one vgpud (--renderer $RENDERER) serving the
+# sockets of CASE_DIR/vm0 .. vm<NVMS-1>, log in CASE_DIR/vgpud.log.
+start_vgpud() {
+    local dir=$1 n=$2 i all sock
+    local -a socks=() args=(--renderer "$RENDERER")
+    for ((i = 0; i < n; i++)); do
+        socks+=("$SOCK_DIR/$(vm_tag "$dir/vm$i").sock")
+        args+=(--socket-path "${socks[i]}")
+    done
+    setsid "$TB_SCRIPTS/run.sh" "$VGPUD" "${args[@]}" >"$dir/vgpud.log" 2>&1 </dev/null &
+    VGPUD_PID=$!
+    track "$VGPUD_PID"
+    for ((i = 0; i < 300; i++)); do
+        all=1
+        for sock in "${socks[@]}"; do
+            [[ -S $TB_ROOT$sock ]] || all=0
+        done
+        [[ $all -eq 0 ]] || return 0
+        if ! running "$VGPUD_PID"; then
+            REASON="vgpud exited at start: $(tail -3 "$dir/vgpud.log" | tr '\n' ' ')"
+            return 1
+        fi
+        sleep 0.1
+    done
+    REASON="vgpud sockets did not appear within 30 s"
+    return 1
+}
+
+# vgpud must still be serving at the end of a case, and must not have panicked.
+check_vgpud() {
+    local dir=$1
+    if grep -aq 'panicked' "$dir/vgpud.log"; then
+        REASON="vgpud panicked: $(grep -a -m1 'panicked' "$dir/vgpud.log")"
+        return 1
+    fi
+    if ! running "$VGPUD_PID"; then
+        REASON="vgpud died during the case: $(tail -2 "$dir/vgpud.log" | tr '\n' ' ')"
+        return 1
+    fi
+}
+
+# vgpud's warnings and errors do not fail a case by themselves, but are shown:
+# the first five distinct ones (without timestamps) and how many there were.
+show_vgpud_warnings() {
+    local log=$1/vgpud.log line n
+    [[ -f $log ]] || return 0
+    n=$(grep -acE '^\[[^]]* (ERROR|WARN) ' "$log" || true)
+    [[ $n -gt 0 ]] || return 0
+    log "  vgpud logged $n WARN/ERROR lines; the first distinct ones:"
+    while IFS= read -r line; do
+        log "    $line"
+    done < <(grep -aE '^\[[^]]* (ERROR|WARN) ' "$log" | sed 's/^\[[^ ]* //' |
+        awk '!seen[$0]++' | head -5)
+}
+
+# boot_guest OUT CODE [PROPS]: boot a guest in the background running bash
+# CODE, with vhost-user-gpu-pci (plus ",PROPS") on its vgpud socket and a QMP
+# socket. Sets BOOT_PID.
+boot_guest() {
+    local out=$1 code=$2 props=${3:+,$3} tag
+    tag=$SOCK_DIR/$(vm_tag "$out")
+    mkdir -p "$out"
+    rm -f "$out/${DONE_FILE##*/}"
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    local -a args=(-q -o "$out" -t "$GUEST_TIMEOUT"
+        -a -chardev -a "socket,id=vgpu0,path=$tag.sock"
+        -d "vhost-user-gpu-pci,chardev=vgpu0$props"
+        -a -qmp -a "unix:$tag.qmp,server=on,wait=off"
+        -a -pidfile -a "$tag.qemu.pid")
+    setsid "$TB_SCRIPTS/boot.sh" "${args[@]}" -c "$code" >"$out/boot.log" 2>&1 </dev/null &
+    BOOT_PID=$!
+    track "$BOOT_PID"
+}
+
+# finish_guest PID OUT PROGRAM...: wait for the guest; it must exit 0 and
+# print "PASS: PROGRAM" for each PROGRAM.
+finish_guest() {
+    local pid=$1 out=$2 rc=0 prog line
+    shift 2
+    wait "$pid" || rc=$?
+    untrack "$pid"
+    grep -aE '^(PASS|FAIL): ' "$out/output.log" 2>/dev/null |
+        sed "s|^|    $(basename "$out"): |" >&2 || true
+    if [[ $rc -ne 0 ]]; then
+        line=$(grep -a -m1 '^FAIL: ' "$out/output.log" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            REASON="guest ${line#FAIL: }"
+        else
+            REASON="guest exit code $rc (124: timeout, 125: no status; see $out/console.log)"
+        fi
+        return 1
+    fi
+    for prog in "$@"; do
+        if ! grep -aqx "PASS: $prog" "$out/output.log"; then
+            REASON="guest printed no 'PASS: $prog' (see $out/output.log)"
+            return 1
+        fi
+    done
+}
+
+# wait_ready OUT PID: wait for kms-pattern's "READY WxH" line; sets
+# READY_SIZE to WxH. Read from output.log, which the guest writes through the
+# uncached results share as it goes: unlike console.log, no kernel message
+# can land in the middle of the line. (Not a $(...) function: this script
+# would only act on a signal once such a subshell had ended.)
+wait_ready() {
+    local out=$1 pid=$2 i line
+    READY_SIZE=""
+    for ((i = 0; i < GUEST_TIMEOUT * 5; i++)); do
+        line=$(grep -axE -m1 'READY [0-9]+x[0-9]+' "$out/output.log" 2>/dev/null || true)
+        if [[ -n $line ]]; then
+            READY_SIZE=${line#READY }
+            return 0
+        fi
+        running "$pid" || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
+# screen_check OUT SEED PID: once the guest shows its pattern, take a
+# screendump and compare it with the pattern for SEED; then let the guest go.
+screen_check() {
+    local out=$1 seed=$2 pid=$3 vm rc=0
+    vm=$(basename "$out")
+    if ! wait_ready "$out" "$pid"; then
+        REASON="$vm: kms-pattern never printed READY (see $out/output.log, console.log)"
+        return 1
+    fi
+    python3 "$E2E_HELPERS/screen.py" --qmp "$TB_ROOT$SOCK_DIR/$(vm_tag "$out").qmp" \
+        --out "$out/screen.ppm" --size "$READY_SIZE" --seed "$seed" >"$out/screen.txt" 2>&1 || rc=$?
+    touch "$out/${DONE_FILE##*/}"
+    log "  $vm: $(tail -1 "$out/screen.txt")"
+    if [[ $rc -ne 0 ]]; then
+        REASON="$vm: $(tail -1 "$out/screen.txt")"
+        return 1
+    fi
+    # An exact match says all there is to say about it; a mismatch is kept.
+    rm -f "$out/screen.ppm"
+}
+
+# Guest command lines.
+guest_program() {
+    printf '%q/%s' "$GUEST_TESTS" "$1"
+    shift
+    printf ' %q' "$@"
+}
+
+kms_pattern_code() {
+    guest_program kms-pattern --seed "$1" --hold "$GUEST_TIMEOUT" --wait-for "$DONE_FILE"
+}
+
+# kmscube in the guest ($want is set in front of it). kmscube prints
+# "Rendered N frames ..." every 2 s and once at the end, where N counts the
+# frames after the first.
+KMSCUBE_GUEST_CODE=$(cat <<'EOF'
+timeout 150 kmscube --count="$want" >/tmp/kmscube.log 2>&1
+rc=$?
+grep -aE '^Using|renderer:' /tmp/kmscube.log
+last=$(grep -a '^Rendered' /tmp/kmscube.log | tail -1)
+echo "$last"
+if [ "$rc" -ne 0 ]; then
+    tail -5 /tmp/kmscube.log
+    echo "FAIL: kmscube: exit status $rc"
+    exit 1
+fi
+frames=$(echo "$last" | awk '{ print $2 }')
+if [ "${frames:-0}" -lt $((want - 1)) ]; then
+    echo "FAIL: kmscube: rendered ${frames:-no} frames of $want"
+    exit 1
+fi
+echo "PASS: kmscube"
+EOF
+)
+
+# --- cases: each returns 0, or sets REASON and returns 1 ------------------------
+
+case_probe() {
+    local dir=$1
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$(guest_program probe "${FEATURES_2D[@]}")"
+    finish_guest "$BOOT_PID" "$dir/vm0" probe || return 1
+    check_vgpud "$dir"
+}
+
+case_kms-pattern() {
+    local dir=$1 ok=0
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$(kms_pattern_code 1)"
+    screen_check "$dir/vm0" 1 "$BOOT_PID" || ok=1
+    # Keep the screendump's verdict; still let the guest finish.
+    local reason=$REASON
+    finish_guest "$BOOT_PID" "$dir/vm0" kms-pattern || ok=1
+    [[ -z $reason ]] || REASON=$reason
+    [[ $ok -eq 0 ]] || return 1
+    check_vgpud "$dir"
+}
+
+case_kmscube() {
+    local dir=$1 renderer=llvmpipe
+    [[ $RENDERER != virgl ]] || renderer=virgl
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "want=$KMSCUBE_FRAMES"$'\n'"$KMSCUBE_GUEST_CODE"
+    finish_guest "$BOOT_PID" "$dir/vm0" kmscube || return 1
+    log "  $(grep -a 'renderer:' "$dir/vm0/output.log" | head -1 | tr -s ' ')"
+    log "  $(grep -a '^Rendered' "$dir/vm0/output.log" | tail -1)"
+    if ! grep -aq "renderer: \"$renderer" "$dir/vm0/output.log"; then
+        REASON="kmscube did not render with $renderer"
+        return 1
+    fi
+    check_vgpud "$dir"
+}
+
+case_two-vms() {
+    local dir=$1 ok=0 pid0 pid1 reason=""
+    start_vgpud "$dir" 2 || return 1
+    boot_guest "$dir/vm0" "$(guest_program probe "${FEATURES_2D[@]}") && $(kms_pattern_code 2)"
+    pid0=$BOOT_PID
+    # The second display is smaller: each VM's mode must come from its own
+    # QEMU display (vgpud's default is 1280x800).
+    boot_guest "$dir/vm1" "$(guest_program probe "${FEATURES_2D[@]}") && $(kms_pattern_code 5)" \
+        xres=1024,yres=768
+    pid1=$BOOT_PID
+    # Every step runs even after a failure (so both guests are released and
+    # waited for); REASON ends up as the first failure's.
+    screen_check "$dir/vm0" 2 "$pid0" || ok=1
+    reason=${reason:-$REASON}
+    screen_check "$dir/vm1" 5 "$pid1" || ok=1
+    reason=${reason:-$REASON}
+    finish_guest "$pid0" "$dir/vm0" probe kms-pattern || ok=1
+    reason=${reason:-$REASON}
+    finish_guest "$pid1" "$dir/vm1" probe kms-pattern || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    check_vgpud "$dir"
+}
+
+case_gl-offscreen() {
+    local dir=$1
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" \
+        "$(guest_program probe virgl=yes) && $(guest_program gl-offscreen --expect-renderer virgl)"
+    finish_guest "$BOOT_PID" "$dir/vm0" probe gl-offscreen || return 1
+    check_vgpud "$dir"
+}
+
+case_fences() {
+    local dir=$1
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$(guest_program fences --expect-renderer virgl --native)"
+    finish_guest "$BOOT_PID" "$dir/vm0" fences || return 1
+    check_vgpud "$dir"
+}
+
+case_kms-pattern-virgl() { case_kms-pattern "$@"; }
+case_kmscube-virgl() { case_kmscube "$@"; }
+
+# --- main ------------------------------------------------------------------------
+
+usage() { sed -n '2,25s/^# \{0,1\}//p' "$0"; }
+
+list_cases() {
+    local entry name renderer desc
+    for entry in "${CASES[@]}"; do
+        IFS='|' read -r name renderer desc <<<"$entry"
+        if [[ $renderer == virgl ]]; then desc+=" [needs VGPUD_E2E_VIRGL=1]"; fi
+        printf '%-18s %s\n' "$name" "$desc"
+    done
+}
+
+main() {
+    local -a only=()
+    local entry name desc known
+    while [[ $# -gt 0 ]]; do
+        case $1 in
+            --list) list_cases; exit 0 ;;
+            --only) [[ $# -ge 2 ]] || tb_die "--only needs a case name"; only+=("$2"); shift 2 ;;
+            -h | --help) usage; exit 0 ;;
+            *) usage >&2; exit 2 ;;
+        esac
+    done
+    for name in "${only[@]}"; do
+        known=0
+        for entry in "${CASES[@]}"; do [[ ${entry%%|*} != "$name" ]] || known=1; done
+        [[ $known -eq 1 ]] || tb_die "unknown case '$name' (see --list)"
+    done
+    tb_need_root
+    command -v python3 >/dev/null || tb_die "python3 is needed on the host (QMP, image check)"
+
+    local t_start
+    t_start=$(now)
+    RUN_DIR=$TB_RUNS/e2e-$(date +%Y%m%d-%H%M%S)-$$
+    mkdir -p "$RUN_DIR"
+    SOCK_DIR=/tmp/vgpud-e2e-$$
+    trap cleanup EXIT
+    trap 'log interrupted; exit 130' INT
+    trap 'log terminated; exit 143' TERM
+    mkdir -p "$TB_ROOT$SOCK_DIR"
+    # QMP sockets are opened from the host through the root's path, and a
+    # UNIX socket path has at most 107 bytes.
+    local longest=$TB_ROOT$SOCK_DIR/kms-pattern-virgl-vm0.qemu.pid
+    [[ ${#longest} -le 107 ]] || tb_die "testbed root path too long for UNIX sockets: $TB_ROOT"
+    build_all
+    log "build steps took $(since "$t_start") s; results in $RUN_DIR"
+
+    local passed=0 failed=0 skipped=0 t0
+    for entry in "${CASES[@]}"; do
+        IFS='|' read -r name RENDERER desc <<<"$entry"
+        if [[ ${#only[@]} -gt 0 && " ${only[*]} " != *" $name "* ]]; then continue; fi
+        if [[ $RENDERER == virgl && ${VGPUD_E2E_VIRGL:-0} != 1 ]]; then
+            echo "SKIP: $name (needs VGPUD_E2E_VIRGL=1)"
+            skipped=$((skipped + 1))
+            continue
+        fi
+        log "$name: $desc"
+        mkdir -p "$RUN_DIR/$name"
+        REASON=""
+        t0=$(now)
+        if "case_$name" "$RUN_DIR/$name"; then
+            show_vgpud_warnings "$RUN_DIR/$name"
+            echo "PASS: $name ($(since "$t0") s)"
+            passed=$((passed + 1))
+        else
+            show_vgpud_warnings "$RUN_DIR/$name"
+            echo "FAIL: $name: ${REASON:-unknown failure} ($(since "$t0") s; logs in $RUN_DIR/$name)"
+            failed=$((failed + 1))
+        fi
+        stop_all
+    done
+
+    local summary="$passed passed, $failed failed"
+    [[ $skipped -eq 0 ]] || summary+=", $skipped skipped"
+    echo "$summary"
+    # The staged binary is only worth keeping to reproduce a failure.
+    [[ $failed -ne 0 ]] || rm -f "$VGPUD"
+    log "total $(since "$t_start") s; results in $RUN_DIR"
+    [[ $failed -eq 0 ]]
+}
+
+main "$@"
