@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-use vgpud_protocol::edid_for_mode;
+use vgpud_protocol::{edid_for_mode, resp};
 
 const GET_PROTOCOL_FEATURES: u32 = 1;
 const SET_PROTOCOL_FEATURES: u32 = 2;
@@ -30,11 +30,11 @@ const FLAG_REPLY: u32 = 0x4;
 /// Protocol feature bit numbers (the mask is `1 << bit`).
 const PROTOCOL_F_EDID: u64 = 0;
 
-const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
-const RESP_OK_EDID: u32 = vgpud_protocol::resp::OK_EDID;
-const RESP_ERR_INVALID_SCANOUT_ID: u32 = 0x1203;
+const RESP_OK_DISPLAY_INFO: u32 = resp::OK_DISPLAY_INFO;
+const RESP_OK_EDID: u32 = resp::OK_EDID;
+const RESP_ERR_INVALID_SCANOUT_ID: u32 = resp::ERR_INVALID_SCANOUT_ID;
 
-const MAX_SCANOUTS: usize = 16;
+use vgpud_protocol::MAX_SCANOUTS;
 const CURSOR_BYTES: usize = 64 * 64 * 4;
 /// Refuse payloads above this (a corrupt size field would otherwise allocate gigabytes).
 const MAX_PAYLOAD: u32 = 256 << 20;

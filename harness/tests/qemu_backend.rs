@@ -6,23 +6,24 @@
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+use vgpud_protocol::{cmd, format, resp};
 
 use vgpud_harness::{Daemon, DisplayEvent, Vm, VmConfig};
 
 const QEMU_GPU: &str = "/usr/lib/qemu/vhost-user-gpu";
 
-const CMD_GET_DISPLAY_INFO: u32 = 0x100;
-const CMD_RESOURCE_CREATE_2D: u32 = 0x101;
-const CMD_SET_SCANOUT: u32 = 0x103;
-const CMD_RESOURCE_FLUSH: u32 = 0x104;
-const CMD_TRANSFER_TO_HOST_2D: u32 = 0x105;
-const CMD_RESOURCE_ATTACH_BACKING: u32 = 0x106;
-const CMD_GET_EDID: u32 = 0x10a;
-const RESP_OK_NODATA: u32 = 0x1100;
-const RESP_OK_DISPLAY_INFO: u32 = 0x1101;
-const RESP_OK_EDID: u32 = vgpud_protocol::resp::OK_EDID;
-const RESP_ERR_UNSPEC: u32 = 0x1200;
-const FORMAT_B8G8R8A8: u32 = 1;
+const CMD_GET_DISPLAY_INFO: u32 = cmd::GET_DISPLAY_INFO;
+const CMD_RESOURCE_CREATE_2D: u32 = cmd::RESOURCE_CREATE_2D;
+const CMD_SET_SCANOUT: u32 = cmd::SET_SCANOUT;
+const CMD_RESOURCE_FLUSH: u32 = cmd::RESOURCE_FLUSH;
+const CMD_TRANSFER_TO_HOST_2D: u32 = cmd::TRANSFER_TO_HOST_2D;
+const CMD_RESOURCE_ATTACH_BACKING: u32 = cmd::RESOURCE_ATTACH_BACKING;
+const CMD_GET_EDID: u32 = cmd::GET_EDID;
+const RESP_OK_NODATA: u32 = resp::OK_NODATA;
+const RESP_OK_DISPLAY_INFO: u32 = resp::OK_DISPLAY_INFO;
+const RESP_OK_EDID: u32 = resp::OK_EDID;
+const RESP_ERR_UNSPEC: u32 = resp::ERR_UNSPEC;
+const FORMAT_B8G8R8A8: u32 = format::B8G8R8A8_UNORM;
 const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 fn qemu_gpu() -> Option<&'static Path> {

@@ -4,7 +4,6 @@ use vgpud_protocol::{
     ErrorCode, ResourceCreate3d, Response, Transfer3d, CONTEXT_INIT_CAPSET_ID_MASK,
 };
 
-use super::resource::Resource;
 use super::{render_error, Device, Renderer, Result};
 
 /// A guest context: the renderer knows it by `global`.
@@ -109,18 +108,9 @@ impl<R: Renderer> Device<R> {
             return Err(ErrorCode::InvalidResourceId);
         }
         let size = quota_size(args).ok_or(ErrorCode::InvalidParameter)?;
-        self.charge(size)?;
-        let global = self
-            .renderer
-            .resource_id_for(id)
-            .ok_or(ErrorCode::OutOfMemory)?;
-        self.renderer
-            .create_3d(global, args)
-            .map_err(render_error)?;
-        self.resource_bytes += size;
-        self.resources
-            .insert(id, Resource::new(global, args.width, args.height, size));
-        Ok(Response::OkNodata)
+        self.add_resource(id, (args.width, args.height), size, |r, global| {
+            r.create_3d(global, args)
+        })
     }
 
     pub(super) fn transfer_3d(

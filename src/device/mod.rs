@@ -362,14 +362,26 @@ impl<R: Renderer> Device<R> {
         // The renderer computes width * 4 in 32 bits: keep the stride and the size representable.
         let stride = width.checked_mul(bpp).ok_or(ErrorCode::InvalidParameter)?;
         let size = u64::from(stride) * u64::from(height);
+        self.add_resource(id, (width, height), size, |r, global| {
+            r.create_2d(global, width, height, fmt)
+        })
+    }
+
+    /// Charges a new resource of `size` bytes to the VM's quotas, has `create` make it in the
+    /// renderer under its renderer id, and records it.
+    fn add_resource(
+        &mut self,
+        id: u32,
+        (width, height): (u32, u32),
+        size: u64,
+        create: impl FnOnce(&R, u32) -> std::result::Result<(), RenderError>,
+    ) -> Result<Response> {
         self.charge(size)?;
         let global = self
             .renderer
             .resource_id_for(id)
             .ok_or(ErrorCode::OutOfMemory)?;
-        self.renderer
-            .create_2d(global, width, height, fmt)
-            .map_err(render_error)?;
+        create(&self.renderer, global).map_err(render_error)?;
         self.resource_bytes += size;
         self.resources
             .insert(id, Resource::new(global, width, height, size));
