@@ -43,6 +43,7 @@ CASES=(
     "probe|2d|virtio_gpu binds, card0 exists, 2D feature set, >= 1 scanout"
     "kms-pattern|2d|dumb buffer pattern on the CRTC, QEMU screendump compared pixel for pixel"
     "kmscube|2d|kmscube renders $KMSCUBE_FRAMES frames (llvmpipe in the guest, 2D scanout)"
+    "modetest|2d|libdrm's modetest (a peer tool): connectors, encoders, planes, then a mode set with its test pattern"
     "two-vms|2d|one vgpud, two guests at once (1280x800 and 1024x768): probe + kms-pattern, different seeds"
     "gl-offscreen|virgl|probe virgl=yes, then a GLES2 triangle offscreen, GL_RENDERER virgl"
     "fences|virgl|GL draws with sync fd out-fences in flight, waited for in order"
@@ -332,6 +333,24 @@ kms_pattern_code() {
 # kmscube in the guest ($want is set in front of it). kmscube prints
 # "Rendered N frames ..." every 2 s and once at the end, where N counts the
 # frames after the first.
+# libdrm's own KMS test tool, as a second opinion on the KMS paths kms-pattern covers.
+MODETEST_GUEST_CODE=$(cat <<'EOF'
+modetest -M virtio_gpu -c >/tmp/connectors || { echo "FAIL: modetest: listing connectors"; exit 1; }
+conn=$(awk '$3 == "connected" { print $1; exit }' /tmp/connectors)
+[ -n "$conn" ] || { echo "FAIL: modetest: no connected connector"; exit 1; }
+echo "modetest: connector $conn connected"
+modetest -M virtio_gpu -e -p >/tmp/resources || { echo "FAIL: modetest: listing encoders and planes"; exit 1; }
+# modetest draws its test pattern, then waits for a newline before restoring the mode.
+if ! echo | timeout 60 modetest -M virtio_gpu -s "$conn:1024x768" >/tmp/set.log 2>&1; then
+    tail -5 /tmp/set.log
+    echo "FAIL: modetest: mode set on connector $conn"
+    exit 1
+fi
+grep -a "setting mode" /tmp/set.log || true
+echo "PASS: modetest"
+EOF
+)
+
 KMSCUBE_GUEST_CODE=$(cat <<'EOF'
 timeout 150 kmscube --count="$want" >/tmp/kmscube.log 2>&1
 rc=$?
@@ -372,6 +391,14 @@ case_kms-pattern() {
     finish_guest "$BOOT_PID" "$dir/vm0" kms-pattern || ok=1
     [[ -z $reason ]] || REASON=$reason
     [[ $ok -eq 0 ]] || return 1
+    check_vgpud "$dir"
+}
+
+case_modetest() {
+    local dir=$1
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$MODETEST_GUEST_CODE"
+    finish_guest "$BOOT_PID" "$dir/vm0" modetest || return 1
     check_vgpud "$dir"
 }
 
