@@ -56,7 +56,11 @@ kmscube --count=400 | grep -E "renderer|Rendered"
 
 main() {
     "$TB_SCRIPTS/root.sh"
-    [[ -f $TB_GUEST/vmlinuz && -f $TB_GUEST/initramfs.cpio.gz ]] || "$TB_SCRIPTS/guest-image.sh"
+    # The guest's /init is baked into the image: rebuild when its script changed.
+    local img=$TB_GUEST/initramfs.cpio.gz
+    if [[ ! -f $img || ! -f $TB_GUEST/vmlinuz || $TB_SCRIPTS/guest-init.sh -nt $img ]]; then
+        "$TB_SCRIPTS/guest-image.sh"
+    fi
     "$TB_SCRIPTS/run.sh" "$TB_PROJECT/guest-tests/build.sh" "$TB_PROJECT/target/guest-tests"
     "$TB_SCRIPTS/run.sh" cargo build --release --locked --features virgl
     rm -rf "$OUT"

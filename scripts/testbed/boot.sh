@@ -101,6 +101,7 @@ build_qemu_cmdline() {
     local cmdarg=""
     [[ -n $CODE || ${#COMMAND[@]} -gt 0 ]] && cmdarg="vgpud.cmd=/results/cmd.sh"
     local append="console=ttyS0 panic=-1 mitigations=off vgpud.root=$ROOT_MODE"
+    append+=" vgpud.project=$TB_PROJECT"
     append+=" vgpud.shell=$SHELL_MODE $cmdarg $APPEND"
     local console
     if [[ $SHELL_MODE -eq 1 ]]; then
@@ -128,6 +129,7 @@ build_qemu_cmdline() {
         "${console[@]}"
         -virtfs local,path=/,mount_tag=rootfs,security_model=none,readonly=on,multidevs=remap
         -virtfs "local,path=$OUT,mount_tag=results,security_model=none,multidevs=remap"
+        -virtfs "local,path=$TB_PROJECT,mount_tag=project,security_model=none,readonly=on,multidevs=remap"
         "${DEVICES[@]}" "${QEMU_EXTRA[@]}")
 }
 

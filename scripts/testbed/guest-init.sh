@@ -90,6 +90,14 @@ mount_root() {
     mkdir -p $NEWROOT/run/user/0 && chmod 700 $NEWROOT/run/user/0
 }
 
+# The project (guest tests, vgpud builds) at its host path. Its own share, mounted after the
+# scratch tmpfs mounts: a project under /tmp would otherwise be hidden by the guest's /tmp.
+mount_project() {
+    [ -n "$PROJECT" ] || return 0
+    mkdir -p "$NEWROOT$PROJECT" 2>/dev/null
+    mount -t 9p -o "$P9,ro" project "$NEWROOT$PROJECT" || fail "9p project at $PROJECT"
+}
+
 # The small, fixed environment of programs run in the root (no spaces in
 # values: used unquoted). The root's $HOME is read-only, hence the cache dir.
 GUEST_ENV="PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -114,9 +122,11 @@ hostname vgpud-guest
 CMD=$(arg vgpud.cmd "")
 SHELL_MODE=$(arg vgpud.shell 0)
 ROOT_MODE=$(arg vgpud.root tmpfs)
+PROJECT=$(arg vgpud.project "")
 say "kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s"
 load_modules
 mount_root
+mount_project
 [ -n "$CMD" ] && run_command
 if [ "$SHELL_MODE" = 1 ]; then
     say "debug shell in the root (exit to power off)"

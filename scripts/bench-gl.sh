@@ -1,0 +1,271 @@
+#!/usr/bin/env bash
+# GL benchmark in a real guest: kmscube through vgpud (vhost-user-gpu-pci + vgpud --renderer
+# virgl) against QEMU's built-in virtio-gpu-gl-pci, same guest kernel and root, same QEMU 11.
+#
+# usage: bench-gl.sh
+#
+# QEMU's built-in GL device needs a GL display, and this host has no /dev/dri (egl-headless
+# fails), so both QEMUs get `-display sdl,gl=on` on an Xvfb server in the testbed root (install
+# it there with `scripts/testbed/run.sh apt-get install -y xvfb`). Every boot runs, in the guest:
+#   1. kmscube --count=FRAMES                       (KMS: page flips on the scanout)
+#   2. kmscube -O -x -v 1280x800 --count=OFFSCREEN  (offscreen, glFinish after every frame)
+# and each kmscube must report a GL renderer starting with "virgl", else the run is invalid.
+# The two devices alternate (vgpud first in odd runs). Prints fps per run, median and range per
+# device, and the ratio vgpud / built-in of the medians (higher is better for vgpud).
+#
+# Environment:
+#   VGPUD_BENCH_GL_RUNS       boots per device (default 3)
+#   VGPUD_BENCH_GL_FRAMES     kmscube frames on the scanout (default 500)
+#   VGPUD_BENCH_GL_OFFSCREEN  kmscube offscreen frames (default 1500)
+#   VGPUD_BENCH_GL_DISPLAY    QEMU -display for the vgpud runs (default sdl,gl=on, as built-in)
+#   VGPUD_BIN                 vgpud binary (default target/testbed/release/vgpud, built with
+#                             --features virgl inside the root when missing)
+#
+# Results (logs of every boot, summary.txt) go to $VGPUD_TESTBED/runs/bench-gl-<time>-<pid>/.
+# Needs root (chroot, mount), like the testbed scripts.
+set -euo pipefail
+# shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
+
+RUNS=${VGPUD_BENCH_GL_RUNS:-3}
+FRAMES=${VGPUD_BENCH_GL_FRAMES:-500}
+OFFSCREEN=${VGPUD_BENCH_GL_OFFSCREEN:-1500}
+VGPUD_DISPLAY=${VGPUD_BENCH_GL_DISPLAY:-sdl,gl=on}
+VGPUD=${VGPUD_BIN:-$TB_PROJECT/target/testbed/release/vgpud}
+GUEST_TIMEOUT=150
+
+OUT=$TB_RUNS/bench-gl-$(date +%Y%m%d-%H%M%S)-$$
+SOCK_DIR=/tmp/vgpud-bench-gl-$$ # in the root: vgpud, Xvfb and QEMU all run there
+X_DISPLAY=""
+GROUPS_STARTED=()
+
+log() { printf '[bench-gl] %s\n' "$*" >&2; }
+
+cleanup() {
+    local pid
+    for pid in "${GROUPS_STARTED[@]}"; do
+        kill -TERM -- "-$pid" 2>/dev/null || true
+    done
+    rm -rf -- "${TB_ROOT:?}$SOCK_DIR"
+}
+
+# Runs a command in its own process group (setsid), so stop() reaches all it started.
+start() {
+    setsid "$@" &
+    GROUPS_STARTED+=("$!")
+}
+
+stop() {
+    local pid=$1 i
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 -- "-$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    # Forget it: cleanup must not signal a group whose number was reused.
+    local -a keep=()
+    for i in "${GROUPS_STARTED[@]}"; do [[ $i == "$pid" ]] || keep+=("$i"); done
+    GROUPS_STARTED=("${keep[@]}")
+}
+
+# Is PID alive (a zombie is not)?
+running() {
+    local state
+    state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $state && $state != Z ]]
+}
+
+prepare() {
+    tb_need_root
+    tb_need_complete_root
+    [[ -x $TB_ROOT/usr/bin/Xvfb ]] ||
+        tb_die "no Xvfb in the root: scripts/testbed/run.sh apt-get install -y xvfb"
+    [[ -f $TB_GUEST/vmlinuz && -f $TB_GUEST/initramfs.cpio.gz ]] || "$TB_SCRIPTS/guest-image.sh"
+    if [[ ! -x $VGPUD ]]; then
+        log "building vgpud with --features virgl (inside the root)"
+        "$TB_SCRIPTS/run.sh" cargo build --release --locked --features virgl \
+            --manifest-path "$TB_PROJECT/Cargo.toml" >&2
+    fi
+    case $VGPUD in "$TB_PROJECT"/*) ;; *) tb_die "VGPUD_BIN must be inside $TB_PROJECT" ;; esac
+    mkdir -p "$OUT" "$TB_ROOT$SOCK_DIR"
+    chmod 700 "$TB_ROOT$SOCK_DIR"
+}
+
+# Xvfb picks a free display number itself (-displayfd) and writes it to its stdout.
+start_xvfb() {
+    local i
+    start "$TB_SCRIPTS/run.sh" Xvfb -displayfd 1 -screen 0 1920x1080x24 -nolisten tcp \
+        >"$OUT/xvfb.out" 2>"$OUT/xvfb.log" </dev/null
+    for ((i = 0; i < 100; i++)); do
+        X_DISPLAY=$(head -1 "$OUT/xvfb.out")
+        [[ -z $X_DISPLAY ]] || { log "Xvfb on :$X_DISPLAY"; return 0; }
+        sleep 0.1
+    done
+    tb_die "Xvfb did not start (see $OUT/xvfb.log)"
+}
+
+start_vgpud() {
+    local dir=$1 i
+    start "$TB_SCRIPTS/run.sh" "$VGPUD" --renderer virgl --socket-path "$SOCK_DIR/vgpud.sock" \
+        >"$dir/vgpud.log" 2>&1 </dev/null
+    VGPUD_PID=${GROUPS_STARTED[-1]}
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $TB_ROOT$SOCK_DIR/vgpud.sock ]] && return 0
+        sleep 0.1
+    done
+    tb_die "vgpud did not create its socket (see $dir/vgpud.log)"
+}
+
+# The guest's command: both kmscube runs, their logs into its results dir.
+guest_code() {
+    cat <<EOF
+#!/bin/bash
+echo "kernel: \$(uname -r)"
+echo "mode: \$(head -1 /sys/class/drm/card0-*/modes)"
+kmscube --count=$FRAMES >/results/kms.log 2>&1 || echo "FAIL: kmscube exit status \$?"
+kmscube -O -x -v 1280x800 --count=$OFFSCREEN >/results/offscreen.log 2>&1 ||
+    echo "FAIL: kmscube -O exit status \$?"
+EOF
+}
+
+# boot DIR DISPLAY DEVICE-ARGS...: one guest with the testbed's kernel, initramfs and 9p root
+# (the same QEMU line as scripts/testbed/boot.sh, which cannot pass DISPLAY to QEMU).
+boot() {
+    local dir=$1 display=$2 pid i
+    shift 2
+    guest_code >"$dir/cmd.sh"
+    chmod +x "$dir/cmd.sh"
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    local -a qemu=(qemu-system-x86_64 -nodefaults -no-user-config -display "$display" -no-reboot
+        -accel tcg -cpu max -smp 2 -m 2G
+        -object memory-backend-memfd,id=mem0,size=2G,share=on -machine q35,memory-backend=mem0
+        -kernel "$TB_GUEST/vmlinuz" -initrd "$TB_GUEST/initramfs.cpio.gz"
+        -append "console=ttyS0 panic=-1 mitigations=off vgpud.root=tmpfs vgpud.cmd=/results/cmd.sh"
+        -chardev "file,id=con0,path=$dir/console.log" -serial chardev:con0
+        -virtfs local,path=/,mount_tag=rootfs,security_model=none,readonly=on,multidevs=remap
+        -virtfs "local,path=$dir,mount_tag=results,security_model=none,multidevs=remap"
+        "$@")
+    printf '%q ' "${qemu[@]}" >"$dir/qemu-cmdline"
+    start "$TB_SCRIPTS/run.sh" env "DISPLAY=:$X_DISPLAY" "XDG_RUNTIME_DIR=$SOCK_DIR" "${qemu[@]}" \
+        >"$dir/qemu.log" 2>&1 </dev/null
+    pid=${GROUPS_STARTED[-1]}
+    for ((i = 0; i < GUEST_TIMEOUT * 10; i++)); do
+        running "$pid" || break
+        sleep 0.1
+    done
+    stop "$pid"
+}
+
+# fps LOG COUNT: the fps of kmscube's last "Rendered N frames in T sec (F fps)" line, if the
+# renderer was virgl and all frames were drawn (N counts the frames after the first).
+fps() {
+    local log=$1 count=$2 last
+    [[ -f $log ]] || { echo "no log"; return 1; }
+    grep -aq '^ *renderer: "virgl' "$log" ||
+        { echo "renderer not virgl: $(grep -a -m1 'renderer:' "$log" || echo none)"; return 1; }
+    last=$(grep -a '^Rendered' "$log" | tail -1)
+    [[ $last =~ ^Rendered\ ([0-9]+)\ frames\ in\ [0-9.]+\ sec\ \(([0-9.]+)\ fps\) ]] ||
+        { echo "no Rendered line"; return 1; }
+    [[ ${BASH_REMATCH[1]} -eq $((count - 1)) ]] ||
+        { echo "rendered ${BASH_REMATCH[1]} of $((count - 1)) frames"; return 1; }
+    echo "${BASH_REMATCH[2]}"
+}
+
+# run_one N DEVICE: boot once with DEVICE (vgpud or builtin); appends "DEVICE N kms off" to
+# $OUT/fps, or logs why the run is invalid.
+run_one() {
+    local n=$1 dev=$2 dir=$OUT/run$1-$2 t0 kms off load
+    mkdir -p "$dir"
+    load=$(cut -d' ' -f1-3 /proc/loadavg)
+    t0=$SECONDS
+    if [[ $dev == vgpud ]]; then
+        start_vgpud "$dir"
+        # shellcheck disable=SC2054 # commas are QEMU option syntax
+        boot "$dir" "$VGPUD_DISPLAY" -chardev "socket,id=vgpu0,path=$SOCK_DIR/vgpud.sock" \
+            -device vhost-user-gpu-pci,chardev=vgpu0
+        running "$VGPUD_PID" || log "run $n $dev: vgpud died (see $dir/vgpud.log)"
+        stop "$VGPUD_PID"
+        rm -f "$TB_ROOT$SOCK_DIR/vgpud.sock"
+    else
+        boot "$dir" sdl,gl=on -device virtio-gpu-gl-pci
+    fi
+    local ok=1
+    kms=$(fps "$dir/kms.log" "$FRAMES") || ok=0
+    off=$(fps "$dir/offscreen.log" "$OFFSCREEN") || ok=0
+    if [[ $dev == vgpud ]] && grep -aq panicked "$dir/vgpud.log"; then ok=0; fi
+    log "run $n $dev: kms $kms fps, offscreen $off fps ($((SECONDS - t0)) s; load before: $load)"
+    if [[ $ok -eq 1 ]]; then
+        echo "$dev $n $kms $off" >>"$OUT/fps"
+    else
+        log "run $n $dev: INVALID (logs in $dir)"
+        INVALID=$((INVALID + 1))
+    fi
+}
+
+# stats DEVICE COLUMN: "median (min-max)" of a column of $OUT/fps for DEVICE.
+stats() {
+    awk -v d="$1" -v c="$2" '$1 == d { print $c }' "$OUT/fps" | sort -g |
+        awk '{ v[NR] = $1 } END {
+            if (NR == 0) { print "-"; exit }
+            m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+            printf "%.1f (%.1f-%.1f)\n", m, v[1], v[NR] }'
+}
+
+ratio() {
+    awk -v a="${1%% *}" -v b="${2%% *}" 'BEGIN { if (a == "-" || b == "-") print "-";
+        else printf "%.2f\n", a / b }'
+}
+
+summary() {
+    local col name v b
+    echo "bench-gl $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
+    # shellcheck disable=SC2016 # dpkg-query fields, not shell expansions
+    "$TB_SCRIPTS/run.sh" dpkg-query -W -f '${Package} ${Version}\n' qemu-system-x86 \
+        libvirglrenderer1 mesa-libgallium kmscube xvfb libsdl2-2.0-0
+    echo "guest $(grep -a -m1 '^kernel:' "$OUT"/run1-*/output.log | head -1 | cut -d: -f3-)"
+    echo "vgpud: $VGPUD, QEMU -display $VGPUD_DISPLAY; built-in: -display sdl,gl=on"
+    echo "kmscube frames: $FRAMES on the scanout, $OFFSCREEN offscreen (1280x800)"
+    echo "modes:"
+    grep -a '^mode:' "$OUT"/run*/output.log | sed "s|^$OUT/||; s|/output.log:| |" | sort -u
+    echo
+    echo "per run (device run kms-fps offscreen-fps):"
+    sort -k2,2n -k1,1 "$OUT/fps"
+    echo
+    printf '%-28s %-22s %-22s %s\n' "fps, median (min-max)" vgpud built-in "vgpud/built-in"
+    for col in 3 4; do
+        name="kmscube (KMS, $FRAMES)"
+        [[ $col -eq 3 ]] || name="kmscube -O -x ($OFFSCREEN)"
+        v=$(stats vgpud "$col")
+        b=$(stats builtin "$col")
+        printf '%-28s %-22s %-22s %s\n' "$name" "$v" "$b" "$(ratio "$v" "$b")"
+    done
+}
+
+main() {
+    case ${1:-} in -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
+    prepare
+    trap cleanup EXIT
+    trap 'log interrupted; exit 130' INT
+    trap 'log terminated; exit 143' TERM
+    log "results in $OUT; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+    start_xvfb
+    INVALID=0
+    : >"$OUT/fps"
+    local n t0=$SECONDS
+    for ((n = 1; n <= RUNS; n++)); do
+        if ((n % 2)); then
+            run_one "$n" vgpud
+            run_one "$n" builtin
+        else
+            run_one "$n" builtin
+            run_one "$n" vgpud
+        fi
+    done
+    log "all boots took $((SECONDS - t0)) s"
+    summary | tee "$OUT/summary.txt"
+    [[ $INVALID -eq 0 ]] || tb_die "$INVALID invalid runs"
+}
+
+main "$@"
