@@ -3,7 +3,7 @@
 //! answerable while a queue worker is busy or waiting on the frontend.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
@@ -49,7 +49,6 @@ pub struct VmBackend {
     features: u64,
     events_read: Mutex<u32>,
     event_idx: AtomicBool,
-    acked_features: AtomicU64,
     num_scanouts: u32,
     num_capsets: u32,
 }
@@ -77,7 +76,6 @@ impl VmBackend {
             parked: Mutex::new(Timelines::default()),
             events_read: Mutex::new(0),
             event_idx: AtomicBool::new(false),
-            acked_features: AtomicU64::new(0),
         })
     }
 
@@ -169,10 +167,6 @@ impl VhostUserBackend for VmBackend {
 
     fn features(&self) -> u64 {
         self.features
-    }
-
-    fn acked_features(&self, features: u64) {
-        self.acked_features.store(features, Ordering::Relaxed);
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
