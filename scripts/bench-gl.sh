@@ -15,8 +15,8 @@
 #
 # Environment:
 #   VGPUD_BENCH_GL_RUNS       boots per device (default 3)
-#   VGPUD_BENCH_GL_FRAMES     kmscube frames on the scanout (default 500)
-#   VGPUD_BENCH_GL_OFFSCREEN  kmscube offscreen frames (default 1500)
+#   VGPUD_BENCH_GL_FRAMES     kmscube frames on the scanout (default 600)
+#   VGPUD_BENCH_GL_OFFSCREEN  kmscube offscreen frames (default 1200)
 #   VGPUD_BENCH_GL_DISPLAY    QEMU -display for the vgpud runs (default sdl,gl=on, as built-in)
 #   VGPUD_BIN                 vgpud binary (default target/testbed/release/vgpud, built with
 #                             --features virgl inside the root when missing)
@@ -28,8 +28,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
 
 RUNS=${VGPUD_BENCH_GL_RUNS:-3}
-FRAMES=${VGPUD_BENCH_GL_FRAMES:-500}
-OFFSCREEN=${VGPUD_BENCH_GL_OFFSCREEN:-1500}
+FRAMES=${VGPUD_BENCH_GL_FRAMES:-600}
+OFFSCREEN=${VGPUD_BENCH_GL_OFFSCREEN:-1200}
 VGPUD_DISPLAY=${VGPUD_BENCH_GL_DISPLAY:-sdl,gl=on}
 VGPUD=${VGPUD_BIN:-$TB_PROJECT/target/testbed/release/vgpud}
 GUEST_TIMEOUT=150
@@ -82,7 +82,14 @@ prepare() {
     tb_need_complete_root
     [[ -x $TB_ROOT/usr/bin/Xvfb ]] ||
         tb_die "no Xvfb in the root: scripts/testbed/run.sh apt-get install -y xvfb"
-    [[ -f $TB_GUEST/vmlinuz && -f $TB_GUEST/initramfs.cpio.gz ]] || "$TB_SCRIPTS/guest-image.sh"
+    # The guest's /init is baked into the image: rebuild it when it is older than its inputs.
+    local img=$TB_GUEST/initramfs.cpio.gz src
+    for src in "$TB_SCRIPTS/guest-init.sh" "$TB_SCRIPTS/guest-image.sh" "$TB_ROOT_STAMP"; do
+        if [[ ! -f $img || ! -f $TB_GUEST/vmlinuz || $src -nt $img ]]; then
+            "$TB_SCRIPTS/guest-image.sh"
+            break
+        fi
+    done
     if [[ ! -x $VGPUD ]]; then
         log "building vgpud with --features virgl (inside the root)"
         "$TB_SCRIPTS/run.sh" cargo build --release --locked --features virgl \
@@ -118,15 +125,23 @@ start_vgpud() {
     tb_die "vgpud did not create its socket (see $dir/vgpud.log)"
 }
 
-# The guest's command: both kmscube runs, their logs into its results dir.
+# The guest's command: both kmscube runs, their logs into its results dir. "wall" is a whole
+# kmscube run, its GL start-up (context, shaders, buffers) included.
 guest_code() {
-    cat <<EOF
-#!/bin/bash
-echo "kernel: \$(uname -r)"
-echo "mode: \$(head -1 /sys/class/drm/card0-*/modes)"
-kmscube --count=$FRAMES >/results/kms.log 2>&1 || echo "FAIL: kmscube exit status \$?"
-kmscube -O -x -v 1280x800 --count=$OFFSCREEN >/results/offscreen.log 2>&1 ||
-    echo "FAIL: kmscube -O exit status \$?"
+    echo '#!/bin/bash'
+    echo "frames=$FRAMES offscreen=$OFFSCREEN"
+    cat <<'EOF'
+wall() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+echo "kernel: $(uname -r)"
+echo "mode: $(head -1 /sys/class/drm/card0-*/modes)"
+echo "uptime at start: $(cut -d' ' -f1 /proc/uptime)"
+t=$EPOCHREALTIME
+kmscube --count="$frames" >/results/kms.log 2>&1 || echo "FAIL: kmscube exit status $?"
+echo "kms wall: $(wall "$t")"
+t=$EPOCHREALTIME
+kmscube -O -x -v 1280x800 --count="$offscreen" >/results/offscreen.log 2>&1 ||
+    echo "FAIL: kmscube -O exit status $?"
+echo "offscreen wall: $(wall "$t")"
 EOF
 }
 
@@ -134,6 +149,8 @@ EOF
 # (the same QEMU line as scripts/testbed/boot.sh, which cannot pass DISPLAY to QEMU).
 boot() {
     local dir=$1 display=$2 pid i
+    local append="console=ttyS0 panic=-1 mitigations=off vgpud.root=tmpfs"
+    append+=" vgpud.project=$TB_PROJECT vgpud.cmd=/results/cmd.sh"
     shift 2
     guest_code >"$dir/cmd.sh"
     chmod +x "$dir/cmd.sh"
@@ -142,10 +159,11 @@ boot() {
         -accel tcg -cpu max -smp 2 -m 2G
         -object memory-backend-memfd,id=mem0,size=2G,share=on -machine q35,memory-backend=mem0
         -kernel "$TB_GUEST/vmlinuz" -initrd "$TB_GUEST/initramfs.cpio.gz"
-        -append "console=ttyS0 panic=-1 mitigations=off vgpud.root=tmpfs vgpud.cmd=/results/cmd.sh"
+        -append "$append"
         -chardev "file,id=con0,path=$dir/console.log" -serial chardev:con0
         -virtfs local,path=/,mount_tag=rootfs,security_model=none,readonly=on,multidevs=remap
         -virtfs "local,path=$dir,mount_tag=results,security_model=none,multidevs=remap"
+        -virtfs "local,path=$TB_PROJECT,mount_tag=project,security_model=none,readonly=on,multidevs=remap"
         "$@")
     printf '%q ' "${qemu[@]}" >"$dir/qemu-cmdline"
     start "$TB_SCRIPTS/run.sh" env "DISPLAY=:$X_DISPLAY" "XDG_RUNTIME_DIR=$SOCK_DIR" "${qemu[@]}" \
@@ -155,6 +173,7 @@ boot() {
         running "$pid" || break
         sleep 0.1
     done
+    running "$pid" && log "guest still running after $GUEST_TIMEOUT s: stopping it"
     stop "$pid"
 }
 
@@ -173,31 +192,36 @@ fps() {
     echo "${BASH_REMATCH[2]}"
 }
 
-# run_one N DEVICE: boot once with DEVICE (vgpud or builtin); appends "DEVICE N kms off" to
-# $OUT/fps, or logs why the run is invalid.
+# run_one N DEVICE: boot once with DEVICE (vgpud or builtin); appends "DEVICE N kms-fps
+# offscreen-fps uptime kms-wall offscreen-wall" to $OUT/fps, or logs why the run is invalid.
 run_one() {
-    local n=$1 dev=$2 dir=$OUT/run$1-$2 t0 kms off load
+    local n=$1 dev=$2 dir=$OUT/run$1-$2 t0 kms off load alive=1 ok=1 times
     mkdir -p "$dir"
     load=$(cut -d' ' -f1-3 /proc/loadavg)
+    echo "$n $dev $load" >>"$OUT/load"
     t0=$SECONDS
     if [[ $dev == vgpud ]]; then
         start_vgpud "$dir"
         # shellcheck disable=SC2054 # commas are QEMU option syntax
         boot "$dir" "$VGPUD_DISPLAY" -chardev "socket,id=vgpu0,path=$SOCK_DIR/vgpud.sock" \
             -device vhost-user-gpu-pci,chardev=vgpu0
-        running "$VGPUD_PID" || log "run $n $dev: vgpud died (see $dir/vgpud.log)"
+        running "$VGPUD_PID" || { log "run $n: vgpud died (see $dir/vgpud.log)"; alive=0; }
         stop "$VGPUD_PID"
         rm -f "$TB_ROOT$SOCK_DIR/vgpud.sock"
     else
         boot "$dir" sdl,gl=on -device virtio-gpu-gl-pci
     fi
-    local ok=1
     kms=$(fps "$dir/kms.log" "$FRAMES") || ok=0
     off=$(fps "$dir/offscreen.log" "$OFFSCREEN") || ok=0
-    if [[ $dev == vgpud ]] && grep -aq panicked "$dir/vgpud.log"; then ok=0; fi
-    log "run $n $dev: kms $kms fps, offscreen $off fps ($((SECONDS - t0)) s; load before: $load)"
+    if [[ $dev == vgpud ]] && grep -aq panicked "$dir/vgpud.log"; then alive=0; fi
+    [[ $alive -eq 1 ]] || ok=0
+    # Guest uptime when its command started, and the wall time of each kmscube.
+    times=$(awk -F': ' '/^uptime at start:/ { u = $2 } /^kms wall:/ { k = $2 }
+        /^offscreen wall:/ { o = $2 } END { print u + 0, k + 0, o + 0 }' "$dir/output.log" 2>/dev/null)
+    log "run $n $dev: kms $kms fps, offscreen $off fps; guest uptime, kms and offscreen wall:" \
+        "$times s; boot $((SECONDS - t0)) s; load before: $load"
     if [[ $ok -eq 1 ]]; then
-        echo "$dev $n $kms $off" >>"$OUT/fps"
+        echo "$dev $n $kms $off $times" >>"$OUT/fps"
     else
         log "run $n $dev: INVALID (logs in $dir)"
         INVALID=$((INVALID + 1))
@@ -219,7 +243,7 @@ ratio() {
 }
 
 summary() {
-    local col name v b
+    local col v b
     echo "bench-gl $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     # shellcheck disable=SC2016 # dpkg-query fields, not shell expansions
     "$TB_SCRIPTS/run.sh" dpkg-query -W -f '${Package} ${Version}\n' qemu-system-x86 \
@@ -227,32 +251,44 @@ summary() {
     echo "guest $(grep -a -m1 '^kernel:' "$OUT"/run1-*/output.log | head -1 | cut -d: -f3-)"
     echo "vgpud: $VGPUD, QEMU -display $VGPUD_DISPLAY; built-in: -display sdl,gl=on"
     echo "kmscube frames: $FRAMES on the scanout, $OFFSCREEN offscreen (1280x800)"
-    echo "modes:"
-    grep -a '^mode:' "$OUT"/run*/output.log | sed "s|^$OUT/||; s|/output.log:| |" | sort -u
+    echo "host load average (1, 5, 15 min) before each boot:"
+    sed 's/^/  run /' "$OUT/load"
+    echo "guest modes (boots): $(grep -ah '^mode:' "$OUT"/run*/output.log | sort | uniq -c | xargs)"
     echo
-    echo "per run (device run kms-fps offscreen-fps):"
+    echo "per run: device run kms-fps offscreen-fps; guest uptime at start, kms wall, offscreen wall (s)"
     sort -k2,2n -k1,1 "$OUT/fps"
     echo
-    printf '%-28s %-22s %-22s %s\n' "fps, median (min-max)" vgpud built-in "vgpud/built-in"
-    for col in 3 4; do
-        name="kmscube (KMS, $FRAMES)"
-        [[ $col -eq 3 ]] || name="kmscube -O -x ($OFFSCREEN)"
+    printf '%-34s %-22s %-22s %s\n' "median (min-max)" vgpud built-in "vgpud/built-in"
+    local -a names=("" "" "kmscube KMS $FRAMES, fps" "kmscube -O -x $OFFSCREEN, fps"
+        "guest uptime at start, s" "kmscube KMS wall, s" "kmscube -O -x wall, s")
+    for col in 3 4 5 6 7; do
         v=$(stats vgpud "$col")
         b=$(stats builtin "$col")
-        printf '%-28s %-22s %-22s %s\n' "$name" "$v" "$b" "$(ratio "$v" "$b")"
+        printf '%-34s %-22s %-22s %s\n' "${names[col - 1]}" "$v" "$b" "$(ratio "$v" "$b")"
     done
+    echo "vgpud/built-in within each run (the two boots next to each other in time):"
+    echo "  kmscube KMS:    $(pairs 3)"
+    echo "  kmscube -O -x:  $(pairs 4)"
+}
+
+# pairs COLUMN: vgpud/built-in of COLUMN for each run that has both.
+pairs() {
+    awk -v c="$1" '{ f[$1 " " $2] = $c; if ($2 > m) m = $2 }
+        END { for (r = 1; r <= m; r++) if (("vgpud " r) in f && ("builtin " r) in f)
+            printf " %.2f", f["vgpud " r] / f["builtin " r]; print "" }' "$OUT/fps"
 }
 
 main() {
     case ${1:-} in -h | --help) sed -n '2,25s/^# \{0,1\}//p' "$0"; exit 0 ;; esac
-    prepare
     trap cleanup EXIT
     trap 'log interrupted; exit 130' INT
     trap 'log terminated; exit 143' TERM
+    prepare
     log "results in $OUT; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
     start_xvfb
     INVALID=0
     : >"$OUT/fps"
+    : >"$OUT/load"
     local n t0=$SECONDS
     for ((n = 1; n <= RUNS; n++)); do
         if ((n % 2)); then
