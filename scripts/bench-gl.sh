@@ -32,7 +32,7 @@ FRAMES=${VGPUD_BENCH_GL_FRAMES:-600}
 OFFSCREEN=${VGPUD_BENCH_GL_OFFSCREEN:-1200}
 VGPUD_DISPLAY=${VGPUD_BENCH_GL_DISPLAY:-sdl,gl=on}
 VGPUD=${VGPUD_BIN:-$TB_PROJECT/target/testbed/release/vgpud}
-GUEST_TIMEOUT=150
+GUEST_TIMEOUT=120 # a boot takes 30-60 s
 
 OUT=$TB_RUNS/bench-gl-$(date +%Y%m%d-%H%M%S)-$$
 SOCK_DIR=/tmp/vgpud-bench-gl-$$ # in the root: vgpud, Xvfb and QEMU all run there
@@ -192,13 +192,20 @@ fps() {
     echo "${BASH_REMATCH[2]}"
 }
 
+# cpu_times: busy, steal and total jiffies of all host CPUs so far (/proc/stat). Steal is time
+# this machine's vCPUs waited for the physical host: load from outside that no process list shows.
+cpu_times() {
+    awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8, $9, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' \
+        /proc/stat
+}
+
 # run_one N DEVICE: boot once with DEVICE (vgpud or builtin); appends "DEVICE N kms-fps
 # offscreen-fps uptime kms-wall offscreen-wall" to $OUT/fps, or logs why the run is invalid.
 run_one() {
-    local n=$1 dev=$2 dir=$OUT/run$1-$2 t0 kms off load alive=1 ok=1 times
+    local n=$1 dev=$2 dir=$OUT/run$1-$2 t0 kms off load alive=1 ok=1 times cpu0 cpu
     mkdir -p "$dir"
     load=$(cut -d' ' -f1-3 /proc/loadavg)
-    echo "$n $dev $load" >>"$OUT/load"
+    cpu0=$(cpu_times)
     t0=$SECONDS
     if [[ $dev == vgpud ]]; then
         start_vgpud "$dir"
@@ -211,15 +218,21 @@ run_one() {
     else
         boot "$dir" sdl,gl=on -device virtio-gpu-gl-pci
     fi
+    cpu=$(awk -v a="$cpu0" -v b="$(cpu_times)" 'BEGIN { split(a, x, " "); split(b, y, " ")
+        t = y[3] - x[3]; printf "busy %d%%, steal %d%%", 100 * (y[1] - x[1]) / t, 100 * (y[2] - x[2]) / t }')
+    echo "run $n $dev: load average before $load; during the boot, host CPUs $cpu" >>"$OUT/load"
     kms=$(fps "$dir/kms.log" "$FRAMES") || ok=0
     off=$(fps "$dir/offscreen.log" "$OFFSCREEN") || ok=0
     if [[ $dev == vgpud ]] && grep -aq panicked "$dir/vgpud.log"; then alive=0; fi
     [[ $alive -eq 1 ]] || ok=0
     # Guest uptime when its command started, and the wall time of each kmscube.
-    times=$(awk -F': ' '/^uptime at start:/ { u = $2 } /^kms wall:/ { k = $2 }
-        /^offscreen wall:/ { o = $2 } END { print u + 0, k + 0, o + 0 }' "$dir/output.log" 2>/dev/null)
+    times="- - -"
+    if [[ -f $dir/output.log ]]; then
+        times=$(awk -F': ' '/^uptime at start:/ { u = $2 } /^kms wall:/ { k = $2 }
+            /^offscreen wall:/ { o = $2 } END { print u + 0, k + 0, o + 0 }' "$dir/output.log")
+    fi
     log "run $n $dev: kms $kms fps, offscreen $off fps; guest uptime, kms and offscreen wall:" \
-        "$times s; boot $((SECONDS - t0)) s; load before: $load"
+        "$times s; boot $((SECONDS - t0)) s; load before: $load; CPUs $cpu"
     if [[ $ok -eq 1 ]]; then
         echo "$dev $n $kms $off $times" >>"$OUT/fps"
     else
@@ -248,11 +261,11 @@ summary() {
     # shellcheck disable=SC2016 # dpkg-query fields, not shell expansions
     "$TB_SCRIPTS/run.sh" dpkg-query -W -f '${Package} ${Version}\n' qemu-system-x86 \
         libvirglrenderer1 mesa-libgallium kmscube xvfb libsdl2-2.0-0
-    echo "guest $(grep -a -m1 '^kernel:' "$OUT"/run1-*/output.log | head -1 | cut -d: -f3-)"
+    echo "guest kernel $(grep -ah -m1 '^kernel:' "$OUT"/run*/output.log 2>/dev/null | head -1 | cut -d' ' -f2)"
     echo "vgpud: $VGPUD, QEMU -display $VGPUD_DISPLAY; built-in: -display sdl,gl=on"
     echo "kmscube frames: $FRAMES on the scanout, $OFFSCREEN offscreen (1280x800)"
-    echo "host load average (1, 5, 15 min) before each boot:"
-    sed 's/^/  run /' "$OUT/load"
+    echo "host load (load average 1, 5, 15 min; CPU use of both CPUs, this benchmark included):"
+    sed 's/^/  /' "$OUT/load"
     echo "guest modes (boots): $(grep -ah '^mode:' "$OUT"/run*/output.log | sort | uniq -c | xargs)"
     echo
     echo "per run: device run kms-fps offscreen-fps; guest uptime at start, kms wall, offscreen wall (s)"
