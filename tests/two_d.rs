@@ -195,7 +195,7 @@ fn scanout_disable_and_unref_while_scanned_out() {
     };
     let display = vm.display().unwrap();
     assert!(
-        display.events().contains(&off),
+        display.wait_event(&off, Duration::from_secs(5)),
         "scanout 1 turned off before the resource went away"
     );
     let err = call(

@@ -134,6 +134,22 @@ impl DisplayPeer {
         true
     }
 
+    /// True once `event` was seen on the socket; false on timeout or close. The
+    /// backend's display messages are not acknowledged, so they can arrive after
+    /// the control queue answered the command that caused them.
+    pub fn wait_event(&self, event: &DisplayEvent, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.state.lock().unwrap();
+        while !st.events.contains(event) {
+            let now = Instant::now();
+            if now >= deadline || st.closed {
+                return false;
+            }
+            st = self.cond.wait_timeout(st, deadline - now).unwrap().0;
+        }
+        true
+    }
+
     /// What the backend sent in SET_PROTOCOL_FEATURES, if it did.
     pub fn protocol_features(&self) -> Option<u64> {
         self.state.lock().unwrap().protocol_features
