@@ -30,8 +30,14 @@ pub struct Options {
     pub print_capabilities: bool,
 
     /// Which renderer draws.
-    #[arg(long, value_enum, default_value = "2d")]
+    #[arg(long, value_enum, default_value = "auto")]
     pub renderer: RendererKind,
+
+    /// Size of each VM's host-visible window (virtio-gpu shared memory region 1) that blobs are
+    /// mapped into, e.g. 256M; 0 turns blobs off. Needs a frontend with vhost-user shared memory
+    /// (QEMU >= 11.1's vhost-user-test-device-pci). Page-aligned.
+    #[arg(long, default_value = "0", value_parser = parse_hostmem)]
+    pub hostmem: u64,
 
     /// Number of scanouts (displays) per VM, 1 to 16.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
@@ -63,6 +69,7 @@ impl Options {
             max_resources: self.max_resources,
             max_resource_bytes: self.max_resource_memory,
             max_contexts: self.max_contexts,
+            hostmem: self.hostmem,
         }
     }
 
@@ -111,6 +118,14 @@ fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
         return Err("resolution out of range".into());
     }
     Ok((w, h))
+}
+
+fn parse_hostmem(s: &str) -> Result<u64, String> {
+    let size = parse_size(s)?;
+    if !size.is_multiple_of(4096) {
+        return Err(format!("--hostmem {s}: not a multiple of 4096"));
+    }
+    Ok(size)
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {

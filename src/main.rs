@@ -2,10 +2,28 @@ use std::process::ExitCode;
 use std::thread;
 
 use clap::Parser;
-use log::error;
+use log::{error, info};
 use vgpud::cli::{capabilities_json, Options};
 use vgpud::render::RenderHandle;
 use vgpud::vhost::{serve, VmTemplate};
+
+/// Starts the first renderer of the ones `--renderer` allows that works here.
+fn start_renderer(opts: &Options, vms: usize) -> Option<RenderHandle> {
+    for kind in opts.renderer.candidates(vms, opts.hostmem) {
+        if kind.needs_hostmem() && opts.hostmem == 0 {
+            error!("the {kind:?} renderer maps guest memory through blobs: give --hostmem");
+            return None;
+        }
+        match RenderHandle::start(kind) {
+            Ok(r) => {
+                info!("renderer: {kind:?}");
+                return Some(r);
+            }
+            Err(e) => error!("{kind:?}: {e}"),
+        }
+    }
+    None
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -34,12 +52,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let renderer = match RenderHandle::start(opts.renderer) {
-        Ok(r) => r,
-        Err(e) => {
-            error!("{e}");
-            return ExitCode::FAILURE;
-        }
+    let renderer = match start_renderer(&opts, listeners.len()) {
+        Some(r) => r,
+        None => return ExitCode::FAILURE,
     };
     let template = VmTemplate {
         renderer,

@@ -1,9 +1,10 @@
 //! Guest memory seen by the device: backing entries turned into host address ranges.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use vgpud_protocol::{ErrorCode, MemEntry};
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// One contiguous piece of host memory that mirrors guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,7 +18,37 @@ pub struct HostRange {
 pub struct Backing {
     pub ranges: Vec<HostRange>,
     pub bytes: u64,
-    _mem: Arc<GuestMemoryMmap>,
+    /// The same pages as guest (address, length) runs, for reading them through `mem`.
+    guest: Vec<(u64, usize)>,
+    mem: Arc<GuestMemoryMmap>,
+}
+
+impl Backing {
+    /// Copies `buf.len()` bytes from byte `offset` of the backing; false if that runs past it.
+    pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> bool {
+        for &(addr, len) in &self.guest {
+            if buf.is_empty() {
+                break;
+            }
+            let len = len as u64;
+            if offset >= len {
+                offset -= len;
+                continue;
+            }
+            let n = buf.len().min((len - offset) as usize);
+            let (now, rest) = buf.split_at_mut(n);
+            if self
+                .mem
+                .read_slice(now, GuestAddress(addr + offset))
+                .is_err()
+            {
+                return false;
+            }
+            buf = rest;
+            offset = 0;
+        }
+        buf.is_empty()
+    }
 }
 
 /// Resolves backing entries against guest memory. Every entry must lie inside one guest region;
@@ -27,7 +58,11 @@ pub fn resolve_backing(
     entries: &[MemEntry],
 ) -> Result<Backing, ErrorCode> {
     let mut ranges = Vec::new();
+    let mut guest = Vec::new();
     ranges
+        .try_reserve_exact(entries.len())
+        .map_err(|_| ErrorCode::OutOfMemory)?;
+    guest
         .try_reserve_exact(entries.len())
         .map_err(|_| ErrorCode::OutOfMemory)?;
     let mut bytes = 0u64;
@@ -39,6 +74,7 @@ pub fn resolve_backing(
             addr: slice.ptr_guard_mut().as_ptr() as usize,
             len: slice.len(),
         });
+        guest.push((entry.addr, slice.len()));
         bytes = bytes
             .checked_add(u64::from(entry.length))
             .ok_or(ErrorCode::InvalidParameter)?;
@@ -49,8 +85,30 @@ pub fn resolve_backing(
     Ok(Backing {
         ranges,
         bytes,
-        _mem: mem.clone(),
+        guest,
+        mem: mem.clone(),
     })
+}
+
+/// Where guest pages live in a file the frontend can map: entries that are contiguous in guest
+/// memory and lie in one file-backed region give (that file, offset of the first byte).
+pub fn file_range(mem: &GuestMemoryMmap, entries: &[MemEntry]) -> Option<(Arc<File>, u64)> {
+    let first = entries.first()?;
+    let mut next = first.addr;
+    for e in entries {
+        if e.addr != next {
+            return None;
+        }
+        next = next.checked_add(u64::from(e.length))?;
+    }
+    let (region, start) = mem.to_region_addr(GuestAddress(first.addr))?;
+    let len = next - first.addr;
+    // The whole run must be inside this one region.
+    if start.0.checked_add(len)? > region.len() {
+        return None;
+    }
+    let file = region.file_offset()?;
+    Some((file.arc().clone(), file.start().checked_add(start.0)?))
 }
 
 #[cfg(test)]
@@ -87,6 +145,12 @@ mod tests {
         assert_eq!(b.ranges.len(), 2);
         assert_eq!(b.bytes, 0x12000);
         assert_eq!(b.ranges[1].len, 0x10000);
+        mem.write_slice(b"ab", GuestAddress(0x2fff)).unwrap();
+        mem.write_slice(b"cd", GuestAddress(0x100000)).unwrap();
+        let mut buf = [0u8; 3];
+        assert!(b.read_at(0x1fff, &mut buf), "reads across entries");
+        assert_eq!(&buf, b"acd");
+        assert!(!b.read_at(0x11fff, &mut buf), "runs past the end");
     }
 
     #[test]

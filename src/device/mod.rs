@@ -2,12 +2,14 @@
 //! view of the VM's memory. No I/O here; the vhost layer feeds requests in and carries the
 //! resulting display commands out, after releasing the device lock.
 
+mod blob;
 mod context;
 pub mod fences;
 pub mod memory;
 pub mod renderer;
 mod resource;
 mod scanout;
+mod window;
 
 #[cfg(test)]
 mod tests;
@@ -22,13 +24,15 @@ use vgpud_protocol::{
 };
 use vm_memory::GuestMemoryMmap;
 
+pub use self::blob::ShmemRequest;
 use self::context::Context;
 use self::fences::Timeline;
 use self::memory::resolve_backing;
-pub use self::renderer::{CapsetInfo, FenceSink, RenderError, Renderer};
+pub use self::renderer::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
 use self::resource::Resource;
 use self::scanout::{intersect, rect_within, Scanout};
 pub use self::scanout::{CursorImage, DisplayCmd, CURSOR_SIZE};
+use self::window::HostWindow;
 
 /// Per-VM limits and the initial display layout.
 #[derive(Clone, Debug)]
@@ -39,6 +43,8 @@ pub struct DeviceConfig {
     pub max_resources: usize,
     pub max_resource_bytes: u64,
     pub max_contexts: usize,
+    /// Size of the host-visible window (shared memory region 1) blobs are mapped into; 0: none.
+    pub hostmem: u64,
 }
 
 impl Default for DeviceConfig {
@@ -50,6 +56,7 @@ impl Default for DeviceConfig {
             max_resources: 4096,
             max_resource_bytes: 1 << 30,
             max_contexts: 64,
+            hostmem: 0,
         }
     }
 }
@@ -63,6 +70,8 @@ pub struct Outcome {
     pub fence: Option<(Timeline, u64)>,
     /// A context was destroyed: its parked responses will never be signalled.
     pub closed_context: Option<u32>,
+    /// Window mappings to change at the frontend before the response is sent.
+    pub shmem: Vec<ShmemRequest>,
 }
 
 type Result<T> = std::result::Result<T, ErrorCode>;
@@ -79,6 +88,9 @@ pub struct Device<R: Renderer> {
     modes: Vec<DisplayOne>,
     edids: Vec<Option<Vec<u8>>>,
     display_attached: bool,
+    window: HostWindow,
+    /// Mappings a reset dropped; the frontend is told at the next request.
+    stale_mappings: Vec<ShmemRequest>,
 }
 
 impl<R: Renderer> Device<R> {
@@ -109,6 +121,8 @@ impl<R: Renderer> Device<R> {
             modes,
             edids: vec![None; MAX_SCANOUTS],
             display_attached: false,
+            window: HostWindow::new(cfg.hostmem),
+            stale_mappings: Vec::new(),
             cfg,
         }
     }
@@ -124,6 +138,15 @@ impl<R: Renderer> Device<R> {
     /// Whether the renderer does 3D (the VIRGL feature).
     pub fn supports_3d(&self) -> bool {
         self.has_3d()
+    }
+
+    /// Whether blobs are offered (the RESOURCE_BLOB feature): they need a host-visible window.
+    pub fn supports_blob(&self) -> bool {
+        self.window.size() > 0
+    }
+
+    pub fn hostmem(&self) -> u64 {
+        self.window.size()
     }
 
     /// A display now receives scanouts and updates (pixels are read back only while attached).
@@ -151,7 +174,8 @@ impl<R: Renderer> Device<R> {
 
     pub fn handle(&mut self, req: &Request, mem: &Arc<GuestMemoryMmap>) -> Outcome {
         let mut display = Vec::new();
-        let result = self.dispatch(req, mem, &mut display);
+        let mut shmem = std::mem::take(&mut self.stale_mappings);
+        let result = self.dispatch(req, mem, &mut display, &mut shmem);
         let closed_context =
             (matches!(req.cmd, Command::CtxDestroy) && result.is_ok()).then_some(req.hdr.ctx_id);
         let response = result.unwrap_or_else(|code| {
@@ -170,6 +194,7 @@ impl<R: Renderer> Device<R> {
             display,
             fence,
             closed_context,
+            shmem,
         }
     }
 
@@ -203,9 +228,13 @@ impl<R: Renderer> Device<R> {
         req: &Request,
         mem: &Arc<GuestMemoryMmap>,
         display: &mut Vec<DisplayCmd>,
+        shmem: &mut Vec<ShmemRequest>,
     ) -> Result<Response> {
         let ctx = req.hdr.ctx_id;
         if is_3d(&req.cmd) && !self.has_3d() {
+            return Err(ErrorCode::Unspec);
+        }
+        if is_blob(&req.cmd) && !self.supports_blob() {
             return Err(ErrorCode::Unspec);
         }
         match &req.cmd {
@@ -225,7 +254,11 @@ impl<R: Renderer> Device<R> {
                 width,
                 height,
             } => self.create_2d(*resource_id, *format, *width, *height),
-            Command::ResourceUnref { resource_id } => self.unref(*resource_id, display),
+            Command::ResourceUnref { resource_id } => {
+                // A freed blob never stays visible to the guest: it leaves the window first.
+                shmem.extend(self.take_mapping(*resource_id)?);
+                self.unref(*resource_id, display)
+            }
             Command::ResourceAttachBacking {
                 resource_id,
                 entries,
@@ -288,11 +321,21 @@ impl<R: Renderer> Device<R> {
             Command::TransferFromHost3d(t) => self.transfer_3d(ctx, t, false),
             Command::Submit3d { commands } => self.submit_3d(ctx, commands),
             Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(ErrorCode::Unspec),
-            // Blobs are not offered by this device model yet.
-            Command::ResourceCreateBlob(_)
-            | Command::SetScanoutBlob(_)
-            | Command::ResourceMapBlob { .. }
-            | Command::ResourceUnmapBlob { .. } => Err(ErrorCode::Unspec),
+            Command::ResourceCreateBlob(args) => self.create_blob(ctx, args, mem),
+            Command::SetScanoutBlob(s) => self.set_scanout_blob(s, display),
+            Command::ResourceMapBlob {
+                resource_id,
+                offset,
+            } => {
+                let (response, request) = self.map_blob(*resource_id, *offset)?;
+                shmem.push(request);
+                Ok(response)
+            }
+            Command::ResourceUnmapBlob { resource_id } => {
+                let (response, request) = self.unmap_blob(*resource_id)?;
+                shmem.push(request);
+                Ok(response)
+            }
         }
     }
 
@@ -484,6 +527,7 @@ impl<R: Renderer> Device<R> {
         *s = Scanout {
             resource_id: id,
             rect,
+            layout: None,
         };
         display.push(DisplayCmd::Scanout {
             scanout: scanout_id,
@@ -495,23 +539,33 @@ impl<R: Renderer> Device<R> {
 
     fn flush(&mut self, id: u32, rect: Rect, display: &mut Vec<DisplayCmd>) -> Result<Response> {
         let res = self.resource(id)?;
-        if !rect_within(&rect, res.width, res.height) {
+        // A blob has no size of its own: its scanouts' rects, checked against its layout, bound
+        // what is read.
+        if res.blob.is_none() && !rect_within(&rect, res.width, res.height) {
             return Err(ErrorCode::InvalidParameter);
         }
         if !self.display_attached {
             return Ok(Response::OkNodata);
         }
-        for (i, scanout) in self.scanouts.iter().enumerate() {
-            if scanout.resource_id != id {
-                continue;
-            }
+        let global = res.global;
+        let shown: Vec<(usize, Scanout)> = self
+            .scanouts
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.resource_id == id)
+            .map(|(i, s)| (i, *s))
+            .collect();
+        for (i, scanout) in shown {
             let Some(area) = intersect(&rect, &scanout.rect) else {
                 continue;
             };
-            let pixels = self
-                .renderer
-                .read_pixels(res.global, area)
-                .map_err(render_error)?;
+            let pixels = match scanout.layout {
+                Some(layout) => self.read_blob_pixels(id, layout, area)?,
+                None => self
+                    .renderer
+                    .read_pixels(global, area)
+                    .map_err(render_error)?,
+            };
             display.push(DisplayCmd::Update {
                 scanout: i as u32,
                 rect: Rect {
@@ -589,6 +643,13 @@ impl<R: Renderer> Device<R> {
         for scanout in &mut self.scanouts {
             *scanout = Scanout::default();
         }
+        // The frontend still maps these; it is told with the next request's outcome.
+        self.stale_mappings.extend(
+            self.window
+                .clear()
+                .into_iter()
+                .map(|(shm_offset, len)| ShmemRequest::Unmap { shm_offset, len }),
+        );
         while let Some((_, ctx)) = self.contexts.pop_first() {
             self.renderer.destroy_context(ctx.global);
         }
@@ -624,6 +685,17 @@ fn render_error(e: RenderError) -> ErrorCode {
         RenderError::OutOfMemory => ErrorCode::OutOfMemory,
         RenderError::Rejected(_) | RenderError::Gone => ErrorCode::Unspec,
     }
+}
+
+/// Commands of the RESOURCE_BLOB feature.
+fn is_blob(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::ResourceCreateBlob(_)
+            | Command::SetScanoutBlob(_)
+            | Command::ResourceMapBlob { .. }
+            | Command::ResourceUnmapBlob { .. }
+    )
 }
 
 /// Commands that only a 3D renderer (the VIRGL feature) can serve.

@@ -1,6 +1,7 @@
 //! What the device model needs from a renderer. Ids here are the renderer's global resource ids,
 //! never a guest's: the device maps each VM's ids onto them.
 
+use std::fs::File;
 use std::sync::Arc;
 
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
@@ -23,6 +24,25 @@ pub struct CapsetInfo {
     pub id: u32,
     pub max_version: u32,
     pub max_size: u32,
+}
+
+/// RESOURCE_CREATE_BLOB's parameters, as the renderer needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobArgs {
+    pub mem: u32,
+    pub flags: u32,
+    pub blob_id: u64,
+    pub size: u64,
+}
+
+/// A renderer blob made mappable by another process: `size` bytes of `file` from `offset` on.
+#[derive(Clone, Debug)]
+pub struct ExportedBlob {
+    pub file: Arc<File>,
+    pub offset: u64,
+    pub size: u64,
+    /// virtio-gpu map_info: the cache type in the low bits.
+    pub map_info: u32,
 }
 
 /// Told when a fence the renderer created for this VM has signalled. Called from any thread, never
@@ -72,6 +92,18 @@ pub trait Renderer: Send {
     fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
     fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
     fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError>;
+    /// Creates blob `id` for context `ctx` (0: none). Guest-memory blobs come with their pages,
+    /// which must stay mapped until `unref`.
+    fn create_blob(
+        &self,
+        ctx: u32,
+        id: u32,
+        args: BlobArgs,
+        backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError>;
+    /// Makes host blob `id` mappable by another process. The returned file keeps the memory
+    /// alive on its own, after `unref` too.
+    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError>;
     /// Creates a fence after all work submitted so far on `ctx` (0: none) and `ring` (None: the
     /// global timeline); returns its id, later passed to `sink`.
     fn create_fence(

@@ -4,6 +4,18 @@ use std::fs::File;
 use std::io::Read;
 
 use super::memory::Backing;
+use super::renderer::ExportedBlob;
+
+/// What a blob resource keeps besides the common fields.
+pub struct Blob {
+    pub mem: u32,
+    pub flags: u32,
+    /// Its place in the host-visible window while mapped: (offset, length).
+    pub mapped: Option<(u64, u64)>,
+    /// How the frontend can map it: guest blobs in a file-backed region, host blobs once the
+    /// renderer exported them (some renderers export a blob only once, so it is kept).
+    pub export: Option<ExportedBlob>,
+}
 
 pub struct Resource {
     /// The renderer's id for it; the guest never sees this.
@@ -14,6 +26,7 @@ pub struct Resource {
     pub size: u64,
     pub backing: Option<Backing>,
     pub uuid: Option<[u8; 16]>,
+    pub blob: Option<Blob>,
 }
 
 impl Resource {
@@ -25,6 +38,7 @@ impl Resource {
             size,
             backing: None,
             uuid: None,
+            blob: None,
         }
     }
 }

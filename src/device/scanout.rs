@@ -11,6 +11,15 @@ pub struct Scanout {
     /// 0 when the scanout is disabled.
     pub resource_id: u32,
     pub rect: Rect,
+    /// Set for a blob scanout: where its pixels are in the blob.
+    pub layout: Option<BlobLayout>,
+}
+
+/// A blob's image: row 0 at byte `offset`, rows `stride` bytes apart, 4 bytes per pixel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlobLayout {
+    pub offset: u64,
+    pub stride: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! behind it) is not thread-safe and GL contexts belong to one thread, so each VM's device talks
 //! to it through a cloneable `RenderHandle` that runs closures on that thread.
 
+mod maps;
 mod rutabaga;
 
 use std::sync::atomic::{AtomicU32, Ordering};

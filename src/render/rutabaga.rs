@@ -3,16 +3,19 @@
 use std::io::IoSliceMut;
 use std::sync::Arc;
 
-use rutabaga_gfx::{
-    ResourceCreate3D, Rutabaga, RutabagaBuilder, RutabagaComponentType, RutabagaError,
-    RutabagaFence, RutabagaFenceHandler, RutabagaIovec, Transfer3D, RUTABAGA_FLAG_FENCE,
-    RUTABAGA_FLAG_INFO_RING_IDX,
-};
-use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
+use std::fs::File;
+use std::os::fd::AsFd;
 
-use super::RenderHandle;
+use rutabaga_gfx::{
+    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
+    RutabagaError, RutabagaFence, RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, Transfer3D,
+    RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
+};
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST, MAP_CACHE_CACHED};
+
+use super::{maps, RenderHandle};
 use crate::device::memory::HostRange;
-use crate::device::{CapsetInfo, FenceSink, RenderError, Renderer};
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
 use crate::hub::fences::FenceRouter;
 
 /// Which rutabaga component renders.
@@ -24,6 +27,12 @@ pub enum RendererKind {
     /// OpenGL through virglrenderer (capsets VIRGL and VIRGL2), on surfaceless EGL.
     #[cfg(feature = "virgl")]
     Virgl,
+    /// Vulkan through virglrenderer's Venus (capset VENUS), in its render server; needs a
+    /// host-visible window (--hostmem).
+    #[cfg(feature = "virgl")]
+    Venus,
+    /// The best one that starts: Venus when there is a host-visible window, then virgl, then 2D.
+    Auto,
 }
 
 impl RendererKind {
@@ -33,8 +42,38 @@ impl RendererKind {
         match self {
             RendererKind::TwoD => usize::MAX,
             #[cfg(feature = "virgl")]
-            RendererKind::Virgl => 1,
+            RendererKind::Virgl | RendererKind::Venus => 1,
+            // Auto settles on 2D for several VMs.
+            RendererKind::Auto => usize::MAX,
         }
+    }
+
+    /// Renderers whose guests cannot work without a host-visible window.
+    pub fn needs_hostmem(self) -> bool {
+        #[cfg(feature = "virgl")]
+        if self == RendererKind::Venus {
+            return true;
+        }
+        false
+    }
+
+    /// What `Auto` tries, best first, for `vms` VMs with a window of `hostmem` bytes.
+    pub fn candidates(self, vms: usize, hostmem: u64) -> Vec<RendererKind> {
+        if self != RendererKind::Auto {
+            return vec![self];
+        }
+        let mut kinds = Vec::new();
+        #[cfg(feature = "virgl")]
+        if vms <= 1 {
+            if hostmem > 0 {
+                kinds.push(RendererKind::Venus);
+            }
+            kinds.push(RendererKind::Virgl);
+        }
+        #[cfg(not(feature = "virgl"))]
+        let _ = (vms, hostmem);
+        kinds.push(RendererKind::TwoD);
+        kinds
     }
 }
 
@@ -68,7 +107,66 @@ pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Ruta
             }
             Ok(r)
         }
+        #[cfg(feature = "virgl")]
+        RendererKind::Venus => {
+            use rutabaga_gfx::{
+                RUTABAGA_CAPSET_VENUS, RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2,
+            };
+            // Venus runs in virglrenderer's render server (virgl_render_server), which
+            // virglrenderer starts itself. GL comes along: the guest's console and KMS buffers
+            // are 2D resources, which only virgl can hold.
+            let capsets = (1 << RUTABAGA_CAPSET_VIRGL)
+                | (1 << RUTABAGA_CAPSET_VIRGL2)
+                | (1 << RUTABAGA_CAPSET_VENUS);
+            let r = RutabagaBuilder::new(capsets, fences)
+                .set_use_egl(true)
+                .set_use_gles(true)
+                .set_use_surfaceless(true)
+                .set_use_render_server(true)
+                .build()
+                .map_err(|e| e.to_string())?;
+            if r.get_num_capsets() == 0 {
+                return Err("virglrenderer's Venus did not start (see its log above)".into());
+            }
+            Ok(r)
+        }
+        RendererKind::Auto => Err("pick a renderer from RendererKind::candidates".into()),
     }
+}
+
+fn iovecs(ranges: Vec<HostRange>) -> Vec<RutabagaIovec> {
+    ranges
+        .into_iter()
+        .map(|r| RutabagaIovec {
+            base: r.addr as *mut _,
+            len: r.len,
+        })
+        .collect()
+}
+
+/// Exports blob `id` with the offset where it starts in the exported file. The renderer maps it
+/// here only to learn that offset (see `maps`), then lets go: the file keeps the memory alive.
+fn export_mapped(r: &mut Rutabaga, id: u32) -> Result<ExportedBlob, String> {
+    let mapping = r.map(id).map_err(|e| format!("map: {e}"))?;
+    let found = (|| {
+        let handle = r.export_blob(id).map_err(|e| format!("export: {e}"))?;
+        let fd = match &handle {
+            RutabagaHandle::MagmaGpuHandle(h) => h.os_handle.as_fd().try_clone_to_owned(),
+            RutabagaHandle::AhbInfo(_) => return Err("not a memory descriptor".to_string()),
+        }
+        .map_err(|e| format!("dup: {e}"))?;
+        let file = File::from(fd);
+        let offset = maps::file_offset_of(mapping.ptr as usize, mapping.size, &file)
+            .map_err(|e| format!("locating the mapping: {e}"))?;
+        Ok(ExportedBlob {
+            file: Arc::new(file),
+            offset,
+            size: mapping.size,
+            map_info: r.map_info(id).unwrap_or(MAP_CACHE_CACHED),
+        })
+    })();
+    let _ = r.unmap(id);
+    found
 }
 
 fn rejected(e: RutabagaError) -> RenderError {
@@ -105,7 +203,8 @@ impl Renderer for RenderHandle {
         match self.kind {
             RendererKind::TwoD => Self::fresh(&self.next_id),
             #[cfg(feature = "virgl")]
-            RendererKind::Virgl => Some(guest_id),
+            RendererKind::Virgl | RendererKind::Venus => Some(guest_id),
+            RendererKind::Auto => None,
         }
     }
 
@@ -150,13 +249,7 @@ impl Renderer for RenderHandle {
     }
 
     fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
-        let iovecs = ranges
-            .into_iter()
-            .map(|r| RutabagaIovec {
-                base: r.addr as *mut _,
-                len: r.len,
-            })
-            .collect();
+        let iovecs = iovecs(ranges);
         self.run(move |r| r.attach_backing(id, iovecs))
     }
 
@@ -180,8 +273,7 @@ impl Renderer for RenderHandle {
                     RenderError::Rejected("offset before the rect's position".into())
                 })?
             }
-            #[cfg(feature = "virgl")]
-            RendererKind::Virgl => offset,
+            _ => offset,
         };
         let t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, offset);
         self.run(move |r| r.transfer_write(0, id, t, None))
@@ -194,8 +286,7 @@ impl Renderer for RenderHandle {
         // 3D renderers write it at the start.
         let prefix = match self.kind {
             RendererKind::TwoD => u64::from(rect.y) * stride + u64::from(rect.x) * 4,
-            #[cfg(feature = "virgl")]
-            RendererKind::Virgl => 0,
+            _ => 0,
         };
         let total =
             usize::try_from(prefix + stride * u64::from(rect.height)).map_err(|_| too_big())?;
@@ -271,6 +362,39 @@ impl Renderer for RenderHandle {
 
     fn submit_3d(&self, ctx: u32, mut commands: Vec<u8>) -> Result<(), RenderError> {
         self.run(move |r| r.submit_command(ctx, &mut commands, &[]))
+    }
+
+    fn create_blob(
+        &self,
+        ctx: u32,
+        id: u32,
+        args: BlobArgs,
+        backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError> {
+        if self.kind == RendererKind::TwoD {
+            // The 2D renderer has no blobs of its own: guest blobs are read from guest memory.
+            return if args.mem == BLOB_MEM_GUEST {
+                Ok(())
+            } else {
+                Err(RenderError::Rejected(
+                    "host blobs need a 3D renderer".into(),
+                ))
+            };
+        }
+        let create = ResourceCreateBlob {
+            blob_mem: args.mem,
+            blob_flags: args.flags,
+            blob_id: args.blob_id,
+            size: args.size,
+        };
+        let iovecs = backing.map(iovecs);
+        self.run(move |r| r.resource_create_blob(ctx, id, create, iovecs, None))
+    }
+
+    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
+        self.call(move |r| export_mapped(r, id))
+            .ok_or(RenderError::Gone)?
+            .map_err(RenderError::Rejected)
     }
 
     fn create_fence(

@@ -7,8 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, info, warn};
-use vgpud_protocol::{GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_EDID, F_RESOURCE_UUID, F_VIRGL};
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vgpud_protocol::{
+    GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB,
+    F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
+};
+use vhost::vhost_user::message::{
+    VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
+};
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
@@ -24,7 +29,7 @@ use super::fences::{Answer, FenceInbox};
 use super::queue;
 use super::VmTemplate;
 use crate::device::fences::Timelines;
-use crate::device::{Device, FenceSink};
+use crate::device::{Device, FenceSink, ShmemRequest};
 use crate::render::RenderHandle;
 
 pub const CONTROL_QUEUE: u16 = 0;
@@ -51,6 +56,8 @@ pub struct VmBackend {
     event_idx: AtomicBool,
     num_scanouts: u32,
     num_capsets: u32,
+    /// Size of the host-visible window; 0 when blobs are off.
+    hostmem: u64,
 }
 
 impl VmBackend {
@@ -58,16 +65,19 @@ impl VmBackend {
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
         let device = Device::new(template.renderer, template.device, sink);
-        let virgl = if device.supports_3d() {
-            1 << F_VIRGL
-        } else {
-            0
-        };
+        let mut features = BASE_FEATURES;
+        if device.supports_3d() {
+            features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
+        }
+        if device.supports_blob() {
+            features |= 1 << F_RESOURCE_BLOB;
+        }
         Ok(VmBackend {
             name: name.to_string(),
             num_scanouts: device.num_scanouts(),
             num_capsets: device.num_capsets(),
-            features: BASE_FEATURES | virgl,
+            features,
+            hostmem: device.hostmem(),
             device: Mutex::new(device),
             mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
@@ -113,6 +123,50 @@ impl VmBackend {
         }
     }
 
+    /// Carries out window changes at the frontend. Called without the device lock: the frontend
+    /// re-sends its memory table while it maps, and waits for that answer. Returns false if a
+    /// mapping was refused (the device has then forgotten it).
+    pub(super) fn apply_shmem(&self, requests: Vec<ShmemRequest>) -> bool {
+        let backend = lock(&self.backend_req).clone();
+        let mut all_mapped = true;
+        for request in requests {
+            let result = match (&backend, &request) {
+                (None, _) => Err(io::Error::other("no backend request channel")),
+                (
+                    Some(b),
+                    ShmemRequest::Map {
+                        file,
+                        file_offset,
+                        shm_offset,
+                        len,
+                        writable,
+                        ..
+                    },
+                ) => {
+                    let flags = if *writable {
+                        VhostUserMMapFlags::WRITABLE
+                    } else {
+                        VhostUserMMapFlags::default()
+                    };
+                    let msg = mmap_msg(*shm_offset, *len, *file_offset, flags);
+                    b.shmem_map(&msg, file.as_ref()).map(drop)
+                }
+                (Some(b), ShmemRequest::Unmap { shm_offset, len }) => {
+                    let msg = mmap_msg(*shm_offset, *len, 0, VhostUserMMapFlags::default());
+                    b.shmem_unmap(&msg).map(drop)
+                }
+            };
+            if let Err(e) = result {
+                warn!("{}: {request:?} failed: {e}", self.name);
+                if let ShmemRequest::Map { resource_id, .. } = request {
+                    self.device().map_failed(resource_id);
+                    all_mapped = false;
+                }
+            }
+        }
+        all_mapped
+    }
+
     fn config(&self) -> GpuConfig {
         GpuConfig {
             events_read: *lock(&self.events_read),
@@ -136,6 +190,17 @@ fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> 
                 .unwrap_or(0)
         })
         .collect()
+}
+
+fn mmap_msg(shm_offset: u64, len: u64, fd_offset: u64, flags: VhostUserMMapFlags) -> VhostUserMMap {
+    VhostUserMMap {
+        shmid: SHM_ID_HOST_VISIBLE,
+        padding: [0; 7],
+        fd_offset,
+        shm_offset,
+        len,
+        flags: flags.bits(),
+    }
 }
 
 /// Offered whatever the renderer; VIRGL is added when it does 3D.
@@ -172,12 +237,27 @@ impl VhostUserBackend for VmBackend {
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // Never CONFIGURE_MEM_SLOTS: the frontend would then add every mapped blob as a memory
         // slot one by one, and gives up past a few hundred.
-        VhostUserProtocolFeatures::CONFIG
+        let base = VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
             | VhostUserProtocolFeatures::BACKEND_SEND_FD
-            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::RESET_DEVICE;
+        if self.hostmem > 0 {
+            base | VhostUserProtocolFeatures::SHMEM
+        } else {
+            base
+        }
+    }
+
+    fn get_shmem_config(&self) -> io::Result<VhostUserShMemConfig> {
+        if self.hostmem == 0 {
+            return Err(io::Error::other("no host-visible window"));
+        }
+        // Region i of the reply is shared memory id i: the window is id 1, id 0 is unused.
+        let mut sizes = [0u64; SHM_ID_HOST_VISIBLE as usize + 1];
+        sizes[SHM_ID_HOST_VISIBLE as usize] = self.hostmem;
+        Ok(VhostUserShMemConfig::new(sizes.len() as u32, &sizes))
     }
 
     fn reset_device(&self) {

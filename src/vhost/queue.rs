@@ -5,7 +5,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 
 use log::warn;
-use vgpud_protocol::{CtrlHeader, Limits, Request, Response};
+use vgpud_protocol::{CtrlHeader, ErrorCode, Limits, Request, Response};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
@@ -100,7 +100,11 @@ fn control_chain(
         }
     };
     vm.refresh_display(&req.cmd);
-    let outcome = vm.device().handle(&req, mem);
+    let mut outcome = vm.device().handle(&req, mem);
+    // The device lock is released: the frontend may now be asked to change the window.
+    if !outcome.shmem.is_empty() && !vm.apply_shmem(std::mem::take(&mut outcome.shmem)) {
+        outcome.response = Response::Err(ErrorCode::Unspec);
+    }
     vm.show(&outcome.display);
     // The response bytes go to guest memory now; the guest sees them once the chain is used.
     let written = write_response(vm, &mut writer, &outcome.response.encode(&req.hdr));

@@ -1,0 +1,301 @@
+//! Blob resources: creation (guest memory, host memory, or both), mapping into the host-visible
+//! window, and blob scanouts.
+//!
+//! Mapping needs the frontend (SHMEM_MAP), which must never be called with the device lock held:
+//! the device reserves the window range and returns a `ShmemRequest`; the transport sends it after
+//! unlocking and calls `map_failed` if the frontend refused.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use vgpud_protocol::{
+    format, CreateBlob, ErrorCode, Rect, Response, ScanoutBlob, BLOB_FLAG_USE_MAPPABLE,
+    BLOB_MEM_GUEST, BLOB_MEM_HOST3D, BLOB_MEM_HOST3D_GUEST, MAP_CACHE_CACHED, MAP_CACHE_MASK,
+};
+use vm_memory::GuestMemoryMmap;
+
+use super::memory::{file_range, resolve_backing};
+use super::renderer::{BlobArgs, ExportedBlob};
+use super::resource::{Blob, Resource};
+use super::scanout::{rect_within, BlobLayout, Scanout};
+use super::{render_error, Device, DisplayCmd, Renderer, Result};
+
+/// What the transport must ask of the frontend, after releasing the device lock.
+#[derive(Debug)]
+pub enum ShmemRequest {
+    Map {
+        resource_id: u32,
+        file: Arc<File>,
+        file_offset: u64,
+        shm_offset: u64,
+        len: u64,
+        writable: bool,
+    },
+    Unmap {
+        shm_offset: u64,
+        len: u64,
+    },
+}
+
+/// Virtio-gpu access bits in map_info (read 0x10, write 0x20); none given means read-write.
+const MAP_ACCESS_MASK: u32 = 0xf0;
+const MAP_ACCESS_WRITE: u32 = 0x20;
+
+impl<R: Renderer> Device<R> {
+    pub(super) fn create_blob(
+        &mut self,
+        local_ctx: u32,
+        args: &CreateBlob,
+        mem: &Arc<GuestMemoryMmap>,
+    ) -> Result<Response> {
+        let id = args.resource_id;
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(ErrorCode::InvalidResourceId);
+        }
+        if args.size == 0 {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let uses_guest_pages = match args.blob_mem {
+            BLOB_MEM_GUEST => true,
+            BLOB_MEM_HOST3D_GUEST => true,
+            BLOB_MEM_HOST3D => false,
+            _ => return Err(ErrorCode::InvalidParameter),
+        };
+        if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let ctx = if local_ctx == 0 {
+            0
+        } else {
+            self.ctx_global(local_ctx)?
+        };
+        let backing = if uses_guest_pages {
+            let b = resolve_backing(mem, &args.entries)?;
+            if b.bytes < args.size {
+                return Err(ErrorCode::InvalidParameter);
+            }
+            Some(b)
+        } else {
+            if !args.entries.is_empty() {
+                return Err(ErrorCode::InvalidParameter);
+            }
+            None
+        };
+        // Guest pages are the guest's own memory; host blobs cost the host.
+        let charged = if args.blob_mem == BLOB_MEM_HOST3D {
+            args.size
+        } else {
+            0
+        };
+        self.charge(charged)?;
+        let global = self
+            .renderer
+            .resource_id_for(id)
+            .ok_or(ErrorCode::OutOfMemory)?;
+        let blob_args = BlobArgs {
+            mem: args.blob_mem,
+            flags: args.blob_flags,
+            blob_id: args.blob_id,
+            size: args.size,
+        };
+        self.renderer
+            .create_blob(
+                ctx,
+                global,
+                blob_args,
+                backing.as_ref().map(|b| b.ranges.clone()),
+            )
+            .map_err(render_error)?;
+        // A guest blob in a file-backed region can be mapped by the frontend straight from it.
+        let export = if args.blob_mem == BLOB_MEM_GUEST {
+            file_range(mem, &args.entries).map(|(file, offset)| ExportedBlob {
+                file,
+                offset,
+                size: args.size,
+                map_info: MAP_CACHE_CACHED,
+            })
+        } else {
+            None
+        };
+        let mut res = Resource::new(global, 0, 0, charged);
+        res.backing = backing;
+        res.blob = Some(Blob {
+            mem: args.blob_mem,
+            flags: args.blob_flags,
+            mapped: None,
+            export,
+        });
+        self.resource_bytes += charged;
+        self.resources.insert(id, res);
+        Ok(Response::OkNodata)
+    }
+
+    /// Reserves the window range and finds what to map; the transport sends the request.
+    pub(super) fn map_blob(&mut self, id: u32, offset: u64) -> Result<(Response, ShmemRequest)> {
+        let blob = self
+            .resource(id)?
+            .blob
+            .as_ref()
+            .ok_or(ErrorCode::InvalidParameter)?;
+        if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 || blob.mapped.is_some() {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let export = self.export(id)?;
+        let len = self.window.reserve(offset, export.size, id)?;
+        let access = export.map_info & MAP_ACCESS_MASK;
+        let request = ShmemRequest::Map {
+            resource_id: id,
+            file: export.file,
+            file_offset: export.offset,
+            shm_offset: offset,
+            len,
+            writable: access == 0 || access & MAP_ACCESS_WRITE != 0,
+        };
+        if let Some(blob) = self.resource_mut(id)?.blob.as_mut() {
+            blob.mapped = Some((offset, len));
+        }
+        Ok((
+            Response::OkMapInfo {
+                map_info: export.map_info & MAP_CACHE_MASK,
+            },
+            request,
+        ))
+    }
+
+    /// How the frontend can map blob `id`; asks the renderer the first time.
+    fn export(&mut self, id: u32) -> Result<ExportedBlob> {
+        let res = self.resource(id)?;
+        let blob = res.blob.as_ref().ok_or(ErrorCode::InvalidParameter)?;
+        if let Some(export) = &blob.export {
+            return Ok(export.clone());
+        }
+        if blob.mem == BLOB_MEM_GUEST {
+            // Guest pages outside one file-backed region cannot be handed to the frontend.
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let export = self.renderer.map_blob(res.global).map_err(render_error)?;
+        if let Some(blob) = self.resource_mut(id)?.blob.as_mut() {
+            blob.export = Some(export.clone());
+        }
+        Ok(export)
+    }
+
+    /// The frontend refused a mapping `map_blob` prepared: forget it.
+    pub fn map_failed(&mut self, id: u32) {
+        let _ = self.take_mapping(id);
+    }
+
+    pub(super) fn unmap_blob(&mut self, id: u32) -> Result<(Response, ShmemRequest)> {
+        let request = self.take_mapping(id)?.ok_or(ErrorCode::InvalidParameter)?;
+        Ok((Response::OkNodata, request))
+    }
+
+    /// Removes `id`'s mapping from the window, if it has one, and says what to unmap.
+    pub(super) fn take_mapping(&mut self, id: u32) -> Result<Option<ShmemRequest>> {
+        let res = self.resource_mut(id)?;
+        let Some((offset, len)) = res.blob.as_mut().and_then(|b| b.mapped.take()) else {
+            return Ok(None);
+        };
+        self.window.release(offset);
+        Ok(Some(ShmemRequest::Unmap {
+            shm_offset: offset,
+            len,
+        }))
+    }
+
+    pub(super) fn set_scanout_blob(
+        &mut self,
+        s: &ScanoutBlob,
+        display: &mut Vec<DisplayCmd>,
+    ) -> Result<Response> {
+        if s.scanout_id >= self.scanout_limit() {
+            return Err(ErrorCode::InvalidScanoutId);
+        }
+        if s.resource_id == 0 {
+            return self.set_scanout(s.scanout_id, 0, s.rect, display);
+        }
+        let res = self.resource(s.resource_id)?;
+        if res.blob.is_none() {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        if format::bytes_per_pixel(s.format) != Some(4) || s.width == 0 || s.height == 0 {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let rect = s.rect;
+        if rect.width == 0 || rect.height == 0 || !rect_within(&rect, s.width, s.height) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        // The last row's last pixel must lie inside the blob.
+        let stride = u64::from(s.strides[0]);
+        let offset = u64::from(s.offsets[0]);
+        let row = u64::from(s.width) * 4;
+        let end = u64::from(s.height - 1) * stride + row + offset;
+        let size = blob_size(res);
+        if stride < row || end > size {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        let slot = self
+            .scanouts
+            .get_mut(s.scanout_id as usize)
+            .ok_or(ErrorCode::InvalidScanoutId)?;
+        *slot = Scanout {
+            resource_id: s.resource_id,
+            rect,
+            layout: Some(BlobLayout { offset, stride }),
+        };
+        display.push(DisplayCmd::Scanout {
+            scanout: s.scanout_id,
+            width: rect.width,
+            height: rect.height,
+        });
+        Ok(Response::OkNodata)
+    }
+
+    /// The pixels of `area` of a blob scanout, rows packed: read from guest pages, or from the
+    /// host blob's export.
+    pub(super) fn read_blob_pixels(
+        &mut self,
+        id: u32,
+        layout: BlobLayout,
+        area: Rect,
+    ) -> Result<Vec<u8>> {
+        let export = match self.resource(id)?.backing {
+            Some(_) => None,
+            None => Some(self.export(id)?),
+        };
+        let res = self.resource(id)?;
+        let row = area.width as usize * 4;
+        let mut pixels = Vec::new();
+        pixels
+            .try_reserve_exact(row * area.height as usize)
+            .map_err(|_| ErrorCode::OutOfMemory)?;
+        pixels.resize(row * area.height as usize, 0);
+        for (y, dst) in pixels.chunks_exact_mut(row.max(1)).enumerate() {
+            let at = layout.offset
+                + (u64::from(area.y) + y as u64) * layout.stride
+                + u64::from(area.x) * 4;
+            let read = match (&res.backing, &export) {
+                (Some(backing), _) => backing.read_at(at, dst),
+                (None, Some(e)) => e.file.read_exact_at(dst, e.offset + at).is_ok(),
+                (None, None) => false,
+            };
+            if !read {
+                return Err(ErrorCode::InvalidParameter);
+            }
+        }
+        Ok(pixels)
+    }
+}
+
+fn blob_size(res: &Resource) -> u64 {
+    match (
+        &res.backing,
+        res.blob.as_ref().and_then(|b| b.export.as_ref()),
+    ) {
+        (Some(b), _) => b.bytes,
+        (None, Some(e)) => e.size,
+        // A host blob not yet exported: its size is what it was charged.
+        (None, None) => res.size,
+    }
+}
