@@ -1,5 +1,6 @@
 //! 3D: rendering contexts, 3D resources, 3D transfers and command submission.
 
+use log::warn;
 use vgpud_protocol::{
     ErrorCode, ResourceCreate3d, Response, Transfer3d, CONTEXT_INIT_CAPSET_ID_MASK,
 };
@@ -139,7 +140,10 @@ impl<R: Renderer> Device<R> {
         let ctx = self.ctx_global(local_ctx)?;
         self.renderer
             .submit_3d(ctx, commands.to_vec())
-            .map_err(|_| ErrorCode::InvalidParameter)?;
+            .map_err(|e| {
+                warn!("context {local_ctx}: command stream refused: {e}");
+                ErrorCode::InvalidParameter
+            })?;
         Ok(Response::OkNodata)
     }
 }

@@ -92,46 +92,37 @@ pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Ruta
             .build()
             .map_err(|e| e.to_string()),
         #[cfg(feature = "virgl")]
-        RendererKind::Virgl => {
-            use rutabaga_gfx::{RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2};
-            let capsets = (1 << RUTABAGA_CAPSET_VIRGL) | (1 << RUTABAGA_CAPSET_VIRGL2);
-            let r = RutabagaBuilder::new(capsets, fences)
-                .set_use_egl(true)
-                .set_use_gles(true)
-                .set_use_surfaceless(true)
-                .build()
-                .map_err(|e| e.to_string())?;
-            // Rutabaga falls back to 2D quietly when virglrenderer does not start.
-            if r.get_num_capsets() == 0 {
-                return Err("virglrenderer did not start (see its log above)".into());
-            }
-            Ok(r)
-        }
+        RendererKind::Virgl => virglrenderer(false, fences),
         #[cfg(feature = "virgl")]
-        RendererKind::Venus => {
-            use rutabaga_gfx::{
-                RUTABAGA_CAPSET_VENUS, RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2,
-            };
-            // Venus runs in virglrenderer's render server (virgl_render_server), which
-            // virglrenderer starts itself. GL comes along: the guest's console and KMS buffers
-            // are 2D resources, which only virgl can hold.
-            let capsets = (1 << RUTABAGA_CAPSET_VIRGL)
-                | (1 << RUTABAGA_CAPSET_VIRGL2)
-                | (1 << RUTABAGA_CAPSET_VENUS);
-            let r = RutabagaBuilder::new(capsets, fences)
-                .set_use_egl(true)
-                .set_use_gles(true)
-                .set_use_surfaceless(true)
-                .set_use_render_server(true)
-                .build()
-                .map_err(|e| e.to_string())?;
-            if r.get_num_capsets() == 0 {
-                return Err("virglrenderer's Venus did not start (see its log above)".into());
-            }
-            Ok(r)
-        }
+        RendererKind::Venus => virglrenderer(true, fences),
         RendererKind::Auto => Err("pick a renderer from RendererKind::candidates".into()),
     }
+}
+
+/// virglrenderer with GL (capsets VIRGL and VIRGL2) on surfaceless EGL, and with `venus` also
+/// Vulkan (capset VENUS) in its render server (virgl_render_server, started by virglrenderer).
+/// A Venus guest needs GL too: its console and KMS buffers are 2D resources, which only virgl
+/// can hold.
+#[cfg(feature = "virgl")]
+fn virglrenderer(venus: bool, fences: RutabagaFenceHandler) -> Result<Rutabaga, String> {
+    use rutabaga_gfx::{RUTABAGA_CAPSET_VENUS, RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2};
+    let mut capsets = (1 << RUTABAGA_CAPSET_VIRGL) | (1 << RUTABAGA_CAPSET_VIRGL2);
+    if venus {
+        capsets |= 1 << RUTABAGA_CAPSET_VENUS;
+    }
+    let r = RutabagaBuilder::new(capsets, fences)
+        .set_use_egl(true)
+        .set_use_gles(true)
+        .set_use_surfaceless(true)
+        .set_use_render_server(venus)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Rutabaga falls back to 2D quietly when virglrenderer does not start.
+    let wanted = if venus { 3 } else { 2 };
+    if r.get_num_capsets() < wanted {
+        return Err("virglrenderer did not start all its capsets (see its log above)".into());
+    }
+    Ok(r)
 }
 
 fn iovecs(ranges: Vec<HostRange>) -> Vec<RutabagaIovec> {
