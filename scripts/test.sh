@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: unit and harness tests (against vgpud and against QEMU's own C backend), the
-# protocol's randomized decode test, then the real-guest end-to-end suite (2D and GL) on the
+# protocol's randomized decode test, then the real-guest end-to-end suite (2D, GL, Vulkan) on the
 # Debian sid testbed. Installs what the tests need on a fresh machine; needs root for the testbed.
 # VGPUD_TEST_HOST_ONLY=1 skips the guest suite.
 set -euo pipefail
@@ -20,7 +20,9 @@ fi
 cargo test --workspace --locked "$@"
 
 [[ ${VGPUD_TEST_HOST_ONLY:-0} == 1 ]] && exit 0
-# vgpud with OpenGL links the testbed's virglrenderer, so it is built inside the testbed.
+# vgpud with OpenGL and Vulkan links the testbed's virglrenderer, so it is built inside the
+# testbed, where the harness tests that need those renderers (tests/venus.rs) run too.
 scripts/testbed/root.sh
 scripts/testbed/run.sh cargo build --release --locked --features virgl
-VGPUD_BIN=$PWD/target/testbed/release/vgpud VGPUD_E2E_VIRGL=1 scripts/e2e.sh
+scripts/testbed/run.sh cargo test --release --locked --features virgl --test venus
+VGPUD_BIN=$PWD/target/testbed/release/vgpud VGPUD_E2E_VIRGL=1 VGPUD_E2E_VENUS=1 scripts/e2e.sh

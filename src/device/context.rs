@@ -138,6 +138,11 @@ impl<R: Renderer> Device<R> {
 
     pub(super) fn submit_3d(&mut self, local_ctx: u32, commands: &[u8]) -> Result<Response> {
         let ctx = self.ctx_global(local_ctx)?;
+        // Guests submit empty streams only to get a fence on a ring; the fence is created after
+        // this either way, and some renderers refuse an empty stream.
+        if commands.is_empty() {
+            return Ok(Response::OkNodata);
+        }
         self.renderer
             .submit_3d(ctx, commands.to_vec())
             .map_err(|e| {
