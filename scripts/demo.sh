@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job: vgpud serving a real Debian guest (QEMU 11, vhost-user-gpu-pci, stock virtio_gpu
 # and Mesa) that draws through it: a 2D test pattern on the scanout, then OpenGL (kmscube) through
-# virgl. Prints what the guest saw and writes PNG screenshots of the guest's display to build/demo/.
+# virgl; then a second guest on QEMU's generic vhost-user device with a host-visible window runs
+# Vulkan through Venus (compute and an offscreen render). Prints what the guests saw and writes
+# PNG screenshots of the first guest's display to build/demo/.
 # Builds what is missing first (testbed root, guest image, guest tests, vgpud with OpenGL).
 set -euo pipefail
 # shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
@@ -9,6 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
 
 OUT=$TB_PROJECT/build/demo
 SOCK=$OUT/vgpud.sock
+VENUS_SOCK=$OUT/vgpud-venus.sock
 QMP=$OUT/qmp.sock
 GROUPS_STARTED=()
 
@@ -54,6 +57,33 @@ echo DEMO-GL
 kmscube --count=400 | grep -E "renderer|Rendered"
 '
 
+VENUS_GUEST='
+echo "== the virtio-gpu device as the guest sees it"
+dmesg | grep -E "Host memory window|features:"
+echo "== Vulkan devices in the guest"
+vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName"
+echo "== Vulkan compute and an offscreen render through Venus"
+'"$TB_PROJECT"'/target/guest-tests/vk-compute
+'"$TB_PROJECT"'/target/guest-tests/vk-render
+'
+
+# The second guest: Vulkan through Venus on the generic device (no display).
+venus_part() {
+    start "$TB_SCRIPTS/run.sh" "$TB_PROJECT/target/testbed/release/vgpud" --renderer venus \
+        --hostmem 256M --socket-path "$VENUS_SOCK" >"$OUT/vgpud-venus.log" 2>&1 </dev/null
+    wait_for "vgpud's Venus socket" "$VENUS_SOCK"
+    tb_log "vgpud (Venus) is serving $VENUS_SOCK (log: $OUT/vgpud-venus.log)"
+    local rc=0
+    # shellcheck disable=SC2054 # commas are QEMU option syntax
+    "$TB_SCRIPTS/boot.sh" -q -o "$OUT/guest-venus" -t 600 \
+        -a -chardev -a "socket,id=vgpu1,path=$VENUS_SOCK" \
+        -d vhost-user-test-device-pci,chardev=vgpu1,virtio-id=16,num_vqs=2,config_size=24 \
+        -c "$VENUS_GUEST" >"$OUT/boot-venus.log" 2>&1 || rc=$?
+    echo "== what the Venus guest printed"
+    cat "$OUT/guest-venus/output.log"
+    [[ $rc -eq 0 ]] || tb_die "the Venus guest failed ($rc); see $OUT/guest-venus/console.log"
+}
+
 main() {
     "$TB_SCRIPTS/root.sh"
     # The guest's /init is baked into the image: rebuild when its script changed.
@@ -89,6 +119,7 @@ main() {
     grep -v '^DEMO-GL' "$OUT/guest/output.log"
     echo "== screenshots: $OUT/screenshot-2d.png $OUT/screenshot-gl.png"
     [[ $rc -eq 0 ]] || tb_die "the guest command failed ($rc); see $OUT/guest/console.log"
+    venus_part
 }
 
 main "$@"

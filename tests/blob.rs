@@ -308,6 +308,18 @@ fn a_blob_scanout_shows_guest_pages_with_their_stride() {
         BAD,
         "past the blob's end"
     );
+    assert_eq!(call(&mut vm, scanout(u32::MAX, h)), BAD, "huge stride");
+    let huge = Command::SetScanoutBlob(ScanoutBlob {
+        rect: rect(0, 0, 1, 1),
+        scanout_id: 0,
+        resource_id: 1,
+        width: u32::MAX,
+        height: u32::MAX,
+        format: format::B8G8R8X8_UNORM,
+        strides: [u32::MAX; 4],
+        offsets: [u32::MAX; 4],
+    });
+    assert_eq!(call(&mut vm, huge), BAD, "sizes that overflow");
     ok(&mut vm, scanout(stride, h));
     ok(
         &mut vm,

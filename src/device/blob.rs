@@ -38,6 +38,9 @@ pub enum ShmemRequest {
     },
 }
 
+/// Largest blob scanout, in pixels either way (what the display protocol can carry).
+const MAX_SCANOUT_EXTENT: u32 = 16384;
+
 /// Virtio-gpu access bits in map_info (read 0x10, write 0x20); none given means read-write.
 const MAP_ACCESS_MASK: u32 = 0xf0;
 const MAP_ACCESS_WRITE: u32 = 0x20;
@@ -219,7 +222,11 @@ impl<R: Renderer> Device<R> {
         if res.blob.is_none() {
             return Err(ErrorCode::InvalidParameter);
         }
-        if format::bytes_per_pixel(s.format) != Some(4) || s.width == 0 || s.height == 0 {
+        let extent = 1..=MAX_SCANOUT_EXTENT;
+        if format::bytes_per_pixel(s.format) != Some(4)
+            || !extent.contains(&s.width)
+            || !extent.contains(&s.height)
+        {
             return Err(ErrorCode::InvalidParameter);
         }
         let rect = s.rect;
@@ -230,9 +237,10 @@ impl<R: Renderer> Device<R> {
         let stride = u64::from(s.strides[0]);
         let offset = u64::from(s.offsets[0]);
         let row = u64::from(s.width) * 4;
-        let end = u64::from(s.height - 1) * stride + row + offset;
-        let size = blob_size(res);
-        if stride < row || end > size {
+        let end = (u64::from(s.height) - 1)
+            .checked_mul(stride)
+            .and_then(|rows| rows.checked_add(row + offset));
+        if stride < row || end.is_none_or(|end| end > blob_size(res)) {
             return Err(ErrorCode::InvalidParameter);
         }
         let slot = self
@@ -265,12 +273,14 @@ impl<R: Renderer> Device<R> {
             None => Some(self.export(id)?),
         };
         let res = self.resource(id)?;
+        // The area lies in a scanout of at most MAX_SCANOUT_EXTENT pixels either way.
         let row = area.width as usize * 4;
+        let total = row * area.height as usize;
         let mut pixels = Vec::new();
         pixels
-            .try_reserve_exact(row * area.height as usize)
+            .try_reserve_exact(total)
             .map_err(|_| ErrorCode::OutOfMemory)?;
-        pixels.resize(row * area.height as usize, 0);
+        pixels.resize(total, 0);
         for (y, dst) in pixels.chunks_exact_mut(row.max(1)).enumerate() {
             let at = layout.offset
                 + (u64::from(area.y) + y as u64) * layout.stride
