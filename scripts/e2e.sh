@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Real-guest end-to-end tests of vgpud: each case starts vgpud in the testbed
 # root, boots Debian guests under QEMU (TCG) with vhost-user-gpu-pci attached
-# to it, and runs test programs from guest-tests/ in them.
+# to it (Venus cases: the generic vhost-user-test-device-pci, which has the
+# host-visible window and no display), and runs test programs from
+# guest-tests/ in them.
 #
 # usage: e2e.sh [--list] [--only NAME]...
 #
@@ -10,19 +12,23 @@
 #
 # Environment:
 #   VGPUD_BIN          vgpud binary to test (default: cargo build --release on
-#                      the host; with VGPUD_E2E_VIRGL=1, --features virgl
-#                      inside the root, as virglrenderer 1.3 is sid's)
+#                      the host; with VGPUD_E2E_VIRGL=1 or VGPUD_E2E_VENUS=1,
+#                      --features virgl inside the root, as virglrenderer 1.3
+#                      is sid's)
 #   VGPUD_E2E_VIRGL=1  also run the cases that need vgpud --renderer virgl
+#   VGPUD_E2E_VENUS=1  also run the cases that need vgpud --renderer venus
+#                      (Vulkan through Venus; QEMU >= 11.1 for the generic
+#                      device, as the testbed root has)
 #   VGPUD_E2E_TIMEOUT  per-guest timeout in seconds (default 240)
 #
 # Builds what is missing first: the testbed root (root.sh), the guest image
 # (guest-image.sh), the guest tests (in the root, into target/guest-tests) and
 # vgpud. Each case's logs go to $VGPUD_TESTBED/runs/e2e-<time>-<pid>/<case>/:
-# vgpud.log, and per guest vm<N>/ with console.log, output.log, boot.log and
-# screen.txt (plus screen.ppm when a screendump did not match). Prints one
-# PASS/FAIL/SKIP line per case, then "N passed, N failed[, N skipped]", and
-# exits non-zero if any case failed. Needs root (chroot, mount), like the
-# testbed scripts.
+# vgpud.log (vk-churn: also churn.txt, vgpud's measurements), and per guest
+# vm<N>/ with console.log, output.log, boot.log and screen.txt (plus
+# screen.ppm when a screendump did not match). Prints one PASS/FAIL/SKIP line
+# per case, then "N passed, N failed[, N skipped]", and exits non-zero if any
+# case failed. Needs root (chroot, mount), like the testbed scripts.
 set -euo pipefail
 # shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
@@ -36,9 +42,25 @@ DONE_FILE=/results/screendump-taken
 # Features vgpud's 2D renderer offers, as virtio-gpu-features reports them.
 FEATURES_2D=(virgl=no edid=yes indirect=yes resource_uuid=yes blob_resources=no context_init=no)
 KMSCUBE_FRAMES=60
+# Venus cases: vgpud's host-visible window (--hostmem) and the generic device
+# that carries it (virtio-id 16 is GPU; config_size 24 is virtio_gpu_config).
+VENUS_HOSTMEM=256M
+VENUS_HOSTMEM_HEX=0x10000000
+VENUS_DEVICE=vhost-user-test-device-pci,virtio-id=16,num_vqs=2,config_size=24
+# Features vgpud's Venus renderer offers (it has virgl as well, for 2D).
+FEATURES_VENUS=(virgl=yes blob_resources=yes context_init=yes)
+# vk-churn: cycles in all, cycles before the first checkpoint, phases after
+# it; at each later checkpoint vgpud's VmRSS may exceed checkpoint 0's by at
+# most CHURN_RSS_SLACK_KB and its open fds checkpoint 0's by at most
+# CHURN_FD_SLACK.
+CHURN_CYCLES=2000
+CHURN_WARMUP=200
+CHURN_PHASES=4
+CHURN_RSS_SLACK_KB=8192
+CHURN_FD_SLACK=2
 
 # name|vgpud renderer|description. Cases with the virgl renderer run only
-# with VGPUD_E2E_VIRGL=1.
+# with VGPUD_E2E_VIRGL=1, those with venus only with VGPUD_E2E_VENUS=1.
 CASES=(
     "probe|2d|virtio_gpu binds, card0 exists, 2D feature set, >= 1 scanout"
     "kms-pattern|2d|dumb buffer pattern on the CRTC, QEMU screendump compared pixel for pixel"
@@ -49,6 +71,13 @@ CASES=(
     "fences|virgl|GL draws with sync fd out-fences in flight, waited for in order"
     "kms-pattern-virgl|virgl|kms-pattern with the virgl renderer (2D resources are virglrenderer textures)"
     "kmscube-virgl|virgl|kmscube rendered by virgl through vgpud, $KMSCUBE_FRAMES frames"
+    "venus-probe|venus|generic device: probe with blobs and context init, host memory window of $VENUS_HOSTMEM"
+    "vk-info|venus|Vulkan lists a \"Virtio-GPU Venus\" device; a logical device on it"
+    "vk-compute|venus|compute shader over 1M elements on Venus, checked element by element"
+    "vk-render|venus|offscreen render of a known scene on Venus, compared with the CPU's image"
+    "vk-coherent|venus|HOST_COHERENT memory, CPU to GPU and GPU to CPU, 4 KiB .. 16 MiB"
+    "vk-churn|venus|$CHURN_CYCLES allocate/map/free cycles; vgpud's RSS and fds flat after warm-up"
+    "drm-blob|venus|raw virtio-gpu ioctls: Venus context, GUEST and HOST3D blobs, ring-0 fences, a Venus reply"
 )
 
 RUN_DIR=""
@@ -56,7 +85,7 @@ SOCK_DIR=""     # in the root's /tmp: QEMU and vgpud run in the root
 VGPUD=""        # the staged binary, at a path visible in the root
 RENDERER=""     # the current case's --renderer
 TRACKED=()      # process-group leaders started here (setsid), stopped at exit
-VGPUD_PID=""
+VGPUD_PID=""    # the process group started for vgpud (run.sh and its children)
 BOOT_PID=""
 READY_SIZE=""
 REASON=""
@@ -155,14 +184,15 @@ build_all() {
 build_vgpud() {
     local target=${CARGO_TARGET_DIR:-}
     [[ -z $target ]] || target=$(realpath -m "$target")
-    if [[ ${VGPUD_E2E_VIRGL:-0} != 1 ]]; then
+    if [[ ${VGPUD_E2E_VIRGL:-0} != 1 && ${VGPUD_E2E_VENUS:-0} != 1 ]]; then
         log "cargo build --release"
         cargo build --release --manifest-path "$TB_PROJECT/Cargo.toml" >&2
         bin=${target:-$TB_PROJECT/target}/release/vgpud
         return
     fi
-    # The virgl feature needs sid's virglrenderer: build inside the root
-    # (run.sh's default target dir is target/testbed).
+    # The virgl feature (the virgl and venus renderers) needs sid's
+    # virglrenderer: build inside the root (run.sh's default target dir is
+    # target/testbed).
     log "cargo build --release --features virgl (inside the root)"
     CARGO_TARGET_DIR=$target "$TB_SCRIPTS/run.sh" \
         cargo build --release --features virgl --manifest-path "$TB_PROJECT/Cargo.toml" >&2
@@ -183,6 +213,7 @@ vm_tag() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
 start_vgpud() {
     local dir=$1 n=$2 i all sock
     local -a socks=() args=(--renderer "$RENDERER")
+    if [[ $RENDERER == venus ]]; then args+=(--hostmem "$VENUS_HOSTMEM"); fi
     for ((i = 0; i < n; i++)); do
         socks+=("$SOCK_DIR/$(vm_tag "$dir/vm$i").sock")
         args+=(--socket-path "${socks[i]}")
@@ -235,16 +266,17 @@ show_vgpud_warnings() {
 
 # boot_guest OUT CODE [PROPS]: boot a guest in the background running bash
 # CODE, with vhost-user-gpu-pci (plus ",PROPS") on its vgpud socket and a QMP
-# socket. Sets BOOT_PID.
+# socket; in Venus cases the generic device instead. Sets BOOT_PID.
 boot_guest() {
-    local out=$1 code=$2 props=${3:+,$3} tag
+    local out=$1 code=$2 props=${3:+,$3} tag device=vhost-user-gpu-pci
+    [[ $RENDERER != venus ]] || device=$VENUS_DEVICE
     tag=$SOCK_DIR/$(vm_tag "$out")
     mkdir -p "$out"
     rm -f "$out/${DONE_FILE##*/}"
     # shellcheck disable=SC2054 # commas are QEMU option syntax
     local -a args=(-q -o "$out" -t "$GUEST_TIMEOUT"
         -a -chardev -a "socket,id=vgpu0,path=$tag.sock"
-        -d "vhost-user-gpu-pci,chardev=vgpu0$props"
+        -d "$device,chardev=vgpu0$props"
         -a -qmp -a "unix:$tag.qmp,server=on,wait=off"
         -a -pidfile -a "$tag.qemu.pid")
     setsid "$TB_SCRIPTS/boot.sh" "${args[@]}" -c "$code" >"$out/boot.log" 2>&1 </dev/null &
@@ -323,7 +355,8 @@ screen_check() {
 guest_program() {
     printf '%q/%s' "$GUEST_TESTS" "$1"
     shift
-    printf ' %q' "$@"
+    # (printf with no arguments would still print one empty one)
+    [[ $# -eq 0 ]] || printf ' %q' "$@"
 }
 
 kms_pattern_code() {
@@ -461,15 +494,192 @@ case_fences() {
 case_kms-pattern-virgl() { case_kms-pattern "$@"; }
 case_kmscube-virgl() { case_kmscube "$@"; }
 
+# --- Venus cases: vgpud --renderer venus --hostmem, the generic device ---------
+
+# The guest half of venus-probe: the kernel found the host-visible window
+# (shared memory region 1), of the size vgpud was given.
+HOSTMEM_GUEST_CODE=$(cat <<'EOF2'
+line=$(dmesg | grep -a -m1 'Host memory window:')
+if [ -z "$line" ]; then
+    echo "FAIL: host-memory-window: no 'Host memory window:' in the kernel log"
+    exit 1
+fi
+echo "host-memory-window: ${line#*] }"
+size=${line##*+}
+if [ $((size)) -ne $((want)) ]; then
+    echo "FAIL: host-memory-window: $size bytes, expected $want"
+    exit 1
+fi
+echo "PASS: host-memory-window"
+EOF2
+)
+
+case_venus-probe() {
+    local dir=$1
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$(guest_program probe "${FEATURES_VENUS[@]}") || exit 1
+want=$VENUS_HOSTMEM_HEX
+$HOSTMEM_GUEST_CODE"
+    finish_guest "$BOOT_PID" "$dir/vm0" probe host-memory-window || return 1
+    log "  $(grep -a -m1 '^host-memory-window: ' "$dir/vm0/output.log")"
+    check_vgpud "$dir"
+}
+
+# venus_program DIR PROGRAM [ARGS...]: one guest running one guest test.
+venus_program() {
+    local dir=$1
+    shift
+    start_vgpud "$dir" 1 || return 1
+    boot_guest "$dir/vm0" "$(guest_program "$@")"
+    finish_guest "$BOOT_PID" "$dir/vm0" "$1" || return 1
+    check_vgpud "$dir"
+}
+
+case_vk-info() {
+    venus_program "$1" vk-info || return 1
+    log "  $(grep -a -m1 '^vk-info: using device' "$1/vm0/output.log")"
+}
+
+case_vk-compute() {
+    venus_program "$1" vk-compute || return 1
+    log "  $(grep -a -m1 'elements/s' "$1/vm0/output.log")"
+}
+
+case_vk-render() { venus_program "$1" vk-render; }
+case_vk-coherent() { venus_program "$1" vk-coherent; }
+case_drm-blob() { venus_program "$1" drm-blob; }
+
+# The vgpud process itself (run.sh leads the session it runs in; the render
+# server vgpud starts is in it too).
+vgpud_process() {
+    local f pid rest
+    for f in /proc/[0-9]*/comm; do
+        [[ $(cat "$f" 2>/dev/null) == vgpud ]] || continue
+        pid=${f#/proc/}
+        pid=${pid%/comm}
+        rest=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        rest=${rest##*) }
+        # Fields after the command: state ppid pgrp session ...
+        read -r _ _ _ rest _ <<<"$rest"
+        if [[ $rest == "$VGPUD_PID" ]]; then
+            echo "$pid"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# process_sample PID: "VmRSS-kB open-fds" of PID.
+process_sample() {
+    local rss fds
+    rss=$(awk '$1 == "VmRSS:" { print $2 }' "/proc/$1/status" 2>/dev/null) || return 1
+    fds=$(find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+    [[ -n $rss ]] || return 1
+    echo "$rss $fds"
+}
+
+# Other processes in vgpud's session whose name starts with virgl (the render
+# server and its workers): "count RSS-kB fds", for information.
+render_server_sample() {
+    local f pid n=0 rss=0 fds=0 s sess
+    for f in /proc/[0-9]*/comm; do
+        [[ $(cat "$f" 2>/dev/null) == virgl* ]] || continue
+        pid=${f#/proc/}
+        pid=${pid%/comm}
+        sess=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+        sess=${sess##*) }
+        read -r _ _ _ sess _ <<<"$sess"
+        [[ $sess == "$VGPUD_PID" ]] || continue
+        s=$(process_sample "$pid") || continue
+        n=$((n + 1))
+        rss=$((rss + ${s% *}))
+        fds=$((fds + ${s#* }))
+    done
+    echo "$n $rss $fds"
+}
+
+# wait_churn_phase OUT PID K: wait until the guest has printed the end of
+# phase K, or stopped.
+wait_churn_phase() {
+    local out=$1 pid=$2 k=$3 i
+    for ((i = 0; i < GUEST_TIMEOUT * 5; i++)); do
+        grep -aqE "^vk-churn: phase $k done" "$out/output.log" 2>/dev/null && return 0
+        running "$pid" || return 1
+        sleep 0.2
+    done
+    return 1
+}
+
+# vk-churn: the guest stops at each checkpoint until the host has measured
+# vgpud (VmRSS, open fds; repeated until the fd count holds still for 0.5 s,
+# at most 5 s, as the guest's frees may still be on their way) and created
+# /results/churn-sampled-<k>. Checkpoint 0 follows the warm-up; at every later
+# one vgpud may have grown by CHURN_RSS_SLACK_KB and CHURN_FD_SLACK at most.
+case_vk-churn() {
+    local dir=$1 out=$1/vm0 pid k i s prev base="" ok=0 reason="" rss fds rs=()
+    start_vgpud "$dir" 1 || return 1
+    if ! pid=$(vgpud_process); then
+        REASON="no vgpud process found in the session of $VGPUD_PID"
+        return 1
+    fi
+    boot_guest "$out" "$(guest_program vk-churn "$CHURN_CYCLES" --warmup "$CHURN_WARMUP" \
+        --phases "$CHURN_PHASES" --wait-dir /results)"
+    echo "checkpoint vgpud-VmRSS-kB vgpud-fds render-server-processes render-server-RSS-kB render-server-fds" \
+        >"$dir/churn.txt"
+    for ((k = 0; k <= CHURN_PHASES; k++)); do
+        if ! wait_churn_phase "$out" "$BOOT_PID" "$k"; then
+            reason="the guest never reached checkpoint $k (see $out/output.log)"
+            ok=1
+            break
+        fi
+        prev=""
+        for ((i = 0; i < 10; i++)); do
+            s=$(process_sample "$pid") || break
+            [[ ${s#* } != "${prev#* }" ]] || break
+            prev=$s
+            sleep 0.5
+        done
+        if [[ -z $s ]]; then
+            reason="vgpud (pid $pid) is gone at checkpoint $k"
+            ok=1
+            break
+        fi
+        read -r -a rs <<<"$(render_server_sample)"
+        echo "$k $s ${rs[*]}" >>"$dir/churn.txt"
+        read -r rss fds <<<"$s"
+        log "  checkpoint $k: vgpud VmRSS $rss kB, $fds fds; render server: ${rs[0]} processes," \
+            "${rs[1]} kB, ${rs[2]} fds"
+        touch "$out/churn-sampled-$k"
+        if [[ -z $base ]]; then
+            base=$s
+        elif [[ -z $reason ]]; then
+            if ((rss > ${base% *} + CHURN_RSS_SLACK_KB)); then
+                reason="vgpud's VmRSS grew from ${base% *} kB after the warm-up to $rss kB at checkpoint $k (slack $CHURN_RSS_SLACK_KB kB)"
+            elif ((fds > ${base#* } + CHURN_FD_SLACK)); then
+                reason="vgpud's open fds grew from ${base#* } after the warm-up to $fds at checkpoint $k (slack $CHURN_FD_SLACK)"
+            fi
+        fi
+    done
+    # Let the guest finish either way; its verdict comes first.
+    for ((k = 0; k <= CHURN_PHASES; k++)); do touch "$out/churn-sampled-$k"; done
+    finish_guest "$BOOT_PID" "$out" vk-churn || return 1
+    if [[ $ok -ne 0 || -n $reason ]]; then
+        REASON=$reason
+        return 1
+    fi
+    check_vgpud "$dir"
+}
+
 # --- main ------------------------------------------------------------------------
 
-usage() { sed -n '2,25s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,31s/^# \{0,1\}//p' "$0"; }
 
 list_cases() {
     local entry name renderer desc
     for entry in "${CASES[@]}"; do
         IFS='|' read -r name renderer desc <<<"$entry"
         if [[ $renderer == virgl ]]; then desc+=" [needs VGPUD_E2E_VIRGL=1]"; fi
+        if [[ $renderer == venus ]]; then desc+=" [needs VGPUD_E2E_VENUS=1]"; fi
         printf '%-18s %s\n' "$name" "$desc"
     done
 }
@@ -515,6 +725,11 @@ main() {
         if [[ ${#only[@]} -gt 0 && " ${only[*]} " != *" $name "* ]]; then continue; fi
         if [[ $RENDERER == virgl && ${VGPUD_E2E_VIRGL:-0} != 1 ]]; then
             echo "SKIP: $name (needs VGPUD_E2E_VIRGL=1)"
+            skipped=$((skipped + 1))
+            continue
+        fi
+        if [[ $RENDERER == venus && ${VGPUD_E2E_VENUS:-0} != 1 ]]; then
+            echo "SKIP: $name (needs VGPUD_E2E_VENUS=1)"
             skipped=$((skipped + 1))
             continue
         fi

@@ -6,6 +6,10 @@
 # daemon's build, and the same tree is the guest's root filesystem (over 9p).
 #
 # usage: root.sh [--force]     --force rebuilds even a complete root
+#
+# A complete root is reused; packages added to the lists below since it was
+# built are installed into it (compared with dpkg-query), so an existing root
+# picks them up without a rebuild.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -17,9 +21,12 @@ HOST_PKGS=(
     libgl1-mesa-dri mesa-vulkan-drivers
     pkgconf gcc libc6-dev libdrm-dev ca-certificates
 )
-# Guest side: test programs, the kernel, and busybox for the initramfs.
+# Guest side: test programs, what guest-tests/build.sh needs for the Vulkan
+# tests (headers and loader, GLSL to SPIR-V compiler), the kernel, and busybox
+# for the initramfs.
 GUEST_PKGS=(
     mesa-utils vulkan-tools kmscube mesa-vulkan-drivers
+    libvulkan-dev glslang-tools
     busybox-static linux-image-amd64
 )
 # Used by guest-image.sh (run inside the root) and handy in the guest.
@@ -27,7 +34,7 @@ TOOL_PKGS=(cpio gzip xz-utils zstd kmod procps)
 # Installed when the archive has them (names have moved before).
 OPTIONAL_PKGS=(qemu-system-modules-opengl libdrm-tests)
 
-usage() { sed -n '2,9s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,13s/^# \{0,1\}//p' "$0"; }
 
 ensure_host_tools() {
     command -v unshare >/dev/null || tb_die "unshare (util-linux) missing"
@@ -68,10 +75,10 @@ EOF
     mkdir -p "$TB_ROOT/results" "$TB_ROOT/etc/vgpud-testbed"
 }
 
-# Print the optional packages the archive actually has.
+# Print those of the given optional packages the archive actually has.
 available_optional() {
     local p
-    for p in "${OPTIONAL_PKGS[@]}"; do
+    for p in "$@"; do
         if tb_in_root_ns apt-cache show --no-all-versions "$p" >/dev/null 2>&1; then
             echo "$p"
         else
@@ -85,7 +92,7 @@ install_packages() {
     tb_in_root_ns apt-get update -q >"$TB_DIR/apt.log" 2>&1 ||
         { tail -20 "$TB_DIR/apt.log" >&2; tb_die "apt-get update failed"; }
     local -a pkgs=("${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}")
-    mapfile -t -O "${#pkgs[@]}" pkgs < <(available_optional)
+    mapfile -t -O "${#pkgs[@]}" pkgs < <(available_optional "${OPTIONAL_PKGS[@]}")
     tb_log "installing ${#pkgs[@]} packages (+ dependencies)"
     printf '%s\n' "${pkgs[@]}" >"$TB_DIR/packages.requested"
     # INITRD=No: the kernel's postinst would build a dracut initrd we never
@@ -96,7 +103,56 @@ install_packages() {
     tb_in_root_ns apt-get clean
 }
 
+# Print those of the given packages that are not installed in the root.
+not_installed() {
+    [[ $# -gt 0 ]] || return 0
+    local -A installed=()
+    local status name p
+    # One query for all (each run in the root costs a mount namespace); an
+    # unknown name only makes dpkg-query complain and exit non-zero.
+    # shellcheck disable=SC2016 # a dpkg-query format, not an expansion
+    while read -r status name; do
+        [[ $status != ii ]] || installed[$name]=1
+    done < <(tb_in_root_ns dpkg-query -W -f '${db:Status-Abbrev} ${Package}\n' "$@" 2>/dev/null || true)
+    for p in "$@"; do
+        [[ -n ${installed[$p]:-} ]] || echo "$p"
+    done
+}
+
+# A complete root built from older lists: install what the lists gained since.
+# Optional packages missing from the archive are skipped, as in a fresh build.
+top_up_packages() {
+    local -a missing optional
+    mapfile -t missing < <(not_installed "${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+    mapfile -t optional < <(not_installed "${OPTIONAL_PKGS[@]}")
+    if [[ ${#missing[@]} -eq 0 && ${#optional[@]} -gt 0 ]]; then
+        # Only optional ones: ask the package lists the root already has
+        # first, so an optional package the archive lacks costs no update.
+        mapfile -t optional < <(available_optional "${optional[@]}" 2>/dev/null)
+    fi
+    if [[ ${#missing[@]} -eq 0 && ${#optional[@]} -eq 0 ]]; then
+        tb_log "root is complete, reusing $TB_ROOT (--force to rebuild)"
+        return 0
+    fi
+    tb_log "root is complete but lacks: ${missing[*]} ${optional[*]}"
+    tb_log "apt-get update"
+    tb_in_root_ns apt-get update -q >"$TB_DIR/apt.log" 2>&1 ||
+        { tail -20 "$TB_DIR/apt.log" >&2; tb_die "apt-get update failed"; }
+    mapfile -t -O "${#missing[@]}" missing < <(available_optional "${optional[@]}")
+    [[ ${#missing[@]} -gt 0 ]] || return 0
+    tb_log "installing ${#missing[@]} packages (+ dependencies) into the existing root"
+    tb_in_root_ns env DEBIAN_FRONTEND=noninteractive INITRD=No \
+        apt-get install -y -q "${missing[@]}" >>"$TB_DIR/apt.log" 2>&1 ||
+        { tail -30 "$TB_DIR/apt.log" >&2; tb_die "apt-get install failed (log: $TB_DIR/apt.log)"; }
+    tb_in_root_ns apt-get clean
+    record_versions
+    # Things built from the root (the guest image) compare themselves with
+    # the stamp: they are rebuilt after the root changed.
+    date -u +%FT%TZ >"$TB_ROOT_STAMP"
+}
+
 record_versions() {
+    # shellcheck disable=SC2016 # a dpkg-query format, not an expansion
     tb_in_root_ns dpkg-query -W -f '${Package} ${Version}\n' \
         >"$TB_ROOT/etc/vgpud-testbed/packages.txt"
     tb_log "key versions:"
@@ -114,7 +170,7 @@ main() {
     esac
     tb_need_root
     if [[ -f $TB_ROOT_STAMP && $force -eq 0 ]]; then
-        tb_log "root is complete, reusing $TB_ROOT (--force to rebuild)"
+        top_up_packages
         exit 0
     fi
     local start=$SECONDS
