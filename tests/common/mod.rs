@@ -10,9 +10,14 @@ pub fn vgpud() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vgpud"))
 }
 
-/// A daemon serving `n` VMs, one socket each.
+/// A daemon serving `n` VMs, one socket each; the 2D renderer unless `extra` names one (the
+/// default, auto, would pick a 3D renderer in a build that has one).
 pub fn daemon(n: usize, extra: &[&str]) -> Daemon {
-    Daemon::spawn_with_sockets(vgpud(), n, extra).expect("start vgpud")
+    let mut args = extra.to_vec();
+    if !args.contains(&"--renderer") {
+        args.extend(["--renderer", "2d"]);
+    }
+    Daemon::spawn_with_sockets(vgpud(), n, &args).expect("start vgpud")
 }
 
 pub fn connect(d: &Daemon, i: usize) -> Vm {
