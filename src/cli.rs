@@ -2,6 +2,7 @@
 
 use std::os::fd::{FromRawFd, RawFd};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use serde::Serialize;
@@ -58,6 +59,11 @@ pub struct Options {
     /// Most host memory one VM's resources may use, in bytes (suffixes K, M, G allowed).
     #[arg(long, default_value = "1G", value_parser = parse_size)]
     pub max_resource_memory: u64,
+
+    /// Longest wait for a VMM's answer on its display socket or backend channel, e.g. 10s or
+    /// 500ms; a VMM that takes longer is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub vmm_timeout: Duration,
 }
 
 impl Options {
@@ -120,6 +126,19 @@ fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.strip_suffix("ms") {
+        Some(d) => (d, Duration::from_millis(1)),
+        None => (s.strip_suffix('s').unwrap_or(s), Duration::from_secs(1)),
+    };
+    let n: u32 = digits.parse().map_err(|_| format!("bad duration '{s}'"))?;
+    let d = unit * n;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err(format!("duration '{s}' out of range (1ms to 1h)"));
+    }
+    Ok(d)
+}
+
 fn parse_hostmem(s: &str) -> Result<u64, String> {
     let size = parse_size(s)?;
     if !size.is_multiple_of(4096) {
@@ -153,6 +172,11 @@ mod tests {
         assert_eq!(parse_resolution("1920x1080"), Ok((1920, 1080)));
         assert!(parse_resolution("0x10").is_err());
         assert!(parse_resolution("10").is_err());
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("1m").is_err());
     }
 
     #[test]

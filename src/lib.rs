@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod device;
+pub mod guestlog;
 pub mod hub;
 pub mod render;
 pub mod vhost;

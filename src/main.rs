@@ -25,8 +25,28 @@ fn start_renderer(opts: &Options, vms: usize) -> Option<RenderHandle> {
     None
 }
 
+/// Raises the soft descriptor limit to the hard one: every VM takes a few dozen descriptors, and
+/// the usual soft limit (1024) would cap a daemon at a few dozen VMs.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                error!("cannot raise the descriptor limit to {}", limit.rlim_max);
+            }
+        }
+    }
+}
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    raise_fd_limit();
     let opts = Options::parse();
     if opts.print_capabilities {
         println!("{}", capabilities_json());
@@ -59,6 +79,7 @@ fn main() -> ExitCode {
     let template = VmTemplate {
         renderer,
         device: opts.device_config(),
+        vmm_timeout: opts.vmm_timeout,
     };
     let servers: Vec<_> = listeners
         .into_iter()

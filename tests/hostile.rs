@@ -164,15 +164,13 @@ fn bad_numbers_get_the_right_error() {
             "{r:?}"
         );
     }
+    // An offset far past the backing copies nothing; the other virtio-gpu devices answer OK.
     let far = Command::TransferToHost2d {
         rect: rect(0, 0, 16, 16),
         offset: u64::MAX - 10,
         resource_id: 1,
     };
-    assert_eq!(
-        call(&mut vm, far),
-        Response::Err(ErrorCode::InvalidParameter)
-    );
+    assert_eq!(call(&mut vm, far), Response::OkNodata);
     ok(
         &mut vm,
         Command::SetScanout {

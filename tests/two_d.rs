@@ -75,21 +75,7 @@ fn full_frame_reaches_the_display_pixel_exact() {
     );
     let pixels = pattern(320, 200, 0);
     upload(&mut vm, 1, 320, 200, &pixels);
-    ok(
-        &mut vm,
-        Command::SetScanout {
-            rect: rect(0, 0, 320, 200),
-            scanout_id: 0,
-            resource_id: 1,
-        },
-    );
-    ok(
-        &mut vm,
-        Command::ResourceFlush {
-            rect: rect(0, 0, 320, 200),
-            resource_id: 1,
-        },
-    );
+    show(&mut vm, 1, 320, 200);
     let display = vm.display().unwrap();
     assert!(display.wait_updates(1, Duration::from_secs(5)));
     let frame = display.frame(0).unwrap();
@@ -110,21 +96,7 @@ fn partial_update_lands_in_place() {
     let d = daemon(1, &[]);
     let mut vm = connect_with_display(&d, 0, vec![(64, 64)]);
     upload(&mut vm, 1, 64, 64, &pattern(64, 64, 1));
-    ok(
-        &mut vm,
-        Command::SetScanout {
-            rect: rect(0, 0, 64, 64),
-            scanout_id: 0,
-            resource_id: 1,
-        },
-    );
-    ok(
-        &mut vm,
-        Command::ResourceFlush {
-            rect: rect(0, 0, 64, 64),
-            resource_id: 1,
-        },
-    );
+    show(&mut vm, 1, 64, 64);
     // Redraw a 5x3 box at (10, 20) in guest memory and transfer only that box.
     let second = pattern(64, 64, 2);
     let backing = vm.alloc(second.len() as u64, 4096);

@@ -23,11 +23,21 @@ impl Daemon {
     /// temp dir (see `stderr_log`).
     pub fn spawn(program: &Path, args: &[String]) -> io::Result<Daemon> {
         let dir = make_temp_dir("vgpud-harness")?;
-        Self::spawn_in(dir, program, args)
+        Self::spawn_in(dir, program, args, None)
     }
 
     /// A fresh temp dir with `n` sockets `vm0.sock`.. passed as `--socket-path`, then `extra`.
     pub fn spawn_with_sockets(program: &Path, n: usize, extra: &[&str]) -> io::Result<Daemon> {
+        Self::spawn_with_sockets_limited(program, n, extra, None)
+    }
+
+    /// As `spawn_with_sockets`, with at most `max_fds` open descriptors (RLIMIT_NOFILE) if given.
+    pub fn spawn_with_sockets_limited(
+        program: &Path,
+        n: usize,
+        extra: &[&str],
+        max_fds: Option<u64>,
+    ) -> io::Result<Daemon> {
         let dir = make_temp_dir("vgpud-harness")?;
         let mut args = Vec::new();
         for i in 0..n {
@@ -39,18 +49,39 @@ impl Daemon {
             );
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn_in(dir, program, &args)
+        Self::spawn_in(dir, program, &args, max_fds)
     }
 
-    fn spawn_in(dir: PathBuf, program: &Path, args: &[String]) -> io::Result<Daemon> {
+    fn spawn_in(
+        dir: PathBuf,
+        program: &Path,
+        args: &[String],
+        max_fds: Option<u64>,
+    ) -> io::Result<Daemon> {
         let sockets = socket_args(args);
         let spawned = File::create(dir.join("stderr.log")).and_then(|stderr| {
-            Command::new(program)
-                .args(args)
+            let mut cmd = Command::new(program);
+            cmd.args(args)
                 .stdin(Stdio::null())
                 .stdout(File::create(dir.join("stdout.log"))?)
-                .stderr(stderr)
-                .spawn()
+                .stderr(stderr);
+            if let Some(n) = max_fds {
+                use std::os::unix::process::CommandExt;
+                let limit = libc::rlimit {
+                    rlim_cur: n,
+                    rlim_max: n,
+                };
+                // SAFETY: setrlimit is async-signal-safe and touches only the child.
+                unsafe {
+                    cmd.pre_exec(move || {
+                        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                            return Err(io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+            }
+            cmd.spawn()
         });
         let child = match spawned {
             Ok(c) => c,
@@ -127,6 +158,11 @@ impl Daemon {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
+    }
+
+    /// What /proc says of the process now.
+    pub fn stats(&self) -> io::Result<ProcStats> {
+        ProcStats::of(self.child.id())
     }
 
     /// The child's stderr so far.
@@ -223,5 +259,49 @@ mod tests {
         assert!(listening_in(table, &["/tmp/d/vm0.sock".into()]));
         assert!(!listening_in(table, &["/tmp/d/vm1.sock".into()]));
         assert!(!listening_in(table, &["d/vm0.sock".into()]));
+    }
+}
+
+/// A process's resource use, read from /proc: what soak and leak tests compare.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcStats {
+    pub fds: usize,
+    pub threads: usize,
+    /// Resident set now and its peak, in KiB.
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+    /// User plus system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
+}
+
+impl ProcStats {
+    pub fn of(pid: u32) -> io::Result<ProcStats> {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        let fds = std::fs::read_dir(dir.join("fd"))?.count();
+        let threads = std::fs::read_dir(dir.join("task"))?.count();
+        let status = std::fs::read_to_string(dir.join("status"))?;
+        let kib = |key: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        // Fields 14 and 15 of stat (utime, stime) come after the parenthesised command name.
+        let stat = std::fs::read_to_string(dir.join("stat"))?;
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let fields: Vec<u64> = after
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        let cpu_ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+        Ok(ProcStats {
+            fds,
+            threads,
+            rss_kib: kib("VmRSS:"),
+            hwm_kib: kib("VmHWM:"),
+            cpu_ticks,
+        })
     }
 }

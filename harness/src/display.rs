@@ -97,6 +97,7 @@ pub struct DisplayPeer {
     modes: Vec<(u32, u32)>,
     state: Mutex<State>,
     cond: Condvar,
+    stall: crate::util::Stall,
 }
 
 impl DisplayPeer {
@@ -105,7 +106,14 @@ impl DisplayPeer {
             modes,
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
+            stall: crate::util::Stall::default(),
         }
+    }
+
+    /// While on, the display stops reading its socket: requests go unanswered and, once the
+    /// socket buffer is full, the backend's writes block.
+    pub fn stall(&self, on: bool) {
+        self.stall.set(on);
     }
 
     pub fn frame(&self, scanout: u32) -> Option<Frame> {
@@ -183,6 +191,7 @@ impl DisplayPeer {
     pub(crate) fn serve(self: Arc<Self>, mut sock: UnixStream) {
         let mut hdr = [0u8; 12];
         loop {
+            self.stall.wait_while_on();
             match read_header(&sock, &mut hdr) {
                 Ok(true) => {}
                 Ok(false) => break,

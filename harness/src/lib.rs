@@ -21,7 +21,7 @@ mod vm;
 mod vring;
 mod watchdog;
 
-pub use daemon::Daemon;
+pub use daemon::{Daemon, ProcStats};
 pub use display::{DisplayEvent, DisplayPeer, Frame};
 pub use shmem::{ShmemMapping, ShmemPeer};
 pub use vm::{Token, Vm, VmConfig};

@@ -39,6 +39,7 @@ struct State {
 #[derive(Default)]
 pub struct ShmemPeer {
     state: Mutex<State>,
+    stall: crate::util::Stall,
 }
 
 fn einval() -> io::Error {
@@ -97,6 +98,11 @@ impl ShmemPeer {
     /// Region sizes the backend reported in GET_SHMEM_CONFIG (None if not negotiated).
     pub fn region_sizes(&self) -> Option<Vec<u64>> {
         self.state.lock().unwrap().region_sizes.clone()
+    }
+
+    /// While on, SHMEM_MAP requests are left unanswered, as a wedged VMM would.
+    pub fn stall(&self, on: bool) {
+        self.stall.set(on);
     }
 
     pub(crate) fn set_region_sizes(&self, sizes: Vec<u64>) {
@@ -204,6 +210,7 @@ impl VhostUserFrontendReqHandler for BackendChannel {
     }
 
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
+        self.shmem.stall.wait_while_on();
         self.shmem.map(req, fd.as_raw_fd()).map(|_| 0)
     }
 

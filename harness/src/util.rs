@@ -111,3 +111,31 @@ pub(crate) fn make_temp_dir(prefix: &str) -> io::Result<PathBuf> {
         "could not create a unique temp dir",
     ))
 }
+
+/// A switch a peer thread checks before it serves its next message: while on, it stops reading
+/// its socket, as a wedged VMM would. The wait is bounded (ten seconds, far past any limit the
+/// daemon is given in tests) so a failing test never hangs its own teardown.
+#[derive(Default)]
+pub struct Stall {
+    on: std::sync::Mutex<bool>,
+    cond: std::sync::Condvar,
+}
+
+impl Stall {
+    pub fn set(&self, on: bool) {
+        *self.on.lock().unwrap() = on;
+        self.cond.notify_all();
+    }
+
+    pub(crate) fn wait_while_on(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut on = self.on.lock().unwrap();
+        while *on {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            on = self.cond.wait_timeout(on, deadline - now).unwrap().0;
+        }
+    }
+}

@@ -15,7 +15,7 @@ use vhost::vhost_user::message::{
     VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
 };
 use vhost::vhost_user::{Frontend, FrontendReqHandler, VhostUserFrontend};
-use vhost::VhostBackend;
+use vhost::{VhostBackend, VringConfigData};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::display::DisplayPeer;
@@ -131,6 +131,8 @@ pub struct Vm {
     channel: Arc<BackendChannel>,
     channel_errors: Arc<Mutex<Vec<String>>>,
     display: Option<Arc<DisplayPeer>>,
+    /// Set while a batch is being posted: one kick at the end.
+    defer_kick: bool,
     // Dropped after `main` is shut down (see Drop).
     _services: Vec<Service>,
 }
@@ -371,6 +373,7 @@ impl Vm {
             channel,
             channel_errors,
             display,
+            defer_kick: false,
             _services: services,
         })
     }
@@ -477,7 +480,9 @@ impl Vm {
         slot.big = big;
         let gen = slot.gen;
         q.publish(&self.mem, head);
-        q.kick()?;
+        if !self.defer_kick {
+            q.kick()?;
+        }
         Ok(Token {
             queue,
             slot: s,
@@ -651,6 +656,76 @@ impl Vm {
             let i = q.stray.iter().position(|&(id, _)| id == head)?;
             Some(q.stray.remove(i).1)
         })
+    }
+
+    /// Posts `reqs` (each answered into `resp_cap` bytes) as one batch behind a single kick, with a
+    /// raw avail entry naming descriptor `bad_head` after the first request. Meant for hostile
+    /// tests: the batch's good requests must all be answered whatever the bad entry is.
+    pub fn post_batch_with_bad_head(
+        &mut self,
+        reqs: &[&[u8]],
+        resp_cap: u32,
+        bad_head: u16,
+    ) -> io::Result<Vec<Token>> {
+        self.defer_kick = true;
+        let mut tokens = Vec::new();
+        for (i, req) in reqs.iter().enumerate() {
+            match self.post(0, req, resp_cap) {
+                Ok(t) => tokens.push(t),
+                Err(e) => {
+                    self.defer_kick = false;
+                    return Err(e);
+                }
+            }
+            if i == 0 {
+                self.queues[0].publish(&self.mem, bad_head);
+            }
+        }
+        self.defer_kick = false;
+        self.queues[0].kick()?;
+        Ok(tokens)
+    }
+
+    /// Hostile: publishes an avail index `ahead` entries past the real one and kicks.
+    pub fn corrupt_avail_idx(&mut self, queue: usize, ahead: u16) -> io::Result<()> {
+        let q = self
+            .queues
+            .get_mut(queue)
+            .ok_or_else(|| err(io::ErrorKind::InvalidInput, format!("no queue {queue}")))?;
+        q.bump_avail_idx(&self.mem, ahead);
+        q.kick()
+    }
+
+    /// Hostile VMM: sends a memory table whose first region claims `extra` bytes more than its
+    /// file holds, then moves queue 0's rings into that phantom part.
+    pub fn send_oversized_mem_table(&mut self, extra: u64) -> io::Result<()> {
+        let mut regions = self.mem.region_infos()?;
+        let first = regions
+            .first_mut()
+            .ok_or_else(|| err(io::ErrorKind::InvalidInput, "no memory regions"))?;
+        let end_va = first.userspace_addr + first.memory_size;
+        first.memory_size += extra;
+        self.set_ack(true);
+        let fe = &mut self.fe;
+        let t = self.timeout;
+        let sent = self
+            .watchdog
+            .run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions));
+        self.set_ack(false);
+        sent?;
+        let size = self.queues[0].size();
+        let rings = VringConfigData {
+            queue_max_size: size,
+            queue_size: size,
+            flags: 0,
+            desc_table_addr: end_va + 4096,
+            used_ring_addr: end_va + 3 * 4096,
+            avail_ring_addr: end_va + 2 * 4096,
+            log_addr: None,
+        };
+        let fe = &mut self.fe;
+        self.watchdog
+            .run(t, "SET_VRING_ADDR", || fe.set_vring_addr(0, &rings))
     }
 
     /// Used elements that matched no outstanding request, (id, len), and forgets them.

@@ -172,6 +172,13 @@ impl Vring {
         self.kick.write(1)
     }
 
+    /// Hostile: moves the published avail index `ahead` entries past the real one, promising
+    /// chains that were never written.
+    pub fn bump_avail_idx(&mut self, mem: &GuestMem, ahead: u16) {
+        let idx = self.avail_idx.wrapping_add(ahead);
+        mem.store(idx.to_le(), self.avail + 2, Ordering::Release);
+    }
+
     /// With EVENT_IDX, asks to be notified for the next used element. Callers re-check the
     /// used ring after this before sleeping.
     pub fn arm(&self, mem: &GuestMem) {

@@ -22,7 +22,7 @@ use super::scanout::{rect_within, BlobLayout, Scanout};
 use super::{render_error, Device, DisplayCmd, Renderer, Result};
 
 /// What the transport must ask of the frontend, after releasing the device lock.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub enum ShmemRequest {
     Map {
         resource_id: u32,

@@ -1,6 +1,5 @@
 //! 3D: rendering contexts, 3D resources, 3D transfers and command submission.
 
-use log::warn;
 use vgpud_protocol::{
     ErrorCode, ResourceCreate3d, Response, Transfer3d, CONTEXT_INIT_CAPSET_ID_MASK,
 };
@@ -146,7 +145,7 @@ impl<R: Renderer> Device<R> {
         self.renderer
             .submit_3d(ctx, commands.to_vec())
             .map_err(|e| {
-                warn!("context {local_ctx}: command stream refused: {e}");
+                log::debug!("context {local_ctx}: command stream refused: {e}");
                 ErrorCode::InvalidParameter
             })?;
         Ok(Response::OkNodata)

@@ -17,7 +17,6 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use log::warn;
 use vgpud_protocol::{
     edid_for_mode, format, Command, CtrlHeader, DisplayOne, ErrorCode, Rect, Request, Response,
     UpdateCursor, MAX_SCANOUTS,
@@ -30,9 +29,10 @@ use self::fences::Timeline;
 use self::memory::resolve_backing;
 pub use self::renderer::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
 use self::resource::Resource;
+pub use self::scanout::{bands, CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::scanout::{intersect, rect_within, Scanout};
-pub use self::scanout::{CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::window::HostWindow;
+use crate::guestlog::GuestLog;
 
 /// Per-VM limits and the initial display layout.
 #[derive(Clone, Debug)]
@@ -91,6 +91,7 @@ pub struct Device<R: Renderer> {
     window: HostWindow,
     /// Mappings a reset dropped; the frontend is told at the next request.
     stale_mappings: Vec<ShmemRequest>,
+    log: GuestLog,
 }
 
 impl<R: Renderer> Device<R> {
@@ -123,8 +124,15 @@ impl<R: Renderer> Device<R> {
             display_attached: false,
             window: HostWindow::new(cfg.hostmem),
             stale_mappings: Vec::new(),
+            log: GuestLog::new("vm"),
             cfg,
         }
+    }
+
+    /// Where this VM's guest-triggered warnings go (rate-limited, named after the VM).
+    pub fn with_log(mut self, log: GuestLog) -> Self {
+        self.log = log;
+        self
     }
 
     pub fn num_scanouts(&self) -> u32 {
@@ -179,7 +187,8 @@ impl<R: Renderer> Device<R> {
         let closed_context =
             (matches!(req.cmd, Command::CtxDestroy) && result.is_ok()).then_some(req.hdr.ctx_id);
         let response = result.unwrap_or_else(|code| {
-            warn!("{} failed: {code:?}", command_name(&req.hdr, &req.cmd));
+            let name = command_name(&req.hdr, &req.cmd);
+            self.log.warn(format_args!("{name} failed: {code:?}"));
             Response::Err(code)
         });
         // Failed commands are fenced too: answering one early would signal the guest's earlier
@@ -217,7 +226,9 @@ impl<R: Renderer> Device<R> {
         {
             Ok(id) => Some((timeline, id)),
             Err(e) => {
-                warn!("cannot create a fence, answering at once: {e}");
+                self.log.warn(format_args!(
+                    "cannot create a fence, answering at once: {e}"
+                ));
                 None
             }
         }
@@ -472,7 +483,9 @@ impl<R: Renderer> Device<R> {
 
     fn transfer_to_host_2d(&mut self, id: u32, rect: Rect, offset: u64) -> Result<Response> {
         let res = self.resource(id)?;
-        let backing_bytes = res.backing.as_ref().map_or(0, |b| b.bytes);
+        let Some(backing_bytes) = res.backing.as_ref().map(|b| b.bytes) else {
+            return Err(ErrorCode::InvalidParameter);
+        };
         if !rect_within(&rect, res.width, res.height) {
             return Err(ErrorCode::InvalidParameter);
         }
@@ -486,16 +499,55 @@ impl<R: Renderer> Device<R> {
         if offset < implied {
             return Err(ErrorCode::InvalidParameter);
         }
-        // The last byte read must lie inside the backing (all values are far below 2^64 here).
-        let end = offset
-            .checked_add(u64::from(rect.height - 1) * stride + u64::from(rect.width) * 4)
-            .ok_or(ErrorCode::InvalidParameter)?;
-        if end > backing_bytes {
-            return Err(ErrorCode::InvalidParameter);
+        // Copy what the backing holds, as the other virtio-gpu devices do: the guest kernel gives
+        // a resource created without a size one page of backing and transfers the whole box.
+        // Whole rows first, then the covered part of the next row; never a byte past the backing.
+        let row_bytes = u64::from(rect.width) * 4;
+        let held = backing_bytes.saturating_sub(offset);
+        let full_rows = if held >= row_bytes {
+            1 + (held - row_bytes) / stride
+        } else {
+            0
+        };
+        let full_rows = u32::try_from(full_rows)
+            .unwrap_or(u32::MAX)
+            .min(rect.height);
+        let mut parts = Vec::with_capacity(2);
+        if full_rows > 0 {
+            parts.push((
+                Rect {
+                    height: full_rows,
+                    ..rect
+                },
+                offset,
+            ));
         }
-        self.renderer
-            .transfer_to_host_2d(res.global, res.width, rect, offset)
-            .map_err(|_| ErrorCode::InvalidParameter)?;
+        if full_rows < rect.height {
+            let row_offset = offset + u64::from(full_rows) * stride;
+            let pixels = backing_bytes.saturating_sub(row_offset) / 4;
+            let pixels = u32::try_from(pixels).unwrap_or(u32::MAX).min(rect.width);
+            if pixels > 0 {
+                let part = Rect {
+                    x: rect.x,
+                    y: rect.y + full_rows,
+                    width: pixels,
+                    height: 1,
+                };
+                parts.push((part, row_offset));
+            }
+        }
+        if full_rows < rect.height {
+            self.log.info(format_args!(
+                "TRANSFER_TO_HOST_2D of {}x{} rows past the {backing_bytes}-byte backing of \
+                 resource {id}: copied the {full_rows} rows it holds",
+                rect.width, rect.height
+            ));
+        }
+        for (part, offset) in parts {
+            self.renderer
+                .transfer_to_host_2d(res.global, res.width, part, offset)
+                .map_err(|_| ErrorCode::InvalidParameter)?;
+        }
         Ok(Response::OkNodata)
     }
 
@@ -547,7 +599,6 @@ impl<R: Renderer> Device<R> {
         if !self.display_attached {
             return Ok(Response::OkNodata);
         }
-        let global = res.global;
         let shown: Vec<(usize, Scanout)> = self
             .scanouts
             .iter()
@@ -559,13 +610,7 @@ impl<R: Renderer> Device<R> {
             let Some(area) = intersect(&rect, &scanout.rect) else {
                 continue;
             };
-            let pixels = match scanout.layout {
-                Some(layout) => self.read_blob_pixels(id, layout, area)?,
-                None => self
-                    .renderer
-                    .read_pixels(global, area)
-                    .map_err(render_error)?,
-            };
+            // Pixels are read when the update is sent, band by band (`update_pixels`).
             display.push(DisplayCmd::Update {
                 scanout: i as u32,
                 rect: Rect {
@@ -574,10 +619,36 @@ impl<R: Renderer> Device<R> {
                     width: area.width,
                     height: area.height,
                 },
-                pixels,
+                resource_id: id,
+                area,
             });
         }
         Ok(Response::OkNodata)
+    }
+
+    /// The pixels of `area` (resource coordinates, rows packed) of what `scanout` shows, for an
+    /// `Update` being sent. Fails if the scanout no longer shows `resource_id`.
+    pub fn update_pixels(&mut self, scanout: u32, resource_id: u32, area: Rect) -> Result<Vec<u8>> {
+        let shown = self
+            .scanouts
+            .get(scanout as usize)
+            .filter(|s| s.resource_id == resource_id && resource_id != 0)
+            .copied()
+            .ok_or(ErrorCode::InvalidScanoutId)?;
+        // Only what the scanout shows: its rect was checked against the resource (or the blob's
+        // layout) when it was set.
+        if intersect(&area, &shown.rect) != Some(area) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        match shown.layout {
+            Some(layout) => self.read_blob_pixels(resource_id, layout, area),
+            None => {
+                let global = self.resource(resource_id)?.global;
+                self.renderer
+                    .read_pixels(global, area)
+                    .map_err(render_error)
+            }
+        }
     }
 
     /// Cursor-queue commands; they have no response, only display effects.
@@ -588,7 +659,9 @@ impl<R: Renderer> Device<R> {
             _ => Err(ErrorCode::Unspec),
         };
         result.unwrap_or_else(|code| {
-            warn!("cursor command {:#x} failed: {code:?}", cmd.type_code());
+            let what = cmd.type_code();
+            self.log
+                .warn(format_args!("cursor command {what:#x} failed: {code:?}"));
             Vec::new()
         })
     }
@@ -662,6 +735,11 @@ impl<R: Renderer> Device<R> {
         self.resources.len()
     }
 
+    /// Host bytes charged to the VM's memory quota (`DeviceConfig::max_resource_bytes`).
+    pub fn resource_bytes(&self) -> u64 {
+        self.resource_bytes
+    }
+
     fn resource(&self, id: u32) -> Result<&Resource> {
         self.resources.get(&id).ok_or(ErrorCode::InvalidResourceId)
     }
@@ -679,8 +757,10 @@ impl<R: Renderer> Drop for Device<R> {
     }
 }
 
+/// The failed command itself is logged (rate-limited) by `handle`; the renderer's words only at
+/// debug level, since a guest can make them at will.
 fn render_error(e: RenderError) -> ErrorCode {
-    warn!("renderer: {e}");
+    log::debug!("renderer: {e}");
     match e {
         RenderError::OutOfMemory => ErrorCode::OutOfMemory,
         RenderError::Rejected(_) | RenderError::Gone => ErrorCode::Unspec,

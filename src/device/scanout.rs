@@ -52,11 +52,14 @@ pub enum DisplayCmd {
         width: u32,
         height: u32,
     },
-    /// New pixels for `rect` (relative to the scanout), rows packed.
+    /// New pixels for `rect` (relative to the scanout): those of `area` of guest resource
+    /// `resource_id`. They are read while the update is sent, a band at a time
+    /// (`Device::update_pixels`), so a flush of a huge resource never holds the whole image.
     Update {
         scanout: u32,
         rect: Rect,
-        pixels: Vec<u8>,
+        resource_id: u32,
+        area: Rect,
     },
     CursorUpdate {
         scanout: u32,
@@ -84,6 +87,22 @@ impl DisplayCmd {
             height: 0,
         }
     }
+}
+
+/// Splits `area` into bands of whole rows, each at most `max_bytes` of 4-byte pixels (at least one
+/// row). Yields (rows from the top of `area`, band).
+pub fn bands(area: Rect, max_bytes: usize) -> impl Iterator<Item = (u32, Rect)> {
+    let row = (area.width as usize).saturating_mul(4).max(1);
+    let rows = u32::try_from(max_bytes / row).unwrap_or(u32::MAX).max(1);
+    (0..area.height).step_by(rows as usize).map(move |top| {
+        let band = Rect {
+            x: area.x,
+            y: area.y + top,
+            width: area.width,
+            height: rows.min(area.height - top),
+        };
+        (top, band)
+    })
 }
 
 /// Whether `rect` lies inside a `width`x`height` image (overflow-safe).

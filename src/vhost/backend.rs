@@ -3,10 +3,11 @@
 //! answerable while a queue worker is busy or waiting on the frontend.
 
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use log::{debug, info, warn};
+use log::{debug, error};
 use vgpud_protocol::{
     GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB,
     F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
@@ -15,21 +16,23 @@ use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
 };
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
-use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::display::DisplayLink;
 use super::fences::{Answer, FenceInbox};
+use super::peer::PeerThread;
 use super::queue;
 use super::VmTemplate;
 use crate::device::fences::Timelines;
 use crate::device::{Device, FenceSink, ShmemRequest};
+use crate::guestlog::GuestLog;
 use crate::render::RenderHandle;
 
 pub const CONTROL_QUEUE: u16 = 0;
@@ -37,6 +40,8 @@ pub const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
 /// The epoll token of the fence inbox's eventfd (tokens up to NUM_QUEUES belong to the library).
 pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
+/// The epoll token of this VM's exit eventfd: it ends the queue worker.
+pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
 const MAX_QUEUE_SIZE: usize = 1024;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// QEMU's vhost-user-gpu-pci acks this bit whether or not the backend offers it, and an acked bit
@@ -45,10 +50,22 @@ const VIRTIO_F_RING_RESET: u32 = 40;
 
 pub struct VmBackend {
     pub(super) name: String,
+    pub(super) log: GuestLog,
     pub(super) device: Mutex<Device<RenderHandle>>,
-    pub(super) mem: Mutex<GuestMemoryAtomic<GuestMemoryMmap>>,
+    /// The guest memory the queues use: only tables whose regions all lie inside their files.
+    mem: Mutex<Arc<GuestMemoryMmap>>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
+    /// Runs every request to the VMM (display socket, backend channel) with a bounded wait.
+    pub(super) peer: PeerThread,
+    /// Ends the connection, once the daemon has accepted one.
+    shutdown: Mutex<Option<ShutdownHandle>>,
+    /// Ends the queue worker; ours, so it is closed with the VM (see `exit_event`).
+    pub(super) exit: EventFd,
+    /// Queues whose rings the guest broke: not served until the driver sets them up again.
+    broken: [AtomicBool; NUM_QUEUES],
+    /// The VMM is being disconnected: nothing more is taken off or put on its rings.
+    gone: AtomicBool,
     pub(super) fence_inbox: Arc<FenceInbox>,
     pub(super) parked: Mutex<Timelines<Answer>>,
     features: u64,
@@ -64,7 +81,8 @@ impl VmBackend {
     pub fn new(name: &str, template: VmTemplate) -> io::Result<Self> {
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
-        let device = Device::new(template.renderer, template.device, sink);
+        let log = GuestLog::new(name);
+        let device = Device::new(template.renderer, template.device, sink).with_log(log.clone());
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
@@ -74,14 +92,20 @@ impl VmBackend {
         }
         Ok(VmBackend {
             name: name.to_string(),
+            log,
             num_scanouts: device.num_scanouts(),
             num_capsets: device.num_capsets(),
             features,
             hostmem: device.hostmem(),
             device: Mutex::new(device),
-            mem: Mutex::new(GuestMemoryAtomic::new(GuestMemoryMmap::new())),
+            mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
+            peer: PeerThread::new(name, template.vmm_timeout),
+            shutdown: Mutex::new(None),
+            exit: EventFd::new(EFD_NONBLOCK)?,
+            broken: Default::default(),
+            gone: AtomicBool::new(false),
             fence_inbox,
             parked: Mutex::new(Timelines::default()),
             events_read: Mutex::new(0),
@@ -95,9 +119,47 @@ impl VmBackend {
     }
 
     pub(super) fn memory(&self) -> Arc<GuestMemoryMmap> {
-        lock(&self.mem).memory().into_inner()
+        lock(&self.mem).clone()
     }
 
+    /// Lets `disconnect` end this connection.
+    pub fn set_shutdown(&self, handle: ShutdownHandle) {
+        *lock(&self.shutdown) = Some(handle);
+    }
+
+    /// Ends the VM's connection: its VMM broke the protocol or stopped answering. The socket
+    /// then accepts the next connection.
+    pub(super) fn disconnect(&self, why: &dyn std::fmt::Display) {
+        if self.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        error!("{}: disconnecting the VMM: {why}", self.name);
+        if let Some(handle) = lock(&self.shutdown).as_ref() {
+            handle.shutdown();
+        }
+    }
+
+    /// Whether the queue is not served: the guest broke its rings (until they are set up again),
+    /// or the VMM is being disconnected.
+    pub(super) fn is_broken(&self, queue: u16) -> bool {
+        self.gone.load(Ordering::Acquire)
+            || self
+                .broken
+                .get(usize::from(queue))
+                .is_some_and(|b| b.load(Ordering::Acquire))
+    }
+
+    /// Stops serving a queue whose rings the guest broke, as virtio's DEVICE_NEEDS_RESET would:
+    /// the driver gets nothing more from it until it sets the queue up again (or resets).
+    pub(super) fn mark_broken(&self, queue: u16, why: &dyn std::fmt::Display) {
+        if let Some(b) = self.broken.get(usize::from(queue)) {
+            if !b.swap(true, Ordering::AcqRel) {
+                self.log.warn(format_args!(
+                    "queue {queue} broken by the guest, not served until it is set up again: {why}"
+                ));
+            }
+        }
+    }
     pub(super) fn event_idx(&self) -> bool {
         self.event_idx.load(Ordering::Relaxed)
     }
@@ -106,9 +168,11 @@ impl VmBackend {
     pub fn teardown(&self) {
         self.device().reset();
         lock(&self.parked).drain_all();
+        self.peer.stop();
+        *lock(&self.shutdown) = None;
         *lock(&self.display) = None;
         *lock(&self.backend_req) = None;
-        *lock(&self.mem) = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
     }
 
     /// Sets EVENT_DISPLAY and tells the driver to re-read the config space.
@@ -116,9 +180,14 @@ impl VmBackend {
         *lock(&self.events_read) |= EVENT_DISPLAY;
         let backend = lock(&self.backend_req).clone();
         if let Some(backend) = backend {
-            // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
-            if let Err(e) = backend.handle_config_change() {
-                debug!("{}: config change notification not taken: {e}", self.name);
+            let sent = self.peer.call("CONFIG_CHANGE_MSG", move || {
+                backend.handle_config_change().map_err(io::Error::other)
+            });
+            match sent {
+                Err(e) if self.peer.is_stalled() => self.disconnect(&e),
+                // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
+                Err(e) => debug!("{}: config change notification not taken: {e}", self.name),
+                Ok(_) => {}
             }
         }
     }
@@ -130,34 +199,20 @@ impl VmBackend {
         let backend = lock(&self.backend_req).clone();
         let mut all_mapped = true;
         for request in requests {
-            let result = match (&backend, &request) {
-                (None, _) => Err(io::Error::other("no backend request channel")),
-                (
-                    Some(b),
-                    ShmemRequest::Map {
-                        file,
-                        file_offset,
-                        shm_offset,
-                        len,
-                        writable,
-                        ..
-                    },
-                ) => {
-                    let flags = if *writable {
-                        VhostUserMMapFlags::WRITABLE
-                    } else {
-                        VhostUserMMapFlags::default()
-                    };
-                    let msg = mmap_msg(*shm_offset, *len, *file_offset, flags);
-                    b.shmem_map(&msg, file.as_ref()).map(drop)
-                }
-                (Some(b), ShmemRequest::Unmap { shm_offset, len }) => {
-                    let msg = mmap_msg(*shm_offset, *len, 0, VhostUserMMapFlags::default());
-                    b.shmem_unmap(&msg).map(drop)
+            let result = match &backend {
+                None => Err(io::Error::other("no backend request channel")),
+                Some(b) => {
+                    let (b, msg) = (b.clone(), request.clone());
+                    self.peer
+                        .call("SHMEM_MAP/UNMAP", move || send_shmem(&b, &msg))
                 }
             };
             if let Err(e) = result {
-                warn!("{}: {request:?} failed: {e}", self.name);
+                if self.peer.is_stalled() {
+                    self.disconnect(&e);
+                } else {
+                    self.log.warn(format_args!("{request:?} failed: {e}"));
+                }
                 if let ShmemRequest::Map { resource_id, .. } = request {
                     self.device().map_failed(resource_id);
                     all_mapped = false;
@@ -190,6 +245,59 @@ fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> 
                 .unwrap_or(0)
         })
         .collect()
+}
+
+/// Asks the frontend to change the window; blocks until it acknowledged.
+fn send_shmem(backend: &Backend, request: &ShmemRequest) -> io::Result<()> {
+    match request {
+        ShmemRequest::Map {
+            file,
+            file_offset,
+            shm_offset,
+            len,
+            writable,
+            ..
+        } => {
+            let flags = if *writable {
+                VhostUserMMapFlags::WRITABLE
+            } else {
+                VhostUserMMapFlags::default()
+            };
+            let msg = mmap_msg(*shm_offset, *len, *file_offset, flags);
+            backend.shmem_map(&msg, file.as_ref()).map(drop)
+        }
+        ShmemRequest::Unmap { shm_offset, len } => {
+            let msg = mmap_msg(*shm_offset, *len, 0, VhostUserMMapFlags::default());
+            backend.shmem_unmap(&msg).map(drop)
+        }
+    }
+}
+
+/// Why a memory table cannot be used: a region that runs past the end of its file would fault
+/// (SIGBUS, the whole daemon) on the first access there; one without a file is not guest RAM.
+fn check_region(region: &GuestRegionMmap) -> Result<(), String> {
+    let at = region.start_addr().0;
+    let fo = region
+        .file_offset()
+        .ok_or_else(|| format!("region at {at:#x} has no file"))?;
+    let meta = fo
+        .file()
+        .metadata()
+        .map_err(|e| format!("region at {at:#x}: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() || ft.is_block_device() {
+        return Err(format!("region at {at:#x}: not a regular file"));
+    }
+    let end = fo.start().checked_add(region.len());
+    if !matches!(end, Some(end) if end <= meta.len()) {
+        return Err(format!(
+            "region at {at:#x}: {} bytes from file offset {:#x} run past the file's {} bytes",
+            region.len(),
+            fo.start(),
+            meta.len()
+        ));
+    }
+    Ok(())
 }
 
 fn mmap_msg(shm_offset: u64, len: u64, fd_offset: u64, flags: VhostUserMMapFlags) -> VhostUserMMap {
@@ -261,11 +369,22 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn reset_device(&self) {
-        info!("{}: device reset", self.name);
+        self.log.info(format_args!("device reset"));
         self.device().reset();
         // The rings are re-initialised after a reset: parked answers are dropped, not used.
         lock(&self.parked).drain_all();
         *lock(&self.events_read) = 0;
+        for b in &self.broken {
+            b.store(false, Ordering::Release);
+        }
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // The frontend sets the queue up anew after this: serve it again then.
+        if let Some(b) = self.broken.get(queue_index as usize) {
+            b.store(false, Ordering::Release);
+        }
+        Ok(())
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -288,7 +407,20 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn update_memory(&self, mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
-        *lock(&self.mem) = mem;
+        // The library has mapped the table and published it to its own users already; the queues
+        // only ever use `self.mem`, which takes a table only once every region checked out.
+        let table = mem.memory().into_inner();
+        if let Err(why) = table.iter().try_for_each(check_region) {
+            // Also withdraw it from the library, which reads the used ring itself on
+            // SET_VRING_ADDR. Refusing the message ends the connection.
+            mem.lock()
+                .map_err(|_| io::Error::other("memory lock poisoned"))?
+                .replace(GuestMemoryMmap::new());
+            *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
+            error!("{}: memory table refused: {why}", self.name);
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+        }
+        *lock(&self.mem) = table;
         Ok(())
     }
 
@@ -304,7 +436,10 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        new_event_consumer_and_notifier(EventFlag::NONBLOCK).ok()
+        // vhost-user-backend 0.24 turns the consumer it is given into a raw fd and never closes
+        // it: one leaked eventfd per connection. So none is given; the worker is ended through
+        // `self.exit`, a listener of ours (EXIT_EVENT), closed when this VM's backend is dropped.
+        None
     }
 
     fn handle_event(
@@ -317,10 +452,15 @@ impl VhostUserBackend for VmBackend {
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
+        if device_event == EXIT_EVENT {
+            // An error is the only way to end the library's event loop from here.
+            return Err(io::Error::other("VM torn down"));
+        }
         if device_event == FENCE_EVENT {
             if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
                 if let Err(e) = self.answer_signalled(control) {
-                    warn!("{}: answering fenced requests: {e}", self.name);
+                    self.log
+                        .warn(format_args!("answering fenced requests: {e}"));
                 }
             }
             return Ok(());
@@ -334,9 +474,9 @@ impl VhostUserBackend for VmBackend {
             _ => return Err(io::Error::other(format!("unknown event {device_event}"))),
         };
         // An error here is a broken ring in guest memory. Returning it would end this VM's worker
-        // for good, so log it and keep serving.
+        // for good, so stop serving that queue until it is set up again.
         if let Err(e) = queue::drain(self, vring, kind) {
-            warn!("{}: {kind:?} queue: {e}", self.name);
+            self.mark_broken(device_event, &e);
         }
         Ok(())
     }

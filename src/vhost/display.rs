@@ -3,7 +3,6 @@
 
 use std::io;
 
-use log::warn;
 use vgpud_protocol::{Command, DisplayOne, Rect, MAX_SCANOUTS};
 use vhost::vhost_user::gpu_message::{
     VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
@@ -13,11 +12,16 @@ use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
 use super::backend::{lock, VmBackend};
-use crate::device::DisplayCmd;
+use crate::device::{bands, DisplayCmd};
 
 /// vhost-user-gpu protocol feature bit: the frontend answers GET_EDID.
 const GPU_PROTOCOL_F_EDID: u64 = 1 << 0;
 
+/// Largest pixel payload of one UPDATE message: a flush of a larger area is sent in bands of whole
+/// rows, each read just before it is sent, so no flush holds more than this in memory.
+pub const UPDATE_BAND_BYTES: usize = 4 << 20;
+
+/// The frontend's display socket. Every request on it runs on the VM's peer thread (bounded).
 #[derive(Clone)]
 pub struct DisplayLink {
     gpu: GpuBackend,
@@ -33,109 +37,99 @@ impl DisplayLink {
             edid: false,
         }
     }
+}
 
-    fn handshake(&mut self) -> io::Result<()> {
-        let offered = self.gpu.get_protocol_features()?.value;
-        let wanted = offered & GPU_PROTOCOL_F_EDID;
-        self.gpu.set_protocol_features(&VhostUserU64::new(wanted))?;
-        self.edid = wanted != 0;
-        self.ready = true;
-        Ok(())
-    }
+/// Negotiates the display protocol; returns whether the display answers GET_EDID.
+fn handshake(gpu: &GpuBackend) -> io::Result<bool> {
+    let offered = gpu.get_protocol_features()?.value;
+    let wanted = offered & GPU_PROTOCOL_F_EDID;
+    gpu.set_protocol_features(&VhostUserU64::new(wanted))?;
+    Ok(wanted != 0)
+}
 
-    fn display_modes(&self) -> io::Result<Vec<DisplayOne>> {
-        let info = self.gpu.get_display_info()?;
-        Ok(info
-            .pmodes
-            .iter()
-            .take(MAX_SCANOUTS)
-            .map(|m| DisplayOne {
-                rect: Rect {
-                    x: m.r.x,
-                    y: m.r.y,
-                    width: m.r.width,
-                    height: m.r.height,
-                },
-                enabled: m.enabled != 0,
-                flags: m.flags,
-            })
-            .collect())
-    }
+fn display_modes(gpu: &GpuBackend) -> io::Result<Vec<DisplayOne>> {
+    let info = gpu.get_display_info()?;
+    Ok(info
+        .pmodes
+        .iter()
+        .take(MAX_SCANOUTS)
+        .map(|m| DisplayOne {
+            rect: Rect {
+                x: m.r.x,
+                y: m.r.y,
+                width: m.r.width,
+                height: m.r.height,
+            },
+            enabled: m.enabled != 0,
+            flags: m.flags,
+        })
+        .collect())
+}
 
-    fn edid(&self, scanout: u32) -> io::Result<Option<Vec<u8>>> {
-        if !self.edid {
-            return Ok(None);
-        }
-        let resp = self.gpu.get_edid(&VhostUserGpuEdidRequest {
-            scanout_id: scanout,
-        })?;
-        let len = (resp.size as usize).min(resp.edid.len());
-        Ok(resp
-            .edid
-            .get(..len)
-            .filter(|e| !e.is_empty())
-            .map(<[u8]>::to_vec))
-    }
+fn edid(gpu: &GpuBackend, scanout: u32) -> io::Result<Option<Vec<u8>>> {
+    let resp = gpu.get_edid(&VhostUserGpuEdidRequest {
+        scanout_id: scanout,
+    })?;
+    let len = (resp.size as usize).min(resp.edid.len());
+    Ok(resp
+        .edid
+        .get(..len)
+        .filter(|e| !e.is_empty())
+        .map(<[u8]>::to_vec))
+}
 
-    fn send(&self, cmd: &DisplayCmd) -> io::Result<()> {
-        match cmd {
-            DisplayCmd::Scanout {
-                scanout,
-                width,
-                height,
-            } => self.gpu.set_scanout(&VhostUserGpuScanout {
-                scanout_id: *scanout,
-                width: *width,
-                height: *height,
-            }),
-            DisplayCmd::Update {
-                scanout,
-                rect,
-                pixels,
-            } => self.gpu.update_scanout(
-                &VhostUserGpuUpdate {
-                    scanout_id: *scanout,
-                    x: rect.x,
-                    y: rect.y,
-                    width: rect.width,
-                    height: rect.height,
-                },
-                pixels,
-            ),
-            DisplayCmd::CursorUpdate {
-                scanout,
-                x,
-                y,
-                hot_x,
-                hot_y,
-                image,
-            } => self.gpu.cursor_update(
-                &VhostUserGpuCursorUpdate {
-                    pos: VhostUserGpuCursorPos {
-                        scanout_id: *scanout,
-                        x: *x,
-                        y: *y,
-                    },
-                    hot_x: *hot_x,
-                    hot_y: *hot_y,
-                },
-                &image.0,
-            ),
-            DisplayCmd::CursorMove { scanout, x, y } => {
-                self.gpu.cursor_pos(&VhostUserGpuCursorPos {
+/// One display message, ready to send: pixels already read.
+enum Message {
+    Cmd(DisplayCmd),
+    Update(VhostUserGpuUpdate, Vec<u8>),
+}
+
+fn send(gpu: &GpuBackend, msg: &Message) -> io::Result<()> {
+    let cmd = match msg {
+        Message::Update(update, pixels) => return gpu.update_scanout(update, pixels),
+        Message::Cmd(cmd) => cmd,
+    };
+    match cmd {
+        DisplayCmd::Scanout {
+            scanout,
+            width,
+            height,
+        } => gpu.set_scanout(&VhostUserGpuScanout {
+            scanout_id: *scanout,
+            width: *width,
+            height: *height,
+        }),
+        // Updates are sent as Message::Update, a band at a time.
+        DisplayCmd::Update { .. } => Ok(()),
+        DisplayCmd::CursorUpdate {
+            scanout,
+            x,
+            y,
+            hot_x,
+            hot_y,
+            image,
+        } => gpu.cursor_update(
+            &VhostUserGpuCursorUpdate {
+                pos: VhostUserGpuCursorPos {
                     scanout_id: *scanout,
                     x: *x,
                     y: *y,
-                })
-            }
-            DisplayCmd::CursorHide { scanout } => {
-                self.gpu.cursor_pos_hide(&VhostUserGpuCursorPos {
-                    scanout_id: *scanout,
-                    x: 0,
-                    y: 0,
-                })
-            }
-        }
+                },
+                hot_x: *hot_x,
+                hot_y: *hot_y,
+            },
+            &image.0,
+        ),
+        DisplayCmd::CursorMove { scanout, x, y } => gpu.cursor_pos(&VhostUserGpuCursorPos {
+            scanout_id: *scanout,
+            x: *x,
+            y: *y,
+        }),
+        DisplayCmd::CursorHide { scanout } => gpu.cursor_pos_hide(&VhostUserGpuCursorPos {
+            scanout_id: *scanout,
+            x: 0,
+            y: 0,
+        }),
     }
 }
 
@@ -143,29 +137,40 @@ impl VmBackend {
     /// The display link, after its handshake. The link is cloned out of its lock so no lock is
     /// held while the frontend answers.
     fn display_link(&self) -> Option<DisplayLink> {
-        let mut link = lock(&self.display).clone()?;
+        let link = lock(&self.display).clone()?;
         if link.ready {
             return Some(link);
         }
-        match link.handshake() {
-            Ok(()) => {
+        let gpu = link.gpu.clone();
+        match self.peer.call("display handshake", move || handshake(&gpu)) {
+            Ok(edid) => {
+                let link = DisplayLink {
+                    ready: true,
+                    edid,
+                    ..link
+                };
                 *lock(&self.display) = Some(link.clone());
                 self.device().attach_display();
                 Some(link)
             }
             Err(e) => {
-                self.drop_display(&e);
+                self.display_failed(&e);
                 None
             }
         }
     }
 
-    fn drop_display(&self, e: &io::Error) {
-        warn!(
-            "{}: display socket failed, continuing headless: {e}",
-            self.name
-        );
+    /// A display that stopped answering is a stalled VMM: the VM is disconnected. Any other
+    /// failure leaves the VM running headless.
+    fn display_failed(&self, e: &io::Error) {
         *lock(&self.display) = None;
+        if self.peer.is_stalled() {
+            self.disconnect(e);
+        } else {
+            self.log.warn(format_args!(
+                "display socket failed, continuing headless: {e}"
+            ));
+        }
     }
 
     /// Before the device answers `cmd`, brings the display layout and EDIDs up to date from the
@@ -179,21 +184,30 @@ impl VmBackend {
         let Some(link) = self.display_link() else {
             return;
         };
-        let result = link.display_modes().and_then(|modes| {
-            let changed = self.device().set_display_modes(&modes);
-            // GET_DISPLAY_INFO itself carries the news; anything else needs the config event.
-            if changed && !fresh {
-                self.raise_display_event();
-            }
-            if let Command::GetEdid { scanout } = cmd {
-                if let Some(edid) = link.edid(*scanout)? {
-                    self.device().set_edid(*scanout, edid);
+        let gpu = link.gpu.clone();
+        let result = self
+            .peer
+            .call("GET_DISPLAY_INFO", move || display_modes(&gpu))
+            .and_then(|modes| {
+                let changed = self.device().set_display_modes(&modes);
+                // GET_DISPLAY_INFO itself carries the news; anything else needs the config event.
+                if changed && !fresh {
+                    self.raise_display_event();
                 }
-            }
-            Ok(())
-        });
+                match cmd {
+                    Command::GetEdid { scanout } if link.edid => {
+                        let (gpu, scanout) = (link.gpu.clone(), *scanout);
+                        let edid = self.peer.call("GET_EDID", move || edid(&gpu, scanout))?;
+                        if let Some(edid) = edid {
+                            self.device().set_edid(scanout, edid);
+                        }
+                        Ok(())
+                    }
+                    _ => Ok(()),
+                }
+            });
         if let Err(e) = result {
-            self.drop_display(&e);
+            self.display_failed(&e);
         }
     }
 
@@ -206,10 +220,54 @@ impl VmBackend {
             return;
         };
         for cmd in cmds {
-            if let Err(e) = link.send(cmd) {
-                self.drop_display(&e);
+            let sent = match cmd {
+                DisplayCmd::Update {
+                    scanout,
+                    rect,
+                    resource_id,
+                    area,
+                } => self.send_update(&link, *scanout, *rect, *resource_id, *area),
+                _ => self.send(&link, Message::Cmd(cmd.clone())),
+            };
+            if let Err(e) = sent {
+                self.display_failed(&e);
                 return;
             }
         }
+    }
+
+    /// Sends an update in bands, reading each band's pixels just before it goes.
+    fn send_update(
+        &self,
+        link: &DisplayLink,
+        scanout: u32,
+        rect: Rect,
+        resource_id: u32,
+        area: Rect,
+    ) -> io::Result<()> {
+        for (top, band) in bands(area, UPDATE_BAND_BYTES) {
+            let pixels = match self.device().update_pixels(scanout, resource_id, band) {
+                Ok(p) => p,
+                Err(code) => {
+                    self.log
+                        .warn(format_args!("flush of resource {resource_id}: {code:?}"));
+                    return Ok(());
+                }
+            };
+            let update = VhostUserGpuUpdate {
+                scanout_id: scanout,
+                x: rect.x,
+                y: rect.y + top,
+                width: band.width,
+                height: band.height,
+            };
+            self.send(link, Message::Update(update, pixels))?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, link: &DisplayLink, msg: Message) -> io::Result<()> {
+        let gpu = link.gpu.clone();
+        self.peer.call("display update", move || send(&gpu, &msg))
     }
 }

@@ -4,10 +4,11 @@
 use std::io;
 use std::sync::Mutex;
 
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringRwLock;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::backend::{lock, VmBackend};
+use super::queue::Ring;
 use crate::device::fences::Timeline;
 use crate::device::FenceSink;
 
@@ -72,12 +73,19 @@ impl VmBackend {
         if ready.is_empty() {
             return Ok(());
         }
+        let mem = self.memory();
+        let ring = Ring {
+            vring: control,
+            mem: mem.as_ref(),
+        };
+        // Heads were checked when the requests were taken; answer every one whatever happens.
+        let mut failed = None;
         for &(head, len) in ready {
-            control.add_used(head, len).map_err(io::Error::other)?;
+            if let Err(e) = ring.add_used(head, len) {
+                failed = Some(e);
+            }
         }
-        if control.needs_notification().map_err(io::Error::other)? {
-            control.signal_used_queue()?;
-        }
-        Ok(())
+        ring.notify()?;
+        failed.map_or(Ok(()), Err)
     }
 }

@@ -4,13 +4,12 @@
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use log::warn;
 use vgpud_protocol::{CtrlHeader, ErrorCode, Limits, Request, Response};
 use vhost_user_backend::{VringRwLock, VringT};
-use virtio_queue::{DescriptorChain, QueueOwnedT, Reader, Writer};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::backend::VmBackend;
+use super::backend::{VmBackend, CONTROL_QUEUE, CURSOR_QUEUE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -26,56 +25,143 @@ const MAX_CURSOR_BYTES: usize = 256;
 
 type Chain<'a> = DescriptorChain<&'a GuestMemoryMmap>;
 
-/// Processes every available chain, re-checking after re-enabling notifications (EVENT_IDX) so no
-/// kick is lost between the last chain and the re-enable.
-pub fn drain(vm: &VmBackend, vring: &VringRwLock, kind: Kind) -> io::Result<()> {
-    let mem = vm.memory();
-    loop {
-        if vm.event_idx() {
-            vring.disable_notification().map_err(io::Error::other)?;
-        }
-        process_available(vm, vring, &mem, kind)?;
-        if kind == Kind::Control {
-            // Renderers that finish at once (2D) have signalled already: answer in this batch.
-            vm.answer_signalled(vring)?;
-        }
-        if !vm.event_idx() || !vring.enable_notification().map_err(io::Error::other)? {
-            return Ok(());
+impl Kind {
+    fn index(self) -> u16 {
+        match self {
+            Kind::Control => CONTROL_QUEUE,
+            Kind::Cursor => CURSOR_QUEUE,
         }
     }
 }
 
-fn process_available(
-    vm: &VmBackend,
-    vring: &VringRwLock,
-    mem: &Arc<GuestMemoryMmap>,
-    kind: Kind,
-) -> io::Result<()> {
-    let chains: Vec<Chain> = match vring.get_mut().get_queue_mut().iter(mem.as_ref()) {
-        Ok(iter) => iter.collect(),
-        Err(e) => {
-            // A corrupt avail ring is the guest's own problem; keep serving the other queue.
-            warn!("{}: {kind:?} queue unusable: {e}", vm.name);
-            return Ok(());
+/// A queue's rings, reached through `mem`: the memory table this VM accepted, never the library's
+/// own copy of the latest table (see `VmBackend::update_memory`).
+pub(super) struct Ring<'a> {
+    pub vring: &'a VringRwLock,
+    pub mem: &'a GuestMemoryMmap,
+}
+
+impl Ring<'_> {
+    /// Puts a chain on the used ring. A head past the descriptor table cannot be returned; it is
+    /// refused here rather than by the queue crate, which would log every time.
+    pub fn add_used(&self, head: u16, len: u32) -> io::Result<()> {
+        let mut state = self.vring.get_mut();
+        let queue = state.get_queue_mut();
+        if head >= queue.size() {
+            return Err(io::Error::other(format!(
+                "chain head {head} is past the {}-entry descriptor table",
+                queue.size()
+            )));
         }
-    };
-    if chains.is_empty() {
+        queue
+            .add_used(self.mem, head, len)
+            .map_err(io::Error::other)
+    }
+
+    /// Interrupts the driver if it asked to be (EVENT_IDX) or always (without it).
+    pub fn notify(&self) -> io::Result<()> {
+        let needed = self
+            .vring
+            .get_mut()
+            .get_queue_mut()
+            .needs_notification(self.mem)
+            .map_err(io::Error::other)?;
+        if needed {
+            self.vring.signal_used_queue()?;
+        }
+        Ok(())
+    }
+
+    fn set_notification(&self, on: bool) -> io::Result<bool> {
+        let mut state = self.vring.get_mut();
+        let queue = state.get_queue_mut();
+        let more = if on {
+            queue.enable_notification(self.mem)
+        } else {
+            queue.disable_notification(self.mem).map(|()| false)
+        };
+        more.map_err(io::Error::other)
+    }
+}
+
+/// Processes every available chain, re-checking after re-enabling notifications (EVENT_IDX) so no
+/// kick is lost between the last chain and the re-enable. An error means the guest broke the
+/// queue's rings; the caller stops serving it.
+pub fn drain(vm: &VmBackend, vring: &VringRwLock, kind: Kind) -> io::Result<()> {
+    if vm.is_broken(kind.index()) {
         return Ok(());
     }
+    let mem = vm.memory();
+    let ring = Ring {
+        vring,
+        mem: mem.as_ref(),
+    };
+    // Whether the avail index said there was more when notifications were last re-enabled.
+    let mut promised = false;
+    loop {
+        if vm.event_idx() {
+            ring.set_notification(false)?;
+        }
+        let taken = process_available(vm, &ring, &mem, kind)?;
+        // More was promised, yet nothing could be taken: looping would spin for ever.
+        if promised && taken == 0 {
+            return Err(io::Error::other(
+                "the avail index promises chains the ring does not deliver",
+            ));
+        }
+        if kind == Kind::Control {
+            // Renderers that finish at once (2D) have signalled already: answer in this batch.
+            vm.answer_signalled(vring)?;
+        }
+        if !vm.event_idx() || !ring.set_notification(true)? {
+            return Ok(());
+        }
+        promised = true;
+    }
+}
+
+/// Answers every chain on the avail ring; returns how many were taken off it. A chain that cannot
+/// be returned (a head past the table) costs only itself: every other chain of the batch is
+/// answered, and the driver notified.
+fn process_available(
+    vm: &VmBackend,
+    ring: &Ring,
+    mem: &Arc<GuestMemoryMmap>,
+    kind: Kind,
+) -> io::Result<usize> {
+    let chains: Vec<Chain> = ring
+        .vring
+        .get_mut()
+        .get_queue_mut()
+        .iter(mem.as_ref())
+        .map_err(io::Error::other)?
+        .collect();
+    if chains.is_empty() {
+        return Ok(0);
+    }
+    let taken = chains.len();
+    let mut used = 0;
     for chain in chains {
         let head = chain.head_index();
         let written = match kind {
-            Kind::Control => control_chain(vm, vring, mem, chain, head)?,
+            Kind::Control => control_chain(vm, ring.vring, mem, chain, head),
             Kind::Cursor => Some(cursor_chain(vm, mem, chain)),
         };
+        // A VMM disconnected meanwhile (it stalled) gets nothing more.
+        if vm.is_broken(kind.index()) {
+            return Ok(taken);
+        }
         if let Some(written) = written {
-            vring.add_used(head, written).map_err(io::Error::other)?;
+            match ring.add_used(head, written) {
+                Ok(()) => used += 1,
+                Err(e) => vm.log.warn(format_args!("{kind:?} queue: {e}")),
+            }
         }
     }
-    if vring.needs_notification().map_err(io::Error::other)? {
-        vring.signal_used_queue()?;
+    if used > 0 {
+        ring.notify()?;
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// Handles one control request. Returns the number of response bytes written, or None when the
@@ -86,17 +172,17 @@ fn control_chain(
     mem: &Arc<GuestMemoryMmap>,
     chain: Chain,
     head: u16,
-) -> io::Result<Option<u32>> {
+) -> Option<u32> {
     let Some((bytes, mut writer)) = read_chain(vm, mem.as_ref(), chain, MAX_REQUEST_BYTES) else {
-        return Ok(Some(0));
+        return Some(0);
     };
     let req = match Request::decode(&bytes, &Limits::default()) {
         Ok(req) => req,
         Err(e) => {
-            warn!("{}: bad request: {e}", vm.name);
+            vm.log.warn(format_args!("bad request: {e}"));
             let hdr = CtrlHeader::decode(&bytes).unwrap_or_default();
             let response = Response::Err(e.error_code()).encode(&hdr);
-            return Ok(Some(write_response(vm, &mut writer, &response)));
+            return Some(write_response(vm, &mut writer, &response));
         }
     };
     vm.refresh_display(&req.cmd);
@@ -109,15 +195,17 @@ fn control_chain(
     // The response bytes go to guest memory now; the guest sees them once the chain is used.
     let written = write_response(vm, &mut writer, &outcome.response.encode(&req.hdr));
     if let Some(ctx) = outcome.closed_context {
-        vm.answer_closed_context(vring, ctx)?;
+        if let Err(e) = vm.answer_closed_context(vring, ctx) {
+            vm.log.warn(format_args!("answering a closed context: {e}"));
+        }
     }
-    Ok(match outcome.fence {
+    match outcome.fence {
         Some((timeline, fence)) => {
             vm.park(timeline, fence, (head, written));
             None
         }
         None => Some(written),
-    })
+    }
 }
 
 fn cursor_chain(vm: &VmBackend, mem: &Arc<GuestMemoryMmap>, chain: Chain) -> u32 {
@@ -129,7 +217,7 @@ fn cursor_chain(vm: &VmBackend, mem: &Arc<GuestMemoryMmap>, chain: Chain) -> u32
             let cmds = vm.device().handle_cursor(&req.cmd);
             vm.show(&cmds);
         }
-        Err(e) => warn!("{}: bad cursor request: {e}", vm.name),
+        Err(e) => vm.log.warn(format_args!("bad cursor request: {e}")),
     }
     0
 }
@@ -146,14 +234,14 @@ fn read_chain<'a>(
     let (reader, writer) = match parts {
         Ok(p) => p,
         Err(e) => {
-            warn!("{}: malformed descriptor chain: {e}", vm.name);
+            vm.log.warn(format_args!("malformed descriptor chain: {e}"));
             return None;
         }
     };
     let len = reader.available_bytes().min(cap);
     let mut bytes = Vec::with_capacity(len);
     if let Err(e) = reader.take(len as u64).read_to_end(&mut bytes) {
-        warn!("{}: cannot read request: {e}", vm.name);
+        vm.log.warn(format_args!("cannot read request: {e}"));
         return None;
     }
     Some((bytes, writer))
@@ -162,17 +250,16 @@ fn read_chain<'a>(
 fn write_response(vm: &VmBackend, writer: &mut Writer, response: &[u8]) -> u32 {
     let room = writer.available_bytes();
     if room < response.len() {
-        warn!(
-            "{}: response of {} bytes truncated to {room}",
-            vm.name,
+        vm.log.warn(format_args!(
+            "response of {} bytes truncated to {room}",
             response.len()
-        );
+        ));
     }
     let part = response.get(..room.min(response.len())).unwrap_or_default();
     match writer.write_all(part) {
         Ok(()) => u32::try_from(part.len()).unwrap_or(0),
         Err(e) => {
-            warn!("{}: cannot write response: {e}", vm.name);
+            vm.log.warn(format_args!("cannot write response: {e}"));
             0
         }
     }

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use vgpud_harness::{Daemon, Vm, VmConfig};
-use vgpud_protocol::{format, Command, CtrlHeader, MemEntry, Rect, Request, Response};
+use vgpud_protocol::{
+    format, Command, CreateBlob, CtrlHeader, MemEntry, Rect, Request, Response,
+    BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST,
+};
 
 pub fn vgpud() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_vgpud"))
@@ -110,4 +113,42 @@ pub fn pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
     (0..w * h)
         .flat_map(|i| (i.wrapping_mul(2_654_435_761) ^ seed).to_le_bytes())
         .collect()
+}
+
+/// Shows resource `id` (`w`x`h`) on scanout 0 and flushes all of it.
+pub fn show(vm: &mut Vm, id: u32, w: u32, h: u32) {
+    ok(
+        vm,
+        Command::SetScanout {
+            rect: rect(0, 0, w, h),
+            scanout_id: 0,
+            resource_id: id,
+        },
+    );
+    ok(
+        vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, w, h),
+            resource_id: id,
+        },
+    );
+}
+
+/// Creates `id` as a mappable one-page guest blob (the VM must have a host-visible window).
+pub fn mappable_page(vm: &mut Vm, id: u32) {
+    let gpa = vm.alloc(4096, 4096);
+    ok(
+        vm,
+        Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_GUEST,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id: 0,
+            size: 4096,
+            entries: vec![MemEntry {
+                addr: gpa,
+                length: 4096,
+            }],
+        }),
+    );
 }

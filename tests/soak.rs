@@ -1,0 +1,113 @@
+//! Soak: hundreds of VMs connect, spam the daemon (good requests, hostile ones, requests left in
+//! flight) and vanish. Afterwards the daemon's descriptors, threads and memory must be back where
+//! they started: what a single test cannot see, a leak per connection, shows here.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
+use vgpud_protocol::Command;
+
+const CYCLES: usize = 200;
+const WARM_UP: usize = 10;
+
+fn stats(d: &Daemon) -> ProcStats {
+    d.stats().expect("daemon stats")
+}
+
+/// One VM's life: set up, drawing, a blob mapped into the window, hostile input, requests left
+/// in flight, and an abrupt end.
+fn cycle(d: &Daemon, n: usize) {
+    let socket = d.socket(n % 2);
+    let cfg = VmConfig {
+        display: n.is_multiple_of(3).then(|| vec![(64, 64)]),
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::connect(&socket, cfg)
+        .unwrap_or_else(|e| panic!("cycle {n}: connect: {e}\n{}", d.stderr_log()));
+    upload(&mut vm, 1, 64, 64, &pattern(64, 64, n as u32));
+    show(&mut vm, 1, 64, 64);
+    mappable_page(&mut vm, 2);
+    let _ = call(
+        &mut vm,
+        Command::ResourceMapBlob {
+            resource_id: 2,
+            offset: 0,
+        },
+    );
+    // Hostile: a bad head in a batch, a resource far too large, an unknown id.
+    let req = encode(Command::GetDisplayInfo);
+    let _ = vm.post_batch_with_bad_head(&[&req, &req], 1024, 50_000);
+    let _ = call(&mut vm, create(3, 16384, 16384));
+    let _ = call(&mut vm, Command::ResourceUnref { resource_id: 77 });
+    // Left in flight: fenced and plain requests nobody waits for.
+    for id in 10..20 {
+        let _ = vm.post(0, &encode(create(id, 32, 32)), 64);
+    }
+    if n.is_multiple_of(4) {
+        // A ring the guest broke: the avail index far ahead.
+        let _ = vm.corrupt_avail_idx(0, 1000);
+    }
+    drop(vm);
+}
+
+/// Waits until the daemon is back to `base` (descriptors and threads) or `limit` passes.
+fn settle(d: &Daemon, base: ProcStats, limit: Duration) -> ProcStats {
+    let deadline = Instant::now() + limit;
+    loop {
+        let now = stats(d);
+        if (now.fds <= base.fds && now.threads <= base.threads) || Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn hundreds_of_hostile_vms_leave_nothing_behind() {
+    let d = daemon(2, &["--hostmem", "1M"]);
+    for n in 0..WARM_UP {
+        cycle(&d, n);
+    }
+    // Both sockets have torn their last VM down once they accept again.
+    for i in 0..2 {
+        drop(Vm::connect(&d.socket(i), VmConfig::default()).expect("connect"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let base = stats(&d);
+    let start = Instant::now();
+    for n in WARM_UP..WARM_UP + CYCLES {
+        cycle(&d, n);
+    }
+    for i in 0..2 {
+        drop(Vm::connect(&d.socket(i), VmConfig::default()).expect("connect"));
+    }
+    let end = settle(&d, base, Duration::from_secs(10));
+    eprintln!(
+        "{CYCLES} cycles in {:?}: fds {} -> {}, threads {} -> {}, RSS {} -> {} KiB",
+        start.elapsed(),
+        base.fds,
+        end.fds,
+        base.threads,
+        end.threads,
+        base.rss_kib,
+        end.rss_kib
+    );
+    assert!(
+        end.fds <= base.fds,
+        "descriptors leaked: {base:?} -> {end:?}"
+    );
+    assert!(
+        end.threads <= base.threads,
+        "threads leaked: {base:?} -> {end:?}"
+    );
+    // Allocator caches may keep a little; a leak per cycle would show as megabytes.
+    assert!(
+        end.rss_kib <= base.rss_kib + 16 * 1024,
+        "memory grew: {base:?} -> {end:?}"
+    );
+    let mut d = d;
+    assert!(d.is_running());
+}
