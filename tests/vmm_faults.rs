@@ -38,21 +38,32 @@ fn stats(d: &Daemon) -> ProcStats {
     d.stats().expect("daemon stats")
 }
 
+/// Stats once descriptors and threads hold still for a moment: after a VM leaves, its socket's
+/// server tears it down and then sets the next VM up.
+fn quiet_stats(d: &Daemon) -> ProcStats {
+    let mut last = stats(d);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = stats(d);
+        if (now.fds, now.threads) == (last.fds, last.threads) {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 #[test]
 fn connections_leave_no_descriptors_behind() {
     let d = daemon(1, &[]);
     drop(serves(&d, 0));
-    // The socket serves again only after the last VM was torn down.
-    drop(serves(&d, 0));
-    let before = stats(&d);
+    let before = quiet_stats(&d);
     for _ in 0..40 {
         drop(serves(&d, 0));
     }
-    drop(serves(&d, 0));
-    let settled = eventually(Duration::from_secs(5), || stats(&d).fds <= before.fds);
-    let after = stats(&d);
+    let after = quiet_stats(&d);
     assert!(
-        settled,
+        after.fds <= before.fds,
         "40 VM connections left {} descriptors behind",
         after.fds - before.fds
     );
@@ -65,9 +76,7 @@ fn running_out_of_descriptors_fails_loudly_and_recovers() {
     const SOCKETS: usize = 8;
     let (idle, per_vm) = {
         let free = daemon(SOCKETS, &[]);
-        // Each socket's server sets its next VM up before it accepts.
-        std::thread::sleep(Duration::from_millis(500));
-        let idle = stats(&free).fds as u64;
+        let idle = quiet_stats(&free).fds as u64;
         let _vm = serves(&free, 0);
         (idle, stats(&free).fds as u64 - idle)
     };
@@ -195,6 +204,21 @@ fn impatient(n: usize, extra: &[&str]) -> Daemon {
     daemon(n, &args)
 }
 
+/// How many of the daemon's threads carry `name`.
+fn threads_named(d: &Daemon, name: &str) -> usize {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("daemon tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == name)
+        .count()
+}
+
+/// No thread is left stuck on the stalled VMM's socket, though the VMM still holds it open.
+fn assert_no_thread_stuck(d: &Daemon) {
+    let gone = eventually(Duration::from_secs(3), || threads_named(d, "vmm-peer") == 0);
+    assert!(gone, "a thread is stuck on the stalled VMM's socket");
+}
+
 /// The VM's request is not answered but its connection is ended, quickly; the daemon logs it.
 fn assert_disconnected(d: &Daemon, vm: &mut Vm, req: Command) {
     vm.set_timeout(Duration::from_secs(8));
@@ -225,6 +249,8 @@ fn a_display_that_never_answers_costs_only_its_vm() {
     ));
     // The stalled display still holds its socket open; the next VM is served all the same.
     drop(serves(&d, 0));
+    drop(other);
+    assert_no_thread_stuck(&d);
     display.stall(false);
 }
 
@@ -253,6 +279,7 @@ fn a_display_that_stops_reading_mid_update_costs_only_its_vm() {
         },
     );
     drop(serves(&d, 0));
+    assert_no_thread_stuck(&d);
     display.stall(false);
 }
 
@@ -272,6 +299,7 @@ fn a_backend_channel_that_never_acknowledges_costs_only_its_vm() {
         },
     );
     drop(serves(&d, 0));
+    assert_no_thread_stuck(&d);
     shmem.stall(false);
 }
 

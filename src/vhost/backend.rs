@@ -101,7 +101,7 @@ impl VmBackend {
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
-            peer: PeerThread::new(name, template.vmm_timeout),
+            peer: PeerThread::new(template.vmm_timeout),
             shutdown: Mutex::new(None),
             exit: EventFd::new(EFD_NONBLOCK)?,
             broken: Default::default(),
@@ -168,6 +168,8 @@ impl VmBackend {
     pub fn teardown(&self) {
         self.device().reset();
         lock(&self.parked).drain_all();
+        // Before the channels are dropped: their fds stay valid for `unblock`.
+        self.peer.unblock();
         self.peer.stop();
         *lock(&self.shutdown) = None;
         *lock(&self.display) = None;
