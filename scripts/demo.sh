@@ -45,6 +45,19 @@ screenshot() {
     tb_log "screenshot: $1"
 }
 
+# screenshot_picture FILE: poll screendumps until the screen shows a picture,
+# not one flat colour (kmscube under TCG takes seconds to its first frame),
+# for at most PICTURE_WAIT s; FILE gets it, or the last screendump.
+PICTURE_WAIT=120
+screenshot_picture() {
+    local rc=0
+    tb_log "waiting for the first rendered frame (at most $PICTURE_WAIT s)"
+    python3 "$TB_PROJECT/scripts/e2e/screen.py" --qmp "$QMP" --out "$1" --picture \
+        --wait "$PICTURE_WAIT" >&2 || rc=$?
+    tb_log "screenshot: $1"
+    return "$rc"
+}
+
 GUEST='
 echo "== the virtio-gpu device as the guest sees it"
 cat /sys/kernel/debug/dri/0/virtio-gpu-features
@@ -111,14 +124,14 @@ main() {
     screenshot "$OUT/screenshot-2d.png"
     touch "$OUT/guest/shot-2d-done"
     wait_for "kmscube" "$OUT/guest/output.log" "^DEMO-GL"
-    sleep 5
-    screenshot "$OUT/screenshot-gl.png"
-    local rc=0
+    local shot=0 rc=0
+    screenshot_picture "$OUT/screenshot-gl.png" || shot=$?
     wait "$boot" || rc=$?
     echo "== what the guest printed"
     grep -v '^DEMO-GL' "$OUT/guest/output.log"
     echo "== screenshots: $OUT/screenshot-2d.png $OUT/screenshot-gl.png"
     [[ $rc -eq 0 ]] || tb_die "the guest command failed ($rc); see $OUT/guest/console.log"
+    [[ $shot -eq 0 ]] || tb_die "kmscube's cube never showed on the screen; see $OUT/screenshot-gl.png"
     venus_part
 }
 

@@ -20,15 +20,26 @@
 #                      (Vulkan through Venus; QEMU >= 11.1 for the generic
 #                      device, as the testbed root has)
 #   VGPUD_E2E_TIMEOUT  per-guest timeout in seconds (default 240)
+#   VGPUD_E2E_PROBE_STALL  seconds without console output before the GPU
+#                      probe after which a guest counts as hung (default 60)
 #
 # Builds what is missing first: the testbed root (root.sh), the guest image
 # (guest-image.sh), the guest tests (in the root, into target/guest-tests) and
 # vgpud. Each case's logs go to $VGPUD_TESTBED/runs/e2e-<time>-<pid>/<case>/:
 # vgpud.log (vk-churn: also churn.txt, vgpud's measurements), and per guest
 # vm<N>/ with console.log, output.log, boot.log and screen.txt (plus
-# screen.ppm when a screendump did not match). Prints one PASS/FAIL/SKIP line
-# per case, then "N passed, N failed[, N skipped]", and exits non-zero if any
-# case failed. Needs root (chroot, mount), like the testbed scripts.
+# screen.ppm when a screendump did not match; kmscube cases: screen.png).
+#
+# A guest that hangs before its GPU is probed (no console output for
+# VGPUD_E2E_PROBE_STALL s after the kernel started, and no line about the
+# device yet) is no vgpud result: its QEMU is stopped and the case runs once
+# more (the first run's logs stay in <case>.hung/). A hang after the probe is
+# a failure like any other.
+#
+# Prints one PASS/FAIL/SKIP line per case, a line "retried: K boot(s) hung
+# before the device probe" when there were such retries, then the summary line
+# "N passed, N failed[, N skipped]" alone (CI reads it as it is), and exits
+# non-zero if any case failed. Needs root (chroot, mount), like the testbed scripts.
 set -euo pipefail
 # shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
@@ -36,6 +47,14 @@ source "$(dirname "${BASH_SOURCE[0]}")/testbed/lib.sh"
 E2E_HELPERS=$TB_PROJECT/scripts/e2e
 GUEST_TESTS=$TB_PROJECT/target/guest-tests
 GUEST_TIMEOUT=${VGPUD_E2E_TIMEOUT:-240}
+# Hung before the device probe: the console has the kernel's banner, nothing
+# matching PROBE_MARK (guest-init.sh says "loading virtio_gpu" right before
+# the driver; the driver's own lines say [drm] or virtio-gpu), and has not
+# grown for PROBE_STALL s. TCG guests have been seen to stop that way right
+# after "smp: Brought up 1 node, 2 CPUs".
+PROBE_STALL=${VGPUD_E2E_PROBE_STALL:-60}
+PROBE_MARK='virtio_gpu|virtio-gpu|\[drm\]'
+HUNG_FILE="hung-before-probe"
 # kms-pattern holds its image until this file appears; the guest sees its
 # results dir (the host's <case>/vm<N>/) as /results.
 DONE_FILE=/results/screendump-taken
@@ -86,6 +105,8 @@ VGPUD=""        # the staged binary, at a path visible in the root
 RENDERER=""     # the current case's --renderer
 TRACKED=()      # process-group leaders started here (setsid), stopped at exit
 VGPUD_PID=""    # the process group started for vgpud (run.sh and its children)
+WATCHERS=()     # watch_probe subshells (same process group as this script)
+RETRIED=0       # guests that hung before the device probe, whose case ran again
 BOOT_PID=""
 READY_SIZE=""
 REASON=""
@@ -115,14 +136,19 @@ running() {
 # QEMU runs under timeout(1), which moves itself into a process group of its
 # own, so a signal to boot.sh's group does not reach it: stop it through its
 # pidfile (checked to still be QEMU).
+stop_qemu() {
+    local pid
+    pid=$(cat "$1" 2>/dev/null) || return 0
+    if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == qemu-system-* ]]; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+}
+
 stop_qemus() {
-    local f pid
+    local f
     for f in "$TB_ROOT$SOCK_DIR"/*.qemu.pid; do
         [[ -f $f ]] || continue
-        pid=$(cat "$f" 2>/dev/null) || continue
-        if [[ $pid =~ ^[0-9]+$ && $(cat "/proc/$pid/comm" 2>/dev/null) == qemu-system-* ]]; then
-            kill -TERM "$pid" 2>/dev/null || true
-        fi
+        stop_qemu "$f"
         rm -f "$f"
     done
 }
@@ -143,6 +169,11 @@ stop_group() {
 stop_all() {
     [[ -z $SOCK_DIR ]] || stop_qemus
     local pid
+    for pid in "${WATCHERS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    WATCHERS=()
     for pid in "${TRACKED[@]}"; do stop_group "$pid"; done
     VGPUD_PID=""
 }
@@ -282,6 +313,31 @@ boot_guest() {
     setsid "$TB_SCRIPTS/boot.sh" "${args[@]}" -c "$code" >"$out/boot.log" 2>&1 </dev/null &
     BOOT_PID=$!
     track "$BOOT_PID"
+    watch_probe "$out" "$BOOT_PID" &
+    WATCHERS+=("$!")
+}
+
+# watch_probe OUT PID (in the background, while boot.sh PID runs): if the
+# guest hangs before the device probe (see PROBE_STALL), write why to
+# OUT/hung-before-probe and stop its QEMU; the guest then fails, and
+# run_case runs the case again.
+watch_probe() {
+    local out=$1 pid=$2 console=$1/console.log size=-1 cur last
+    last=$(date +%s)
+    while running "$pid"; do
+        sleep 1
+        if grep -aqE "$PROBE_MARK" "$console" 2>/dev/null; then return 0; fi
+        cur=$(stat -c %s "$console" 2>/dev/null || echo 0)
+        if [[ $cur != "$size" ]]; then
+            size=$cur
+            last=$(date +%s)
+        elif (($(date +%s) - last >= PROBE_STALL)) && grep -aq 'Linux version' "$console"; then
+            echo "no console output for $PROBE_STALL s before the device probe;" \
+                "last line: $(tail -n 1 "$console" | tr -cd '[:print:]')" >"$out/$HUNG_FILE"
+            stop_qemu "$TB_ROOT$SOCK_DIR/$(vm_tag "$out").qemu.pid"
+            return 0
+        fi
+    done
 }
 
 # finish_guest PID OUT PROGRAM...: wait for the guest; it must exit 0 and
@@ -310,24 +366,29 @@ finish_guest() {
     done
 }
 
-# wait_ready OUT PID: wait for kms-pattern's "READY WxH" line; sets
-# READY_SIZE to WxH. Read from output.log, which the guest writes through the
-# uncached results share as it goes: unlike console.log, no kernel message
-# can land in the middle of the line. (Not a $(...) function: this script
-# would only act on a signal once such a subshell had ended.)
-wait_ready() {
-    local out=$1 pid=$2 i line
-    READY_SIZE=""
+# wait_line OUT PID REGEX: wait until the guest prints a whole line matching
+# REGEX; sets LINE to it. Read from output.log, which the guest writes through
+# the uncached results share as it goes: unlike console.log, no kernel
+# message can land in the middle of the line. (Not a $(...) function: this
+# script would only act on a signal once such a subshell had ended.)
+wait_line() {
+    local out=$1 pid=$2 regex=$3 i
+    LINE=""
     for ((i = 0; i < GUEST_TIMEOUT * 5; i++)); do
-        line=$(grep -axE -m1 'READY [0-9]+x[0-9]+' "$out/output.log" 2>/dev/null || true)
-        if [[ -n $line ]]; then
-            READY_SIZE=${line#READY }
-            return 0
-        fi
+        LINE=$(grep -axE -m1 "$regex" "$out/output.log" 2>/dev/null || true)
+        [[ -z $LINE ]] || return 0
         running "$pid" || return 1
         sleep 0.2
     done
     return 1
+}
+
+# wait_ready OUT PID: wait for kms-pattern's "READY WxH" line; sets
+# READY_SIZE to WxH.
+wait_ready() {
+    READY_SIZE=""
+    wait_line "$1" "$2" 'READY [0-9]+x[0-9]+' || return 1
+    READY_SIZE=${LINE#READY }
 }
 
 # screen_check OUT SEED PID: once the guest shows its pattern, take a
@@ -351,6 +412,27 @@ screen_check() {
     rm -f "$out/screen.ppm"
 }
 
+# picture_check OUT PID: once kmscube holds a frame on the screen (the guest
+# prints KMSCUBE-HOLD), take screendumps until one shows a picture, not one
+# flat colour (screen.py --picture), then let the guest go. The picture (or
+# the last screendump) is kept as OUT/screen.png.
+picture_check() {
+    local out=$1 pid=$2 vm rc=0
+    vm=$(basename "$out")
+    if ! wait_line "$out" "$pid" 'KMSCUBE-HOLD'; then
+        REASON="$vm: kmscube never held a frame for the screendump (see $out/output.log)"
+        return 1
+    fi
+    python3 "$E2E_HELPERS/screen.py" --qmp "$TB_ROOT$SOCK_DIR/$(vm_tag "$out").qmp" \
+        --out "$out/screen.png" --picture --wait 30 >"$out/screen.txt" 2>&1 || rc=$?
+    touch "$out/${DONE_FILE##*/}"
+    log "  $vm: $(tail -1 "$out/screen.txt")"
+    if [[ $rc -ne 0 ]]; then
+        REASON="$vm: $(tail -1 "$out/screen.txt")"
+        return 1
+    fi
+}
+
 # Guest command lines.
 guest_program() {
     printf '%q/%s' "$GUEST_TESTS" "$1"
@@ -363,9 +445,6 @@ kms_pattern_code() {
     guest_program kms-pattern --seed "$1" --hold "$GUEST_TIMEOUT" --wait-for "$DONE_FILE"
 }
 
-# kmscube in the guest ($want is set in front of it). kmscube prints
-# "Rendered N frames ..." every 2 s and once at the end, where N counts the
-# frames after the first.
 # libdrm's own KMS test tool, as a second opinion on the KMS paths kms-pattern covers.
 MODETEST_GUEST_CODE=$(cat <<'EOF'
 modetest -M virtio_gpu -c >/tmp/connectors || { echo "FAIL: modetest: listing connectors"; exit 1; }
@@ -384,8 +463,42 @@ echo "PASS: modetest"
 EOF
 )
 
+# kmscube in the guest ($want and $done_file are set in front of it).
+# kmscube prints "Rendered N frames ..." every 2 s and once at the end, where
+# N counts the frames after the first. On its way it holds a frame on the
+# screen for the host's screendump: the first framebuffer kmscube puts on the
+# plane (debugfs state) is a blank one, set before its first draw, which
+# under TCG takes seconds; once another one replaces it (the first page
+# flip), a cube is on the screen. kmscube is stopped there (SIGSTOP) until
+# the host has its screendump ($done_file), then goes on to the end.
 KMSCUBE_GUEST_CODE=$(cat <<'EOF'
-timeout 150 kmscube --count="$want" >/tmp/kmscube.log 2>&1
+deadline=$((SECONDS + 150))
+# kmscube quits ("user interrupted!") once its stdin is readable, and a
+# background job's stdin is /dev/null: a FIFO opened read-write never is.
+mkfifo /tmp/kmscube.in
+kmscube --count="$want" >/tmp/kmscube.log 2>&1 <>/tmp/kmscube.in &
+pid=$!
+state=/sys/kernel/debug/dri/0/state
+held=0 first=""
+while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do
+    fb=$(awk '/allocated by = kmscube/ { print prev } { prev = $1 }' $state 2>/dev/null)
+    [ -n "$first" ] || first=$fb
+    if [ -n "$fb" ] && [ "$fb" != "$first" ]; then
+        kill -STOP $pid 2>/dev/null && held=1
+        break
+    fi
+    sleep 0.05
+done
+if [ $held = 1 ]; then
+    echo "kmscube: holding a frame ($first, then $fb on the plane)"
+    echo KMSCUBE-HOLD
+    limit=$((SECONDS + 60))
+    while [ ! -e "$done_file" ] && [ $SECONDS -lt $limit ]; do sleep 0.1; done
+    kill -CONT $pid
+fi
+while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do sleep 0.1; done
+kill -0 $pid 2>/dev/null && kill -KILL $pid
+wait $pid
 rc=$?
 grep -aE '^Using|renderer:' /tmp/kmscube.log
 last=$(grep -a '^Rendered' /tmp/kmscube.log | tail -1)
@@ -398,6 +511,10 @@ fi
 frames=$(echo "$last" | awk '{ print $2 }')
 if [ "${frames:-0}" -lt $((want - 1)) ]; then
     echo "FAIL: kmscube: rendered ${frames:-no} frames of $want"
+    exit 1
+fi
+if [ $held != 1 ]; then
+    echo "FAIL: kmscube: no page flip seen in $state, no frame held for the screendump"
     exit 1
 fi
 echo "PASS: kmscube"
@@ -436,11 +553,18 @@ case_modetest() {
 }
 
 case_kmscube() {
-    local dir=$1 renderer=llvmpipe
+    local dir=$1 renderer=llvmpipe ok=0 reason
     [[ $RENDERER != virgl ]] || renderer=virgl
     start_vgpud "$dir" 1 || return 1
-    boot_guest "$dir/vm0" "want=$KMSCUBE_FRAMES"$'\n'"$KMSCUBE_GUEST_CODE"
+    boot_guest "$dir/vm0" "want=$KMSCUBE_FRAMES done_file=$DONE_FILE"$'\n'"$KMSCUBE_GUEST_CODE"
+    picture_check "$dir/vm0" "$BOOT_PID" || ok=1
+    reason=$REASON
+    # The guest's own verdict comes first; then the screendump's.
     finish_guest "$BOOT_PID" "$dir/vm0" kmscube || return 1
+    if [[ $ok -ne 0 ]]; then
+        REASON=$reason
+        return 1
+    fi
     log "  $(grep -a 'renderer:' "$dir/vm0/output.log" | head -1 | tr -s ' ')"
     log "  $(grep -a '^Rendered' "$dir/vm0/output.log" | tail -1)"
     if ! grep -aq "renderer: \"$renderer" "$dir/vm0/output.log"; then
@@ -670,9 +794,54 @@ case_vk-churn() {
     check_vgpud "$dir"
 }
 
+# --- running a case ------------------------------------------------------------
+
+# The guests of the case run in DIR that hung before the device probe.
+hung_guests() {
+    local f
+    for f in "$1"/vm*/"$HUNG_FILE"; do
+        [[ ! -f $f ]] || basename "$(dirname "$f")"
+    done
+}
+
+# run_case NAME: run case NAME in $RUN_DIR/NAME, then stop what it started.
+# When it failed and a guest hung before the device probe, it runs once more
+# (the first run's logs move to NAME.hung; RETRIED counts the hung guests);
+# a second such hang is a failure. Returns the case's status, with REASON
+# and CASE_NOTE (a note on a retry, for the PASS/FAIL line) set.
+run_case() {
+    local name=$1 dir=$RUN_DIR/$1 attempt rc hung
+    CASE_NOTE=""
+    for attempt in 1 2; do
+        mkdir -p "$dir"
+        REASON=""
+        rc=0
+        "case_$name" "$dir" || rc=$?
+        show_vgpud_warnings "$dir"
+        stop_all
+        [[ $rc -ne 0 ]] || return 0
+        hung=$(hung_guests "$dir" | tr '\n' ' ')
+        hung=${hung% }
+        [[ -n $hung ]] || return 1
+        if [[ $attempt -eq 2 ]]; then
+            REASON="$hung hung before the device probe again, after a retry:"
+            REASON+=" $(head -1 "$dir/${hung%% *}/$HUNG_FILE")"
+            return 1
+        fi
+        RETRIED=$((RETRIED + $(wc -w <<<"$hung")))
+        CASE_NOTE="; $hung hung before the device probe and was booted again, see $name.hung/"
+        log "  $hung hung before the device probe ($(head -1 "$dir/${hung%% *}/$HUNG_FILE"))"
+        log "  not a vgpud result: running $name once more"
+        rm -rf -- "$dir.hung"
+        mv -- "$dir" "$dir.hung"
+        # vgpud's sockets and QEMU's: a stale one would look ready at once.
+        rm -f -- "$TB_ROOT$SOCK_DIR/$name"-vm*
+    done
+}
+
 # --- main ------------------------------------------------------------------------
 
-usage() { sed -n '2,31s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,42s/^# \{0,1\}//p' "$0"; }
 
 list_cases() {
     local entry name renderer desc
@@ -734,23 +903,21 @@ main() {
             continue
         fi
         log "$name: $desc"
-        mkdir -p "$RUN_DIR/$name"
-        REASON=""
         t0=$(now)
-        if "case_$name" "$RUN_DIR/$name"; then
-            show_vgpud_warnings "$RUN_DIR/$name"
-            echo "PASS: $name ($(since "$t0") s)"
+        if run_case "$name"; then
+            echo "PASS: $name ($(since "$t0") s$CASE_NOTE)"
             passed=$((passed + 1))
         else
-            show_vgpud_warnings "$RUN_DIR/$name"
-            echo "FAIL: $name: ${REASON:-unknown failure} ($(since "$t0") s; logs in $RUN_DIR/$name)"
+            echo "FAIL: $name: ${REASON:-unknown failure} ($(since "$t0") s$CASE_NOTE; logs in $RUN_DIR/$name)"
             failed=$((failed + 1))
         fi
-        stop_all
     done
 
     local summary="$passed passed, $failed failed"
     [[ $skipped -eq 0 ]] || summary+=", $skipped skipped"
+    if [[ $RETRIED -gt 0 ]]; then
+        echo "retried: $RETRIED boot(s) hung before the device probe and were booted again"
+    fi
     echo "$summary"
     # The staged binary is only worth keeping to reproduce a failure.
     [[ $failed -ne 0 ]] || rm -f "$VGPUD"

@@ -18,6 +18,8 @@ if ((${#need_packages[@]})); then
 fi
 
 cargo test --workspace --locked "$@"
+# How the testbed finds its Debian archive, on sample apt configurations (no network).
+scripts/testbed/test-apt-archive.sh
 
 [[ ${VGPUD_TEST_HOST_ONLY:-0} == 1 ]] && exit 0
 # vgpud with OpenGL and Vulkan links the testbed's virglrenderer, so it is built inside the

@@ -4,6 +4,19 @@
 usage: screen.py --qmp SOCKET --out FILE.ppm --size WxH --seed N [--tries N]
        screen.py --compare-only --out FILE.ppm --size WxH --seed N
        screen.py --qmp SOCKET --out FILE.png --format png    (a screenshot, no check)
+       screen.py --qmp SOCKET --out FILE.png|FILE.ppm --picture [--wait S] [--size WxH]
+       screen.py --picture --compare-only --out FILE.ppm
+
+--picture polls screendumps (--interval apart, for at most --wait seconds)
+until the screen shows a rendered picture rather than one flat colour, a
+blank screen or a line of text: the background is the most common colour of
+the whole screen, and in the centre region (the middle half each way) at
+least --min-share of the pixels must differ from it, in at least
+--min-colours distinct colours (kmscube's shaded cube gives hundreds). With
+--size the screendump must also have that size. FILE gets the picture that
+passed, or the last screendump when none did (PNG or PPM by FILE's name);
+QMP's own file is FILE.qmp.ppm, removed after. It stops early when QEMU is
+gone (its QMP socket refuses or vanished).
 
 The screendump is written by QEMU itself, so FILE must be a path QEMU can
 write (QEMU runs inside the testbed root; paths in the project are the same
@@ -21,9 +34,12 @@ guest-tests/kms-pattern.c), for a W x H image and seed s:
 """
 import argparse
 import json
+import os
 import socket
+import struct
 import sys
 import time
+import zlib
 
 
 def qmp_screendump(sock_path, filename, fmt=None):
@@ -81,6 +97,110 @@ def read_ppm(path):
     return width, height, pixels
 
 
+def write_png(path, width, height, pixels):
+    """Writes packed RGB pixels as an 8-bit RGB PNG."""
+    stride = width * 3
+    raw = b"".join(b"\x00" + pixels[y * stride:(y + 1) * stride] for y in range(height))
+
+    def chunk(tag, body):
+        return (struct.pack(">I", len(body)) + tag + body
+                + struct.pack(">I", zlib.crc32(tag + body) & 0xFFFFFFFF))
+
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n")
+        f.write(chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)))
+        f.write(chunk(b"IDAT", zlib.compress(raw, 6)))
+        f.write(chunk(b"IEND", b""))
+
+
+def write_image(path, width, height, pixels):
+    if path.endswith(".png"):
+        write_png(path, width, height, pixels)
+    else:
+        write_ppm(path, width, height,
+                  [pixels[y * width * 3:(y + 1) * width * 3] for y in range(height)])
+
+
+def picture_stats(width, height, pixels, step=2):
+    """What the screen shows, from every step-th pixel each way: (background,
+    share of the centre region that is not the background, distinct colours
+    there). The background is the most common colour of the whole screen; the
+    centre region is the middle half in both directions."""
+    stride = width * 3
+    counts = {}
+    for y in range(0, height, step * 2):
+        row = pixels[y * stride:(y + 1) * stride]
+        for x in range(0, width, step * 2):
+            colour = row[x * 3:x * 3 + 3]
+            counts[colour] = counts.get(colour, 0) + 1
+    background = max(counts, key=counts.get) if counts else b"\0\0\0"
+    colours, other, total = set(), 0, 0
+    for y in range(height // 4, height - height // 4, step):
+        row = pixels[y * stride:(y + 1) * stride]
+        for x in range(width // 4, width - width // 4, step):
+            colour = row[x * 3:x * 3 + 3]
+            total += 1
+            if colour != background:
+                other += 1
+                colours.add(colour)
+    return tuple(background), (other / total if total else 0.0), len(colours)
+
+
+def describe_picture(width, height, stats):
+    background, share, colours = stats
+    return (f"{width}x{height}, background {background}, centre {share:.1%} other pixels "
+            f"in {colours} colours")
+
+
+def shows_picture(stats, min_share, min_colours):
+    _, share, colours = stats
+    return share >= min_share and colours >= min_colours
+
+
+def wait_picture(args):
+    """The --picture mode; returns the exit status."""
+    want = tuple(int(v) for v in args.size.split("x")) if args.size else None
+    qmp_file = args.out + ".qmp.ppm"
+    deadline = time.monotonic() + args.wait
+    verdict, last, attempt = "no screendump taken", None, 0
+    while True:
+        attempt += 1
+        try:
+            if args.compare_only:
+                width, height, pixels = read_ppm(args.out)
+            else:
+                qmp_screendump(args.qmp, qmp_file)
+                width, height, pixels = read_ppm(qmp_file)
+        except (FileNotFoundError, ConnectionRefusedError) as e:
+            verdict = f"screendump failed: {e} (QEMU gone?)"
+            break
+        except (OSError, RuntimeError, ValueError) as e:
+            verdict = f"screendump failed: {e}"
+        else:
+            last = (width, height, pixels)
+            stats = picture_stats(width, height, pixels)
+            verdict = describe_picture(width, height, stats)
+            if want and (width, height) != want:
+                verdict += f", expected {want[0]}x{want[1]}"
+            elif shows_picture(stats, args.min_share, args.min_colours):
+                if not args.compare_only:
+                    write_image(args.out, width, height, pixels)
+                    os.remove(qmp_file)
+                print(f"screendump shows a picture: {verdict} (try {attempt}, kept {args.out})")
+                return 0
+        if args.compare_only or time.monotonic() + args.interval > deadline:
+            break
+        time.sleep(args.interval)
+    if last and not args.compare_only:
+        write_image(args.out, *last)
+    if os.path.exists(qmp_file):
+        os.remove(qmp_file)
+    kept = f"; kept the last screendump in {args.out}" if last and not args.compare_only else ""
+    print(f"no picture on the screen after {attempt} screendumps: {verdict} "
+          f"(need {args.min_share:.0%} of the centre in >= {args.min_colours} colours{kept})")
+    return 1
+
+
 def expected_rows(width, height, seed):
     """The pattern as one bytes object of packed RGB per row."""
     top = bytearray()
@@ -134,7 +254,20 @@ def main():
     parser.add_argument("--seed", type=int)
     parser.add_argument("--format", help="only take a screenshot in this format (ppm, png)")
     parser.add_argument("--tries", type=int, default=6)
+    parser.add_argument("--picture", action="store_true",
+                        help="wait until the screen shows a picture, not one flat colour")
+    parser.add_argument("--wait", type=float, default=30, help="--picture: at most this long (s)")
+    parser.add_argument("--interval", type=float, default=0.5,
+                        help="--picture: between screendumps (s)")
+    parser.add_argument("--min-share", type=float, default=0.05,
+                        help="--picture: share of the centre that is not the background")
+    parser.add_argument("--min-colours", type=int, default=16,
+                        help="--picture: distinct colours in the centre, background aside")
     args = parser.parse_args()
+    if args.picture:
+        if not args.compare_only and not args.qmp:
+            parser.error("--qmp is required unless --compare-only is given")
+        return wait_picture(args)
     if args.format:
         qmp_screendump(args.qmp, args.out, args.format)
         return 0

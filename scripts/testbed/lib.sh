@@ -12,13 +12,17 @@ TB_DIR=${VGPUD_TESTBED:-$TB_PROJECT/build/testbed}
 TB_ROOT=$TB_DIR/root
 TB_GUEST=$TB_DIR/guest
 TB_RUNS=$TB_DIR/runs
-TB_MIRROR=${VGPUD_TESTBED_MIRROR:-http://deb.debian.org/debian}
 TB_SUITE=${VGPUD_TESTBED_SUITE:-sid}
 # Written last by root.sh: a root without it is incomplete and gets rebuilt.
 TB_ROOT_STAMP=$TB_ROOT/.vgpud-testbed-complete
 
 tb_log() { printf '[testbed] %s\n' "$*" >&2; }
 tb_die() { printf '[testbed] error: %s\n' "$*" >&2; exit 1; }
+
+# The Debian archive for the root: tb_mirror ($VGPUD_TESTBED_MIRROR, else the
+# one the host's apt uses).
+# shellcheck source=apt-archive.sh
+source "$TB_SCRIPTS/apt-archive.sh"
 
 tb_need_root() {
     [[ $(id -u) -eq 0 ]] || tb_die "must run as root (chroot, mount)"

@@ -174,6 +174,7 @@ main() {
         exit 0
     fi
     local start=$SECONDS
+    TB_MIRROR=$(tb_mirror /etc)
     ensure_host_tools
     # A leftover (partial or forced) root goes first; refused if mounted.
     tb_safe_rm_tree "$TB_ROOT"
