@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guestlog;
 pub mod hub;
 pub mod render;

@@ -102,14 +102,17 @@ impl<R: Renderer> Device<R> {
             blob_id: args.blob_id,
             size: args.size,
         };
-        self.renderer
-            .create_blob(
-                ctx,
-                global,
-                blob_args,
-                backing.as_ref().map(|b| b.ranges.clone()),
-            )
-            .map_err(render_error)?;
+        let created = self.renderer.create_blob(
+            ctx,
+            global,
+            blob_args,
+            backing.as_ref().map(|b| b.ranges.clone()),
+        );
+        if let Err(e) = created {
+            // Gives the renderer id back (a 2D renderer reuses it).
+            self.renderer.unref(global);
+            return Err(render_error(e));
+        }
         // A guest blob in a file-backed region can be mapped by the frontend straight from it.
         let export = if args.blob_mem == BLOB_MEM_GUEST {
             file_range(mem, &args.entries).map(|(file, offset)| ExportedBlob {

@@ -4,6 +4,8 @@ use std::fs::File;
 use std::sync::Arc;
 
 use vgpud_protocol::{ErrorCode, MemEntry};
+
+use super::window::PAGE_SIZE;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 /// One contiguous piece of host memory that mirrors guest memory.
@@ -91,7 +93,8 @@ pub fn resolve_backing(
 }
 
 /// Where guest pages live in a file the frontend can map: entries that are contiguous in guest
-/// memory and lie in one file-backed region give (that file, offset of the first byte).
+/// memory and lie in one file-backed region, from a page-aligned file offset (mmap's rule: the
+/// frontend could not map anything else), give (that file, offset of the first byte).
 pub fn file_range(mem: &GuestMemoryMmap, entries: &[MemEntry]) -> Option<(Arc<File>, u64)> {
     let first = entries.first()?;
     let mut next = first.addr;
@@ -108,7 +111,10 @@ pub fn file_range(mem: &GuestMemoryMmap, entries: &[MemEntry]) -> Option<(Arc<Fi
         return None;
     }
     let file = region.file_offset()?;
-    Some((file.arc().clone(), file.start().checked_add(start.0)?))
+    let offset = file.start().checked_add(start.0)?;
+    offset
+        .is_multiple_of(PAGE_SIZE)
+        .then(|| (file.arc().clone(), offset))
 }
 
 #[cfg(test)]
@@ -178,6 +184,32 @@ mod tests {
         assert_eq!(
             resolve_backing(&mem, &[]).err(),
             Some(ErrorCode::InvalidParameter)
+        );
+    }
+
+    #[test]
+    fn only_page_aligned_file_ranges_are_mappable() {
+        use vm_memory::{FileOffset, GuestRegionMmap};
+        // SAFETY: memfd_create takes a valid C string; the fd is checked and then owned by the
+        // File alone.
+        let fd = unsafe { libc::memfd_create(c"file-range".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: see above.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        file.set_len(0x20000).unwrap();
+        let region = GuestRegionMmap::from_range(
+            GuestAddress(0x10000),
+            0x10000,
+            Some(FileOffset::new(file, 0x8000)),
+        )
+        .unwrap();
+        let mem = GuestMemoryMmap::from_regions(vec![region]).unwrap();
+        let at = |addr| file_range(&mem, &[MemEntry { addr, length: 4096 }]).map(|(_, o)| o);
+        assert_eq!(at(0x11000), Some(0x9000));
+        assert_eq!(
+            at(0x11800),
+            None,
+            "unaligned in the file: the frontend cannot map it"
         );
     }
 }

@@ -435,7 +435,11 @@ impl<R: Renderer> Device<R> {
             .renderer
             .resource_id_for(id)
             .ok_or(ErrorCode::OutOfMemory)?;
-        create(&self.renderer, global).map_err(render_error)?;
+        if let Err(e) = create(&self.renderer, global) {
+            // Gives the renderer id back (a 2D renderer reuses it).
+            self.renderer.unref(global);
+            return Err(render_error(e));
+        }
         self.resource_bytes += size;
         self.resources
             .insert(id, Resource::new(global, width, height, size));

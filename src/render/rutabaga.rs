@@ -192,7 +192,7 @@ impl Renderer for RenderHandle {
     #[cfg_attr(not(feature = "virgl"), allow(unused_variables))]
     fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
         match self.kind {
-            RendererKind::TwoD => Self::fresh(&self.next_id),
+            RendererKind::TwoD => self.resource_ids.alloc(),
             #[cfg(feature = "virgl")]
             RendererKind::Virgl | RendererKind::Venus => Some(guest_id),
             RendererKind::Auto => None,
@@ -237,6 +237,9 @@ impl Renderer for RenderHandle {
 
     fn unref(&self, id: u32) {
         let _ = self.call(move |r| r.unref_resource(id));
+        if self.kind == RendererKind::TwoD {
+            self.resource_ids.release(id);
+        }
     }
 
     fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
