@@ -4,17 +4,17 @@ use std::thread;
 use clap::Parser;
 use log::{error, info};
 use vgpud::cli::{capabilities_json, Options};
-use vgpud::render::RenderHandle;
+use vgpud::render::{self, SharedRenderer};
 use vgpud::vhost::{serve, VmTemplate};
 
 /// Starts the first renderer of the ones `--renderer` allows that works here.
-fn start_renderer(opts: &Options, vms: usize) -> Option<RenderHandle> {
+fn start_renderer(opts: &Options, vms: usize) -> Option<SharedRenderer> {
     for kind in opts.renderer.candidates(vms, opts.hostmem) {
         if kind.needs_hostmem() && opts.hostmem == 0 {
             error!("the {kind:?} renderer maps guest memory through blobs: give --hostmem");
             return None;
         }
-        match RenderHandle::start(kind) {
+        match render::start(kind) {
             Ok(r) => {
                 info!("renderer: {kind:?}");
                 return Some(r);

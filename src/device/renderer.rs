@@ -52,9 +52,10 @@ pub trait FenceSink: Send + Sync {
 }
 
 pub trait Renderer: Send {
-    /// The renderer's id for the guest's resource `guest_id`. A 2D renderer hands out fresh ids
-    /// (never reused), so VMs cannot collide. A 3D renderer must use the guest's own id: its
-    /// command streams name resources by the ids the guest chose.
+    /// The renderer's id for the guest's resource `guest_id`. A 2D renderer hands out ids of its
+    /// own (unique among live resources), so VMs cannot collide; `unref` gives them back. A 3D
+    /// renderer must use the guest's own id: its command streams name resources by the ids the
+    /// guest chose.
     fn resource_id_for(&self, guest_id: u32) -> Option<u32>;
     fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError>;
     fn unref(&self, id: u32);
@@ -112,4 +113,94 @@ pub trait Renderer: Send {
         ctx: u32,
         ring: Option<u8>,
     ) -> Result<u64, RenderError>;
+}
+
+/// One renderer shared by several VMs' devices.
+impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
+    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+        (**self).resource_id_for(guest_id)
+    }
+    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
+        (**self).create_2d(id, width, height, format)
+    }
+    fn unref(&self, id: u32) {
+        (**self).unref(id)
+    }
+    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+        (**self).attach_backing(id, ranges)
+    }
+    fn detach_backing(&self, id: u32) {
+        (**self).detach_backing(id)
+    }
+    fn transfer_to_host_2d(
+        &self,
+        id: u32,
+        width: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> Result<(), RenderError> {
+        (**self).transfer_to_host_2d(id, width, rect, offset)
+    }
+    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        (**self).read_pixels(id, rect)
+    }
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        (**self).capsets()
+    }
+    fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError> {
+        (**self).capset(id, version)
+    }
+    fn alloc_ctx_id(&self) -> Option<u32> {
+        (**self).alloc_ctx_id()
+    }
+    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError> {
+        (**self).create_3d(id, args)
+    }
+    fn create_context(
+        &self,
+        ctx: u32,
+        context_init: u32,
+        name: &str,
+        sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError> {
+        (**self).create_context(ctx, context_init, name, sink)
+    }
+    fn destroy_context(&self, ctx: u32) {
+        (**self).destroy_context(ctx)
+    }
+    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
+        (**self).attach_to_context(ctx, id)
+    }
+    fn detach_from_context(&self, ctx: u32, id: u32) {
+        (**self).detach_from_context(ctx, id)
+    }
+    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        (**self).transfer_to_host_3d(ctx, id, t)
+    }
+    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        (**self).transfer_from_host_3d(ctx, id, t)
+    }
+    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+        (**self).submit_3d(ctx, commands)
+    }
+    fn create_blob(
+        &self,
+        ctx: u32,
+        id: u32,
+        args: BlobArgs,
+        backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError> {
+        (**self).create_blob(ctx, id, args, backing)
+    }
+    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
+        (**self).map_blob(id)
+    }
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        ctx: u32,
+        ring: Option<u8>,
+    ) -> Result<u64, RenderError> {
+        (**self).create_fence(sink, ctx, ring)
+    }
 }

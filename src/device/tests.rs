@@ -9,7 +9,7 @@ use vgpud_protocol::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
-use crate::render::{RenderHandle, RendererKind};
+use crate::render::Soft2d;
 
 #[derive(Default)]
 struct Signals(Mutex<Vec<u64>>);
@@ -21,14 +21,14 @@ impl FenceSink for Signals {
 }
 
 struct Vm {
-    dev: Device<RenderHandle>,
+    dev: Device<Soft2d>,
     mem: Arc<GuestMemoryMmap>,
     signals: Arc<Signals>,
 }
 
 impl Vm {
     fn new(cfg: DeviceConfig) -> Vm {
-        let renderer = RenderHandle::start(RendererKind::TwoD).unwrap();
+        let renderer = Soft2d::default();
         let mem = GuestMemoryMmap::from_ranges(&[
             (GuestAddress(0), 1 << 20),
             (GuestAddress(1 << 32), 1 << 20),

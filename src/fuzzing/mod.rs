@@ -36,7 +36,7 @@ use self::input::Input;
 use self::model::{entry_bytes, inside, Kind, Model, Queue, Res, PAGE};
 use crate::device::fences::Timelines;
 use crate::device::{bands, Device, DeviceConfig, FenceSink, ShmemRequest};
-use crate::render::{RenderHandle, RendererKind};
+use crate::render::Soft2d;
 
 /// A guest memory region: where the guest sees it, and where it is in the memory file (None:
 /// anonymous memory, which cannot be handed to the frontend).
@@ -127,40 +127,28 @@ impl Stats {
     }
 }
 
-/// What runs share: the renderer thread and guest memory (contents left by one run never steer
-/// the next: no decision reads them).
+/// What runs share: the renderer and guest memory (contents left by one run never steer the
+/// next: no decision reads them).
 pub struct Harness {
-    renderer: RenderHandle,
+    renderer: Arc<Soft2d>,
     mem: Arc<GuestMemoryMmap>,
     memfd: Arc<File>,
     /// VGPUD_FUZZ_TRACE=1: print each request and its answer to stderr.
     trace: bool,
 }
 
-/// Inputs one harness serves before it is replaced. The 2D renderer never reuses a resource id
-/// (a u32) within a process, and an input creates at most MAX_STEPS resources: a fresh renderer
-/// now and then keeps a long fuzzing campaign from running out of ids.
-const RUNS_PER_HARNESS: u32 = 1_000_000;
-
 /// Runs `data` on a process-wide harness, started on first use.
 pub fn run(data: &[u8]) -> Stats {
-    static SHARED: Mutex<Option<(Harness, u32)>> = Mutex::new(None);
+    static SHARED: Mutex<Option<Harness>> = Mutex::new(None);
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
-    if shared
-        .as_ref()
-        .is_none_or(|(_, runs)| *runs >= RUNS_PER_HARNESS)
-    {
-        *shared = None;
-        *shared = Some((Harness::new().expect("cannot set up the device harness"), 0));
-    }
-    let (harness, runs) = shared.as_mut().expect("just set");
-    *runs += 1;
+    let harness =
+        shared.get_or_insert_with(|| Harness::new().expect("cannot set up the device harness"));
     harness.run(data)
 }
 
 impl Harness {
     pub fn new() -> io::Result<Harness> {
-        let renderer = RenderHandle::start(RendererKind::TwoD).map_err(io::Error::other)?;
+        let renderer = Arc::new(Soft2d::default());
         // SAFETY: a valid C string; the result is checked, then owned by the File.
         let fd = unsafe { libc::memfd_create(c"vgpud-fuzz-guest".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
@@ -217,7 +205,7 @@ impl Signals {
 /// One input's device, and what the interpreter knows about it.
 struct Run<'h> {
     h: &'h Harness,
-    dev: Device<RenderHandle>,
+    dev: Device<Arc<Soft2d>>,
     model: Model,
     signals: Arc<Signals>,
     parked: Timelines<()>,
@@ -924,8 +912,7 @@ impl<'h> Run<'h> {
         );
     }
 
-    /// The VM goes away: everything is freed, the frontend is told to unmap everything, and the
-    /// renderer thread is still there for the next VM.
+    /// The VM goes away: everything is freed and the frontend is told to unmap everything.
     fn wind_down(&mut self) {
         self.deliver();
         self.reset();
@@ -938,10 +925,6 @@ impl<'h> Run<'h> {
             self.model.window.is_empty(),
             "mappings outlived a reset: {:?}",
             self.model.window
-        );
-        assert!(
-            self.h.renderer.call(|_| ()).is_some(),
-            "the renderer thread died"
         );
     }
 }

@@ -1,9 +1,11 @@
-//! The process's one renderer, rutabaga_gfx, on a thread of its own. Rutabaga (and virglrenderer
-//! behind it) is not thread-safe and GL contexts belong to one thread, so each VM's device talks
-//! to it through a cloneable `RenderHandle` that runs closures on that thread.
+//! The daemon's renderer, shared by its VMs. The 2D one (`Soft2d`) is called in place from each
+//! VM's queue thread. A 3D one is rutabaga_gfx on a thread of its own: rutabaga (and
+//! virglrenderer behind it) is not thread-safe and GL contexts belong to one thread, so each
+//! VM's device talks to it through a cloneable `RenderHandle` that runs closures on that thread.
 
 mod maps;
 mod rutabaga;
+mod soft2d;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -15,7 +17,20 @@ use log::warn;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 pub use self::rutabaga::RendererKind;
+pub use self::soft2d::Soft2d;
+use crate::device::Renderer;
 use crate::hub::fences::FenceRouter;
+
+/// A renderer the devices of several VMs share.
+pub type SharedRenderer = Arc<dyn Renderer + Sync>;
+
+/// Starts a renderer of `kind` (not `Auto`: see `RendererKind::candidates`).
+pub fn start(kind: RendererKind) -> Result<SharedRenderer, StartError> {
+    match kind {
+        RendererKind::TwoD => Ok(Arc::new(Soft2d::default())),
+        _ => Ok(Arc::new(RenderHandle::start(kind)?)),
+    }
+}
 
 type Job = Box<dyn FnOnce(&mut Rutabaga) + Send>;
 
@@ -27,38 +42,10 @@ pub enum StartError {
     Thread(#[from] std::io::Error),
 }
 
-/// The 2D renderer's resource ids, shared by every VM of the daemon. Freed ids are handed out
-/// again (oldest first), so no VM can use them up for the others by creating and freeing
-/// resources in a loop; an id is freed only once the renderer let go of its resource, and VMs
-/// name resources by their own ids, so a reused id is never reachable through a stale name.
-#[derive(Default)]
-pub(crate) struct IdPool {
-    state: std::sync::Mutex<(u32, std::collections::VecDeque<u32>)>,
-}
-
-impl IdPool {
-    /// A free id (ids start at 1); None only when every id is in use.
-    fn alloc(&self) -> Option<u32> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(id) = st.1.pop_front() {
-            return Some(id);
-        }
-        let id = st.0.checked_add(1)?;
-        st.0 = id;
-        Some(id)
-    }
-
-    fn release(&self, id: u32) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.1.push_back(id);
-    }
-}
-
 #[derive(Clone)]
 pub struct RenderHandle {
     kind: RendererKind,
     jobs: mpsc::Sender<Job>,
-    resource_ids: Arc<IdPool>,
     next_ctx: Arc<AtomicU32>,
     fences: Arc<FenceRouter>,
 }
@@ -98,7 +85,6 @@ impl RenderHandle {
         let handle = RenderHandle {
             kind,
             jobs,
-            resource_ids: Arc::new(IdPool::default()),
             next_ctx: Arc::new(AtomicU32::new(1)),
             fences,
         };
@@ -161,31 +147,5 @@ impl RenderHandle {
         counter
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
             .ok()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::IdPool;
-
-    #[test]
-    fn freed_ids_come_back_so_the_space_never_runs_out() {
-        let pool = IdPool::default();
-        assert_eq!(
-            (pool.alloc(), pool.alloc(), pool.alloc()),
-            (Some(1), Some(2), Some(3))
-        );
-        pool.release(2);
-        pool.release(1);
-        assert_eq!(
-            (pool.alloc(), pool.alloc(), pool.alloc()),
-            (Some(2), Some(1), Some(4))
-        );
-        // Near the end of the id space: freed ids still come back.
-        pool.state.lock().unwrap().0 = u32::MAX - 1;
-        assert_eq!(pool.alloc(), Some(u32::MAX));
-        assert_eq!(pool.alloc(), None);
-        pool.release(7);
-        assert_eq!(pool.alloc(), Some(7));
     }
 }

@@ -7,11 +7,11 @@ use std::fs::File;
 use std::os::fd::AsFd;
 
 use rutabaga_gfx::{
-    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaBuilder, RutabagaComponentType,
-    RutabagaError, RutabagaFence, RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, Transfer3D,
-    RUTABAGA_FLAG_FENCE, RUTABAGA_FLAG_INFO_RING_IDX,
+    ResourceCreate3D, ResourceCreateBlob, Rutabaga, RutabagaError, RutabagaFence,
+    RutabagaFenceHandler, RutabagaHandle, RutabagaIovec, Transfer3D, RUTABAGA_FLAG_FENCE,
+    RUTABAGA_FLAG_INFO_RING_IDX,
 };
-use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST, MAP_CACHE_CACHED};
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, MAP_CACHE_CACHED};
 
 use super::{maps, RenderHandle};
 use crate::device::memory::HostRange;
@@ -87,15 +87,15 @@ pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Ruta
         router.signal(f.ctx_id, ring, f.fence_id);
     });
     match kind {
-        RendererKind::TwoD => RutabagaBuilder::new(0, fences)
-            .set_default_component(RutabagaComponentType::Rutabaga2D)
-            .build()
-            .map_err(|e| e.to_string()),
         #[cfg(feature = "virgl")]
         RendererKind::Virgl => virglrenderer(false, fences),
         #[cfg(feature = "virgl")]
         RendererKind::Venus => virglrenderer(true, fences),
-        RendererKind::Auto => Err("pick a renderer from RendererKind::candidates".into()),
+        // 2D is drawn in place by Soft2d; Auto is resolved by RendererKind::candidates.
+        RendererKind::TwoD | RendererKind::Auto => {
+            drop(fences);
+            Err(format!("no renderer thread for {kind:?}"))
+        }
     }
 }
 
@@ -105,7 +105,9 @@ pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Ruta
 /// can hold.
 #[cfg(feature = "virgl")]
 fn virglrenderer(venus: bool, fences: RutabagaFenceHandler) -> Result<Rutabaga, String> {
-    use rutabaga_gfx::{RUTABAGA_CAPSET_VENUS, RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2};
+    use rutabaga_gfx::{
+        RutabagaBuilder, RUTABAGA_CAPSET_VENUS, RUTABAGA_CAPSET_VIRGL, RUTABAGA_CAPSET_VIRGL2,
+    };
     let mut capsets = (1 << RUTABAGA_CAPSET_VIRGL) | (1 << RUTABAGA_CAPSET_VIRGL2);
     if venus {
         capsets |= 1 << RUTABAGA_CAPSET_VENUS;
@@ -192,10 +194,9 @@ impl Renderer for RenderHandle {
     #[cfg_attr(not(feature = "virgl"), allow(unused_variables))]
     fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
         match self.kind {
-            RendererKind::TwoD => self.resource_ids.alloc(),
             #[cfg(feature = "virgl")]
             RendererKind::Virgl | RendererKind::Venus => Some(guest_id),
-            RendererKind::Auto => None,
+            RendererKind::TwoD | RendererKind::Auto => None,
         }
     }
 
@@ -237,9 +238,6 @@ impl Renderer for RenderHandle {
 
     fn unref(&self, id: u32) {
         let _ = self.call(move |r| r.unref_resource(id));
-        if self.kind == RendererKind::TwoD {
-            self.resource_ids.release(id);
-        }
     }
 
     fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
@@ -254,21 +252,11 @@ impl Renderer for RenderHandle {
     fn transfer_to_host_2d(
         &self,
         id: u32,
-        width: u32,
+        _width: u32,
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError> {
-        // Rutabaga's 2D component adds the rect's own position to the offset; 3D renderers take
-        // the offset as where the rect starts, like the guest.
-        let offset = match self.kind {
-            RendererKind::TwoD => {
-                let implied = (u64::from(rect.y) * u64::from(width) + u64::from(rect.x)) * 4;
-                offset.checked_sub(implied).ok_or_else(|| {
-                    RenderError::Rejected("offset before the rect's position".into())
-                })?
-            }
-            _ => offset,
-        };
+        // 3D renderers take the offset as where the rect starts, like the guest.
         let t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, offset);
         self.run(move |r| r.transfer_write(0, id, t, None))
     }
@@ -276,22 +264,14 @@ impl Renderer for RenderHandle {
     fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
         let too_big = || RenderError::OutOfMemory;
         let stride = u64::from(rect.width) * 4;
-        // Rutabaga's 2D component writes the rect at (y * stride + x * 4) of the destination;
-        // 3D renderers write it at the start.
-        let prefix = match self.kind {
-            RendererKind::TwoD => u64::from(rect.y) * stride + u64::from(rect.x) * 4,
-            _ => 0,
-        };
-        let total =
-            usize::try_from(prefix + stride * u64::from(rect.height)).map_err(|_| too_big())?;
-        let prefix = usize::try_from(prefix).map_err(|_| too_big())?;
+        // 3D renderers write the rect at the start of the destination.
+        let total = usize::try_from(stride * u64::from(rect.height)).map_err(|_| too_big())?;
         let stride = u32::try_from(stride).map_err(|_| too_big())?;
         self.run(move |r| {
             let mut buf = vec![0u8; total];
             let mut t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
             t.stride = stride;
             r.transfer_read(0, id, t, Some(IoSliceMut::new(&mut buf)))?;
-            buf.drain(..prefix);
             Ok(buf)
         })
     }
@@ -365,16 +345,6 @@ impl Renderer for RenderHandle {
         args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
-        if self.kind == RendererKind::TwoD {
-            // The 2D renderer has no blobs of its own: guest blobs are read from guest memory.
-            return if args.mem == BLOB_MEM_GUEST {
-                Ok(())
-            } else {
-                Err(RenderError::Rejected(
-                    "host blobs need a 3D renderer".into(),
-                ))
-            };
-        }
         let create = ResourceCreateBlob {
             blob_mem: args.mem,
             blob_flags: args.flags,

@@ -33,7 +33,7 @@ use super::VmTemplate;
 use crate::device::fences::Timelines;
 use crate::device::{Device, FenceSink, ShmemRequest};
 use crate::guestlog::GuestLog;
-use crate::render::RenderHandle;
+use crate::render::SharedRenderer;
 
 pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
@@ -51,7 +51,7 @@ const VIRTIO_F_RING_RESET: u32 = 40;
 pub struct VmBackend {
     pub(super) name: String,
     pub(super) log: GuestLog,
-    pub(super) device: Mutex<Device<RenderHandle>>,
+    pub(super) device: Mutex<Device<SharedRenderer>>,
     /// The guest memory the queues use: only tables whose regions all lie inside their files.
     mem: Mutex<Arc<GuestMemoryMmap>>,
     pub(super) display: Mutex<Option<DisplayLink>>,
@@ -113,7 +113,7 @@ impl VmBackend {
         })
     }
 
-    pub(super) fn device(&self) -> MutexGuard<'_, Device<RenderHandle>> {
+    pub(super) fn device(&self) -> MutexGuard<'_, Device<SharedRenderer>> {
         // A panic while holding the lock would be a bug; the state is still usable for teardown.
         self.device.lock().unwrap_or_else(|e| e.into_inner())
     }

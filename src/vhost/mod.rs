@@ -20,12 +20,12 @@ use vmm_sys_util::epoll::EventSet;
 
 pub use self::backend::VmBackend;
 use crate::device::DeviceConfig;
-use crate::render::RenderHandle;
+use crate::render::SharedRenderer;
 
 /// Everything a VM's backend is made from; shared by all VMs of the daemon.
 #[derive(Clone)]
 pub struct VmTemplate {
-    pub renderer: RenderHandle,
+    pub renderer: SharedRenderer,
     pub device: DeviceConfig,
     /// The longest the daemon waits on a VMM's answer (display socket, backend channel).
     pub vmm_timeout: Duration,

@@ -1,0 +1,367 @@
+//! The 2D renderer: resources are plain images in host memory, shared by every VM of the daemon
+//! and worked on directly by each VM's queue thread, with no renderer thread and no hop.
+//!
+//! Why not rutabaga_gfx's 2D component: `Rutabaga` is not `Send` (its components are trait
+//! objects without that bound), so it can only be used from the thread that built it, which is
+//! the hop this renderer exists to avoid. 2D needs little: copying rows from guest pages into
+//! an image, and reading rows back.
+
+use std::alloc::{alloc_zeroed, Layout};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST};
+use vm_memory::VolatileSlice;
+
+use crate::device::memory::HostRange;
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
+
+/// The 2D renderer's resource ids, shared by every VM of the daemon. Freed ids are handed out
+/// again (oldest first), so no VM can use them up for the others by creating and freeing
+/// resources in a loop; an id is freed only once the renderer let go of its resource, and VMs
+/// name resources by their own ids, so a reused id is never reachable through a stale name.
+#[derive(Default)]
+struct IdPool {
+    state: std::sync::Mutex<(u32, std::collections::VecDeque<u32>)>,
+}
+
+impl IdPool {
+    /// A free id (ids start at 1); None only when every id is in use.
+    fn alloc(&self) -> Option<u32> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(id) = st.1.pop_front() {
+            return Some(id);
+        }
+        let id = st.0.checked_add(1)?;
+        st.0 = id;
+        Some(id)
+    }
+
+    fn release(&self, id: u32) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1.push_back(id);
+    }
+}
+
+struct Image {
+    width: u32,
+    height: u32,
+    /// width * 4 bytes a row.
+    pixels: Vec<u8>,
+    /// The guest pages transfers read from; the device keeps them mapped while attached.
+    backing: Vec<HostRange>,
+}
+
+#[derive(Default)]
+pub struct Soft2d {
+    /// Each image has its own lock, so VMs copying at once only meet on the short map lookup.
+    images: Mutex<HashMap<u32, Arc<Mutex<Image>>>>,
+    ids: IdPool,
+    next_fence: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rejected(why: &str) -> RenderError {
+    RenderError::Rejected(why.to_string())
+}
+
+/// A zero-filled buffer, allocated fallibly; its pages are only touched when written.
+fn zeroed(len: usize) -> Option<Vec<u8>> {
+    if len == 0 {
+        return Some(Vec::new());
+    }
+    let layout = Layout::array::<u8>(len).ok()?;
+    // SAFETY: the layout has a non-zero size.
+    let ptr = unsafe { alloc_zeroed(layout) };
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: `ptr` is a fresh allocation of exactly `len` initialised (zero) bytes with u8's
+    // alignment, from the global allocator: what Vec::from_raw_parts needs with capacity `len`.
+    Some(unsafe { Vec::from_raw_parts(ptr, len, len) })
+}
+
+/// Copies `buf.len()` bytes from byte `offset` of the guest pages `ranges`; false if that runs
+/// past them.
+fn read_ranges(ranges: &[HostRange], mut offset: usize, mut buf: &mut [u8]) -> bool {
+    for r in ranges {
+        if buf.is_empty() {
+            break;
+        }
+        if offset >= r.len {
+            offset -= r.len;
+            continue;
+        }
+        let n = buf.len().min(r.len - offset);
+        let (now, rest) = buf.split_at_mut(n);
+        // SAFETY: the device keeps every attached range mapped until detach_backing or unref
+        // (the Renderer contract) and both take this image's lock; [offset, offset + n) lies
+        // inside the range. Guest memory may change under us, hence a volatile copy.
+        let src = unsafe { VolatileSlice::new((r.addr + offset) as *mut u8, n) };
+        src.copy_to(now);
+        buf = rest;
+        offset = 0;
+    }
+    buf.is_empty()
+}
+
+impl Soft2d {
+    fn image(&self, id: u32) -> Result<Arc<Mutex<Image>>, RenderError> {
+        lock(&self.images)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| rejected("no such resource"))
+    }
+}
+
+impl Renderer for Soft2d {
+    fn resource_id_for(&self, _guest_id: u32) -> Option<u32> {
+        self.ids.alloc()
+    }
+
+    fn create_2d(&self, id: u32, width: u32, height: u32, _format: u32) -> Result<(), RenderError> {
+        // Every virtio-gpu 2D format has 4 bytes a pixel; the device checked the size.
+        let len = (width as usize)
+            .checked_mul(height as usize)
+            .and_then(|n| n.checked_mul(4))
+            .ok_or(RenderError::OutOfMemory)?;
+        let pixels = zeroed(len).ok_or(RenderError::OutOfMemory)?;
+        let image = Image {
+            width,
+            height,
+            pixels,
+            backing: Vec::new(),
+        };
+        lock(&self.images).insert(id, Arc::new(Mutex::new(image)));
+        Ok(())
+    }
+
+    fn unref(&self, id: u32) {
+        let gone = lock(&self.images).remove(&id);
+        if let Some(image) = gone {
+            // Any transfer still holding the image ends before the id can be handed out again.
+            drop(lock(&image));
+        }
+        self.ids.release(id);
+    }
+
+    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+        let image = self.image(id)?;
+        lock(&image).backing = ranges;
+        Ok(())
+    }
+
+    fn detach_backing(&self, id: u32) {
+        if let Ok(image) = self.image(id) {
+            lock(&image).backing = Vec::new();
+        }
+    }
+
+    fn transfer_to_host_2d(
+        &self,
+        id: u32,
+        width: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> Result<(), RenderError> {
+        let image = self.image(id)?;
+        let mut image = lock(&image);
+        let inside = rect
+            .x
+            .checked_add(rect.width)
+            .is_some_and(|r| r <= image.width)
+            && rect
+                .y
+                .checked_add(rect.height)
+                .is_some_and(|b| b <= image.height)
+            && width == image.width;
+        if !inside {
+            return Err(rejected("transfer outside the resource"));
+        }
+        let stride = image.width as usize * 4;
+        let row = rect.width as usize * 4;
+        let offset = usize::try_from(offset).map_err(|_| rejected("offset"))?;
+        let Image {
+            pixels, backing, ..
+        } = &mut *image;
+        for y in 0..rect.height as usize {
+            let src = y
+                .checked_mul(stride)
+                .and_then(|o| o.checked_add(offset))
+                .ok_or_else(|| rejected("offset"))?;
+            let dst = (rect.y as usize + y) * stride + rect.x as usize * 4;
+            let line = pixels
+                .get_mut(dst..dst + row)
+                .ok_or_else(|| rejected("transfer outside the resource"))?;
+            if !read_ranges(backing, src, line) {
+                return Err(rejected("transfer past the backing"));
+            }
+        }
+        Ok(())
+    }
+
+    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let image = self.image(id)?;
+        let image = lock(&image);
+        let inside = rect
+            .x
+            .checked_add(rect.width)
+            .is_some_and(|r| r <= image.width)
+            && rect
+                .y
+                .checked_add(rect.height)
+                .is_some_and(|b| b <= image.height);
+        if !inside {
+            return Err(rejected("read outside the resource"));
+        }
+        let stride = image.width as usize * 4;
+        let row = rect.width as usize * 4;
+        let mut out = Vec::new();
+        out.try_reserve_exact(row * rect.height as usize)
+            .map_err(|_| RenderError::OutOfMemory)?;
+        for y in rect.y as usize..(rect.y + rect.height) as usize {
+            let at = y * stride + rect.x as usize * 4;
+            let line = image
+                .pixels
+                .get(at..at + row)
+                .ok_or_else(|| rejected("read outside the resource"))?;
+            out.extend_from_slice(line);
+        }
+        Ok(out)
+    }
+
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        Vec::new()
+    }
+
+    fn capset(&self, _id: u32, _version: u32) -> Result<Vec<u8>, RenderError> {
+        Err(rejected("the 2D renderer has no capsets"))
+    }
+
+    fn alloc_ctx_id(&self) -> Option<u32> {
+        None
+    }
+
+    fn create_3d(&self, _id: u32, _args: &ResourceCreate3d) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn create_context(
+        &self,
+        _ctx: u32,
+        _context_init: u32,
+        _name: &str,
+        _sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn destroy_context(&self, _ctx: u32) {}
+
+    fn attach_to_context(&self, _ctx: u32, _id: u32) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn detach_from_context(&self, _ctx: u32, _id: u32) {}
+
+    fn transfer_to_host_3d(&self, _ctx: u32, _id: u32, _t: &Transfer3d) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn transfer_from_host_3d(
+        &self,
+        _ctx: u32,
+        _id: u32,
+        _t: &Transfer3d,
+    ) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn submit_3d(&self, _ctx: u32, _commands: Vec<u8>) -> Result<(), RenderError> {
+        Err(rejected("3D needs a 3D renderer"))
+    }
+
+    fn create_blob(
+        &self,
+        _ctx: u32,
+        _id: u32,
+        args: BlobArgs,
+        _backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError> {
+        // Guest blobs are read from guest memory by the device; host blobs need a 3D renderer.
+        if args.mem == BLOB_MEM_GUEST {
+            Ok(())
+        } else {
+            Err(rejected("host blobs need a 3D renderer"))
+        }
+    }
+
+    fn map_blob(&self, _id: u32) -> Result<ExportedBlob, RenderError> {
+        Err(rejected("host blobs need a 3D renderer"))
+    }
+
+    /// 2D work is done when its command returns: the fence signals at once.
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        _ctx: u32,
+        _ring: Option<u8>,
+    ) -> Result<u64, RenderError> {
+        let id = self.next_fence.fetch_add(1, Ordering::Relaxed) + 1;
+        sink.signalled(id);
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_span_ranges_and_stop_at_their_end() {
+        let a: Vec<u8> = (0..8).collect();
+        let b: Vec<u8> = (8..16).collect();
+        let ranges = [
+            HostRange {
+                addr: a.as_ptr() as usize,
+                len: a.len(),
+            },
+            HostRange {
+                addr: b.as_ptr() as usize,
+                len: b.len(),
+            },
+        ];
+        let mut buf = [0u8; 6];
+        assert!(read_ranges(&ranges, 5, &mut buf));
+        assert_eq!(buf, [5, 6, 7, 8, 9, 10]);
+        assert!(
+            !read_ranges(&ranges, 11, &mut buf),
+            "runs past the last range"
+        );
+    }
+
+    #[test]
+    fn freed_ids_come_back_so_the_space_never_runs_out() {
+        let pool = IdPool::default();
+        assert_eq!(
+            (pool.alloc(), pool.alloc(), pool.alloc()),
+            (Some(1), Some(2), Some(3))
+        );
+        pool.release(2);
+        pool.release(1);
+        assert_eq!(
+            (pool.alloc(), pool.alloc(), pool.alloc()),
+            (Some(2), Some(1), Some(4))
+        );
+        // Near the end of the id space: freed ids still come back.
+        pool.state.lock().unwrap().0 = u32::MAX - 1;
+        assert_eq!(pool.alloc(), Some(u32::MAX));
+        assert_eq!(pool.alloc(), None);
+        pool.release(7);
+        assert_eq!(pool.alloc(), Some(7));
+    }
+}
