@@ -8,7 +8,9 @@ use clap::Parser;
 use serde::Serialize;
 use vhost::vhost_user::Listener;
 
-use crate::device::DeviceConfig;
+use crate::device::{
+    DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_RESOURCE_BYTES,
+};
 use crate::render::RendererKind;
 
 #[derive(Debug, Parser)]
@@ -49,15 +51,15 @@ pub struct Options {
     pub resolution: (u32, u32),
 
     /// Most resources one VM may hold at once.
-    #[arg(long, default_value_t = 16384)]
+    #[arg(long, default_value_t = DEFAULT_MAX_RESOURCES)]
     pub max_resources: usize,
 
     /// Most rendering contexts one VM may hold at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = DEFAULT_MAX_CONTEXTS)]
     pub max_contexts: usize,
 
     /// Most host memory one VM's resources may use, in bytes (suffixes K, M, G allowed).
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    #[arg(long, default_value_t = DEFAULT_MAX_RESOURCE_BYTES, value_parser = parse_size)]
     pub max_resource_memory: u64,
 
     /// Longest wait for a VMM's answer on its display socket or backend channel, e.g. 10s or
@@ -79,8 +81,23 @@ impl Options {
         }
     }
 
-    /// One listener per VM, with a name for logs.
+    /// One listener per VM, with a name for logs. A socket named twice would have two servers
+    /// (and the second --socket-path would unlink the first's socket): refused.
     pub fn listeners(&self) -> Result<Vec<(String, Listener)>, String> {
+        let mut fds = self.fds.clone();
+        fds.sort_unstable();
+        if let Some(fd) = fds.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
+            return Err(format!("--fd {fd} given twice"));
+        }
+        let mut paths = self.socket_paths.clone();
+        paths.sort_unstable();
+        if let Some(p) = paths
+            .windows(2)
+            .find(|w| w[0] == w[1])
+            .map(|w| w[0].clone())
+        {
+            return Err(format!("--socket-path {} given twice", p.display()));
+        }
         let mut out = Vec::new();
         for path in &self.socket_paths {
             let l = Listener::new(path, true).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -90,7 +107,8 @@ impl Options {
             if fd < 3 {
                 return Err(format!("--fd {fd}: not an inherited socket"));
             }
-            // SAFETY: the caller handed us this fd as a listening socket for us alone.
+            // SAFETY: the caller handed us this fd as a listening socket for us alone, and it
+            // is named once (checked above), so it gets one owner.
             let l = unsafe { Listener::from_raw_fd(fd) };
             l.set_nonblocking(false)
                 .map_err(|e| format!("--fd {fd}: {e}"))?;
@@ -177,6 +195,27 @@ mod tests {
         assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("1m").is_err());
+    }
+
+    #[test]
+    fn a_socket_named_twice_is_refused() {
+        let twice = Options::parse_from(["vgpud", "--fd", "7", "--fd", "7"]);
+        assert_eq!(twice.listeners().err().unwrap(), "--fd 7 given twice");
+        let twice = Options::parse_from(["vgpud", "--socket-path", "/x", "--socket-path", "/x"]);
+        assert_eq!(
+            twice.listeners().err().unwrap(),
+            "--socket-path /x given twice"
+        );
+    }
+
+    #[test]
+    fn command_line_defaults_are_the_device_defaults() {
+        let cfg = Options::parse_from(["vgpud"]).device_config();
+        let dev = DeviceConfig::default();
+        assert_eq!(
+            (cfg.max_resources, cfg.max_resource_bytes, cfg.max_contexts),
+            (dev.max_resources, dev.max_resource_bytes, dev.max_contexts)
+        );
     }
 
     #[test]

@@ -47,15 +47,20 @@ pub struct DeviceConfig {
     pub hostmem: u64,
 }
 
+/// Per-VM quotas unless configured otherwise (the command line's defaults too).
+pub const DEFAULT_MAX_RESOURCES: usize = 16384;
+pub const DEFAULT_MAX_RESOURCE_BYTES: u64 = 1 << 30;
+pub const DEFAULT_MAX_CONTEXTS: usize = 64;
+
 impl Default for DeviceConfig {
     fn default() -> Self {
         DeviceConfig {
             num_scanouts: 1,
             width: 1280,
             height: 800,
-            max_resources: 4096,
-            max_resource_bytes: 1 << 30,
-            max_contexts: 64,
+            max_resources: DEFAULT_MAX_RESOURCES,
+            max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES,
+            max_contexts: DEFAULT_MAX_CONTEXTS,
             hostmem: 0,
         }
     }
