@@ -97,6 +97,8 @@ CASES=(
     "vk-coherent|venus|HOST_COHERENT memory, CPU to GPU and GPU to CPU, 4 KiB .. 16 MiB"
     "vk-churn|venus|$CHURN_CYCLES allocate/map/free cycles; vgpud's RSS and fds flat after warm-up"
     "drm-blob|venus|raw virtio-gpu ioctls: Venus context, GUEST and HOST3D blobs, ring-0 fences, a Venus reply"
+    "two-venus|venus|one vgpud, two guests at once, each with its own render worker: vk-compute and vk-render in both"
+    "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
 )
 
 RUN_DIR=""
@@ -241,13 +243,18 @@ vm_tag() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
 
 # start_vgpud CASE_DIR NVMS: one vgpud (--renderer $RENDERER) serving the
 # sockets of CASE_DIR/vm0 .. vm<NVMS-1>, log in CASE_DIR/vgpud.log.
+# start_vgpud DIR N [SETTINGS...]: vgpud serving N guests; the i-th SETTINGS,
+# if given, are that guest's own (--socket-path PATH,SETTINGS).
 start_vgpud() {
-    local dir=$1 n=$2 i all sock
+    local dir=$1 n=$2 i all sock own
+    shift 2
     local -a socks=() args=(--renderer "$RENDERER")
     if [[ $RENDERER == venus ]]; then args+=(--hostmem "$VENUS_HOSTMEM"); fi
     for ((i = 0; i < n; i++)); do
         socks+=("$SOCK_DIR/$(vm_tag "$dir/vm$i").sock")
-        args+=(--socket-path "${socks[i]}")
+        own=${1:-}
+        [[ $# -eq 0 ]] || shift
+        args+=(--socket-path "${socks[i]}${own:+,$own}")
     done
     setsid "$TB_SCRIPTS/run.sh" "$VGPUD" "${args[@]}" >"$dir/vgpud.log" 2>&1 </dev/null &
     VGPUD_PID=$!
@@ -297,10 +304,12 @@ show_vgpud_warnings() {
 
 # boot_guest OUT CODE [PROPS]: boot a guest in the background running bash
 # CODE, with vhost-user-gpu-pci (plus ",PROPS") on its vgpud socket and a QMP
-# socket; in Venus cases the generic device instead. Sets BOOT_PID.
+# socket; in Venus cases the generic device instead, unless GUEST_DEVICE names
+# one. Sets BOOT_PID.
 boot_guest() {
     local out=$1 code=$2 props=${3:+,$3} tag device=vhost-user-gpu-pci
     [[ $RENDERER != venus ]] || device=$VENUS_DEVICE
+    device=${GUEST_DEVICE:-$device}
     tag=$SOCK_DIR/$(vm_tag "$out")
     mkdir -p "$out"
     rm -f "$out/${DONE_FILE##*/}"
@@ -670,6 +679,49 @@ case_vk-compute() {
 }
 
 case_vk-render() { venus_program "$1" vk-render; }
+
+# two_guests DIR CODE0 PROGRAMS0 CODE1 PROGRAMS1: one vgpud, two guests at
+# once; each guest's programs (space-separated) must all pass. Both run to the
+# end even after a failure; REASON is the first one's. vgpud must have had a
+# render worker per guest. VM0_SETTINGS and VM0_DEVICE, if set, are the first
+# guest's own vgpud settings and QEMU device.
+two_guests() {
+    local dir=$1 ok=0 pid0 pid1 reason="" workers
+    start_vgpud "$dir" 2 "${VM0_SETTINGS:-}" || return 1
+    GUEST_DEVICE=${VM0_DEVICE:-} boot_guest "$dir/vm0" "$2"
+    pid0=$BOOT_PID
+    boot_guest "$dir/vm1" "$4"
+    pid1=$BOOT_PID
+    # shellcheck disable=SC2086 # the program lists split into words
+    finish_guest "$pid0" "$dir/vm0" $3 || ok=1
+    reason=${reason:-$REASON}
+    # shellcheck disable=SC2086
+    finish_guest "$pid1" "$dir/vm1" $5 || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    workers=$(grep -ac 'render worker started' "$dir/vgpud.log" || true)
+    if [[ $workers -lt 2 ]]; then
+        REASON="$workers render worker(s) started for two guests"
+        return 1
+    fi
+    log "  $workers render workers started"
+    check_vgpud "$dir"
+}
+
+case_two-venus() {
+    local code
+    code="$(guest_program vk-compute) && $(guest_program vk-render)"
+    two_guests "$1" "$code" "vk-compute vk-render" "$code" "vk-compute vk-render"
+}
+
+# The GL guest is on vhost-user-gpu-pci, with a virgl worker and no window: its
+# socket's own settings.
+case_gl-beside-vk() {
+    VM0_SETTINGS=renderer=virgl,hostmem=0 VM0_DEVICE=vhost-user-gpu-pci two_guests "$1" \
+        "$(guest_program probe virgl=yes) && $(guest_program gl-offscreen --expect-renderer virgl)" \
+        "probe gl-offscreen" \
+        "$(guest_program vk-compute)" vk-compute
+}
 case_vk-coherent() { venus_program "$1" vk-coherent; }
 case_drm-blob() { venus_program "$1" drm-blob; }
 
@@ -702,12 +754,13 @@ process_sample() {
     echo "$rss $fds"
 }
 
-# Other processes in vgpud's session whose name starts with virgl (the render
-# server and its workers): "count RSS-kB fds", for information.
+# Other processes in vgpud's session: its render workers and the render servers
+# they start (names vgpud-worker, virgl*): "count RSS-kB fds", for information.
 render_server_sample() {
-    local f pid n=0 rss=0 fds=0 s sess
+    local f pid n=0 rss=0 fds=0 s sess name
     for f in /proc/[0-9]*/comm; do
-        [[ $(cat "$f" 2>/dev/null) == virgl* ]] || continue
+        name=$(cat "$f" 2>/dev/null) || continue
+        [[ $name == virgl* || $name == vgpud-worker ]] || continue
         pid=${f#/proc/}
         pid=${pid%/comm}
         sess=$(cat "/proc/$pid/stat" 2>/dev/null) || continue

@@ -12,6 +12,7 @@ use crate::device::{
     DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_RESOURCE_BYTES,
 };
 use crate::render::RendererKind;
+use crate::vhost::FailureLimit;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -20,13 +21,19 @@ use crate::render::RendererKind;
     about = "vhost-user virtio-gpu device backend"
 )]
 pub struct Options {
-    /// Listen for a VMM on this UNIX socket; repeat to serve several VMs at once.
-    #[arg(long = "socket-path", value_name = "PATH")]
-    pub socket_paths: Vec<PathBuf>,
+    #[command(subcommand)]
+    pub command: Option<Subcommand>,
 
-    /// Serve a VMM on this inherited, already-listening socket; may be repeated.
-    #[arg(long = "fd", value_name = "N")]
-    pub fds: Vec<RawFd>,
+    /// Listen for a VMM on this UNIX socket; repeat to serve several VMs at once. Settings for
+    /// this VM alone may follow, comma-separated: renderer, hostmem, scanouts, resolution,
+    /// max-resources, max-contexts, max-resource-memory (e.g. PATH,renderer=venus,hostmem=256M).
+    #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
+    pub socket_paths: Vec<SocketArg<PathBuf>>,
+
+    /// Serve a VMM on this inherited, already-listening socket; may be repeated, and take the
+    /// same per-VM settings as --socket-path.
+    #[arg(long = "fd", value_name = "N[,KEY=VALUE...]", value_parser = parse_fd_socket)]
+    pub fds: Vec<SocketArg<RawFd>>,
 
     /// Print the backend's capabilities as JSON (vhost-user backend convention) and exit.
     #[arg(long)]
@@ -66,56 +73,178 @@ pub struct Options {
     /// 500ms; a VMM that takes longer is disconnected.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub vmm_timeout: Duration,
+
+    /// Longest a render worker may take to answer a request, or to show it is alive while
+    /// fences are outstanding, e.g. 20s; a worker that takes longer is killed and its VM
+    /// disconnected.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+
+    /// Renderer failures (a worker that died or hung) one socket's VMs may have within a minute
+    /// before the socket refuses VMs for --renderer-cooldown.
+    #[arg(long, default_value_t = 5)]
+    pub max_renderer_failures: usize,
+
+    /// How long a socket refuses VMs after too many renderer failures, e.g. 60s.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub renderer_cooldown: Duration,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Subcommand {
+    /// A render worker for one VM; the daemon starts these itself.
+    #[command(hide = true)]
+    RenderWorker {
+        #[arg(long, value_enum)]
+        renderer: RendererKind,
+        /// The VM it renders for, for logs.
+        #[arg(long)]
+        vm: String,
+    },
 }
 
 impl Options {
-    pub fn device_config(&self) -> DeviceConfig {
-        DeviceConfig {
-            num_scanouts: self.scanouts,
-            width: self.resolution.0,
-            height: self.resolution.1,
-            max_resources: self.max_resources,
-            max_resource_bytes: self.max_resource_memory,
-            max_contexts: self.max_contexts,
-            hostmem: self.hostmem,
+    pub fn failure_limit(&self) -> FailureLimit {
+        FailureLimit {
+            failures: self.max_renderer_failures.max(1),
+            window: Duration::from_secs(60),
+            cooldown: self.renderer_cooldown,
         }
     }
 
-    /// One listener per VM, with a name for logs. A socket named twice would have two servers
-    /// (and the second --socket-path would unlink the first's socket): refused.
-    pub fn listeners(&self) -> Result<Vec<(String, Listener)>, String> {
-        let mut fds = self.fds.clone();
+    /// What every VM gets unless its socket says otherwise.
+    pub fn vm_defaults(&self) -> VmSettings {
+        VmSettings {
+            renderer: self.renderer,
+            hostmem: self.hostmem,
+            device: DeviceConfig {
+                num_scanouts: self.scanouts,
+                width: self.resolution.0,
+                height: self.resolution.1,
+                max_resources: self.max_resources,
+                max_resource_bytes: self.max_resource_memory,
+                max_contexts: self.max_contexts,
+                hostmem: self.hostmem,
+            },
+        }
+    }
+
+    /// One listener per VM, with a name for logs and its settings. A socket named twice would
+    /// have two servers (and the second --socket-path would unlink the first's socket): refused.
+    pub fn listeners(&self) -> Result<Vec<(String, Listener, VmSettings)>, String> {
+        let mut fds: Vec<RawFd> = self.fds.iter().map(|s| s.target).collect();
         fds.sort_unstable();
         if let Some(fd) = fds.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
             return Err(format!("--fd {fd} given twice"));
         }
-        let mut paths = self.socket_paths.clone();
+        let mut paths: Vec<&PathBuf> = self.socket_paths.iter().map(|s| &s.target).collect();
         paths.sort_unstable();
-        if let Some(p) = paths
-            .windows(2)
-            .find(|w| w[0] == w[1])
-            .map(|w| w[0].clone())
-        {
+        if let Some(p) = paths.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
             return Err(format!("--socket-path {} given twice", p.display()));
         }
+        let defaults = self.vm_defaults();
         let mut out = Vec::new();
-        for path in &self.socket_paths {
+        for arg in &self.socket_paths {
+            let path = &arg.target;
+            let settings = arg.apply(&defaults)?;
             let l = Listener::new(path, true).map_err(|e| format!("{}: {e}", path.display()))?;
-            out.push((path.display().to_string(), l));
+            out.push((path.display().to_string(), l, settings));
         }
-        for &fd in &self.fds {
+        for arg in &self.fds {
+            let fd = arg.target;
             if fd < 3 {
                 return Err(format!("--fd {fd}: not an inherited socket"));
             }
+            let settings = arg.apply(&defaults)?;
             // SAFETY: the caller handed us this fd as a listening socket for us alone, and it
             // is named once (checked above), so it gets one owner.
             let l = unsafe { Listener::from_raw_fd(fd) };
             l.set_nonblocking(false)
                 .map_err(|e| format!("--fd {fd}: {e}"))?;
-            out.push((format!("fd{fd}"), l));
+            out.push((format!("fd{fd}"), l, settings));
         }
         Ok(out)
     }
+}
+
+/// One VM's renderer, window and device settings.
+#[derive(Clone, Debug)]
+pub struct VmSettings {
+    pub renderer: RendererKind,
+    pub hostmem: u64,
+    pub device: DeviceConfig,
+}
+
+/// A socket from the command line and the settings its VM changes: KEY=VALUE pairs, checked
+/// when parsed, applied over the daemon-wide ones.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SocketArg<T> {
+    pub target: T,
+    pub settings: Vec<(String, String)>,
+}
+
+impl<T> SocketArg<T> {
+    fn apply(&self, defaults: &VmSettings) -> Result<VmSettings, String> {
+        let mut vm = defaults.clone();
+        for (key, value) in &self.settings {
+            set(&mut vm, key, value)?;
+        }
+        vm.device.hostmem = vm.hostmem;
+        Ok(vm)
+    }
+}
+
+fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
+    let d = &mut vm.device;
+    let bad = |e: String| format!("{key}={value}: {e}");
+    match key {
+        "renderer" => {
+            vm.renderer = clap::ValueEnum::from_str(value, true).map_err(bad)?;
+        }
+        "hostmem" => vm.hostmem = parse_hostmem(value).map_err(bad)?,
+        "scanouts" => {
+            d.num_scanouts = value
+                .parse()
+                .ok()
+                .filter(|n| (1..=16).contains(n))
+                .ok_or_else(|| bad("1 to 16".into()))?
+        }
+        "resolution" => (d.width, d.height) = parse_resolution(value).map_err(bad)?,
+        "max-resources" => d.max_resources = value.parse().map_err(|_| bad("a number".into()))?,
+        "max-contexts" => d.max_contexts = value.parse().map_err(|_| bad("a number".into()))?,
+        "max-resource-memory" => d.max_resource_bytes = parse_size(value).map_err(bad)?,
+        _ => return Err(format!("unknown per-VM setting '{key}'")),
+    }
+    Ok(())
+}
+
+fn parse_socket<T>(
+    s: &str,
+    target: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<SocketArg<T>, String> {
+    let mut parts = s.split(',');
+    let target = target(parts.next().unwrap_or_default())?;
+    let settings = parts
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| format!("'{kv}': expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let arg = SocketArg { target, settings };
+    // Checked now, so that a typo stops the daemon before it serves anything.
+    arg.apply(&Options::parse_from(["vgpud"]).vm_defaults())?;
+    Ok(arg)
+}
+
+fn parse_path_socket(s: &str) -> Result<SocketArg<PathBuf>, String> {
+    parse_socket(s, |p| Ok(PathBuf::from(p)))
+}
+
+fn parse_fd_socket(s: &str) -> Result<SocketArg<RawFd>, String> {
+    parse_socket(s, |n| {
+        n.parse().map_err(|_| format!("--fd {n}: not a number"))
+    })
 }
 
 #[derive(Serialize)]
@@ -209,8 +338,48 @@ mod tests {
     }
 
     #[test]
+    fn sockets_may_carry_settings_of_their_own() {
+        let o = Options::parse_from([
+            "vgpud",
+            "--hostmem",
+            "64M",
+            "--socket-path",
+            "/a",
+            "--socket-path",
+            "/b,renderer=2d,hostmem=0,scanouts=2,resolution=640x480,max-resources=9",
+        ]);
+        let defaults = o.vm_defaults();
+        let a = o.socket_paths[0].apply(&defaults).unwrap();
+        let b = o.socket_paths[1].apply(&defaults).unwrap();
+        assert_eq!((a.hostmem, a.device.hostmem), (64 << 20, 64 << 20));
+        assert_eq!(
+            (b.renderer, b.hostmem, b.device.hostmem),
+            (RendererKind::TwoD, 0, 0)
+        );
+        assert_eq!(
+            (
+                b.device.num_scanouts,
+                b.device.width,
+                b.device.max_resources
+            ),
+            (2, 640, 9)
+        );
+        for bad in [
+            "/c,hostmem=3",
+            "/c,colour=red",
+            "/c,scanouts=17",
+            "/c,renderer",
+        ] {
+            assert!(
+                Options::try_parse_from(["vgpud", "--socket-path", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn command_line_defaults_are_the_device_defaults() {
-        let cfg = Options::parse_from(["vgpud"]).device_config();
+        let cfg = Options::parse_from(["vgpud"]).vm_defaults().device;
         let dev = DeviceConfig::default();
         assert_eq!(
             (cfg.max_resources, cfg.max_resource_bytes, cfg.max_contexts),

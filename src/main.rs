@@ -1,28 +1,72 @@
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::thread;
 
 use clap::Parser;
 use log::{error, info};
-use vgpud::cli::{capabilities_json, Options};
-use vgpud::render::{self, SharedRenderer};
-use vgpud::vhost::{serve, VmTemplate};
+use vgpud::cli::{capabilities_json, Options, Subcommand};
+use vgpud::render::{self, remote, worker, RendererKind};
+use vgpud::vhost::{serve, RendererSpec, VmTemplate};
 
-/// Starts the first renderer of the ones `--renderer` allows that works here.
-fn start_renderer(opts: &Options, vms: usize) -> Option<SharedRenderer> {
-    for kind in opts.renderer.candidates(vms, opts.hostmem) {
-        if kind.needs_hostmem() && opts.hostmem == 0 {
-            error!("the {kind:?} renderer maps guest memory through blobs: give --hostmem");
+/// Renderers started so far (or found not to start), by kind: VMs with the same kind share
+/// one 2D renderer, or one probe of a worker's capsets.
+type Started = HashMap<RendererKind, Option<RendererSpec>>;
+
+/// Starts (once) the first renderer of the ones `kind` allows that works here. A 3D renderer is
+/// tried in a short-lived worker: the broker runs no GPU driver code of its own.
+fn start_renderer(
+    opts: &Options,
+    kind: RendererKind,
+    hostmem: u64,
+    started: &mut Started,
+) -> Option<RendererSpec> {
+    for kind in kind.candidates(hostmem) {
+        if kind.needs_hostmem() && hostmem == 0 {
+            error!("the {kind:?} renderer maps guest memory through blobs: give it hostmem");
             return None;
         }
-        match render::start(kind) {
-            Ok(r) => {
-                info!("renderer: {kind:?}");
-                return Some(r);
-            }
-            Err(e) => error!("{kind:?}: {e}"),
+        let spec = started
+            .entry(kind)
+            .or_insert_with(|| try_start(opts, kind))
+            .clone();
+        if spec.is_some() {
+            return spec;
         }
     }
     None
+}
+
+fn try_start(opts: &Options, kind: RendererKind) -> Option<RendererSpec> {
+    if kind.in_worker() {
+        return match remote::probe(kind, opts.worker_timeout) {
+            Ok(capsets) if !capsets.is_empty() => {
+                info!("renderer: {kind:?}, one worker process per VM");
+                Some(RendererSpec::Worker {
+                    kind,
+                    capsets,
+                    timeout: opts.worker_timeout,
+                })
+            }
+            Ok(_) => {
+                error!("{kind:?}: the renderer offers no capsets");
+                None
+            }
+            Err(e) => {
+                error!("{kind:?}: {e}");
+                None
+            }
+        };
+    }
+    match render::start(kind) {
+        Ok(r) => {
+            info!("renderer: {kind:?}");
+            Some(RendererSpec::Shared(r))
+        }
+        Err(e) => {
+            error!("{kind:?}: {e}");
+            None
+        }
+    }
 }
 
 /// Raises the soft descriptor limit to the hard one: every VM takes a few dozen descriptors, and
@@ -48,6 +92,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     raise_fd_limit();
     let opts = Options::parse();
+    if let Some(Subcommand::RenderWorker { renderer, vm }) = &opts.command {
+        let code = worker::run(*renderer, vm);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     if opts.print_capabilities {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
@@ -63,33 +111,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if listeners.len() > opts.renderer.max_vms() {
-        error!(
-            "the {:?} renderer serves at most {} VM(s) per daemon: its command streams name \
-             resources by the guest's own ids; run one daemon per VM",
-            opts.renderer,
-            opts.renderer.max_vms()
-        );
-        return ExitCode::from(2);
-    }
-    let renderer = match start_renderer(&opts, listeners.len()) {
-        Some(r) => r,
-        None => return ExitCode::FAILURE,
-    };
-    let template = VmTemplate {
-        renderer,
-        device: opts.device_config(),
-        vmm_timeout: opts.vmm_timeout,
-    };
-    let servers: Vec<_> = listeners
-        .into_iter()
-        .map(|(name, listener)| {
-            let template = template.clone();
+    let mut started = Started::new();
+    let mut servers = Vec::new();
+    for (name, listener, vm) in listeners {
+        let Some(renderer) = start_renderer(&opts, vm.renderer, vm.hostmem, &mut started) else {
+            error!("{name}: no renderer");
+            return ExitCode::FAILURE;
+        };
+        let template = VmTemplate {
+            renderer,
+            device: vm.device,
+            vmm_timeout: opts.vmm_timeout,
+            failure_limit: opts.failure_limit(),
+        };
+        servers.push(
             thread::Builder::new()
                 .name(name.clone())
-                .spawn(move || serve(&name, listener, template))
-        })
-        .collect();
+                .spawn(move || serve(&name, listener, template)),
+        );
+    }
     for server in servers {
         match server {
             Ok(handle) => {

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use vgpud_protocol::{
-    Command, CtrlHeader, ErrorCode, Request, Response, FLAG_FENCE, FLAG_INFO_RING_IDX,
-    F_CONTEXT_INIT, F_RESOURCE_BLOB, F_VIRGL,
+    Command, ErrorCode, Response, FLAG_FENCE, F_CONTEXT_INIT, F_RESOURCE_BLOB, F_VIRGL,
 };
 
 const VENUS: u32 = 4;
@@ -19,37 +18,16 @@ fn venus() -> vgpud_harness::Daemon {
     daemon(1, &["--renderer", "venus", "--hostmem", "64M"])
 }
 
-fn in_ctx(ctx_id: u32, cmd: Command) -> Vec<u8> {
-    Request {
-        hdr: CtrlHeader {
-            ctx_id,
-            ..CtrlHeader::default()
-        },
-        cmd,
-    }
-    .encode()
-}
-
+/// A fenced empty command stream: the fence follows no work, but still goes through the ring.
 fn fenced(ctx_id: u32, ring: u8, fence_id: u64) -> Vec<u8> {
-    Request {
-        hdr: CtrlHeader {
-            flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
-            fence_id,
-            ctx_id,
-            ring_idx: ring,
-            ..CtrlHeader::default()
-        },
-        // An empty command stream: the fence follows no work, but still goes through the ring.
-        cmd: Command::Submit3d {
+    fenced_cmd(
+        ctx_id,
+        ring,
+        fence_id,
+        Command::Submit3d {
             commands: Vec::new(),
         },
-    }
-    .encode()
-}
-
-fn answer(vm: &mut vgpud_harness::Vm, req: &[u8]) -> (CtrlHeader, Response) {
-    let bytes = vm.request(req).expect("request");
-    Response::decode(&bytes).expect("decodable")
+    )
 }
 
 #[test]
@@ -126,4 +104,59 @@ fn fences_on_several_rings_each_answer_on_their_own_timeline() {
     // A fence on a context that does not exist is answered at once, not lost.
     let (_, resp) = answer(&mut vm, &fenced(77, 0, 1));
     assert_eq!(resp, Response::Err(ErrorCode::InvalidContextId));
+}
+
+#[test]
+fn three_vms_with_the_same_ids_each_show_their_own_picture() {
+    let d = daemon(3, &["--renderer", "venus", "--hostmem", "64M"]);
+    let mut vms: Vec<_> = (0..3)
+        .map(|i| connect_with_display(&d, i, vec![(64, 64)]))
+        .collect();
+    for (i, vm) in vms.iter_mut().enumerate() {
+        // Resource 1 in every VM, drawn by virglrenderer in that VM's own worker.
+        upload(vm, 1, 64, 64, &pattern(64, 64, i as u32));
+        show(vm, 1, 64, 64);
+    }
+    assert_eq!(workers(&d).len(), 3, "one render worker per VM");
+    for (i, vm) in vms.iter_mut().enumerate() {
+        let display = vm.display().unwrap();
+        assert!(display.wait_updates(1, std::time::Duration::from_secs(10)));
+        let frame = display.frame(0).unwrap();
+        assert!(
+            frame.pixels == pattern(64, 64, i as u32),
+            "VM {i} shows another picture than its own"
+        );
+    }
+}
+
+#[test]
+fn a_killed_worker_costs_only_its_vm() {
+    let d = daemon(2, &["--renderer", "venus", "--hostmem", "64M"]);
+    let mut victim = connect(&d, 0);
+    upload(&mut victim, 1, 16, 16, &pattern(16, 16, 1));
+    let mut other = connect(&d, 1);
+    upload(&mut other, 1, 16, 16, &pattern(16, 16, 2));
+    let victim_worker = *workers(&d).iter().min().expect("workers started");
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(victim_worker as i32, libc::SIGKILL) };
+    victim.set_timeout(Duration::from_secs(8));
+    let err = victim
+        .request(&encode(create(2, 16, 16)))
+        .expect_err("a VM whose worker died was served");
+    assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // The other VM goes on, fences included (the global timeline, signalled by its worker).
+    let global_fence = vgpud_protocol::Request {
+        hdr: vgpud_protocol::CtrlHeader {
+            flags: FLAG_FENCE,
+            fence_id: 5,
+            ..Default::default()
+        },
+        cmd: create(3, 16, 16),
+    };
+    let (hdr, r) = answer(&mut other, &global_fence.encode());
+    assert_eq!((hdr.fence_id, r), (5, Response::OkNodata));
+    // And the socket serves the next VM, with a worker of its own.
+    drop(victim);
+    let mut next = connect(&d, 0);
+    upload(&mut next, 1, 16, 16, &pattern(16, 16, 3));
 }

@@ -6,22 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
+use vgpud_harness::{Daemon, Vm, VmConfig};
 use vgpud_protocol::{format, Command, MemEntry, Response};
-
-/// Polls `f` until it holds or `limit` passes; returns whether it held.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A VM on socket `i` that gets an answer to a request: the socket serves.
 fn serves(d: &Daemon, i: usize) -> Vm {
@@ -32,25 +18,6 @@ fn serves(d: &Daemon, i: usize) -> Vm {
         Response::OkDisplayInfo(_)
     ));
     vm
-}
-
-fn stats(d: &Daemon) -> ProcStats {
-    d.stats().expect("daemon stats")
-}
-
-/// Stats once descriptors and threads hold still for a moment: after a VM leaves, its socket's
-/// server tears it down and then sets the next VM up.
-fn quiet_stats(d: &Daemon) -> ProcStats {
-    let mut last = stats(d);
-    for _ in 0..25 {
-        std::thread::sleep(Duration::from_millis(200));
-        let now = stats(d);
-        if (now.fds, now.threads) == (last.fds, last.threads) {
-            return now;
-        }
-        last = now;
-    }
-    last
 }
 
 #[test]

@@ -178,3 +178,37 @@ fn a_vm_leaving_frees_its_memory() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn each_socket_may_have_settings_of_its_own() {
+    use vgpud_protocol::{F_RESOURCE_BLOB, F_VIRGL};
+    let d = vgpud_harness::Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &["hostmem=1M,scanouts=2", "renderer=fake", ""],
+        &["--renderer", "2d"],
+    )
+    .expect("start vgpud");
+    let offered = |i: usize| connect(&d, i).offered_features();
+    let blob = 1 << F_RESOURCE_BLOB;
+    let virgl = 1 << F_VIRGL;
+    assert_eq!(
+        (offered(0) & blob, offered(0) & virgl),
+        (blob, 0),
+        "2D with a window"
+    );
+    assert_eq!(
+        (offered(1) & blob, offered(1) & virgl),
+        (0, virgl),
+        "3D, no window"
+    );
+    assert_eq!(
+        (offered(2) & blob, offered(2) & virgl),
+        (0, 0),
+        "the daemon's defaults"
+    );
+    let scanouts = |i: usize| {
+        let cfg = connect(&d, i).get_config(8, 4).expect("config");
+        u32::from_le_bytes(cfg.try_into().expect("4 bytes"))
+    };
+    assert_eq!((scanouts(0), scanouts(2)), (2, 1));
+}

@@ -31,6 +31,31 @@ impl Daemon {
         Self::spawn_with_sockets_limited(program, n, extra, None)
     }
 
+    /// One socket per entry of `settings`, each followed by that VM's own settings
+    /// (`--socket-path PATH,SETTINGS`, or just PATH for ""), then `extra`.
+    pub fn spawn_with_vm_settings(
+        program: &Path,
+        settings: &[&str],
+        extra: &[&str],
+    ) -> io::Result<Daemon> {
+        let dir = make_temp_dir("vgpud-harness")?;
+        let mut args = Vec::new();
+        for (i, own) in settings.iter().enumerate() {
+            let path = dir
+                .join(format!("vm{i}.sock"))
+                .to_string_lossy()
+                .into_owned();
+            args.push("--socket-path".to_string());
+            args.push(if own.is_empty() {
+                path
+            } else {
+                format!("{path},{own}")
+            });
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn_in(dir, program, &args, None)
+    }
+
     /// As `spawn_with_sockets`, with at most `max_fds` open descriptors (RLIMIT_NOFILE) if given.
     pub fn spawn_with_sockets_limited(
         program: &Path,
@@ -181,16 +206,18 @@ impl Drop for Daemon {
 }
 
 /// Values of every `--socket-path P` / `--socket-path=P` argument.
+/// The socket paths of `--socket-path PATH[,KEY=VALUE...]` arguments.
 fn socket_args(args: &[String]) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut it = args.iter();
+    let path = |a: &str| PathBuf::from(a.split(',').next().unwrap_or(a));
     while let Some(a) = it.next() {
         if a == "--socket-path" {
             if let Some(p) = it.next() {
-                out.push(PathBuf::from(p));
+                out.push(path(p));
             }
         } else if let Some(p) = a.strip_prefix("--socket-path=") {
-            out.push(PathBuf::from(p));
+            out.push(path(p));
         }
     }
     out

@@ -7,7 +7,7 @@ mod tests;
 use crate::consts::cmd;
 use crate::header::CtrlHeader;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Rect {
     pub x: u32,
     pub y: u32,
@@ -15,7 +15,7 @@ pub struct Rect {
     pub height: u32,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Box3d {
     pub x: u32,
     pub y: u32,
@@ -39,7 +39,7 @@ pub struct CursorPos {
     pub y: u32,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Transfer3d {
     pub box_: Box3d,
     pub offset: u64,
@@ -49,7 +49,7 @@ pub struct Transfer3d {
     pub layer_stride: u32,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ResourceCreate3d {
     pub resource_id: u32,
     pub target: u32,

@@ -11,6 +11,7 @@ pub mod edid;
 pub mod header;
 pub mod response;
 pub mod wire;
+pub mod worker;
 
 pub use command::*;
 pub use config::*;

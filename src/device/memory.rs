@@ -6,11 +6,17 @@ use std::sync::Arc;
 use vgpud_protocol::{ErrorCode, MemEntry};
 
 use super::window::PAGE_SIZE;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use std::os::unix::fs::FileTypeExt;
 
-/// One contiguous piece of host memory that mirrors guest memory.
+use vm_memory::{
+    Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+/// One contiguous piece of guest memory: where the guest sees it, and where this process has it
+/// mapped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostRange {
+    pub gpa: u64,
     pub addr: usize,
     pub len: usize,
 }
@@ -20,15 +26,13 @@ pub struct HostRange {
 pub struct Backing {
     pub ranges: Vec<HostRange>,
     pub bytes: u64,
-    /// The same pages as guest (address, length) runs, for reading them through `mem`.
-    guest: Vec<(u64, usize)>,
     mem: Arc<GuestMemoryMmap>,
 }
 
 impl Backing {
     /// Copies `buf.len()` bytes from byte `offset` of the backing; false if that runs past it.
     pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> bool {
-        for &(addr, len) in &self.guest {
+        for &HostRange { gpa: addr, len, .. } in &self.ranges {
             if buf.is_empty() {
                 break;
             }
@@ -60,11 +64,7 @@ pub fn resolve_backing(
     entries: &[MemEntry],
 ) -> Result<Backing, ErrorCode> {
     let mut ranges = Vec::new();
-    let mut guest = Vec::new();
     ranges
-        .try_reserve_exact(entries.len())
-        .map_err(|_| ErrorCode::OutOfMemory)?;
-    guest
         .try_reserve_exact(entries.len())
         .map_err(|_| ErrorCode::OutOfMemory)?;
     let mut bytes = 0u64;
@@ -73,10 +73,10 @@ pub fn resolve_backing(
             .get_slice(GuestAddress(entry.addr), entry.length as usize)
             .map_err(|_| ErrorCode::InvalidParameter)?;
         ranges.push(HostRange {
+            gpa: entry.addr,
             addr: slice.ptr_guard_mut().as_ptr() as usize,
             len: slice.len(),
         });
-        guest.push((entry.addr, slice.len()));
         bytes = bytes
             .checked_add(u64::from(entry.length))
             .ok_or(ErrorCode::InvalidParameter)?;
@@ -87,7 +87,6 @@ pub fn resolve_backing(
     Ok(Backing {
         ranges,
         bytes,
-        guest,
         mem: mem.clone(),
     })
 }
@@ -115,6 +114,33 @@ pub fn file_range(mem: &GuestMemoryMmap, entries: &[MemEntry]) -> Option<(Arc<Fi
     offset
         .is_multiple_of(PAGE_SIZE)
         .then(|| (file.arc().clone(), offset))
+}
+
+/// Why a memory table cannot be used: a region that runs past the end of its file would fault
+/// (SIGBUS, the whole daemon) on the first access there; one without a file is not guest RAM.
+pub fn check_region(region: &GuestRegionMmap) -> Result<(), String> {
+    let at = region.start_addr().0;
+    let fo = region
+        .file_offset()
+        .ok_or_else(|| format!("region at {at:#x} has no file"))?;
+    let meta = fo
+        .file()
+        .metadata()
+        .map_err(|e| format!("region at {at:#x}: {e}"))?;
+    let ft = meta.file_type();
+    if !ft.is_file() || ft.is_block_device() {
+        return Err(format!("region at {at:#x}: not a regular file"));
+    }
+    let end = fo.start().checked_add(region.len());
+    if !matches!(end, Some(end) if end <= meta.len()) {
+        return Err(format!(
+            "region at {at:#x}: {} bytes from file offset {:#x} run past the file's {} bytes",
+            region.len(),
+            fo.start(),
+            meta.len()
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ pub use self::blob::ShmemRequest;
 use self::context::Context;
 use self::fences::Timeline;
 use self::memory::resolve_backing;
-pub use self::renderer::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
+pub use self::renderer::{
+    BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, FenceSink, RenderError, Renderer,
+};
 use self::resource::Resource;
 pub use self::scanout::{bands, CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::scanout::{intersect, rect_within, Scanout};
@@ -738,6 +740,11 @@ impl<R: Renderer> Device<R> {
         while let Some((_, res)) = self.resources.pop_first() {
             self.release(res);
         }
+    }
+
+    /// The renderer, for what the transport tells it directly (memory tables, death notices).
+    pub fn renderer(&self) -> &R {
+        &self.renderer
     }
 
     pub fn resource_count(&self) -> usize {

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
+use vm_memory::GuestMemoryMmap;
 
 use super::memory::HostRange;
 
@@ -50,6 +51,9 @@ pub struct ExportedBlob {
 pub trait FenceSink: Send + Sync {
     fn signalled(&self, fence: u64);
 }
+
+/// Called once when a renderer is gone for good (its worker died), with the reason.
+pub type DeathNotice = Box<dyn Fn(&str) + Send + Sync>;
 
 pub trait Renderer: Send {
     /// The renderer's id for the guest's resource `guest_id`. A 2D renderer hands out ids of its
@@ -113,6 +117,12 @@ pub trait Renderer: Send {
         ctx: u32,
         ring: Option<u8>,
     ) -> Result<u64, RenderError>;
+
+    /// The VM's guest memory table changed: a renderer in another process maps it anew.
+    fn memory_changed(&self, _mem: &GuestMemoryMmap) {}
+
+    /// Asks to be told when this renderer is gone for good (a worker that died).
+    fn on_death(&self, _notice: DeathNotice) {}
 }
 
 /// One renderer shared by several VMs' devices.
@@ -202,5 +212,11 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
         ring: Option<u8>,
     ) -> Result<u64, RenderError> {
         (**self).create_fence(sink, ctx, ring)
+    }
+    fn memory_changed(&self, mem: &GuestMemoryMmap) {
+        (**self).memory_changed(mem)
+    }
+    fn on_death(&self, notice: DeathNotice) {
+        (**self).on_death(notice)
     }
 }

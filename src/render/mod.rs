@@ -3,9 +3,13 @@
 //! virglrenderer behind it) is not thread-safe and GL contexts belong to one thread, so each
 //! VM's device talks to it through a cloneable `RenderHandle` that runs closures on that thread.
 
+pub mod channel;
+mod fake;
 mod maps;
+pub mod remote;
 mod rutabaga;
 mod soft2d;
+pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -28,6 +32,7 @@ pub type SharedRenderer = Arc<dyn Renderer + Sync>;
 pub fn start(kind: RendererKind) -> Result<SharedRenderer, StartError> {
     match kind {
         RendererKind::TwoD => Ok(Arc::new(Soft2d::default())),
+        RendererKind::Fake => Ok(Arc::new(fake::Fake::default())),
         _ => Ok(Arc::new(RenderHandle::start(kind)?)),
     }
 }

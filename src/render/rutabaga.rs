@@ -19,7 +19,7 @@ use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, 
 use crate::hub::fences::FenceRouter;
 
 /// Which rutabaga component renders.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum RendererKind {
     /// Software 2D only: no capsets, no 3D.
     #[value(name = "2d")]
@@ -33,19 +33,17 @@ pub enum RendererKind {
     Venus,
     /// The best one that starts: Venus when there is a host-visible window, then virgl, then 2D.
     Auto,
+    /// A scripted stand-in for a 3D renderer, in render workers, for tests of the worker
+    /// machinery (src/render/fake.rs). Never for guests.
+    #[value(hide = true)]
+    Fake,
 }
 
 impl RendererKind {
-    /// How many VMs one daemon may serve with this renderer. A 3D renderer takes resource ids
-    /// from the guest's command streams, so VMs cannot share it without translating them.
-    pub fn max_vms(self) -> usize {
-        match self {
-            RendererKind::TwoD => usize::MAX,
-            #[cfg(feature = "virgl")]
-            RendererKind::Virgl | RendererKind::Venus => 1,
-            // Auto settles on 2D for several VMs.
-            RendererKind::Auto => usize::MAX,
-        }
+    /// Renderers that run in a worker process per VM: everything but 2D, which the broker draws
+    /// itself (it runs no GPU driver code).
+    pub fn in_worker(self) -> bool {
+        !matches!(self, RendererKind::TwoD | RendererKind::Auto)
     }
 
     /// Renderers whose guests cannot work without a host-visible window.
@@ -57,21 +55,21 @@ impl RendererKind {
         false
     }
 
-    /// What `Auto` tries, best first, for `vms` VMs with a window of `hostmem` bytes.
-    pub fn candidates(self, vms: usize, hostmem: u64) -> Vec<RendererKind> {
+    /// What `Auto` tries, best first, with a window of `hostmem` bytes.
+    pub fn candidates(self, hostmem: u64) -> Vec<RendererKind> {
         if self != RendererKind::Auto {
             return vec![self];
         }
         let mut kinds = Vec::new();
         #[cfg(feature = "virgl")]
-        if vms <= 1 {
+        {
             if hostmem > 0 {
                 kinds.push(RendererKind::Venus);
             }
             kinds.push(RendererKind::Virgl);
         }
         #[cfg(not(feature = "virgl"))]
-        let _ = (vms, hostmem);
+        let _ = hostmem;
         kinds.push(RendererKind::TwoD);
         kinds
     }
@@ -92,7 +90,7 @@ pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Ruta
         #[cfg(feature = "virgl")]
         RendererKind::Venus => virglrenderer(true, fences),
         // 2D is drawn in place by Soft2d; Auto is resolved by RendererKind::candidates.
-        RendererKind::TwoD | RendererKind::Auto => {
+        RendererKind::TwoD | RendererKind::Auto | RendererKind::Fake => {
             drop(fences);
             Err(format!("no renderer thread for {kind:?}"))
         }
@@ -196,7 +194,7 @@ impl Renderer for RenderHandle {
         match self.kind {
             #[cfg(feature = "virgl")]
             RendererKind::Virgl | RendererKind::Venus => Some(guest_id),
-            RendererKind::TwoD | RendererKind::Auto => None,
+            RendererKind::TwoD | RendererKind::Auto | RendererKind::Fake => None,
         }
     }
 

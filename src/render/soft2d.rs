@@ -327,10 +327,12 @@ mod tests {
         let b: Vec<u8> = (8..16).collect();
         let ranges = [
             HostRange {
+                gpa: 0,
                 addr: a.as_ptr() as usize,
                 len: a.len(),
             },
             HostRange {
+                gpa: 8,
                 addr: b.as_ptr() as usize,
                 len: b.len(),
             },

@@ -3,7 +3,6 @@
 //! answerable while a queue worker is busy or waiting on the frontend.
 
 use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -20,7 +19,6 @@ use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
-use vm_memory::{GuestMemoryRegion, GuestRegionMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -29,10 +27,13 @@ use super::display::DisplayLink;
 use super::fences::{Answer, FenceInbox};
 use super::peer::PeerThread;
 use super::queue;
+use super::RendererSpec;
 use super::VmTemplate;
 use crate::device::fences::Timelines;
+use crate::device::memory::check_region;
 use crate::device::{Device, FenceSink, ShmemRequest};
 use crate::guestlog::GuestLog;
+use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 
 pub const CONTROL_QUEUE: u16 = 0;
@@ -66,6 +67,8 @@ pub struct VmBackend {
     broken: [AtomicBool; NUM_QUEUES],
     /// The VMM is being disconnected: nothing more is taken off or put on its rings.
     gone: AtomicBool,
+    /// The VM's renderer died or hung (counted against the socket's failure limit).
+    pub(super) renderer_failed: AtomicBool,
     pub(super) fence_inbox: Arc<FenceInbox>,
     pub(super) parked: Mutex<Timelines<Answer>>,
     features: u64,
@@ -82,7 +85,15 @@ impl VmBackend {
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
         let log = GuestLog::new(name);
-        let device = Device::new(template.renderer, template.device, sink).with_log(log.clone());
+        let renderer: SharedRenderer = match template.renderer {
+            RendererSpec::Shared(r) => r,
+            RendererSpec::Worker {
+                kind,
+                capsets,
+                timeout,
+            } => Arc::new(RemoteRenderer::new(kind, name, timeout, capsets)),
+        };
+        let device = Device::new(renderer, template.device, sink).with_log(log.clone());
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
@@ -106,6 +117,7 @@ impl VmBackend {
             exit: EventFd::new(EFD_NONBLOCK)?,
             broken: Default::default(),
             gone: AtomicBool::new(false),
+            renderer_failed: AtomicBool::new(false),
             fence_inbox,
             parked: Mutex::new(Timelines::default()),
             events_read: Mutex::new(0),
@@ -275,33 +287,6 @@ fn send_shmem(backend: &Backend, request: &ShmemRequest) -> io::Result<()> {
     }
 }
 
-/// Why a memory table cannot be used: a region that runs past the end of its file would fault
-/// (SIGBUS, the whole daemon) on the first access there; one without a file is not guest RAM.
-fn check_region(region: &GuestRegionMmap) -> Result<(), String> {
-    let at = region.start_addr().0;
-    let fo = region
-        .file_offset()
-        .ok_or_else(|| format!("region at {at:#x} has no file"))?;
-    let meta = fo
-        .file()
-        .metadata()
-        .map_err(|e| format!("region at {at:#x}: {e}"))?;
-    let ft = meta.file_type();
-    if !ft.is_file() || ft.is_block_device() {
-        return Err(format!("region at {at:#x}: not a regular file"));
-    }
-    let end = fo.start().checked_add(region.len());
-    if !matches!(end, Some(end) if end <= meta.len()) {
-        return Err(format!(
-            "region at {at:#x}: {} bytes from file offset {:#x} run past the file's {} bytes",
-            region.len(),
-            fo.start(),
-            meta.len()
-        ));
-    }
-    Ok(())
-}
-
 fn mmap_msg(shm_offset: u64, len: u64, fd_offset: u64, flags: VhostUserMMapFlags) -> VhostUserMMap {
     VhostUserMMap {
         shmid: SHM_ID_HOST_VISIBLE,
@@ -422,6 +407,7 @@ impl VhostUserBackend for VmBackend {
             error!("{}: memory table refused: {why}", self.name);
             return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
         }
+        self.device().renderer().memory_changed(&table);
         *lock(&self.mem) = table;
         Ok(())
     }

@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use vhost::vhost_user::Listener;
@@ -19,16 +19,31 @@ use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 
 pub use self::backend::VmBackend;
+use crate::device::CapsetInfo;
 use crate::device::DeviceConfig;
-use crate::render::SharedRenderer;
+use crate::render::{RendererKind, SharedRenderer};
+
+/// Where a VM's renderer comes from.
+#[derive(Clone)]
+pub enum RendererSpec {
+    /// One renderer in this process for every VM (2D).
+    Shared(SharedRenderer),
+    /// A worker process per VM, offering `capsets`, each request bounded by `timeout`.
+    Worker {
+        kind: RendererKind,
+        capsets: Vec<CapsetInfo>,
+        timeout: Duration,
+    },
+}
 
 /// Everything a VM's backend is made from; shared by all VMs of the daemon.
 #[derive(Clone)]
 pub struct VmTemplate {
-    pub renderer: SharedRenderer,
+    pub renderer: RendererSpec,
     pub device: DeviceConfig,
     /// The longest the daemon waits on a VMM's answer (display socket, backend channel).
     pub vmm_timeout: Duration,
+    pub failure_limit: FailureLimit,
 }
 
 /// Pause after a failure to set up or accept a connection (out of fds, say), doubling up to
@@ -42,13 +57,41 @@ const RETRY_MAX: Duration = Duration::from_secs(2);
 /// never comes: a hang, not an error. So a VM is refused up front instead.
 pub const FD_ROOM: u64 = 64;
 
+/// How often a socket's VMs may lose their renderer (a render worker that died or hung) before
+/// the socket refuses VMs for a while: one guest must not make the daemon fork in a loop.
+#[derive(Clone, Copy, Debug)]
+pub struct FailureLimit {
+    pub failures: usize,
+    pub window: Duration,
+    pub cooldown: Duration,
+}
+
 /// Serves VMs on `listener` one connection at a time, forever. Each connection gets a fresh device;
 /// when the frontend goes away, that VM's state is torn down before the next one is accepted.
 pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
     let mut pause = RETRY_MIN;
+    let mut failures: std::collections::VecDeque<Instant> = Default::default();
     loop {
         match serve_one(name, &mut listener, &template) {
-            Ok(()) => pause = RETRY_MIN,
+            Ok(renderer_failed) => {
+                pause = RETRY_MIN;
+                if renderer_failed {
+                    let limit = template.failure_limit;
+                    let now = Instant::now();
+                    failures.push_back(now);
+                    failures.retain(|t| now.duration_since(*t) < limit.window);
+                    if failures.len() >= limit.failures {
+                        error!(
+                            "{name}: {} renderer failures within {:?}: refusing VMs for {:?}",
+                            failures.len(),
+                            limit.window,
+                            limit.cooldown
+                        );
+                        refuse_for(name, &listener, limit.cooldown);
+                        failures.clear();
+                    }
+                }
+            }
             Err(e) => {
                 // Not guest-triggered at will: each failure waits `pause` before the next try.
                 error!("{name}: cannot serve a VM, retrying in {pause:?}: {e}");
@@ -59,9 +102,40 @@ pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
     }
 }
 
-/// Accepts one connection and serves it until the frontend goes away.
-fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<()> {
+/// Accepts and closes every connection for `cooldown`.
+fn refuse_for(name: &str, listener: &Listener, cooldown: Duration) {
+    let until = Instant::now() + cooldown;
+    if listener.set_nonblocking(true).is_err() {
+        thread::sleep(cooldown);
+        return;
+    }
+    let mut refused = 0u64;
+    while Instant::now() < until {
+        match listener.accept() {
+            Ok(Some(conn)) => {
+                drop(conn);
+                refused += 1;
+            }
+            _ => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+    let _ = listener.set_nonblocking(false);
+    info!("{name}: serving VMs again ({refused} refused meanwhile)");
+}
+
+/// Accepts one connection and serves it until the frontend goes away. Returns whether the VM's
+/// renderer failed (its worker died or hung).
+fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<bool> {
     let backend = Arc::new(VmBackend::new(name, template.clone())?);
+    // A renderer that dies costs its VM the connection, nothing more.
+    let vm = Arc::downgrade(&backend);
+    backend.device().renderer().on_death(Box::new(move |why| {
+        if let Some(vm) = vm.upgrade() {
+            vm.renderer_failed
+                .store(true, std::sync::atomic::Ordering::Release);
+            vm.disconnect(&why);
+        }
+    }));
     let mut daemon = VhostUserDaemon::new(
         name.to_string(),
         backend.clone(),
@@ -88,8 +162,14 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     }
     if result.is_ok() {
         info!("{name}: frontend connected");
+        use vhost::vhost_user::Error as Protocol;
+        use vhost_user_backend::Error as Daemon;
         match daemon.wait() {
-            Ok(()) => info!("{name}: frontend disconnected"),
+            // A VMM that closes its socket, between messages or in the middle of one, has left.
+            Ok(())
+            | Err(Daemon::HandleRequest(Protocol::Disconnected | Protocol::PartialMessage)) => {
+                info!("{name}: frontend disconnected")
+            }
             Err(e) => warn!("{name}: connection ended: {e}"),
         }
     }
@@ -97,7 +177,11 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     let _ = backend.exit.write(1);
     drop(daemon);
     backend.teardown();
-    result
+    result.map(|()| {
+        backend
+            .renderer_failed
+            .load(std::sync::atomic::Ordering::Acquire)
+    })
 }
 
 fn accept(

@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use vgpud_harness::{Daemon, Vm, VmConfig};
+use std::time::{Duration, Instant};
+
+use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
 use vgpud_protocol::{
     format, Command, CreateBlob, CtrlHeader, MemEntry, Rect, Request, Response,
     BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST,
@@ -33,6 +35,39 @@ pub fn connect_with_display(d: &Daemon, i: usize, modes: Vec<(u32, u32)>) -> Vm 
         ..VmConfig::default()
     };
     Vm::connect(&d.socket(i), cfg).expect("connect")
+}
+
+/// A request on context `ctx_id`.
+pub fn in_ctx(ctx_id: u32, cmd: Command) -> Vec<u8> {
+    Request {
+        hdr: CtrlHeader {
+            ctx_id,
+            ..CtrlHeader::default()
+        },
+        cmd,
+    }
+    .encode()
+}
+
+/// A fenced request on `ring` of context `ctx_id`.
+pub fn fenced_cmd(ctx_id: u32, ring: u8, fence_id: u64, cmd: Command) -> Vec<u8> {
+    Request {
+        hdr: CtrlHeader {
+            flags: vgpud_protocol::FLAG_FENCE | vgpud_protocol::FLAG_INFO_RING_IDX,
+            fence_id,
+            ctx_id,
+            ring_idx: ring,
+            ..CtrlHeader::default()
+        },
+        cmd,
+    }
+    .encode()
+}
+
+/// Sends a raw request and decodes the answer with its header.
+pub fn answer(vm: &mut Vm, req: &[u8]) -> (CtrlHeader, Response) {
+    let bytes = vm.request(req).expect("request");
+    Response::decode(&bytes).expect("decodable response")
 }
 
 pub fn encode(cmd: Command) -> Vec<u8> {
@@ -151,4 +186,57 @@ pub fn mappable_page(vm: &mut Vm, id: u32) {
             }],
         }),
     );
+}
+
+/// Polls `f` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn stats(d: &Daemon) -> ProcStats {
+    d.stats().expect("daemon stats")
+}
+
+/// Stats once descriptors and threads hold still for a moment: after a VM leaves, its socket's
+/// server tears it down and then sets the next VM up.
+pub fn quiet_stats(d: &Daemon) -> ProcStats {
+    let mut last = stats(d);
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = stats(d);
+        if (now.fds, now.threads) == (last.fds, last.threads) {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
+/// The daemon's child processes: its render workers.
+pub fn workers(d: &Daemon) -> Vec<u32> {
+    let ppid = d.pid().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|p| {
+            let p = p.ok()?;
+            let pid: u32 = p.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(p.path().join("stat")).ok()?;
+            let after = stat.rsplit_once(')')?.1;
+            // Field 4, the parent, after the state; a zombie is reaped soon and not counted.
+            let mut fields = after.split_whitespace();
+            let state = fields.next()?;
+            (fields.next()? == ppid && state != "Z").then_some(pid)
+        })
+        .collect()
 }

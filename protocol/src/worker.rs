@@ -1,0 +1,253 @@
+//! Messages between the broker (the `vgpud` process) and a render worker (`vgpud render-worker`,
+//! one process per 3D VM). They mirror the device model's `Renderer` trait one call each.
+//!
+//! Transport: a UNIX stream socket pair per channel; each message is a frame of a 4-byte
+//! little-endian length and that many bytes of JSON, with any file descriptors it carries sent
+//! alongside its first byte (SCM_RIGHTS). Bulk bytes (command streams, pixels, capset data) go
+//! through a shared-memory mailbox both processes map, never through the socket: messages only
+//! say how many bytes of the mailbox are meant.
+//!
+//! The broker trusts no worker: a worker runs GPU driver code on a guest's behalf. Frames are
+//! bounded (`MAX_FRAME`), decoding never panics, and the broker checks every number it gets
+//! back before use (lengths against the mailbox, ids against what it asked for).
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Rect, ResourceCreate3d, Transfer3d};
+
+/// Largest frame either side sends or accepts (a backing of 16384 entries fits).
+pub const MAX_FRAME: usize = 4 << 20;
+
+/// Size of the shared mailbox: the largest command stream (16 MiB) and room to spare.
+pub const MAILBOX_BYTES: u64 = 20 << 20;
+
+/// One guest memory region the worker maps, in the order of the descriptors sent with
+/// `Request::MemoryTable`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub guest_addr: u64,
+    pub size: u64,
+    pub file_offset: u64,
+}
+
+/// Guest memory the worker reads or writes for a resource: (guest address, length).
+pub type GuestRanges = Vec<(u64, u64)>;
+
+/// Broker to worker: one call of the `Renderer` trait (ids are the renderer's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// The VM's guest memory, one descriptor per region sent with this message. Later requests
+    /// name guest addresses in it. Replaces any earlier table.
+    MemoryTable(Vec<Region>),
+    Capsets,
+    /// Reply: `Data`, the capset in the mailbox.
+    Capset {
+        id: u32,
+        version: u32,
+    },
+    Create2d {
+        id: u32,
+        width: u32,
+        height: u32,
+        format: u32,
+    },
+    Create3d {
+        id: u32,
+        args: ResourceCreate3d,
+    },
+    Unref {
+        id: u32,
+    },
+    AttachBacking {
+        id: u32,
+        ranges: GuestRanges,
+    },
+    DetachBacking {
+        id: u32,
+    },
+    TransferToHost2d {
+        id: u32,
+        width: u32,
+        rect: Rect,
+        offset: u64,
+    },
+    /// Reply: `Data`, the pixels in the mailbox.
+    ReadPixels {
+        id: u32,
+        rect: Rect,
+    },
+    CreateContext {
+        ctx: u32,
+        context_init: u32,
+        name: String,
+    },
+    DestroyContext {
+        ctx: u32,
+    },
+    AttachToContext {
+        ctx: u32,
+        id: u32,
+    },
+    DetachFromContext {
+        ctx: u32,
+        id: u32,
+    },
+    Transfer3d {
+        ctx: u32,
+        id: u32,
+        to_host: bool,
+        transfer: Transfer3d,
+    },
+    /// The command stream is the first `len` bytes of the mailbox.
+    Submit3d {
+        ctx: u32,
+        len: u64,
+    },
+    CreateBlob {
+        ctx: u32,
+        id: u32,
+        mem: u32,
+        flags: u32,
+        blob_id: u64,
+        size: u64,
+        ranges: Option<GuestRanges>,
+    },
+    /// Reply: `Blob`, with the blob's descriptor.
+    MapBlob {
+        id: u32,
+    },
+    /// Reply: `Fence`; its signal comes later as an `Event`.
+    CreateFence {
+        ctx: u32,
+        ring: Option<u8>,
+    },
+}
+
+/// Worker to broker: the answer to the one request in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Ok,
+    Failed {
+        out_of_memory: bool,
+        why: String,
+    },
+    /// (id, max version, max size) of each capset.
+    Capsets(Vec<(u32, u32, u32)>),
+    /// The answer is the first `len` bytes of the mailbox.
+    Data {
+        len: u64,
+    },
+    /// The blob is `size` bytes of the descriptor sent along, from `offset`.
+    Blob {
+        offset: u64,
+        size: u64,
+        map_info: u32,
+    },
+    Fence {
+        id: u64,
+    },
+}
+
+/// Worker to broker, unasked, on the event channel.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// The fence `Reply::Fence` named has signalled.
+    FenceSignalled { id: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("undecodable frame: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Encodes a message as a frame: length, then JSON.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// The body length a frame header announces, if acceptable.
+pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(header) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame's body.
+pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    Ok(serde_json::from_slice(body)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roundtrip<T: Serialize + for<'a> Deserialize<'a> + PartialEq + std::fmt::Debug>(msg: T) {
+        let frame = encode(&msg).unwrap();
+        let len = frame_len(frame[..4].try_into().unwrap()).unwrap();
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode::<T>(&frame[4..]).unwrap(), msg);
+    }
+
+    #[test]
+    fn messages_survive_a_roundtrip() {
+        roundtrip(Request::MemoryTable(vec![Region {
+            guest_addr: 1 << 32,
+            size: 1 << 30,
+            file_offset: 4096,
+        }]));
+        roundtrip(Request::AttachBacking {
+            id: 7,
+            ranges: vec![(0x1000, 4096), (u64::MAX - 1, 1)],
+        });
+        roundtrip(Request::CreateFence {
+            ctx: 3,
+            ring: Some(2),
+        });
+        roundtrip(Request::Transfer3d {
+            ctx: 1,
+            id: 2,
+            to_host: true,
+            transfer: Transfer3d::default(),
+        });
+        roundtrip(Reply::Failed {
+            out_of_memory: true,
+            why: "no".into(),
+        });
+        roundtrip(Reply::Blob {
+            offset: 4096,
+            size: 1 << 20,
+            map_info: 1,
+        });
+        roundtrip(Event::FenceSignalled { id: u64::MAX });
+    }
+
+    #[test]
+    fn oversized_and_garbled_frames_are_refused() {
+        assert!(frame_len(((MAX_FRAME + 1) as u32).to_le_bytes()).is_err());
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+        assert!(decode::<Reply>(b"{\"Data\":{\"len\":-1}}").is_err());
+        assert!(decode::<Reply>(b"\xff\xfe").is_err());
+        assert!(decode::<Event>(b"{\"FenceSignalled\":{}}").is_err());
+        let long = "x".repeat(MAX_FRAME);
+        assert!(encode(&Reply::Failed {
+            out_of_memory: false,
+            why: long
+        })
+        .is_err());
+    }
+}

@@ -1,0 +1,275 @@
+//! A scripted 3D renderer for tests of the worker machinery without a GPU stack: resources are
+//! byte buffers, and command streams are scripts. Never a stand-in for evidence that rendering
+//! works: that is what virglrenderer in the testbed is for.
+//!
+//! Script lines (one per line of a SUBMIT_3D stream):
+//! - `delay MS`: the next fence created on this context signals MS milliseconds later. Fences
+//!   of one ring complete in order (as a GPU ring does); other rings and contexts overtake them.
+//! - `crash`: the process dies at once (SIGKILL: no core dump);
+//! - `hang`: the renderer stops answering, for good.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
+
+use crate::device::memory::HostRange;
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
+
+/// The capset the fake offers, so that the device offers 3D: VIRGL's id.
+const CAPSET: CapsetInfo = CapsetInfo {
+    id: 1,
+    max_version: 1,
+    max_size: 16,
+};
+
+#[derive(Default)]
+struct Resource {
+    bytes: Vec<u8>,
+    backing: Vec<HostRange>,
+}
+
+type Timer = (Instant, u64, Arc<dyn FenceSink>);
+
+pub struct Fake {
+    resources: Mutex<HashMap<u32, Resource>>,
+    /// Each context's delay for its next fence.
+    contexts: Mutex<HashMap<u32, u64>>,
+    /// When the last fence of each (context, ring) is due: a later one is never due earlier.
+    rings: Mutex<HashMap<(u32, Option<u8>), Instant>>,
+    next_fence: AtomicU64,
+    timers: Mutex<mpsc::Sender<Timer>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rejected(why: &str) -> RenderError {
+    RenderError::Rejected(why.to_string())
+}
+
+impl Default for Fake {
+    fn default() -> Self {
+        let (tx, rx) = mpsc::channel::<Timer>();
+        // Signals each fence at its time, whatever order they were created in.
+        let _ = thread::Builder::new()
+            .name("fake-fences".into())
+            .spawn(move || {
+                let mut due: Vec<Timer> = Vec::new();
+                loop {
+                    let next = due.iter().map(|t| t.0).min();
+                    let wait = next.map(|t| t.saturating_duration_since(Instant::now()));
+                    let got = match wait {
+                        Some(w) => rx.recv_timeout(w),
+                        None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                    };
+                    match got {
+                        Ok(t) => due.push(t),
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                    let now = Instant::now();
+                    let (ready, later): (Vec<Timer>, Vec<Timer>) =
+                        due.drain(..).partition(|t| t.0 <= now);
+                    due = later;
+                    for (_, id, sink) in ready {
+                        sink.signalled(id);
+                    }
+                }
+            });
+        Fake {
+            resources: Mutex::default(),
+            contexts: Mutex::default(),
+            rings: Mutex::default(),
+            next_fence: AtomicU64::new(0),
+            timers: Mutex::new(tx),
+        }
+    }
+}
+
+/// Copies between a resource's bytes and its guest pages: `to_host` reads the pages.
+fn copy(res: &mut Resource, to_host: bool) {
+    let total: usize = res.backing.iter().map(|r| r.len).sum();
+    res.bytes.resize(total.min(64 << 20), 0);
+    let mut at = 0;
+    for r in &res.backing {
+        let n = r.len.min(res.bytes.len().saturating_sub(at));
+        // SAFETY: the device keeps attached ranges mapped until detach or unref, which take
+        // the resource table's lock, held by our caller.
+        let guest = unsafe { vm_memory::VolatileSlice::new(r.addr as *mut u8, n) };
+        if let Some(bytes) = res.bytes.get_mut(at..at + n) {
+            if to_host {
+                guest.copy_to(bytes);
+            } else {
+                guest.copy_from(bytes);
+            }
+        }
+        at += n;
+    }
+}
+
+impl Fake {
+    fn with<T>(&self, id: u32, f: impl FnOnce(&mut Resource) -> T) -> Result<T, RenderError> {
+        lock(&self.resources)
+            .get_mut(&id)
+            .map(f)
+            .ok_or_else(|| rejected("no such resource"))
+    }
+}
+
+impl Renderer for Fake {
+    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+        Some(guest_id)
+    }
+
+    fn create_2d(&self, id: u32, _w: u32, _h: u32, _format: u32) -> Result<(), RenderError> {
+        lock(&self.resources).insert(id, Resource::default());
+        Ok(())
+    }
+
+    fn unref(&self, id: u32) {
+        lock(&self.resources).remove(&id);
+    }
+
+    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+        self.with(id, |r| r.backing = ranges)
+    }
+
+    fn detach_backing(&self, id: u32) {
+        let _ = self.with(id, |r| r.backing.clear());
+    }
+
+    fn transfer_to_host_2d(&self, id: u32, _w: u32, _r: Rect, _o: u64) -> Result<(), RenderError> {
+        self.with(id, |r| copy(r, true))
+    }
+
+    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let len = rect.width as usize * rect.height as usize * 4;
+        self.with(id, |r| {
+            let mut out = r.bytes.clone();
+            out.resize(len, 0);
+            out
+        })
+    }
+
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        vec![CAPSET]
+    }
+
+    fn capset(&self, id: u32, _version: u32) -> Result<Vec<u8>, RenderError> {
+        if id == CAPSET.id {
+            Ok(vec![0xfa; CAPSET.max_size as usize])
+        } else {
+            Err(rejected("no such capset"))
+        }
+    }
+
+    fn alloc_ctx_id(&self) -> Option<u32> {
+        None
+    }
+
+    fn create_3d(&self, id: u32, _args: &ResourceCreate3d) -> Result<(), RenderError> {
+        lock(&self.resources).insert(id, Resource::default());
+        Ok(())
+    }
+
+    fn create_context(
+        &self,
+        ctx: u32,
+        _init: u32,
+        _name: &str,
+        _sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError> {
+        lock(&self.contexts).insert(ctx, 0);
+        Ok(())
+    }
+
+    fn destroy_context(&self, ctx: u32) {
+        lock(&self.contexts).remove(&ctx);
+    }
+
+    fn attach_to_context(&self, _ctx: u32, id: u32) -> Result<(), RenderError> {
+        self.with(id, |_| ())
+    }
+
+    fn detach_from_context(&self, _ctx: u32, _id: u32) {}
+
+    fn transfer_to_host_3d(&self, _ctx: u32, id: u32, _t: &Transfer3d) -> Result<(), RenderError> {
+        self.with(id, |r| copy(r, true))
+    }
+
+    fn transfer_from_host_3d(
+        &self,
+        _ctx: u32,
+        id: u32,
+        _t: &Transfer3d,
+    ) -> Result<(), RenderError> {
+        self.with(id, |r| copy(r, false))
+    }
+
+    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+        let script = String::from_utf8_lossy(&commands);
+        for line in script.lines() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next()) {
+                (Some("delay"), Some(ms)) => {
+                    let ms = ms.parse().map_err(|_| rejected("bad delay"))?;
+                    if let Some(d) = lock(&self.contexts).get_mut(&ctx) {
+                        *d = ms;
+                    }
+                }
+                (Some("crash"), _) => {
+                    // SAFETY: raise has no preconditions; SIGKILL ends the process here.
+                    unsafe { libc::raise(libc::SIGKILL) };
+                }
+                (Some("hang"), _) => loop {
+                    thread::park();
+                },
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn create_blob(
+        &self,
+        _ctx: u32,
+        id: u32,
+        _args: BlobArgs,
+        backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError> {
+        let res = Resource {
+            bytes: Vec::new(),
+            backing: backing.unwrap_or_default(),
+        };
+        lock(&self.resources).insert(id, res);
+        Ok(())
+    }
+
+    fn map_blob(&self, _id: u32) -> Result<ExportedBlob, RenderError> {
+        Err(rejected("the fake renderer has no host blobs"))
+    }
+
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        ctx: u32,
+        ring: Option<u8>,
+    ) -> Result<u64, RenderError> {
+        let id = self.next_fence.fetch_add(1, Ordering::Relaxed) + 1;
+        let delay = lock(&self.contexts).get_mut(&ctx).map_or(0, std::mem::take);
+        let mut rings = lock(&self.rings);
+        let last = rings.entry((ctx, ring)).or_insert_with(Instant::now);
+        let due = (Instant::now() + Duration::from_millis(delay)).max(*last);
+        *last = due;
+        drop(rings);
+        lock(&self.timers)
+            .send((due, id, sink.clone()))
+            .map_err(|_| RenderError::Gone)?;
+        Ok(id)
+    }
+}

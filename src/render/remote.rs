@@ -1,0 +1,616 @@
+//! A VM's renderer in a render worker process (see `worker`): the broker side. Every call is
+//! one request and one reply on the worker's channel, bounded by the worker timeout; fence
+//! signals come on a second channel, read by a thread of ours.
+//!
+//! A worker runs GPU driver code for a guest: it is trusted no more than the guest. A worker
+//! that dies, stops answering or says something it should not is killed, named in the log, and
+//! the VM told through `on_death` (the transport then disconnects it). Other VMs never notice.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use clap::ValueEnum;
+use log::{error, info, warn};
+use vgpud_protocol::worker::{Event, Region, Reply, Request, MAILBOX_BYTES};
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use super::channel::{Channel, Mailbox};
+use super::worker::{EVENT_FD, MAILBOX_FD, REQUEST_FD};
+use super::RendererKind;
+use crate::device::memory::HostRange;
+use crate::device::{
+    BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, FenceSink, RenderError, Renderer,
+};
+
+pub struct RemoteRenderer {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kind: RendererKind,
+    vm: String,
+    limit: Duration,
+    capsets: Vec<CapsetInfo>,
+    next_ctx: AtomicU32,
+    state: Mutex<State>,
+    /// Where fence signals go: the VM's fence inbox (one VM per worker).
+    sink: Mutex<Option<Weak<dyn FenceSink>>>,
+    on_death: Mutex<Option<DeathNotice>>,
+    /// Set when the worker failed; `dying` is held until the VM has been told, so that no
+    /// caller returns (and no answer reaches the guest) before the VM is being disconnected.
+    dead: AtomicBool,
+    dying: Mutex<()>,
+    /// Fences asked for and not yet signalled: while there are some, the worker must show it
+    /// is alive (see `watch`).
+    pending: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    worker: Option<Worker>,
+    /// The VM's memory table, sent to each worker before anything else.
+    table: Option<(Vec<Region>, Vec<Arc<File>>)>,
+}
+
+struct Worker {
+    child: Child,
+    requests: Channel,
+    mailbox: Mailbox,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn rejected(why: impl Into<String>) -> RenderError {
+    RenderError::Rejected(why.into())
+}
+
+/// What a worker of `kind` offers, learnt from a short-lived worker at start-up, so that the
+/// broker itself never runs GPU driver code.
+pub fn probe(kind: RendererKind, limit: Duration) -> io::Result<Vec<CapsetInfo>> {
+    let (worker, _events) = spawn(kind, "probe", limit)?;
+    worker.requests.send(&Request::Capsets, &[])?;
+    let (reply, _) = worker.requests.recv::<Reply>()?;
+    let caps = match reply {
+        Reply::Capsets(caps) => caps
+            .into_iter()
+            .map(|(id, max_version, max_size)| CapsetInfo {
+                id,
+                max_version,
+                max_size,
+            })
+            .collect(),
+        other => return Err(io::Error::other(format!("unexpected reply {other:?}"))),
+    };
+    end(worker);
+    Ok(caps)
+}
+
+/// Starts a worker: fork+exec of this very binary, with the channels and the mailbox as
+/// descriptors 3, 4 and 5 and every other descriptor of the broker closed (they include other
+/// VMs' guest memory).
+fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, UnixStream)> {
+    let (requests, theirs_req) = UnixStream::pair()?;
+    let (events, theirs_ev) = UnixStream::pair()?;
+    let mailbox = Mailbox::create()?;
+    let kind_name = kind
+        .to_possible_value()
+        .map(|v| v.get_name().to_string())
+        .ok_or_else(|| io::Error::other("renderer has no name"))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.args(["render-worker", "--renderer", &kind_name, "--vm", vm])
+        .stdin(Stdio::null());
+    let fds = [
+        theirs_req.as_raw_fd(),
+        theirs_ev.as_raw_fd(),
+        mailbox.file().as_raw_fd(),
+    ];
+    // SAFETY: only async-signal-safe calls (fcntl, dup2, close_range) between fork and exec.
+    unsafe { cmd.pre_exec(move || place_fds(fds)) };
+    let child = cmd.spawn()?;
+    drop((theirs_req, theirs_ev));
+    let worker = Worker {
+        child,
+        requests: Channel::new(requests),
+        mailbox,
+    };
+    worker.requests.set_timeout(Some(limit))?;
+    Ok((worker, events))
+}
+
+/// In the child: `fds` become 3, 4 and 5, everything from 6 on is closed.
+fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
+    let check = |r: libc::c_int| {
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(r)
+        }
+    };
+    // Out of the way first, so that no source is overwritten by an earlier dup2.
+    let mut high = [0; 3];
+    for (h, fd) in high.iter_mut().zip(fds) {
+        // SAFETY: duplicating a descriptor we hold.
+        *h = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) })?;
+    }
+    for (target, h) in [REQUEST_FD, EVENT_FD, MAILBOX_FD].into_iter().zip(high) {
+        // SAFETY: dup2 onto a descriptor number this process is about to give up anyway.
+        check(unsafe { libc::dup2(h, target) })?;
+    }
+    // SAFETY: closing descriptors the exec'd worker must not have.
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
+    if closed != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ends a worker: closing its channel asks it to exit; it is killed if it does not, and reaped.
+fn end(mut worker: Worker) {
+    worker.requests.shutdown();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = worker.child.try_wait() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let _ = worker.child.kill();
+    let _ = worker.child.wait();
+}
+
+impl RemoteRenderer {
+    /// A renderer whose worker starts at the VM's first call that needs it.
+    pub fn new(kind: RendererKind, vm: &str, limit: Duration, capsets: Vec<CapsetInfo>) -> Self {
+        RemoteRenderer {
+            inner: Arc::new(Inner {
+                kind,
+                vm: vm.to_string(),
+                limit,
+                capsets,
+                next_ctx: AtomicU32::new(1),
+                state: Mutex::default(),
+                sink: Mutex::new(None),
+                on_death: Mutex::new(None),
+                dead: AtomicBool::new(false),
+                dying: Mutex::new(()),
+                pending: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The worker's process id, once it runs.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.inner.state)
+            .worker
+            .as_ref()
+            .map(|w| w.child.id())
+    }
+}
+
+impl Drop for RemoteRenderer {
+    fn drop(&mut self) {
+        // The VM is gone: its worker goes too, and no death is reported for it.
+        *lock(&self.inner.on_death) = None;
+        self.inner.dead.store(true, Ordering::Release);
+        if let Some(worker) = lock(&self.inner.state).worker.take() {
+            end(worker);
+        }
+    }
+}
+
+impl Inner {
+    /// One request and its reply (and the descriptor that came with it, if any).
+    fn call(
+        self: &Arc<Self>,
+        request: &Request,
+        fds: &[RawFd],
+        bulk: Option<&[u8]>,
+    ) -> Result<(Reply, Option<File>), RenderError> {
+        if self.dead.load(Ordering::Acquire) {
+            // Returns only once the VM has been told (see `die`).
+            drop(lock(&self.dying));
+            return Err(RenderError::Gone);
+        }
+        let mut state = lock(&self.state);
+        let result = self.ensure_worker(&mut state).and_then(|worker| {
+            if let Some(bytes) = bulk {
+                worker.mailbox.write(bytes)?;
+            }
+            worker.requests.send(request, fds)?;
+            let (reply, files) = worker.requests.recv::<Reply>()?;
+            if files.len() > 1 {
+                return Err(io::Error::other("more descriptors than asked for"));
+            }
+            Ok((reply, files.into_iter().next()))
+        });
+        match result {
+            Ok((Reply::Failed { out_of_memory, why }, _)) => Err(if out_of_memory {
+                RenderError::OutOfMemory
+            } else {
+                RenderError::Rejected(why)
+            }),
+            Ok(answer) => Ok(answer),
+            Err(e) => {
+                let why = format!("render worker of {} failed: {e}", self.vm);
+                drop(state);
+                self.die(&why);
+                Err(RenderError::Gone)
+            }
+        }
+    }
+
+    /// The running worker, started (and given the memory table) if there is none yet.
+    fn ensure_worker<'s>(self: &Arc<Self>, state: &'s mut State) -> io::Result<&'s Worker> {
+        // A worker that failed is not replaced: the VM is being disconnected.
+        if self.dead.load(Ordering::Acquire) {
+            return Err(io::Error::other("the render worker failed"));
+        }
+        if state.worker.is_none() {
+            let (worker, events) = spawn(self.kind, &self.vm, self.limit)?;
+            info!(
+                "{}: render worker started, pid {}",
+                self.vm,
+                worker.child.id()
+            );
+            if let Some((regions, files)) = &state.table {
+                let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+                worker
+                    .requests
+                    .send(&Request::MemoryTable(regions.clone()), &fds)?;
+                expect_ok(worker.requests.recv::<Reply>()?.0)?;
+            }
+            let watcher = Arc::downgrade(self);
+            thread::Builder::new()
+                .name("render-events".into())
+                .spawn(move || watch(watcher, Channel::new(events)))?;
+            state.worker = Some(worker);
+        }
+        state
+            .worker
+            .as_ref()
+            .ok_or_else(|| io::Error::other("no worker"))
+    }
+
+    /// The worker is gone for good: killed, reaped, logged, and the VM told (once).
+    fn die(&self, why: &str) {
+        let _dying = lock(&self.dying);
+        if self.dead.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(mut worker) = lock(&self.state).worker.take() {
+            let pid = worker.child.id();
+            let _ = worker.child.kill();
+            let status = worker.child.wait();
+            error!("{}: render worker {pid} ended ({status:?}): {why}", self.vm);
+        }
+        // Out of the lock first: the notice may drop the VM, and with it this renderer, whose
+        // Drop takes that lock.
+        let notice = lock(&self.on_death).take();
+        if let Some(notice) = notice {
+            notice(why);
+        }
+    }
+
+    fn ok(self: &Arc<Self>, request: &Request) -> Result<(), RenderError> {
+        match self.call(request, &[], None)?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    /// A reply that does not answer the request: the worker is not to be trusted any more.
+    fn unexpected(&self, reply: Reply) -> RenderError {
+        self.die(&format!("unexpected reply {reply:?}"));
+        RenderError::Gone
+    }
+
+    /// `len` bytes of the mailbox, checked against its size.
+    fn data(self: &Arc<Self>, request: &Request) -> Result<Vec<u8>, RenderError> {
+        match self.call(request, &[], None)?.0 {
+            Reply::Data { len } if len <= MAILBOX_BYTES => {
+                let state = lock(&self.state);
+                let worker = state.worker.as_ref().ok_or(RenderError::Gone)?;
+                worker
+                    .mailbox
+                    .read(len)
+                    .map_err(|e| rejected(e.to_string()))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+}
+
+fn expect_ok(reply: Reply) -> io::Result<()> {
+    match reply {
+        Reply::Ok => Ok(()),
+        other => Err(io::Error::other(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// The event thread: forwards fence signals to the VM, and while fences are outstanding,
+/// checks that the worker is alive (its renderer answers) when none arrives for a while. Slow
+/// work is not a hang: a worker that answers is left alone however long its fences take.
+fn watch(inner: Weak<Inner>, events: Channel) {
+    let limit = match inner.upgrade() {
+        Some(i) => i.limit,
+        None => return,
+    };
+    let _ = events.set_timeout(Some(limit));
+    loop {
+        let got = events.recv::<Event>();
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        if inner.dead.load(Ordering::Acquire) {
+            return;
+        }
+        match got {
+            Ok((Event::FenceSignalled { id }, _)) => {
+                let _ = inner
+                    .pending
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                let sink = lock(&inner.sink).as_ref().and_then(Weak::upgrade);
+                if let Some(sink) = sink {
+                    sink.signalled(id);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if inner.pending.load(Ordering::Acquire) > 0 {
+                    // Alive means its renderer answers (Capsets goes through it).
+                    if let Err(e) = inner.call(&Request::Capsets, &[], None) {
+                        warn!("{}: render worker not answering: {e}", inner.vm);
+                    }
+                }
+            }
+            Err(e) => {
+                inner.die(&format!("event channel: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn ranges(pages: &[HostRange]) -> Vec<(u64, u64)> {
+    pages.iter().map(|r| (r.gpa, r.len as u64)).collect()
+}
+
+impl Renderer for RemoteRenderer {
+    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+        // One VM per worker: its command streams name resources by the guest's own ids.
+        Some(guest_id)
+    }
+
+    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
+        self.inner.ok(&Request::Create2d {
+            id,
+            width,
+            height,
+            format,
+        })
+    }
+
+    fn unref(&self, id: u32) {
+        let _ = self.inner.ok(&Request::Unref { id });
+    }
+
+    fn attach_backing(&self, id: u32, pages: Vec<HostRange>) -> Result<(), RenderError> {
+        self.inner.ok(&Request::AttachBacking {
+            id,
+            ranges: ranges(&pages),
+        })
+    }
+
+    fn detach_backing(&self, id: u32) {
+        let _ = self.inner.ok(&Request::DetachBacking { id });
+    }
+
+    fn transfer_to_host_2d(
+        &self,
+        id: u32,
+        width: u32,
+        rect: Rect,
+        offset: u64,
+    ) -> Result<(), RenderError> {
+        self.inner.ok(&Request::TransferToHost2d {
+            id,
+            width,
+            rect,
+            offset,
+        })
+    }
+
+    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let pixels = self.inner.data(&Request::ReadPixels { id, rect })?;
+        let want = rect.width as usize * rect.height as usize * 4;
+        if pixels.len() != want {
+            return Err(self.inner.unexpected(Reply::Data {
+                len: pixels.len() as u64,
+            }));
+        }
+        Ok(pixels)
+    }
+
+    fn capsets(&self) -> Vec<CapsetInfo> {
+        self.inner.capsets.clone()
+    }
+
+    fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError> {
+        self.inner.data(&Request::Capset { id, version })
+    }
+
+    fn alloc_ctx_id(&self) -> Option<u32> {
+        self.inner
+            .next_ctx
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
+            .ok()
+    }
+
+    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError> {
+        self.inner.ok(&Request::Create3d { id, args: *args })
+    }
+
+    fn create_context(
+        &self,
+        ctx: u32,
+        context_init: u32,
+        name: &str,
+        sink: &Arc<dyn FenceSink>,
+    ) -> Result<(), RenderError> {
+        *lock(&self.inner.sink) = Some(Arc::downgrade(sink));
+        self.inner.ok(&Request::CreateContext {
+            ctx,
+            context_init,
+            name: name.chars().take(64).collect(),
+        })
+    }
+
+    fn destroy_context(&self, ctx: u32) {
+        let _ = self.inner.ok(&Request::DestroyContext { ctx });
+    }
+
+    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
+        self.inner.ok(&Request::AttachToContext { ctx, id })
+    }
+
+    fn detach_from_context(&self, ctx: u32, id: u32) {
+        let _ = self.inner.ok(&Request::DetachFromContext { ctx, id });
+    }
+
+    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        self.inner.ok(&Request::Transfer3d {
+            ctx,
+            id,
+            to_host: true,
+            transfer: *t,
+        })
+    }
+
+    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+        self.inner.ok(&Request::Transfer3d {
+            ctx,
+            id,
+            to_host: false,
+            transfer: *t,
+        })
+    }
+
+    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+        let request = Request::Submit3d {
+            ctx,
+            len: commands.len() as u64,
+        };
+        match self.inner.call(&request, &[], Some(&commands))?.0 {
+            Reply::Ok => Ok(()),
+            other => Err(self.inner.unexpected(other)),
+        }
+    }
+
+    fn create_blob(
+        &self,
+        ctx: u32,
+        id: u32,
+        args: BlobArgs,
+        backing: Option<Vec<HostRange>>,
+    ) -> Result<(), RenderError> {
+        self.inner.ok(&Request::CreateBlob {
+            ctx,
+            id,
+            mem: args.mem,
+            flags: args.flags,
+            blob_id: args.blob_id,
+            size: args.size,
+            ranges: backing.as_deref().map(ranges),
+        })
+    }
+
+    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
+        match self.inner.call(&Request::MapBlob { id }, &[], None)? {
+            (
+                Reply::Blob {
+                    offset,
+                    size,
+                    map_info,
+                },
+                Some(file),
+            ) => {
+                // The descriptor's file must hold what the worker claims it does.
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+                let fits = offset.checked_add(size).is_some_and(|end| end <= len);
+                if !fits {
+                    return Err(self.inner.unexpected(Reply::Blob {
+                        offset,
+                        size,
+                        map_info,
+                    }));
+                }
+                Ok(ExportedBlob {
+                    file: Arc::new(file),
+                    offset,
+                    size,
+                    map_info,
+                })
+            }
+            (other, _) => Err(self.inner.unexpected(other)),
+        }
+    }
+
+    fn create_fence(
+        &self,
+        sink: &Arc<dyn FenceSink>,
+        ctx: u32,
+        ring: Option<u8>,
+    ) -> Result<u64, RenderError> {
+        *lock(&self.inner.sink) = Some(Arc::downgrade(sink));
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        match self
+            .inner
+            .call(&Request::CreateFence { ctx, ring }, &[], None)?
+            .0
+        {
+            Reply::Fence { id } => Ok(id),
+            other => Err(self.inner.unexpected(other)),
+        }
+    }
+
+    fn memory_changed(&self, mem: &GuestMemoryMmap) {
+        let mut regions = Vec::new();
+        let mut files = Vec::new();
+        for r in mem.iter() {
+            let Some(fo) = r.file_offset() else {
+                continue;
+            };
+            regions.push(Region {
+                guest_addr: r.start_addr().0,
+                size: r.len(),
+                file_offset: fo.start(),
+            });
+            files.push(fo.arc().clone());
+        }
+        let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let running = lock(&self.inner.state).worker.is_some();
+        lock(&self.inner.state).table = Some((regions.clone(), files));
+        if running {
+            let _ = self.inner.call(&Request::MemoryTable(regions), &fds, None);
+        }
+    }
+
+    fn on_death(&self, notice: DeathNotice) {
+        *lock(&self.inner.on_death) = Some(notice);
+    }
+}

@@ -1,0 +1,293 @@
+//! The render worker: `vgpud render-worker`, one process per 3D VM, started by the broker with
+//! fork+exec. It owns that VM's renderer (virglrenderer through rutabaga_gfx), maps only that
+//! VM's guest memory, and answers the broker's requests one at a time (protocol::worker).
+//!
+//! Descriptors from the broker: 3, the request channel; 4, the event channel (fence signals);
+//! 5, the mailbox.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+
+use log::{error, info};
+use vgpud_protocol::worker::{Event, Region, Reply, Request};
+use vgpud_protocol::MemEntry;
+use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+
+use super::channel::{Channel, Mailbox};
+use super::{start, RendererKind, SharedRenderer};
+use crate::device::memory::{check_region, resolve_backing, Backing};
+use crate::device::{BlobArgs, FenceSink, RenderError};
+
+pub const REQUEST_FD: i32 = 3;
+pub const EVENT_FD: i32 = 4;
+pub const MAILBOX_FD: i32 = 5;
+
+/// Fence signals go to the broker on the event channel, from whatever thread signals them.
+struct EventSink(Mutex<Channel>);
+
+impl FenceSink for EventSink {
+    fn signalled(&self, fence: u64) {
+        let events = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Err(e) = events.send(&Event::FenceSignalled { id: fence }, &[]) {
+            error!("render worker: cannot report fence {fence}: {e}");
+        }
+    }
+}
+
+struct Worker {
+    renderer: SharedRenderer,
+    sink: Arc<dyn FenceSink>,
+    mailbox: Mailbox,
+    mem: Option<Arc<GuestMemoryMmap>>,
+    /// Guest pages attached to resources: held so they stay mapped while the renderer uses them.
+    backings: HashMap<u32, Backing>,
+}
+
+/// Serves the broker until it closes the request channel. Returns the process's exit status.
+pub fn run(kind: RendererKind, vm: &str) -> i32 {
+    // Named apart from the broker in ps and /proc (it was exec'd as /proc/self/exe).
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"vgpud-worker".as_ptr()) };
+    // SAFETY: the broker passed these descriptors to this process for it alone (see the module
+    // docs); each is wrapped once and owned from here on.
+    let (requests, events, mailbox) = unsafe {
+        (
+            UnixStream::from_raw_fd(REQUEST_FD),
+            UnixStream::from_raw_fd(EVENT_FD),
+            File::from_raw_fd(MAILBOX_FD),
+        )
+    };
+    let requests = Channel::new(requests);
+    let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
+    let setup = Mailbox::map(mailbox).and_then(|mailbox| {
+        let renderer = start(kind).map_err(io::Error::other)?;
+        Ok((renderer, mailbox))
+    });
+    let (renderer, mailbox) = match setup {
+        Ok(s) => s,
+        Err(e) => {
+            error!("render worker for {vm}: {e}");
+            return 1;
+        }
+    };
+    info!(
+        "render worker for {vm}: {kind:?} renderer, pid {}",
+        std::process::id()
+    );
+    let mut worker = Worker {
+        renderer,
+        sink,
+        mailbox,
+        mem: None,
+        backings: HashMap::new(),
+    };
+    loop {
+        let (request, files) = match requests.recv::<Request>() {
+            Ok(r) => r,
+            // The broker closed the channel: its VM is gone.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return 0,
+            Err(e) => {
+                error!("render worker for {vm}: {e}");
+                return 1;
+            }
+        };
+        let (reply, fd) = match worker.handle(request, files) {
+            Ok(r) => r,
+            Err(e) => (failed(&e), None),
+        };
+        let fds: Vec<i32> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        if let Err(e) = requests.send(&reply, &fds) {
+            error!("render worker for {vm}: {e}");
+            return 1;
+        }
+    }
+}
+
+fn failed(e: &RenderError) -> Reply {
+    Reply::Failed {
+        out_of_memory: matches!(e, RenderError::OutOfMemory),
+        why: e.to_string(),
+    }
+}
+
+fn done(result: Result<(), RenderError>) -> Result<(Reply, Option<File>), RenderError> {
+    result.map(|()| (Reply::Ok, None))
+}
+
+impl Worker {
+    fn handle(
+        &mut self,
+        request: Request,
+        files: Vec<File>,
+    ) -> Result<(Reply, Option<File>), RenderError> {
+        let r = &self.renderer;
+        match request {
+            Request::MemoryTable(regions) => done(self.set_memory(&regions, files)),
+            Request::Capsets => {
+                let caps = r.capsets();
+                let caps = caps
+                    .iter()
+                    .map(|c| (c.id, c.max_version, c.max_size))
+                    .collect();
+                Ok((Reply::Capsets(caps), None))
+            }
+            Request::Capset { id, version } => {
+                let data = r.capset(id, version)?;
+                self.data(&data)
+            }
+            Request::Create2d {
+                id,
+                width,
+                height,
+                format,
+            } => done(r.create_2d(id, width, height, format)),
+            Request::Create3d { id, args } => done(r.create_3d(id, &args)),
+            Request::Unref { id } => {
+                r.unref(id);
+                self.backings.remove(&id);
+                Ok((Reply::Ok, None))
+            }
+            Request::AttachBacking { id, ranges } => {
+                let backing = self.backing(&ranges)?;
+                self.renderer.attach_backing(id, backing.ranges.clone())?;
+                self.backings.insert(id, backing);
+                Ok((Reply::Ok, None))
+            }
+            Request::DetachBacking { id } => {
+                r.detach_backing(id);
+                self.backings.remove(&id);
+                Ok((Reply::Ok, None))
+            }
+            Request::TransferToHost2d {
+                id,
+                width,
+                rect,
+                offset,
+            } => done(r.transfer_to_host_2d(id, width, rect, offset)),
+            Request::ReadPixels { id, rect } => {
+                let pixels = r.read_pixels(id, rect)?;
+                self.data(&pixels)
+            }
+            Request::CreateContext {
+                ctx,
+                context_init,
+                name,
+            } => done(r.create_context(ctx, context_init, &name, &self.sink)),
+            Request::DestroyContext { ctx } => {
+                r.destroy_context(ctx);
+                Ok((Reply::Ok, None))
+            }
+            Request::AttachToContext { ctx, id } => done(r.attach_to_context(ctx, id)),
+            Request::DetachFromContext { ctx, id } => {
+                r.detach_from_context(ctx, id);
+                Ok((Reply::Ok, None))
+            }
+            Request::Transfer3d {
+                ctx,
+                id,
+                to_host,
+                transfer,
+            } => done(if to_host {
+                r.transfer_to_host_3d(ctx, id, &transfer)
+            } else {
+                r.transfer_from_host_3d(ctx, id, &transfer)
+            }),
+            Request::Submit3d { ctx, len } => {
+                let commands = self.mailbox.read(len).map_err(render_io)?;
+                done(self.renderer.submit_3d(ctx, commands))
+            }
+            Request::CreateBlob {
+                ctx,
+                id,
+                mem,
+                flags,
+                blob_id,
+                size,
+                ranges,
+            } => {
+                let backing = ranges.map(|g| self.backing(&g)).transpose()?;
+                let args = BlobArgs {
+                    mem,
+                    flags,
+                    blob_id,
+                    size,
+                };
+                let pages = backing.as_ref().map(|b| b.ranges.clone());
+                self.renderer.create_blob(ctx, id, args, pages)?;
+                if let Some(b) = backing {
+                    self.backings.insert(id, b);
+                }
+                Ok((Reply::Ok, None))
+            }
+            Request::MapBlob { id } => {
+                let blob = r.map_blob(id)?;
+                let file = blob.file.try_clone().map_err(render_io)?;
+                let reply = Reply::Blob {
+                    offset: blob.offset,
+                    size: blob.size,
+                    map_info: blob.map_info,
+                };
+                Ok((reply, Some(file)))
+            }
+            Request::CreateFence { ctx, ring } => {
+                let id = r.create_fence(&self.sink, ctx, ring)?;
+                Ok((Reply::Fence { id }, None))
+            }
+        }
+    }
+
+    fn data(&self, bytes: &[u8]) -> Result<(Reply, Option<File>), RenderError> {
+        let len = self.mailbox.write(bytes).map_err(render_io)?;
+        Ok((Reply::Data { len }, None))
+    }
+
+    /// Maps the VM's memory table: each region from its descriptor, checked against its file.
+    fn set_memory(&mut self, regions: &[Region], files: Vec<File>) -> Result<(), RenderError> {
+        if regions.len() != files.len() {
+            return Err(RenderError::Rejected("a descriptor per region".into()));
+        }
+        let mut mapped = Vec::with_capacity(regions.len());
+        for (r, file) in regions.iter().zip(files) {
+            let size = usize::try_from(r.size).map_err(|_| rejected("region size"))?;
+            let region = GuestRegionMmap::from_range(
+                GuestAddress(r.guest_addr),
+                size,
+                Some(FileOffset::new(file, r.file_offset)),
+            )
+            .map_err(|e| rejected(&format!("mapping region {:#x}: {e}", r.guest_addr)))?;
+            check_region(&region).map_err(|e| rejected(&e))?;
+            mapped.push(region);
+        }
+        let mem = GuestMemoryMmap::from_regions(mapped).map_err(|e| rejected(&e.to_string()))?;
+        self.mem = Some(Arc::new(mem));
+        Ok(())
+    }
+
+    fn backing(&self, ranges: &[(u64, u64)]) -> Result<Backing, RenderError> {
+        let mem = self
+            .mem
+            .as_ref()
+            .ok_or_else(|| rejected("no guest memory"))?;
+        let entries: Vec<MemEntry> = ranges
+            .iter()
+            .map(|&(addr, len)| {
+                u32::try_from(len)
+                    .map(|length| MemEntry { addr, length })
+                    .map_err(|_| rejected("range too long"))
+            })
+            .collect::<Result<_, _>>()?;
+        resolve_backing(mem, &entries).map_err(|code| rejected(&format!("{code:?}")))
+    }
+}
+
+fn rejected(why: &str) -> RenderError {
+    RenderError::Rejected(why.to_string())
+}
+
+fn render_io(e: io::Error) -> RenderError {
+    RenderError::Rejected(e.to_string())
+}

@@ -1,0 +1,264 @@
+//! Render workers: one process per 3D VM, here with the scripted fake renderer (src/render/fake.rs)
+//! so that default CI tests the machinery without a GPU stack: isolation of VMs that use the
+//! same ids, fence order under out-of-order completion, and what a dead or hung worker costs.
+//! tests/venus.rs does the same with virglrenderer in the testbed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use vgpud_harness::{Daemon, Vm, VmConfig};
+use vgpud_protocol::{Box3d, Command, MemEntry, ResourceCreate3d, Response, Transfer3d, F_VIRGL};
+
+fn fake(n: usize, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--renderer", "fake"];
+    args.extend_from_slice(extra);
+    daemon(n, &args)
+}
+
+const CTX: u32 = 1;
+
+/// Context 1 with resource 1 (a 3D buffer) backed by `len` bytes of guest memory; returns
+/// where the backing is.
+fn setup(vm: &mut Vm, len: u32) -> u64 {
+    let (_, r) = answer(
+        vm,
+        &in_ctx(
+            CTX,
+            Command::CtxCreate {
+                context_init: 0,
+                debug_name: b"test".to_vec(),
+            },
+        ),
+    );
+    assert_eq!(r, Response::OkNodata);
+    let create = ResourceCreate3d {
+        resource_id: 1,
+        width: len,
+        height: 1,
+        depth: 1,
+        array_size: 1,
+        ..ResourceCreate3d::default()
+    };
+    ok(vm, Command::ResourceCreate3d(create));
+    let gpa = vm.alloc(u64::from(len), 4096);
+    ok(
+        vm,
+        Command::ResourceAttachBacking {
+            resource_id: 1,
+            entries: vec![MemEntry {
+                addr: gpa,
+                length: len,
+            }],
+        },
+    );
+    let (_, r) = answer(
+        vm,
+        &in_ctx(CTX, Command::CtxAttachResource { resource_id: 1 }),
+    );
+    assert_eq!(r, Response::OkNodata);
+    gpa
+}
+
+fn transfer(vm: &mut Vm, to_host: bool, len: u32) {
+    let t = Transfer3d {
+        box_: Box3d {
+            w: len,
+            h: 1,
+            d: 1,
+            ..Box3d::default()
+        },
+        resource_id: 1,
+        ..Transfer3d::default()
+    };
+    let cmd = if to_host {
+        Command::TransferToHost3d(t)
+    } else {
+        Command::TransferFromHost3d(t)
+    };
+    let (_, r) = answer(vm, &in_ctx(CTX, cmd));
+    assert_eq!(r, Response::OkNodata);
+}
+
+fn submit(script: &str) -> Command {
+    Command::Submit3d {
+        commands: script.as_bytes().to_vec(),
+    }
+}
+
+#[test]
+fn vms_with_the_same_ids_each_get_their_own_worker_and_content() {
+    const LEN: u32 = 4096;
+    let d = fake(3, &[]);
+    let mut vms: Vec<Vm> = (0..3).map(|i| connect(&d, i)).collect();
+    for (i, vm) in vms.iter_mut().enumerate() {
+        assert_ne!(vm.offered_features() & (1 << F_VIRGL), 0);
+        let gpa = setup(vm, LEN);
+        vm.write_mem(gpa, &pattern(LEN / 4, 1, i as u32));
+        transfer(vm, true, LEN);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || workers(&d).len() == 3),
+        "workers: {:?}",
+        workers(&d)
+    );
+    for (i, vm) in vms.iter_mut().enumerate() {
+        // Same resource id, same context id in every VM: each reads back its own bytes, into
+        // fresh pages.
+        let backing = {
+            let cmd = Command::ResourceDetachBacking { resource_id: 1 };
+            ok(vm, cmd);
+            let at = vm.alloc(u64::from(LEN), 4096);
+            ok(
+                vm,
+                Command::ResourceAttachBacking {
+                    resource_id: 1,
+                    entries: vec![MemEntry {
+                        addr: at,
+                        length: LEN,
+                    }],
+                },
+            );
+            at
+        };
+        transfer(vm, false, LEN);
+        assert_eq!(
+            vm.read_mem(backing, LEN as usize),
+            pattern(LEN / 4, 1, i as u32),
+            "VM {i} reads back what it wrote, not another VM's"
+        );
+    }
+    drop(vms);
+    assert!(
+        eventually(Duration::from_secs(5), || workers(&d).is_empty()),
+        "workers outlive their VMs: {:?}",
+        workers(&d)
+    );
+}
+
+#[test]
+fn rings_complete_out_of_order_and_each_answers_in_order() {
+    let d = fake(1, &[]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    // Ring 0: a fence due in 500 ms, then one due at once (it must wait its turn). Ring 1: one
+    // due at once, which overtakes ring 0.
+    let slow = vm
+        .post(0, &fenced_cmd(CTX, 0, 1, submit("delay 500")), 1024)
+        .unwrap();
+    let behind = vm
+        .post(0, &fenced_cmd(CTX, 0, 2, submit("")), 1024)
+        .unwrap();
+    let other_ring = vm
+        .post(0, &fenced_cmd(CTX, 1, 3, submit("")), 1024)
+        .unwrap();
+    let overtook = Response::decode(&vm.wait(other_ring).unwrap()).unwrap();
+    assert_eq!(overtook.0.fence_id, 3);
+    assert!(!vm.is_done(slow).unwrap(), "ring 0 waited for ring 1");
+    assert!(
+        !vm.is_done(behind).unwrap(),
+        "answered before the earlier fence on its ring"
+    );
+    for (token, id) in [(slow, 1), (behind, 2)] {
+        let (hdr, r) = Response::decode(&vm.wait(token).unwrap()).unwrap();
+        assert_eq!((hdr.fence_id, r), (id, Response::OkNodata));
+    }
+}
+
+#[test]
+fn a_killed_worker_costs_only_its_vm() {
+    let d = fake(2, &[]);
+    let mut victim = connect(&d, 0);
+    let mut other = connect(&d, 1);
+    setup(&mut victim, 4096);
+    setup(&mut other, 4096);
+    let before: Vec<u32> = workers(&d);
+    assert_eq!(before.len(), 2);
+    // Fenced work in flight on the victim, then its worker is killed.
+    let pending = victim
+        .post(0, &fenced_cmd(CTX, 0, 1, submit("delay 5000")), 1024)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let victim_worker = *workers(&d)
+        .iter()
+        .min()
+        .expect("the first VM's worker started first");
+    // SAFETY: kill only sends a signal.
+    unsafe { libc::kill(victim_worker as i32, libc::SIGKILL) };
+    // The victim is disconnected (not left waiting); the other VM goes on.
+    victim.set_timeout(Duration::from_secs(8));
+    let err = victim
+        .wait(pending)
+        .expect_err("the dead worker's fence was answered");
+    assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    transfer(&mut other, true, 4096);
+    let (hdr, r) = answer(&mut other, &fenced_cmd(CTX, 0, 9, submit("")));
+    assert_eq!((hdr.fence_id, r), (9, Response::OkNodata));
+    assert!(d
+        .stderr_log()
+        .contains(&format!("render worker {victim_worker} ended")));
+    // The socket takes the next VM, with a worker of its own.
+    drop(victim);
+    let mut next = connect(&d, 0);
+    setup(&mut next, 4096);
+    transfer(&mut next, true, 4096);
+}
+
+#[test]
+fn a_hung_worker_is_killed_but_slow_work_is_not() {
+    let d = fake(2, &["--worker-timeout", "1s"]);
+    let mut slow = connect(&d, 1);
+    setup(&mut slow, 4096);
+    // Slow work: a fence that takes 3 s, from a worker that keeps answering.
+    let (_, r) = answer(&mut slow, &in_ctx(CTX, submit("delay 3000")));
+    assert_eq!(r, Response::OkNodata);
+    let fence = slow
+        .post(0, &fenced_cmd(CTX, 0, 1, submit("")), 1024)
+        .unwrap();
+    let mut hung = connect(&d, 0);
+    setup(&mut hung, 4096);
+    hung.set_timeout(Duration::from_secs(8));
+    let start = Instant::now();
+    let err = hung
+        .request(&in_ctx(CTX, submit("hang")))
+        .expect_err("a hung worker answered");
+    assert_ne!(
+        err.kind(),
+        std::io::ErrorKind::TimedOut,
+        "not detected: {err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(d.stderr_log().contains("render worker"));
+    slow.set_timeout(Duration::from_secs(10));
+    let (hdr, r) = Response::decode(&slow.wait(fence).expect("slow work finishes")).unwrap();
+    assert_eq!((hdr.fence_id, r), (1, Response::OkNodata));
+}
+
+#[test]
+fn a_hundred_worker_deaths_leave_the_broker_flat() {
+    const DEATHS: usize = 100;
+    let d = fake(1, &["--max-renderer-failures", "1000"]);
+    let die = |d: &Daemon| {
+        let mut vm = Vm::connect(&d.socket(0), VmConfig::default()).expect("connect");
+        setup(&mut vm, 4096);
+        let _ = vm.request(&in_ctx(CTX, submit("crash")));
+    };
+    die(&d);
+    let base = quiet_stats(&d);
+    for _ in 0..DEATHS {
+        die(&d);
+    }
+    let settled = eventually(Duration::from_secs(10), || {
+        let now = d.stats().unwrap();
+        now.fds <= base.fds && now.threads <= base.threads
+    });
+    let end = d.stats().unwrap();
+    eprintln!("{DEATHS} worker deaths: {base:?} -> {end:?}");
+    assert!(settled, "the broker grew: {base:?} -> {end:?}");
+    assert!(
+        end.rss_kib <= base.rss_kib + 8 * 1024,
+        "{base:?} -> {end:?}"
+    );
+    assert!(workers(&d).is_empty(), "left behind: {:?}", workers(&d));
+}
