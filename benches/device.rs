@@ -349,16 +349,76 @@ struct References {
     mpsc_p50: f64,
     memcpy_hot: f64,
     memcpy_cold: f64,
+    worker_p50: f64,
+    worker_first_ms: f64,
 }
 
-fn references(k: &Knobs) -> io::Result<References> {
+fn references(k: &Knobs, vgpud: &Path) -> io::Result<References> {
     let (memcpy_hot, memcpy_cold) = memcpy_mb_s((FRAME_W * FRAME_H * 4) as usize, 100);
+    let (worker_p50, worker_first_ms) = worker_call(vgpud, k.round_trips)?;
     Ok(References {
         eventfd_p50: eventfd_ping_pong(k.round_trips)?,
         mpsc_p50: mpsc_call(k.round_trips),
         memcpy_hot,
         memcpy_cold,
+        worker_p50,
+        worker_first_ms,
     })
+}
+
+/// A renderer-bound command through a render worker process, with vgpud's scripted renderer
+/// (which does no GPU work, so this is the cost of the process boundary): TRANSFER_TO_HOST_3D
+/// of a 4-byte buffer, p50 in µs. Also the time from connecting to the first answered command
+/// that needs the renderer (CTX_CREATE, which starts the VM's worker), in ms.
+fn worker_call(vgpud: &Path, n: usize) -> io::Result<(f64, f64)> {
+    let daemon = Daemon::spawn_with_sockets(vgpud, 1, &["--renderer", "fake"])?;
+    let in_ctx = |cmd: Command| {
+        Request {
+            hdr: CtrlHeader {
+                ctx_id: 1,
+                ..CtrlHeader::default()
+            },
+            cmd,
+        }
+        .encode()
+    };
+    let start = Instant::now();
+    let mut vm = Vm::connect(&daemon.socket(0), VmConfig::default())?;
+    let create = in_ctx(Command::CtxCreate {
+        context_init: 0,
+        debug_name: b"bench".to_vec(),
+    });
+    check(&vm.request(&create)?, resp::OK_NODATA)?;
+    let first_ms = start.elapsed().as_secs_f64() * 1000.0;
+    let buffer = vgpud_protocol::ResourceCreate3d {
+        resource_id: 1,
+        width: 4,
+        height: 1,
+        depth: 1,
+        array_size: 1,
+        ..Default::default()
+    };
+    ok(&mut vm, Command::ResourceCreate3d(buffer))?;
+    let entries = backing(&mut vm, 4);
+    ok(
+        &mut vm,
+        Command::ResourceAttachBacking {
+            resource_id: 1,
+            entries,
+        },
+    )?;
+    let transfer = in_ctx(Command::TransferToHost3d(vgpud_protocol::Transfer3d {
+        box_: vgpud_protocol::Box3d {
+            w: 4,
+            h: 1,
+            d: 1,
+            ..Default::default()
+        },
+        resource_id: 1,
+        ..Default::default()
+    }));
+    let timed = sequential(&mut vm, &transfer, resp::OK_NODATA, n)?;
+    Ok((timed.p50, first_ms))
 }
 
 /// One thread's end of the eventfd ping-pong: its own eventfd, waited on with epoll.
@@ -603,6 +663,18 @@ fn print_references(rounds: &[Round]) {
         med(|r| r.mpsc_p50)
     );
     println!(
+        "| vgpud: TRANSFER_TO_HOST_3D through a render worker (scripted renderer), p50 | {} µs |",
+        med(|r| r.worker_p50)
+    );
+    println!(
+        "| that ÷ eventfd ping-pong p50 | {} × |",
+        med(|r| r.worker_p50 / r.eventfd_p50)
+    );
+    println!(
+        "| vgpud: connect to the first answered renderer command (its worker started meanwhile) | {} ms |",
+        med(|r| r.worker_first_ms)
+    );
+    println!(
         "| memcpy of a 1920x1080x4 frame, hot (same buffers) | {} MB/s |",
         med(|r| r.memcpy_hot)
     );
@@ -686,7 +758,7 @@ fn main() {
     let started = Instant::now();
     let mut rounds = Vec::new();
     for i in 0..k.rounds {
-        let refs = references(&k).expect("reference measurements");
+        let refs = references(&k, vgpud).expect("reference measurements");
         let run = |program: &Path| {
             measure(program, &k).unwrap_or_else(|e| panic!("{}: {e}", program.display()))
         };

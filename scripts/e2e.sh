@@ -98,6 +98,7 @@ CASES=(
     "vk-churn|venus|$CHURN_CYCLES allocate/map/free cycles; vgpud's RSS and fds flat after warm-up"
     "drm-blob|venus|raw virtio-gpu ioctls: Venus context, GUEST and HOST3D blobs, ring-0 fences, a Venus reply"
     "two-venus|venus|one vgpud, two guests at once, each with its own render worker: vk-compute and vk-render in both"
+    "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
 )
 
@@ -241,10 +242,10 @@ build_vgpud() {
 # socket and QEMU pidfile are $SOCK_DIR/<case>-vm<N>.{sock,qmp,qemu.pid}.
 vm_tag() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
 
-# start_vgpud CASE_DIR NVMS: one vgpud (--renderer $RENDERER) serving the
-# sockets of CASE_DIR/vm0 .. vm<NVMS-1>, log in CASE_DIR/vgpud.log.
-# start_vgpud DIR N [SETTINGS...]: vgpud serving N guests; the i-th SETTINGS,
-# if given, are that guest's own (--socket-path PATH,SETTINGS).
+# start_vgpud CASE_DIR NVMS [SETTINGS...]: one vgpud (--renderer $RENDERER)
+# serving the sockets of CASE_DIR/vm0 .. vm<NVMS-1>, log in
+# CASE_DIR/vgpud.log; the i-th SETTINGS, if given, are that guest's own
+# (--socket-path PATH,SETTINGS).
 start_vgpud() {
     local dir=$1 n=$2 i all sock own
     shift 2
@@ -712,6 +713,65 @@ case_two-venus() {
     local code
     code="$(guest_program vk-compute) && $(guest_program vk-render)"
     two_guests "$1" "$code" "vk-compute vk-render" "$code" "vk-compute vk-render"
+}
+
+# render_worker_of DIR/vmN: the pid of vgpud's render worker for that guest
+# (its command line names the guest's socket).
+render_worker_of() {
+    local sock f
+    sock="$(vm_tag "$1").sock"
+    for f in /proc/[0-9]*/cmdline; do
+        if tr '\0' ' ' <"$f" 2>/dev/null | grep -q "render-worker.*$sock"; then
+            f=${f#/proc/}
+            echo "${f%/cmdline}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Guest 0 runs Vulkan compute in a loop; once it is under way its render worker
+# is killed. vgpud must disconnect that guest alone (its QEMU is then stopped;
+# its result does not count), keep running, and guest 1's workload must pass.
+case_worker-kill() {
+    local dir=$1 pid0 pid1 worker="" i
+    start_vgpud "$dir" 2 || return 1
+    boot_guest "$dir/vm0" "while $(guest_program vk-compute); do :; done"
+    pid0=$BOOT_PID
+    boot_guest "$dir/vm1" "$(guest_program vk-compute) && $(guest_program vk-render)"
+    pid1=$BOOT_PID
+    for ((i = 0; i < GUEST_TIMEOUT; i++)); do
+        if grep -aq '^PASS: vk-compute' "$dir/vm0/output.log" 2>/dev/null &&
+            worker=$(render_worker_of "$dir/vm0"); then
+            break
+        fi
+        running "$pid0" || break
+        sleep 1
+    done
+    if [[ -z $worker ]]; then
+        REASON="guest 0 never got under way with a render worker"
+        stop_qemus
+        wait "$pid0" "$pid1" || true
+        untrack "$pid0"
+        untrack "$pid1"
+        return 1
+    fi
+    kill -KILL "$worker"
+    log "  killed render worker $worker of guest 0"
+    for ((i = 0; i < 20; i++)); do
+        grep -aq "render worker $worker ended" "$dir/vgpud.log" && break
+        sleep 0.5
+    done
+    stop_qemu "$TB_ROOT$SOCK_DIR/$(vm_tag "$dir/vm0").qemu.pid"
+    wait "$pid0" || true
+    untrack "$pid0"
+    finish_guest "$pid1" "$dir/vm1" vk-compute vk-render || return 1
+    if ! grep -aq "render worker $worker ended" "$dir/vgpud.log"; then
+        REASON="vgpud did not log the end of worker $worker"
+        return 1
+    fi
+    log "  $(grep -a -m1 "render worker $worker ended" "$dir/vgpud.log" | sed 's/^\[[^ ]* //')"
+    check_vgpud "$dir"
 }
 
 # The GL guest is on vhost-user-gpu-pci, with a virgl worker and no window: its

@@ -291,8 +291,11 @@ impl Inner {
         if let Some(mut worker) = lock(&self.state).worker.take() {
             let pid = worker.child.id();
             let _ = worker.child.kill();
-            let status = worker.child.wait();
-            error!("{}: render worker {pid} ended ({status:?}): {why}", self.vm);
+            let status = match worker.child.wait() {
+                Ok(status) => status.to_string(),
+                Err(e) => e.to_string(),
+            };
+            error!("{}: render worker {pid} ended ({status}): {why}", self.vm);
         }
         // Out of the lock first: the notice may drop the VM, and with it this renderer, whose
         // Drop takes that lock.

@@ -25,7 +25,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::display::DisplayLink;
 use super::fences::{Answer, FenceInbox};
-use super::peer::PeerThread;
+use super::peer::PeerWatch;
 use super::queue;
 use super::RendererSpec;
 use super::VmTemplate;
@@ -57,8 +57,8 @@ pub struct VmBackend {
     mem: Mutex<Arc<GuestMemoryMmap>>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
-    /// Runs every request to the VMM (display socket, backend channel) with a bounded wait.
-    pub(super) peer: PeerThread,
+    /// Bounds every request to the VMM (display socket, backend channel).
+    pub(super) peer: PeerWatch,
     /// Ends the connection, once the daemon has accepted one.
     shutdown: Mutex<Option<ShutdownHandle>>,
     /// Ends the queue worker; ours, so it is closed with the VM (see `exit_event`).
@@ -112,7 +112,7 @@ impl VmBackend {
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
-            peer: PeerThread::new(template.vmm_timeout),
+            peer: PeerWatch::new(template.vmm_timeout),
             shutdown: Mutex::new(None),
             exit: EventFd::new(EFD_NONBLOCK)?,
             broken: Default::default(),
@@ -180,8 +180,6 @@ impl VmBackend {
     pub fn teardown(&self) {
         self.device().reset();
         lock(&self.parked).drain_all();
-        // Before the channels are dropped: their fds stay valid for `unblock`.
-        self.peer.unblock();
         self.peer.stop();
         *lock(&self.shutdown) = None;
         *lock(&self.display) = None;
@@ -194,7 +192,7 @@ impl VmBackend {
         *lock(&self.events_read) |= EVENT_DISPLAY;
         let backend = lock(&self.backend_req).clone();
         if let Some(backend) = backend {
-            let sent = self.peer.call("CONFIG_CHANGE_MSG", move || {
+            let sent = self.peer.call("CONFIG_CHANGE_MSG", backend.clone(), || {
                 backend.handle_config_change().map_err(io::Error::other)
             });
             match sent {
@@ -215,11 +213,9 @@ impl VmBackend {
         for request in requests {
             let result = match &backend {
                 None => Err(io::Error::other("no backend request channel")),
-                Some(b) => {
-                    let (b, msg) = (b.clone(), request.clone());
-                    self.peer
-                        .call("SHMEM_MAP/UNMAP", move || send_shmem(&b, &msg))
-                }
+                Some(b) => self
+                    .peer
+                    .call("SHMEM_MAP/UNMAP", b.clone(), || send_shmem(b, &request)),
             };
             if let Err(e) = result {
                 if self.peer.is_stalled() {

@@ -21,7 +21,7 @@ const GPU_PROTOCOL_F_EDID: u64 = 1 << 0;
 /// rows, each read just before it is sent, so no flush holds more than this in memory.
 pub const UPDATE_BAND_BYTES: usize = 4 << 20;
 
-/// The frontend's display socket. Every request on it runs on the VM's peer thread (bounded).
+/// The frontend's display socket. Every request on it is bounded (`PeerWatch`).
 #[derive(Clone)]
 pub struct DisplayLink {
     gpu: GpuBackend,
@@ -141,8 +141,11 @@ impl VmBackend {
         if link.ready {
             return Some(link);
         }
-        let gpu = link.gpu.clone();
-        match self.peer.call("display handshake", move || handshake(&gpu)) {
+        let gpu = &link.gpu;
+        match self
+            .peer
+            .call("display handshake", gpu.clone(), || handshake(gpu))
+        {
             Ok(edid) => {
                 let link = DisplayLink {
                     ready: true,
@@ -184,10 +187,10 @@ impl VmBackend {
         let Some(link) = self.display_link() else {
             return;
         };
-        let gpu = link.gpu.clone();
+        let gpu = &link.gpu;
         let result = self
             .peer
-            .call("GET_DISPLAY_INFO", move || display_modes(&gpu))
+            .call("GET_DISPLAY_INFO", gpu.clone(), || display_modes(gpu))
             .and_then(|modes| {
                 let changed = self.device().set_display_modes(&modes);
                 // GET_DISPLAY_INFO itself carries the news; anything else needs the config event.
@@ -196,8 +199,10 @@ impl VmBackend {
                 }
                 match cmd {
                     Command::GetEdid { scanout } if link.edid => {
-                        let (gpu, scanout) = (link.gpu.clone(), *scanout);
-                        let edid = self.peer.call("GET_EDID", move || edid(&gpu, scanout))?;
+                        let scanout = *scanout;
+                        let edid = self
+                            .peer
+                            .call("GET_EDID", gpu.clone(), || edid(gpu, scanout))?;
                         if let Some(edid) = edid {
                             self.device().set_edid(scanout, edid);
                         }
@@ -267,7 +272,8 @@ impl VmBackend {
     }
 
     fn send(&self, link: &DisplayLink, msg: Message) -> io::Result<()> {
-        let gpu = link.gpu.clone();
-        self.peer.call("display update", move || send(&gpu, &msg))
+        let gpu = &link.gpu;
+        self.peer
+            .call("display update", gpu.clone(), || send(gpu, &msg))
     }
 }
