@@ -637,26 +637,41 @@ impl<R: Renderer> Device<R> {
         Ok(Response::OkNodata)
     }
 
-    /// The pixels of `area` (resource coordinates, rows packed) of what `scanout` shows, for an
-    /// `Update` being sent. Fails if the scanout no longer shows `resource_id`.
-    pub fn update_pixels(&mut self, scanout: u32, resource_id: u32, area: Rect) -> Result<Vec<u8>> {
+    /// The pixels of `band` (resource coordinates, rows packed, inside the update's area) of an
+    /// `Update` being sent. Fails if the update went stale: its scanout no longer shows that
+    /// area of that resource at the same place.
+    pub fn update_pixels(&mut self, update: &DisplayCmd, band: Rect) -> Result<Vec<u8>> {
+        let DisplayCmd::Update {
+            scanout,
+            rect,
+            resource_id,
+            area,
+        } = *update
+        else {
+            return Err(ErrorCode::InvalidParameter);
+        };
         let shown = self
             .scanouts
             .get(scanout as usize)
             .filter(|s| s.resource_id == resource_id && resource_id != 0)
             .copied()
             .ok_or(ErrorCode::InvalidScanoutId)?;
-        // Only what the scanout shows: its rect was checked against the resource (or the blob's
-        // layout) when it was set.
-        if intersect(&area, &shown.rect) != Some(area) {
+        // Only what the scanout shows, where it showed it when flushed: its rect was checked
+        // against the resource (or the blob's layout) when it was set.
+        let same_place = area.x.checked_sub(rect.x) == Some(shown.rect.x)
+            && area.y.checked_sub(rect.y) == Some(shown.rect.y);
+        let current = same_place
+            && intersect(&area, &shown.rect) == Some(area)
+            && intersect(&band, &area) == Some(band);
+        if !current {
             return Err(ErrorCode::InvalidParameter);
         }
         match shown.layout {
-            Some(layout) => self.read_blob_pixels(resource_id, layout, area),
+            Some(layout) => self.read_blob_pixels(resource_id, layout, band),
             None => {
                 let global = self.resource(resource_id)?.global;
                 self.renderer
-                    .read_pixels(global, area)
+                    .read_pixels(global, band)
                     .map_err(render_error)
             }
         }

@@ -59,18 +59,10 @@ impl Vm {
 
     /// The pixels an update carries, read as the transport reads them.
     fn pixels(&mut self, update: &DisplayCmd) -> Vec<u8> {
-        let DisplayCmd::Update {
-            scanout,
-            resource_id,
-            area,
-            ..
-        } = update
-        else {
+        let DisplayCmd::Update { area, .. } = update else {
             panic!("not an update: {update:?}");
         };
-        self.dev
-            .update_pixels(*scanout, *resource_id, *area)
-            .unwrap()
+        self.dev.update_pixels(update, *area).unwrap()
     }
 
     fn err(&mut self, cmd: Command) -> ErrorCode {

@@ -35,7 +35,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 use self::input::Input;
 use self::model::{entry_bytes, inside, Kind, Model, Queue, Res, PAGE};
 use crate::device::fences::Timelines;
-use crate::device::{bands, Device, DeviceConfig, FenceSink, ShmemRequest};
+use crate::device::{bands, Device, DeviceConfig, DisplayCmd, FenceSink, ShmemRequest};
 use crate::render::Soft2d;
 
 /// A guest memory region: where the guest sees it, and where it is in the memory file (None:
@@ -867,11 +867,22 @@ impl<'h> Run<'h> {
 
     /// Sends the pending updates as the transport does: band by band, each band's pixels read
     /// from the device just before it goes. A read must succeed while the scanout still shows
-    /// that area of that resource, and fail once it does not.
+    /// that area of that resource at the same place, and fail once it does not.
     fn deliver(&mut self) {
-        for (scanout, resource_id, area) in std::mem::take(&mut self.model.pending) {
+        for update in std::mem::take(&mut self.model.pending) {
+            let DisplayCmd::Update {
+                scanout,
+                rect,
+                resource_id,
+                area,
+            } = update
+            else {
+                continue;
+            };
             let screen = self.model.screens[scanout as usize];
-            let current = screen.resource == resource_id && inside(&area, &screen.rect);
+            let current = screen.resource == resource_id
+                && inside(&area, &screen.rect)
+                && (area.x - rect.x, area.y - rect.y) == (screen.rect.x, screen.rect.y);
             // A blob that lost its pages may have nothing left to read from.
             let readable = self
                 .model
@@ -879,7 +890,7 @@ impl<'h> Run<'h> {
                 .get(&resource_id)
                 .is_some_and(|r| matches!(r.kind, Kind::TwoD { .. }) || r.backing.is_some());
             for (_, band) in bands(area, BAND_BYTES) {
-                match self.dev.update_pixels(scanout, resource_id, band) {
+                match self.dev.update_pixels(&update, band) {
                     Ok(pixels) => {
                         assert!(current, "pixels of {area:?} of resource {resource_id} sent to scanout {scanout}, which shows {screen:?}");
                         let want = band.width as usize * band.height as usize * 4;

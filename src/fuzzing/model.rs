@@ -55,7 +55,8 @@ pub struct Screen {
 }
 
 /// An update the transport will send, reading its pixels then: (scanout, resource, area).
-pub type Pending = (u32, u32, Rect);
+/// An update the transport has yet to send.
+pub type Pending = DisplayCmd;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Queue {
@@ -301,7 +302,7 @@ impl Model {
                         *rect, on_screen,
                         "update position for {area:?} on {screen:?}"
                     );
-                    self.pending.push((*scanout, *resource_id, *area));
+                    self.pending.push(d.clone());
                     stats.updates += 1;
                 }
                 DisplayCmd::CursorUpdate { scanout, .. } => {

@@ -226,12 +226,7 @@ impl VmBackend {
         };
         for cmd in cmds {
             let sent = match cmd {
-                DisplayCmd::Update {
-                    scanout,
-                    rect,
-                    resource_id,
-                    area,
-                } => self.send_update(&link, *scanout, *rect, *resource_id, *area),
+                DisplayCmd::Update { .. } => self.send_update(&link, cmd),
                 _ => self.send(&link, Message::Cmd(cmd.clone())),
             };
             if let Err(e) = sent {
@@ -242,16 +237,18 @@ impl VmBackend {
     }
 
     /// Sends an update in bands, reading each band's pixels just before it goes.
-    fn send_update(
-        &self,
-        link: &DisplayLink,
-        scanout: u32,
-        rect: Rect,
-        resource_id: u32,
-        area: Rect,
-    ) -> io::Result<()> {
+    fn send_update(&self, link: &DisplayLink, update: &DisplayCmd) -> io::Result<()> {
+        let DisplayCmd::Update {
+            scanout,
+            rect,
+            resource_id,
+            area,
+        } = *update
+        else {
+            return Ok(());
+        };
         for (top, band) in bands(area, UPDATE_BAND_BYTES) {
-            let pixels = match self.device().update_pixels(scanout, resource_id, band) {
+            let pixels = match self.device().update_pixels(update, band) {
                 Ok(p) => p,
                 Err(code) => {
                     self.log
