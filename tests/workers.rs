@@ -262,3 +262,29 @@ fn a_hundred_worker_deaths_leave_the_broker_flat() {
     );
     assert!(workers(&d).is_empty(), "left behind: {:?}", workers(&d));
 }
+
+#[test]
+fn a_worker_signalling_fences_nobody_asked_for_is_killed() {
+    let d = fake(1, &[]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    let before = stats(&d);
+    vm.set_timeout(Duration::from_secs(8));
+    let _ = vm.request(&in_ctx(CTX, submit("spurious 1000000")));
+    assert!(
+        eventually(Duration::from_secs(8), || d
+            .stderr_log()
+            .contains("which it was never asked for")),
+        "the rogue worker was not stopped:\n{}",
+        d.stderr_log()
+    );
+    // The flood cost the broker nothing lasting, and the socket serves the next VM.
+    drop(vm);
+    let mut next = connect(&d, 0);
+    setup(&mut next, 4096);
+    let after = stats(&d);
+    assert!(
+        after.rss_kib < before.rss_kib + 16 * 1024,
+        "{before:?} -> {after:?}"
+    );
+}

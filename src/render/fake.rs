@@ -6,7 +6,8 @@
 //! - `delay MS`: the next fence created on this context signals MS milliseconds later. Fences
 //!   of one ring complete in order (as a GPU ring does); other rings and contexts overtake them.
 //! - `crash`: the process dies at once (SIGKILL: no core dump);
-//! - `hang`: the renderer stops answering, for good.
+//! - `hang`: the renderer stops answering, for good;
+//! - `spurious N`: N fence signals nobody asked for (a worker gone rogue).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +43,8 @@ pub struct Fake {
     rings: Mutex<HashMap<(u32, Option<u8>), Instant>>,
     next_fence: AtomicU64,
     timers: Mutex<mpsc::Sender<Timer>>,
+    /// Where contexts' fences go (for `spurious`).
+    sink: Mutex<Option<Arc<dyn FenceSink>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,6 +90,7 @@ impl Default for Fake {
             rings: Mutex::default(),
             next_fence: AtomicU64::new(0),
             timers: Mutex::new(tx),
+            sink: Mutex::new(None),
         }
     }
 }
@@ -182,8 +186,9 @@ impl Renderer for Fake {
         ctx: u32,
         _init: u32,
         _name: &str,
-        _sink: &Arc<dyn FenceSink>,
+        sink: &Arc<dyn FenceSink>,
     ) -> Result<(), RenderError> {
+        *lock(&self.sink) = Some(sink.clone());
         lock(&self.contexts).insert(ctx, 0);
         Ok(())
     }
@@ -229,6 +234,12 @@ impl Renderer for Fake {
                 (Some("hang"), _) => loop {
                     thread::park();
                 },
+                (Some("spurious"), Some(n)) => {
+                    let n: u64 = n.parse().map_err(|_| rejected("bad count"))?;
+                    if let Some(sink) = lock(&self.sink).clone() {
+                        (0..n).for_each(|i| sink.signalled(u64::MAX - i));
+                    }
+                }
                 _ => {}
             }
         }

@@ -49,6 +49,10 @@ struct Inner {
     /// caller returns (and no answer reaches the guest) before the VM is being disconnected.
     dead: AtomicBool,
     dying: Mutex<()>,
+    /// The running worker's pid (0: none), for a kill that cannot wait for the state lock (a
+    /// call may hold it, waiting on the very worker). Cleared, under this lock, before the
+    /// worker is reaped, so a pid is never signalled after it could have been reused.
+    killable: Mutex<u32>,
     /// Fences asked for and not yet signalled: while there are some, the worker must show it
     /// is alive (see `watch`).
     pending: AtomicU64,
@@ -184,6 +188,7 @@ impl RemoteRenderer {
                 on_death: Mutex::new(None),
                 dead: AtomicBool::new(false),
                 dying: Mutex::new(()),
+                killable: Mutex::new(0),
                 pending: AtomicU64::new(0),
             }),
         }
@@ -204,6 +209,7 @@ impl Drop for RemoteRenderer {
         *lock(&self.inner.on_death) = None;
         self.inner.dead.store(true, Ordering::Release);
         if let Some(worker) = lock(&self.inner.state).worker.take() {
+            *lock(&self.inner.killable) = 0;
             end(worker);
         }
     }
@@ -274,6 +280,7 @@ impl Inner {
             thread::Builder::new()
                 .name("render-events".into())
                 .spawn(move || watch(watcher, Channel::new(events)))?;
+            *lock(&self.killable) = worker.child.id();
             state.worker = Some(worker);
         }
         state
@@ -288,7 +295,19 @@ impl Inner {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;
         }
+        // Killed first: a call may hold the state lock while it waits on this worker.
+        {
+            // Held while signalling: no reaper can clear it (and reap) meanwhile.
+            let pid = lock(&self.killable);
+            if let Ok(pid) = libc::pid_t::try_from(*pid) {
+                if pid > 0 {
+                    // SAFETY: kill only sends a signal, to our own unreaped child.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         if let Some(mut worker) = lock(&self.state).worker.take() {
+            *lock(&self.killable) = 0;
             let pid = worker.child.id();
             let _ = worker.child.kill();
             let status = match worker.child.wait() {
@@ -360,9 +379,17 @@ fn watch(inner: Weak<Inner>, events: Channel) {
         }
         match got {
             Ok((Event::FenceSignalled { id }, _)) => {
-                let _ = inner
+                // Never more signals than fences asked for: what a worker can make the broker
+                // queue stays bounded by what the guest asked.
+                let asked = inner
                     .pending
                     .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                if asked.is_err() {
+                    inner.die(&format!(
+                        "signalled fence {id}, which it was never asked for"
+                    ));
+                    return;
+                }
                 let sink = lock(&inner.sink).as_ref().and_then(Weak::upgrade);
                 if let Some(sink) = sink {
                     sink.signalled(id);
@@ -454,7 +481,20 @@ impl Renderer for RemoteRenderer {
     }
 
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError> {
-        self.inner.data(&Request::Capset { id, version })
+        let data = self.inner.data(&Request::Capset { id, version })?;
+        // No larger than the capset was said to be at start-up.
+        let max = self
+            .inner
+            .capsets
+            .iter()
+            .find(|c| c.id == id)
+            .map_or(0, |c| c.max_size as usize);
+        if data.len() > max {
+            return Err(self.inner.unexpected(Reply::Data {
+                len: data.len() as u64,
+            }));
+        }
+        Ok(data)
     }
 
     fn alloc_ctx_id(&self) -> Option<u32> {
