@@ -49,6 +49,9 @@ struct Inner {
     /// caller returns (and no answer reaches the guest) before the VM is being disconnected.
     dead: AtomicBool,
     dying: Mutex<()>,
+    /// The thread telling the VM: calls it makes meanwhile (the VM dropped, its device freeing
+    /// what it held) must not wait for itself.
+    teller: Mutex<Option<thread::ThreadId>>,
     /// The running worker's pid (0: none), for a kill that cannot wait for the state lock (a
     /// call may hold it, waiting on the very worker). Cleared, under this lock, before the
     /// worker is reaped, so a pid is never signalled after it could have been reused.
@@ -188,6 +191,7 @@ impl RemoteRenderer {
                 on_death: Mutex::new(None),
                 dead: AtomicBool::new(false),
                 dying: Mutex::new(()),
+                teller: Mutex::new(None),
                 killable: Mutex::new(0),
                 pending: AtomicU64::new(0),
             }),
@@ -225,7 +229,9 @@ impl Inner {
     ) -> Result<(Reply, Option<File>), RenderError> {
         if self.dead.load(Ordering::Acquire) {
             // Returns only once the VM has been told (see `die`).
-            drop(lock(&self.dying));
+            if *lock(&self.teller) != Some(thread::current().id()) {
+                drop(lock(&self.dying));
+            }
             return Err(RenderError::Gone);
         }
         let mut state = lock(&self.state);
@@ -295,6 +301,7 @@ impl Inner {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;
         }
+        *lock(&self.teller) = Some(thread::current().id());
         // Killed first: a call may hold the state lock while it waits on this worker.
         {
             // Held while signalling: no reaper can clear it (and reap) meanwhile.
