@@ -12,6 +12,9 @@ use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::knob;
 use vgpud_harness::{Daemon, Vm, VmConfig};
 use vgpud_protocol::{
     resp, Command, CreateBlob, CtrlHeader, MemEntry, Request, Response, BLOB_FLAG_USE_MAPPABLE,
@@ -22,13 +25,6 @@ const PAGE: u64 = 4096;
 const WARMUP: usize = 200;
 /// Mappings alive while measuring: the window's bookkeeping is not measured empty.
 const LIVE: u32 = 256;
-
-fn knob(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn encode(cmd: Command) -> Vec<u8> {
     Request {

@@ -25,8 +25,9 @@ pub struct Options {
     pub command: Option<Subcommand>,
 
     /// Listen for a VMM on this UNIX socket; repeat to serve several VMs at once. Settings for
-    /// this VM alone may follow, comma-separated: renderer, hostmem, scanouts, resolution,
-    /// max-resources, max-contexts, max-resource-memory (e.g. PATH,renderer=venus,hostmem=256M).
+    /// this VM alone may follow, comma-separated: name (for logs and status; the socket
+    /// otherwise), renderer, hostmem, scanouts, resolution, max-resources, max-contexts,
+    /// max-resource-memory (e.g. PATH,name=desk1,renderer=venus,hostmem=256M).
     #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
     pub socket_paths: Vec<SocketArg<PathBuf>>,
 
@@ -88,6 +89,11 @@ pub struct Options {
     /// How long a socket refuses VMs after too many renderer failures, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub renderer_cooldown: Duration,
+
+    /// Answer `vgpud status` on this UNIX socket (created owner-only, read-only: it only
+    /// reports).
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -100,6 +106,15 @@ pub enum Subcommand {
         /// The VM it renders for, for logs.
         #[arg(long)]
         vm: String,
+    },
+    /// Show the VMs a running daemon serves (asks its --control-socket).
+    Status {
+        /// The daemon's --control-socket.
+        #[arg(long, value_name = "PATH")]
+        control_socket: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -115,6 +130,7 @@ impl Options {
     /// What every VM gets unless its socket says otherwise.
     pub fn vm_defaults(&self) -> VmSettings {
         VmSettings {
+            name: None,
             renderer: self.renderer,
             hostmem: self.hostmem,
             device: DeviceConfig {
@@ -129,8 +145,9 @@ impl Options {
         }
     }
 
-    /// One listener per VM, with a name for logs and its settings. A socket named twice would
-    /// have two servers (and the second --socket-path would unlink the first's socket): refused.
+    /// One listener per VM, with its socket's name and its settings. A socket named twice would
+    /// have two servers (and the second --socket-path would unlink the first's socket): refused,
+    /// and so are two VMs of one name.
     pub fn listeners(&self) -> Result<Vec<(String, Listener, VmSettings)>, String> {
         let mut fds: Vec<RawFd> = self.fds.iter().map(|s| s.target).collect();
         fds.sort_unstable();
@@ -143,6 +160,14 @@ impl Options {
             return Err(format!("--socket-path {} given twice", p.display()));
         }
         let defaults = self.vm_defaults();
+        let mut names: Vec<&str> = (self.socket_paths.iter().map(|s| s.name()))
+            .chain(self.fds.iter().map(|s| s.name()))
+            .flatten()
+            .collect();
+        names.sort_unstable();
+        if let Some(n) = names.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
+            return Err(format!("two VMs named {n}"));
+        }
         let mut out = Vec::new();
         for arg in &self.socket_paths {
             let path = &arg.target;
@@ -170,6 +195,8 @@ impl Options {
 /// One VM's renderer, window and device settings.
 #[derive(Clone, Debug)]
 pub struct VmSettings {
+    /// Its name, if its socket gave one.
+    pub name: Option<String>,
     pub renderer: RendererKind,
     pub hostmem: u64,
     pub device: DeviceConfig,
@@ -184,6 +211,13 @@ pub struct SocketArg<T> {
 }
 
 impl<T> SocketArg<T> {
+    /// The `name=` setting, if any.
+    fn name(&self) -> Option<&str> {
+        (self.settings.iter().rev())
+            .find(|(k, _)| k == "name")
+            .map(|(_, v)| v.as_str())
+    }
+
     fn apply(&self, defaults: &VmSettings) -> Result<VmSettings, String> {
         let mut vm = defaults.clone();
         for (key, value) in &self.settings {
@@ -198,6 +232,16 @@ fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
     let d = &mut vm.device;
     let bad = |e: String| format!("{key}={value}: {e}");
     match key {
+        "name" => {
+            let ok = (1..=64).contains(&value.len())
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            if !ok {
+                return Err(bad("1 to 64 of A-Z a-z 0-9 - _ .".into()));
+            }
+            vm.name = Some(value.to_string());
+        }
         "renderer" => {
             vm.renderer = clap::ValueEnum::from_str(value, true).map_err(bad)?;
         }
@@ -369,12 +413,26 @@ mod tests {
             "/c,colour=red",
             "/c,scanouts=17",
             "/c,renderer",
+            "/c,name=a b",
+            "/c,name=",
         ] {
             assert!(
                 Options::try_parse_from(["vgpud", "--socket-path", bad]).is_err(),
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn two_vms_of_one_name_are_refused() {
+        let o = Options::parse_from([
+            "vgpud",
+            "--socket-path",
+            "/a,name=desk",
+            "--fd",
+            "9,name=desk",
+        ]);
+        assert_eq!(o.listeners().err().unwrap(), "two VMs named desk");
     }
 
     #[test]

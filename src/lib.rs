@@ -1,13 +1,19 @@
 //! vgpud: a vhost-user virtio-gpu device backend serving many VMs from one process.
 //!
-//! Layers, each depending only on the ones below: `vhost` (transport) -> `device` (one VM's device
-//! model) -> `render` (the process's renderer), and the wire formats in the `vgpud-protocol` crate.
+//! Layers, each depending only on the ones below: `vhost` (transport) -> `hub` (what crosses VMs)
+//! and `device` (one VM's device model) -> `render` (renderers: 2D in place, 3D in a worker
+//! process per VM), the wire formats in the `vgpud-protocol` crate. `ids`, `fences`, `sync` and
+//! `guestlog` are shared by all of them.
 
 pub mod cli;
+pub mod control;
 pub mod device;
+pub mod fences;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guestlog;
 pub mod hub;
+pub mod ids;
 pub mod render;
+pub mod sync;
 pub mod vhost;

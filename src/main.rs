@@ -1,11 +1,14 @@
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread;
 
 use clap::Parser;
 use log::{error, info};
 use vgpud::cli::{capabilities_json, Options, Subcommand};
-use vgpud::render::{self, remote, worker, RendererKind};
+use vgpud::control;
+use vgpud::hub::registry::Registry;
+use vgpud::render::{remote, worker, RendererKind, Soft2d};
 use vgpud::vhost::{serve, RendererSpec, VmTemplate};
 
 /// Renderers started so far (or found not to start), by kind: VMs with the same kind share
@@ -57,14 +60,31 @@ fn try_start(opts: &Options, kind: RendererKind) -> Option<RendererSpec> {
             }
         };
     }
-    match render::start(kind) {
-        Ok(r) => {
-            info!("renderer: {kind:?}");
-            Some(RendererSpec::Shared(r))
+    // Only 2D is drawn in the broker itself, by one renderer all its VMs share.
+    info!("renderer: {kind:?}");
+    Some(RendererSpec::Shared(Arc::new(Soft2d::default())))
+}
+
+/// `vgpud status`: what the daemon behind `socket` serves, as a table or JSON.
+fn status(socket: &std::path::Path, json: bool) -> ExitCode {
+    match control::query(socket) {
+        Ok(reply) => {
+            if json {
+                match serde_json::to_string_pretty(&reply) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("vgpud status: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", control::table(&reply));
+            }
+            ExitCode::SUCCESS
         }
         Err(e) => {
-            error!("{kind:?}: {e}");
-            None
+            eprintln!("vgpud status: {e}");
+            ExitCode::FAILURE
         }
     }
 }
@@ -96,6 +116,13 @@ fn main() -> ExitCode {
         let code = worker::run(*renderer, vm);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
+    if let Some(Subcommand::Status {
+        control_socket,
+        json,
+    }) = &opts.command
+    {
+        return status(control_socket, *json);
+    }
     if opts.print_capabilities {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
@@ -111,14 +138,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let registry = Arc::new(Registry::default());
+    if let Some(path) = &opts.control_socket {
+        if let Err(e) = control::serve(path, registry.clone()) {
+            error!("control socket {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
     let mut started = Started::new();
     let mut servers = Vec::new();
-    for (name, listener, vm) in listeners {
+    for (socket, listener, vm) in listeners {
+        let name = vm.name.clone().unwrap_or_else(|| socket.clone());
         let Some(renderer) = start_renderer(&opts, vm.renderer, vm.hostmem, &mut started) else {
             error!("{name}: no renderer");
             return ExitCode::FAILURE;
         };
         let template = VmTemplate {
+            socket,
+            registry: registry.clone(),
             renderer,
             device: vm.device,
             vmm_timeout: opts.vmm_timeout,

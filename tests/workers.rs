@@ -288,3 +288,118 @@ fn a_worker_signalling_fences_nobody_asked_for_is_killed() {
         "{before:?} -> {after:?}"
     );
 }
+
+/// `vgpud status --json` against the daemon's control socket.
+fn status(socket: &std::path::Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(vgpud())
+        .args(["status", "--json", "--control-socket"])
+        .arg(socket)
+        .output()
+        .expect("run vgpud status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    v["vms"].as_array().expect("a list of VMs").clone()
+}
+
+fn named<'a>(vms: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    vms.iter()
+        .find(|v| v["name"] == name)
+        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+}
+
+#[test]
+fn the_status_command_shows_each_vm_its_worker_and_counters() {
+    use std::os::unix::fs::PermissionsExt;
+    let control = std::env::temp_dir().join(format!("vgpud-control-{}.sock", std::process::id()));
+    let control_arg = control.to_string_lossy().into_owned();
+    let d = Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &["name=gl,renderer=fake", "name=plain,renderer=2d"],
+        &["--control-socket", &control_arg],
+    )
+    .expect("start vgpud");
+    assert!(eventually(Duration::from_secs(5), || control.exists()));
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "owner-only");
+    assert!(status(&control).is_empty(), "no VM yet");
+
+    let mut gl = connect(&d, 0);
+    let mut plain = connect(&d, 1);
+    setup(&mut gl, 4096);
+    ok(&mut plain, create(7, 64, 64));
+    let refused = call(&mut plain, Command::ResourceUnref { resource_id: 99 });
+    assert_ne!(refused, Response::OkNodata);
+    // A fence the fake renderer holds back for a while: it shows as pending.
+    let slow = gl
+        .post(0, &fenced_cmd(CTX, 0, 1, submit("delay 1500")), 1024)
+        .unwrap();
+    let _ = gl
+        .post(0, &fenced_cmd(CTX, 0, 2, submit("")), 1024)
+        .unwrap();
+    let vms = status(&control);
+    assert_eq!(vms.len(), 2, "{vms:?}");
+    let (g, p) = (named(&vms, "gl"), named(&vms, "plain"));
+    assert_eq!(g["renderer"], "fake");
+    assert_eq!(p["renderer"], "2d");
+    assert_eq!(
+        g["worker_pid"].as_u64(),
+        workers(&d).first().map(|&p| u64::from(p))
+    );
+    assert!(p["worker_pid"].is_null(), "2D VMs have no worker");
+    assert_eq!(
+        (g["state"].as_str(), p["state"].as_str()),
+        (Some("running"), Some("running"))
+    );
+    assert_eq!(g["resources"], 1);
+    assert_eq!(p["resources"], 1);
+    assert_eq!(p["resource_bytes"], 64 * 64 * 4);
+    assert_eq!(
+        (p["commands"].as_u64(), p["errors"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(g["errors"], 0);
+    assert!(
+        eventually(Duration::from_secs(1), || named(&status(&control), "gl")
+            ["fences_pending"]
+            == 2),
+        "both fenced submits wait on ring 0"
+    );
+    assert!(g["socket"].as_str().unwrap().ends_with("vm0.sock"));
+    gl.wait(slow).unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        let g = status(&control);
+        let g = named(&g, "gl");
+        g["fences_pending"] == 0 && g["fences_signalled"] == 2
+    }));
+
+    // A VM that goes leaves the registry; the next one on its socket is a new VM.
+    let old_id = named(&status(&control), "gl")["id"].as_u64().unwrap();
+    drop(gl);
+    assert!(eventually(Duration::from_secs(5), || status(&control)
+        .len()
+        == 1));
+    let _gl = connect(&d, 0);
+    assert!(eventually(Duration::from_secs(5), || status(&control)
+        .len()
+        == 2));
+    let new_id = named(&status(&control), "gl")["id"].as_u64().unwrap();
+    assert!(new_id > old_id, "ids are not reused");
+
+    let table = std::process::Command::new(vgpud())
+        .args(["status", "--control-socket"])
+        .arg(&control)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and a line per VM:\n{table}");
+    assert!(
+        lines[0].starts_with("ID") && table.contains(" plain "),
+        "{table}"
+    );
+    let _ = std::fs::remove_file(&control);
+}

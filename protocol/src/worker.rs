@@ -116,7 +116,8 @@ pub enum Request {
     MapBlob {
         id: u32,
     },
-    /// Reply: `Fence`; its signal comes later as an `Event`.
+    /// Reply: `Fence`, whose signal comes later as an `Event`; or `Ok` when the renderer has no
+    /// work the fence could wait for (it is done already).
     CreateFence {
         ctx: u32,
         ring: Option<u8>,

@@ -20,6 +20,7 @@ use super::renderer::{BlobArgs, ExportedBlob};
 use super::resource::{Blob, Resource};
 use super::scanout::{rect_within, BlobLayout, Scanout};
 use super::{render_error, Device, DisplayCmd, Renderer, Result};
+use crate::ids::{GuestCtxId, RendererCtxId};
 
 /// What the transport must ask of the frontend, after releasing the device lock.
 #[derive(Clone, Debug)]
@@ -48,7 +49,7 @@ const MAP_ACCESS_WRITE: u32 = 0x20;
 impl<R: Renderer> Device<R> {
     pub(super) fn create_blob(
         &mut self,
-        local_ctx: u32,
+        guest_ctx: GuestCtxId,
         args: &CreateBlob,
         mem: &Arc<GuestMemoryMmap>,
     ) -> Result<Response> {
@@ -68,10 +69,10 @@ impl<R: Renderer> Device<R> {
         if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
             return Err(ErrorCode::InvalidParameter);
         }
-        let ctx = if local_ctx == 0 {
-            0
+        let ctx = if guest_ctx.0 == 0 {
+            RendererCtxId::NONE
         } else {
-            self.ctx_global(local_ctx)?
+            self.renderer_ctx(guest_ctx)?
         };
         let backing = if uses_guest_pages {
             let b = resolve_backing(mem, &args.entries)?;
@@ -92,7 +93,7 @@ impl<R: Renderer> Device<R> {
             0
         };
         self.charge(charged)?;
-        let global = self
+        let renderer_id = self
             .renderer
             .resource_id_for(id)
             .ok_or(ErrorCode::OutOfMemory)?;
@@ -104,13 +105,13 @@ impl<R: Renderer> Device<R> {
         };
         let created = self.renderer.create_blob(
             ctx,
-            global,
+            renderer_id,
             blob_args,
             backing.as_ref().map(|b| b.ranges.clone()),
         );
         if let Err(e) = created {
             // Gives the renderer id back (a 2D renderer reuses it).
-            self.renderer.unref(global);
+            self.renderer.unref(renderer_id);
             return Err(render_error(e));
         }
         // A guest blob in a file-backed region can be mapped by the frontend straight from it.
@@ -124,7 +125,7 @@ impl<R: Renderer> Device<R> {
         } else {
             None
         };
-        let mut res = Resource::new(global, 0, 0, charged);
+        let mut res = Resource::new(renderer_id, 0, 0, charged);
         res.backing = backing;
         res.blob = Some(Blob {
             mem: args.blob_mem,
@@ -180,7 +181,10 @@ impl<R: Renderer> Device<R> {
             // Guest pages outside one file-backed region cannot be handed to the frontend.
             return Err(ErrorCode::InvalidParameter);
         }
-        let export = self.renderer.map_blob(res.global).map_err(render_error)?;
+        let export = self
+            .renderer
+            .map_blob(res.renderer_id)
+            .map_err(render_error)?;
         if let Some(blob) = self.resource_mut(id)?.blob.as_mut() {
             blob.export = Some(export.clone());
         }

@@ -5,10 +5,11 @@ use vgpud_protocol::{
 };
 
 use super::{render_error, Device, Renderer, Result};
+use crate::ids::{GuestCtxId, RendererCtxId};
 
-/// A guest context: the renderer knows it by `global`.
+/// A guest context, known to the renderer by `renderer`.
 pub struct Context {
-    pub global: u32,
+    pub renderer: RendererCtxId,
 }
 
 /// Largest dimensions a 3D texture may claim; the renderer allocates host memory for them.
@@ -50,11 +51,11 @@ impl<R: Renderer> Device<R> {
 
     pub(super) fn ctx_create(
         &mut self,
-        local: u32,
+        guest: GuestCtxId,
         context_init: u32,
         name: &[u8],
     ) -> Result<Response> {
-        if local == 0 || self.contexts.contains_key(&local) {
+        if guest.0 == 0 || self.contexts.contains_key(&guest) {
             return Err(ErrorCode::InvalidContextId);
         }
         let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
@@ -64,34 +65,40 @@ impl<R: Renderer> Device<R> {
         if self.contexts.len() >= self.cfg.max_contexts {
             return Err(ErrorCode::OutOfMemory);
         }
-        let global = self.renderer.alloc_ctx_id().ok_or(ErrorCode::OutOfMemory)?;
+        let renderer = self.renderer.alloc_ctx_id().ok_or(ErrorCode::OutOfMemory)?;
         let name = String::from_utf8_lossy(name);
         self.renderer
-            .create_context(global, context_init, &name, &self.sink)
+            .create_context(renderer, context_init, &name)
             .map_err(render_error)?;
-        self.contexts.insert(local, Context { global });
+        self.contexts.insert(guest, Context { renderer });
         Ok(Response::OkNodata)
     }
 
-    pub(super) fn ctx_destroy(&mut self, local: u32) -> Result<Response> {
+    pub(super) fn ctx_destroy(&mut self, guest: GuestCtxId) -> Result<Response> {
         let ctx = self
             .contexts
-            .remove(&local)
+            .remove(&guest)
             .ok_or(ErrorCode::InvalidContextId)?;
-        self.renderer.destroy_context(ctx.global);
+        self.renderer.destroy_context(ctx.renderer);
         Ok(Response::OkNodata)
     }
 
-    pub(super) fn ctx_global(&self, local: u32) -> Result<u32> {
+    /// The renderer's id for the guest's context `guest`.
+    pub(super) fn renderer_ctx(&self, guest: GuestCtxId) -> Result<RendererCtxId> {
         self.contexts
-            .get(&local)
-            .map(|c| c.global)
+            .get(&guest)
+            .map(|c| c.renderer)
             .ok_or(ErrorCode::InvalidContextId)
     }
 
-    pub(super) fn ctx_attach(&mut self, local: u32, id: u32, attach: bool) -> Result<Response> {
-        let ctx = self.ctx_global(local)?;
-        let res = self.resource(id)?.global;
+    pub(super) fn ctx_attach(
+        &mut self,
+        guest: GuestCtxId,
+        id: u32,
+        attach: bool,
+    ) -> Result<Response> {
+        let ctx = self.renderer_ctx(guest)?;
+        let res = self.resource(id)?.renderer_id;
         if attach {
             self.renderer
                 .attach_to_context(ctx, res)
@@ -108,35 +115,35 @@ impl<R: Renderer> Device<R> {
             return Err(ErrorCode::InvalidResourceId);
         }
         let size = quota_size(args).ok_or(ErrorCode::InvalidParameter)?;
-        self.add_resource(id, (args.width, args.height), size, |r, global| {
-            r.create_3d(global, args)
+        self.add_resource(id, (args.width, args.height), size, |r, renderer_id| {
+            r.create_3d(renderer_id, args)
         })
     }
 
     pub(super) fn transfer_3d(
         &mut self,
-        local_ctx: u32,
+        guest: GuestCtxId,
         t: &Transfer3d,
         to_host: bool,
     ) -> Result<Response> {
-        let ctx = if local_ctx == 0 {
-            0
+        let ctx = if guest.0 == 0 {
+            RendererCtxId::NONE
         } else {
-            self.ctx_global(local_ctx)?
+            self.renderer_ctx(guest)?
         };
         let res = self.resource(t.resource_id)?;
         // The renderer checks the box against the resource and its backing.
         let result = if to_host {
-            self.renderer.transfer_to_host_3d(ctx, res.global, t)
+            self.renderer.transfer_to_host_3d(ctx, res.renderer_id, t)
         } else {
-            self.renderer.transfer_from_host_3d(ctx, res.global, t)
+            self.renderer.transfer_from_host_3d(ctx, res.renderer_id, t)
         };
         result.map_err(|_| ErrorCode::InvalidParameter)?;
         Ok(Response::OkNodata)
     }
 
-    pub(super) fn submit_3d(&mut self, local_ctx: u32, commands: &[u8]) -> Result<Response> {
-        let ctx = self.ctx_global(local_ctx)?;
+    pub(super) fn submit_3d(&mut self, guest: GuestCtxId, commands: &[u8]) -> Result<Response> {
+        let ctx = self.renderer_ctx(guest)?;
         // Guests submit empty streams only to get a fence on a ring; the fence is created after
         // this either way, and some renderers refuse an empty stream.
         if commands.is_empty() {
@@ -145,7 +152,7 @@ impl<R: Renderer> Device<R> {
         self.renderer
             .submit_3d(ctx, commands.to_vec())
             .map_err(|e| {
-                log::debug!("context {local_ctx}: command stream refused: {e}");
+                log::debug!("{guest}: command stream refused: {e}");
                 ErrorCode::InvalidParameter
             })?;
         Ok(Response::OkNodata)

@@ -4,7 +4,6 @@
 
 mod blob;
 mod context;
-pub mod fences;
 pub mod memory;
 pub mod renderer;
 mod resource;
@@ -25,16 +24,15 @@ use vm_memory::GuestMemoryMmap;
 
 pub use self::blob::ShmemRequest;
 use self::context::Context;
-use self::fences::Timeline;
 use self::memory::resolve_backing;
-pub use self::renderer::{
-    BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, FenceSink, RenderError, Renderer,
-};
+pub use self::renderer::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
 use self::resource::Resource;
 pub use self::scanout::{bands, CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::scanout::{intersect, rect_within, Scanout};
 use self::window::HostWindow;
+use crate::fences::{Fence, Timeline};
 use crate::guestlog::GuestLog;
+use crate::ids::{FenceId, GuestCtxId, RendererCtxId, RendererResId};
 
 /// Per-VM limits and the initial display layout.
 #[derive(Clone, Debug)]
@@ -74,9 +72,9 @@ pub struct Outcome {
     pub response: Response,
     pub display: Vec<DisplayCmd>,
     /// Answer only once this renderer fence has signalled (on this timeline, in order).
-    pub fence: Option<(Timeline, u64)>,
+    pub fence: Option<(Timeline, FenceId)>,
     /// A context was destroyed: its parked responses will never be signalled.
-    pub closed_context: Option<u32>,
+    pub closed_context: Option<GuestCtxId>,
     /// Window mappings to change at the frontend before the response is sent.
     pub shmem: Vec<ShmemRequest>,
 }
@@ -88,9 +86,8 @@ pub struct Device<R: Renderer> {
     cfg: DeviceConfig,
     resources: BTreeMap<u32, Resource>,
     resource_bytes: u64,
-    contexts: BTreeMap<u32, Context>,
+    contexts: BTreeMap<GuestCtxId, Context>,
     capsets: Vec<CapsetInfo>,
-    sink: Arc<dyn FenceSink>,
     scanouts: Vec<Scanout>,
     modes: Vec<DisplayOne>,
     edids: Vec<Option<Vec<u8>>>,
@@ -102,7 +99,7 @@ pub struct Device<R: Renderer> {
 }
 
 impl<R: Renderer> Device<R> {
-    pub fn new(renderer: R, mut cfg: DeviceConfig, sink: Arc<dyn FenceSink>) -> Self {
+    pub fn new(renderer: R, mut cfg: DeviceConfig) -> Self {
         cfg.num_scanouts = cfg.num_scanouts.clamp(1, MAX_SCANOUTS as u32);
         // Slots for every scanout virtio-gpu allows: with a display attached, the frontend decides
         // how many the guest sees (QEMU's max_outputs), not our configuration.
@@ -124,7 +121,6 @@ impl<R: Renderer> Device<R> {
             resources: BTreeMap::new(),
             resource_bytes: 0,
             contexts: BTreeMap::new(),
-            sink,
             scanouts: vec![Scanout::default(); MAX_SCANOUTS],
             modes,
             edids: vec![None; MAX_SCANOUTS],
@@ -191,8 +187,8 @@ impl<R: Renderer> Device<R> {
         let mut display = Vec::new();
         let mut shmem = std::mem::take(&mut self.stale_mappings);
         let result = self.dispatch(req, mem, &mut display, &mut shmem);
-        let closed_context =
-            (matches!(req.cmd, Command::CtxDestroy) && result.is_ok()).then_some(req.hdr.ctx_id);
+        let closed_context = (matches!(req.cmd, Command::CtxDestroy) && result.is_ok())
+            .then_some(GuestCtxId(req.hdr.ctx_id));
         let response = result.unwrap_or_else(|code| {
             let name = command_name(&req.hdr, &req.cmd);
             self.log.warn(format_args!("{name} failed: {code:?}"));
@@ -214,11 +210,12 @@ impl<R: Renderer> Device<R> {
         }
     }
 
-    fn create_fence(&self, hdr: &CtrlHeader) -> Option<(Timeline, u64)> {
-        let ctx = self.contexts.get(&hdr.ctx_id).map(|c| c.global);
+    fn create_fence(&self, hdr: &CtrlHeader) -> Option<(Timeline, FenceId)> {
+        let guest_ctx = GuestCtxId(hdr.ctx_id);
+        let ctx = self.contexts.get(&guest_ctx).map(|c| c.renderer);
         let timeline = match hdr.ring() {
             Some(ring) => Timeline {
-                ctx: hdr.ctx_id,
+                ctx: guest_ctx,
                 ring: Some(ring),
             },
             None => Timeline::GLOBAL,
@@ -229,9 +226,10 @@ impl<R: Renderer> Device<R> {
         }
         match self
             .renderer
-            .create_fence(&self.sink, ctx.unwrap_or(0), timeline.ring)
+            .create_fence(ctx.unwrap_or(RendererCtxId::NONE), timeline.ring)
         {
-            Ok(id) => Some((timeline, id)),
+            Ok(Fence::Pending(id)) => Some((timeline, id)),
+            Ok(Fence::Signalled) => None,
             Err(e) => {
                 self.log.warn(format_args!(
                     "cannot create a fence, answering at once: {e}"
@@ -248,7 +246,7 @@ impl<R: Renderer> Device<R> {
         display: &mut Vec<DisplayCmd>,
         shmem: &mut Vec<ShmemRequest>,
     ) -> Result<Response> {
-        let ctx = req.hdr.ctx_id;
+        let ctx = GuestCtxId(req.hdr.ctx_id);
         if is_3d(&req.cmd) && !self.has_3d() {
             return Err(ErrorCode::Unspec);
         }
@@ -286,21 +284,21 @@ impl<R: Renderer> Device<R> {
                 if res.backing.is_some() {
                     return Err(ErrorCode::InvalidParameter);
                 }
-                let global = res.global;
+                let renderer_id = res.renderer_id;
                 self.renderer
-                    .attach_backing(global, backing.ranges.clone())
+                    .attach_backing(renderer_id, backing.ranges.clone())
                     .map_err(render_error)?;
                 self.resource_mut(*resource_id)?.backing = Some(backing);
                 Ok(Response::OkNodata)
             }
             Command::ResourceDetachBacking { resource_id } => {
                 let res = self.resource_mut(*resource_id)?;
-                let global = res.global;
+                let renderer_id = res.renderer_id;
                 // Take the backing only after the renderer let go of the pages.
                 if res.backing.is_none() {
                     return Err(ErrorCode::InvalidParameter);
                 }
-                self.renderer.detach_backing(global);
+                self.renderer.detach_backing(renderer_id);
                 self.resource_mut(*resource_id)?.backing = None;
                 Ok(Response::OkNodata)
             }
@@ -423,8 +421,8 @@ impl<R: Renderer> Device<R> {
         // The renderer computes width * 4 in 32 bits: keep the stride and the size representable.
         let stride = width.checked_mul(bpp).ok_or(ErrorCode::InvalidParameter)?;
         let size = u64::from(stride) * u64::from(height);
-        self.add_resource(id, (width, height), size, |r, global| {
-            r.create_2d(global, width, height, fmt)
+        self.add_resource(id, (width, height), size, |r, renderer_id| {
+            r.create_2d(renderer_id, width, height, fmt)
         })
     }
 
@@ -435,21 +433,21 @@ impl<R: Renderer> Device<R> {
         id: u32,
         (width, height): (u32, u32),
         size: u64,
-        create: impl FnOnce(&R, u32) -> std::result::Result<(), RenderError>,
+        create: impl FnOnce(&R, RendererResId) -> std::result::Result<(), RenderError>,
     ) -> Result<Response> {
         self.charge(size)?;
-        let global = self
+        let renderer_id = self
             .renderer
             .resource_id_for(id)
             .ok_or(ErrorCode::OutOfMemory)?;
-        if let Err(e) = create(&self.renderer, global) {
+        if let Err(e) = create(&self.renderer, renderer_id) {
             // Gives the renderer id back (a 2D renderer reuses it).
-            self.renderer.unref(global);
+            self.renderer.unref(renderer_id);
             return Err(render_error(e));
         }
         self.resource_bytes += size;
         self.resources
-            .insert(id, Resource::new(global, width, height, size));
+            .insert(id, Resource::new(renderer_id, width, height, size));
         Ok(Response::OkNodata)
     }
 
@@ -487,7 +485,7 @@ impl<R: Renderer> Device<R> {
 
     /// Frees a resource in the renderer before dropping its backing (and so its memory view).
     fn release(&mut self, res: Resource) {
-        self.renderer.unref(res.global);
+        self.renderer.unref(res.renderer_id);
         self.resource_bytes = self.resource_bytes.saturating_sub(res.size);
         drop(res);
     }
@@ -556,7 +554,7 @@ impl<R: Renderer> Device<R> {
         }
         for (part, offset) in parts {
             self.renderer
-                .transfer_to_host_2d(res.global, res.width, part, offset)
+                .transfer_to_host_2d(res.renderer_id, res.width, part, offset)
                 .map_err(|_| ErrorCode::InvalidParameter)?;
         }
         Ok(Response::OkNodata)
@@ -669,9 +667,9 @@ impl<R: Renderer> Device<R> {
         match shown.layout {
             Some(layout) => self.read_blob_pixels(resource_id, layout, band),
             None => {
-                let global = self.resource(resource_id)?.global;
+                let renderer_id = self.resource(resource_id)?.renderer_id;
                 self.renderer
-                    .read_pixels(global, band)
+                    .read_pixels(renderer_id, band)
                     .map_err(render_error)
             }
         }
@@ -705,7 +703,7 @@ impl<R: Renderer> Device<R> {
         let pixels = self
             .renderer
             .read_pixels(
-                res.global,
+                res.renderer_id,
                 Rect {
                     x: 0,
                     y: 0,
@@ -750,7 +748,7 @@ impl<R: Renderer> Device<R> {
                 .map(|(shm_offset, len)| ShmemRequest::Unmap { shm_offset, len }),
         );
         while let Some((_, ctx)) = self.contexts.pop_first() {
-            self.renderer.destroy_context(ctx.global);
+            self.renderer.destroy_context(ctx.renderer);
         }
         while let Some((_, res)) = self.resources.pop_first() {
             self.release(res);

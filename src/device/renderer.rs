@@ -1,5 +1,5 @@
-//! What the device model needs from a renderer. Ids here are the renderer's global resource ids,
-//! never a guest's: the device maps each VM's ids onto them.
+//! What the device model needs from a renderer. Ids here are the renderer's (`RendererResId`,
+//! `RendererCtxId`), never a guest's: the device maps each VM's ids onto them.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 use vm_memory::GuestMemoryMmap;
 
 use super::memory::HostRange;
+use crate::fences::Fence;
+use crate::ids::{RendererCtxId as Ctx, RendererResId as Res};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -46,12 +48,6 @@ pub struct ExportedBlob {
     pub map_info: u32,
 }
 
-/// Told when a fence the renderer created for this VM has signalled. Called from any thread, never
-/// with a renderer or routing lock held.
-pub trait FenceSink: Send + Sync {
-    fn signalled(&self, fence: u64);
-}
-
 /// Called once when a renderer is gone for good (its worker died), with the reason.
 pub type DeathNotice = Box<dyn Fn(&str) + Send + Sync>;
 
@@ -60,63 +56,54 @@ pub trait Renderer: Send {
     /// own (unique among live resources), so VMs cannot collide; `unref` gives them back. A 3D
     /// renderer must use the guest's own id: its command streams name resources by the ids the
     /// guest chose.
-    fn resource_id_for(&self, guest_id: u32) -> Option<u32>;
-    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError>;
-    fn unref(&self, id: u32);
+    fn resource_id_for(&self, guest_id: u32) -> Option<Res>;
+    fn create_2d(&self, id: Res, width: u32, height: u32, format: u32) -> Result<(), RenderError>;
+    fn unref(&self, id: Res);
     /// The ranges must stay mapped until `detach_backing` or `unref` of `id` returned.
-    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError>;
-    fn detach_backing(&self, id: u32);
+    fn attach_backing(&self, id: Res, ranges: Vec<HostRange>) -> Result<(), RenderError>;
+    fn detach_backing(&self, id: Res);
     /// Copies `rect` from the backing into a `width`-pixel-wide 2D resource; the rect's first
     /// pixel is at byte `offset` of the backing, rows `width * 4` bytes apart.
     fn transfer_to_host_2d(
         &self,
-        id: u32,
+        id: Res,
         width: u32,
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError>;
     /// The pixels of `rect`, rows packed (stride = width * 4).
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError>;
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError>;
     fn capsets(&self) -> Vec<CapsetInfo>;
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError>;
 
-    /// A fresh global context id, never handed out before in this process.
-    fn alloc_ctx_id(&self) -> Option<u32>;
-    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError>;
-    /// Creates context `ctx`; its fences will be reported to `sink`.
-    fn create_context(
-        &self,
-        ctx: u32,
-        context_init: u32,
-        name: &str,
-        sink: &Arc<dyn FenceSink>,
-    ) -> Result<(), RenderError>;
-    fn destroy_context(&self, ctx: u32);
-    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError>;
-    fn detach_from_context(&self, ctx: u32, id: u32);
-    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
-    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError>;
-    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError>;
+    /// A fresh context id, never handed out before by this renderer.
+    fn alloc_ctx_id(&self) -> Option<Ctx>;
+    fn create_3d(&self, id: Res, args: &ResourceCreate3d) -> Result<(), RenderError>;
+    /// Creates context `ctx`.
+    fn create_context(&self, ctx: Ctx, context_init: u32, name: &str) -> Result<(), RenderError>;
+    fn destroy_context(&self, ctx: Ctx);
+    fn attach_to_context(&self, ctx: Ctx, id: Res) -> Result<(), RenderError>;
+    fn detach_from_context(&self, ctx: Ctx, id: Res);
+    fn transfer_to_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError>;
+    fn transfer_from_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError>;
+    fn submit_3d(&self, ctx: Ctx, commands: Vec<u8>) -> Result<(), RenderError>;
     /// Creates blob `id` for context `ctx` (0: none). Guest-memory blobs come with their pages,
     /// which must stay mapped until `unref`.
     fn create_blob(
         &self,
-        ctx: u32,
-        id: u32,
+        ctx: Ctx,
+        id: Res,
         args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError>;
     /// Makes host blob `id` mappable by another process. The returned file keeps the memory
     /// alive on its own, after `unref` too.
-    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError>;
-    /// Creates a fence after all work submitted so far on `ctx` (0: none) and `ring` (None: the
-    /// global timeline); returns its id, later passed to `sink`.
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        ctx: u32,
-        ring: Option<u8>,
-    ) -> Result<u64, RenderError>;
+    fn map_blob(&self, id: Res) -> Result<ExportedBlob, RenderError>;
+    /// Creates a fence after all work submitted so far on `ring` of `ctx`, or with `ring` None,
+    /// on the global timeline (`ctx` may then be `RendererCtxId::NONE`). A pending fence is reported to the fence sink the
+    /// renderer was made with. A renderer either reports all its fences or none (all are
+    /// `Signalled` at creation), so that a timeline's answers never overtake each other.
+    fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError>;
 
     /// The VM's guest memory table changed: a renderer in another process maps it anew.
     fn memory_changed(&self, _mem: &GuestMemoryMmap) {}
@@ -127,31 +114,31 @@ pub trait Renderer: Send {
 
 /// One renderer shared by several VMs' devices.
 impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
-    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+    fn resource_id_for(&self, guest_id: u32) -> Option<Res> {
         (**self).resource_id_for(guest_id)
     }
-    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
+    fn create_2d(&self, id: Res, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
         (**self).create_2d(id, width, height, format)
     }
-    fn unref(&self, id: u32) {
+    fn unref(&self, id: Res) {
         (**self).unref(id)
     }
-    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+    fn attach_backing(&self, id: Res, ranges: Vec<HostRange>) -> Result<(), RenderError> {
         (**self).attach_backing(id, ranges)
     }
-    fn detach_backing(&self, id: u32) {
+    fn detach_backing(&self, id: Res) {
         (**self).detach_backing(id)
     }
     fn transfer_to_host_2d(
         &self,
-        id: u32,
+        id: Res,
         width: u32,
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError> {
         (**self).transfer_to_host_2d(id, width, rect, offset)
     }
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
         (**self).read_pixels(id, rect)
     }
     fn capsets(&self) -> Vec<CapsetInfo> {
@@ -160,58 +147,47 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError> {
         (**self).capset(id, version)
     }
-    fn alloc_ctx_id(&self) -> Option<u32> {
+    fn alloc_ctx_id(&self) -> Option<Ctx> {
         (**self).alloc_ctx_id()
     }
-    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError> {
+    fn create_3d(&self, id: Res, args: &ResourceCreate3d) -> Result<(), RenderError> {
         (**self).create_3d(id, args)
     }
-    fn create_context(
-        &self,
-        ctx: u32,
-        context_init: u32,
-        name: &str,
-        sink: &Arc<dyn FenceSink>,
-    ) -> Result<(), RenderError> {
-        (**self).create_context(ctx, context_init, name, sink)
+    fn create_context(&self, ctx: Ctx, context_init: u32, name: &str) -> Result<(), RenderError> {
+        (**self).create_context(ctx, context_init, name)
     }
-    fn destroy_context(&self, ctx: u32) {
+    fn destroy_context(&self, ctx: Ctx) {
         (**self).destroy_context(ctx)
     }
-    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
+    fn attach_to_context(&self, ctx: Ctx, id: Res) -> Result<(), RenderError> {
         (**self).attach_to_context(ctx, id)
     }
-    fn detach_from_context(&self, ctx: u32, id: u32) {
+    fn detach_from_context(&self, ctx: Ctx, id: Res) {
         (**self).detach_from_context(ctx, id)
     }
-    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_to_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         (**self).transfer_to_host_3d(ctx, id, t)
     }
-    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_from_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         (**self).transfer_from_host_3d(ctx, id, t)
     }
-    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+    fn submit_3d(&self, ctx: Ctx, commands: Vec<u8>) -> Result<(), RenderError> {
         (**self).submit_3d(ctx, commands)
     }
     fn create_blob(
         &self,
-        ctx: u32,
-        id: u32,
+        ctx: Ctx,
+        id: Res,
         args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
         (**self).create_blob(ctx, id, args, backing)
     }
-    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
+    fn map_blob(&self, id: Res) -> Result<ExportedBlob, RenderError> {
         (**self).map_blob(id)
     }
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        ctx: u32,
-        ring: Option<u8>,
-    ) -> Result<u64, RenderError> {
-        (**self).create_fence(sink, ctx, ring)
+    fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
+        (**self).create_fence(ctx, ring)
     }
     fn memory_changed(&self, mem: &GuestMemoryMmap) {
         (**self).memory_changed(mem)

@@ -5,6 +5,7 @@ use std::io::Read;
 
 use super::memory::Backing;
 use super::renderer::ExportedBlob;
+use crate::ids::RendererResId;
 
 /// What a blob resource keeps besides the common fields.
 pub struct Blob {
@@ -19,7 +20,7 @@ pub struct Blob {
 
 pub struct Resource {
     /// The renderer's id for it; the guest never sees this.
-    pub global: u32,
+    pub renderer_id: RendererResId,
     pub width: u32,
     pub height: u32,
     /// Host bytes it costs, counted against the VM's quota.
@@ -30,9 +31,9 @@ pub struct Resource {
 }
 
 impl Resource {
-    pub fn new(global: u32, width: u32, height: u32, size: u64) -> Self {
+    pub fn new(renderer_id: RendererResId, width: u32, height: u32, size: u64) -> Self {
         Resource {
-            global,
+            renderer_id,
             width,
             height,
             size,

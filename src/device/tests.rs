@@ -9,37 +9,38 @@ use vgpud_protocol::{
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use super::*;
+use crate::fences::FenceSink;
+use crate::render::fake::Fake;
 use crate::render::Soft2d;
 
 #[derive(Default)]
-struct Signals(Mutex<Vec<u64>>);
+struct Signals(Mutex<Vec<FenceId>>);
 
 impl FenceSink for Signals {
-    fn signalled(&self, fence: u64) {
+    fn signalled(&self, fence: FenceId) {
         self.0.lock().unwrap().push(fence);
     }
 }
 
-struct Vm {
-    dev: Device<Soft2d>,
+struct Vm<R: Renderer = Soft2d> {
+    dev: Device<R>,
     mem: Arc<GuestMemoryMmap>,
-    signals: Arc<Signals>,
+}
+
+fn guest_memory() -> Arc<GuestMemoryMmap> {
+    let mem = GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), 1 << 20),
+        (GuestAddress(1 << 32), 1 << 20),
+    ])
+    .unwrap();
+    Arc::new(mem)
 }
 
 impl Vm {
     fn new(cfg: DeviceConfig) -> Vm {
-        let renderer = Soft2d::default();
-        let mem = GuestMemoryMmap::from_ranges(&[
-            (GuestAddress(0), 1 << 20),
-            (GuestAddress(1 << 32), 1 << 20),
-        ])
-        .unwrap();
-        let signals = Arc::new(Signals::default());
-        let sink: Arc<dyn FenceSink> = signals.clone();
         Vm {
-            dev: Device::new(renderer, cfg, sink),
-            mem: Arc::new(mem),
-            signals,
+            dev: Device::new(Soft2d::default(), cfg),
+            mem: guest_memory(),
         }
     }
 
@@ -515,11 +516,52 @@ fn reset_frees_everything() {
 }
 
 #[test]
-fn fenced_commands_get_a_fence_that_signals() {
+fn fenced_commands_wait_for_a_renderer_fence_on_their_timeline() {
     use vgpud_protocol::{FLAG_FENCE, FLAG_INFO_RING_IDX};
-    let mut vm = Vm::new(DeviceConfig::default());
+    let signals = Arc::new(Signals::default());
+    let mut vm = Vm {
+        dev: Device::new(Fake::new(signals.clone()), DeviceConfig::default()),
+        mem: guest_memory(),
+    };
     let hdr = CtrlHeader {
         flags: FLAG_FENCE,
+        fence_id: 5,
+        ..Default::default()
+    };
+    let fenced = |vm: &mut Vm<Fake>, hdr: CtrlHeader, cmd: Command| {
+        vm.dev.handle(&Request { hdr, cmd }, &vm.mem)
+    };
+    let out = fenced(&mut vm, hdr, create(1, 4, 4));
+    assert_eq!(out.response, Response::OkNodata);
+    let (timeline, id) = out.fence.expect("fenced");
+    assert_eq!(timeline, Timeline::GLOBAL);
+    // The renderer reports it once done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while signals.0.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(*signals.0.lock().unwrap(), vec![id]);
+    // A failed command is still fenced, so it cannot overtake earlier fences.
+    let out = fenced(&mut vm, hdr, create(1, 4, 4));
+    assert_eq!(out.response, Response::Err(ErrorCode::InvalidResourceId));
+    assert!(out.fence.is_some());
+    // A ring fence on a context that does not exist has no timeline: answered at once.
+    let ring = CtrlHeader {
+        flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+        ctx_id: 3,
+        ring_idx: 1,
+        ..hdr
+    };
+    assert!(fenced(&mut vm, ring, Command::GetDisplayInfo)
+        .fence
+        .is_none());
+}
+
+#[test]
+fn two_d_fences_are_done_at_once_and_there_are_no_contexts() {
+    let mut vm = Vm::new(DeviceConfig::default());
+    let hdr = CtrlHeader {
+        flags: vgpud_protocol::FLAG_FENCE,
         fence_id: 5,
         ..Default::default()
     };
@@ -531,36 +573,7 @@ fn fenced_commands_get_a_fence_that_signals() {
         &vm.mem,
     );
     assert_eq!(out.response, Response::OkNodata);
-    let (timeline, id) = out.fence.expect("fenced");
-    assert_eq!(timeline, fences::Timeline::GLOBAL);
-    // The 2D renderer finishes at once.
-    assert_eq!(*vm.signals.0.lock().unwrap(), vec![id]);
-    // A failed command is still fenced, so it cannot overtake earlier fences.
-    let out = vm.dev.handle(
-        &Request {
-            hdr,
-            cmd: create(1, 4, 4),
-        },
-        &vm.mem,
-    );
-    assert_eq!(out.response, Response::Err(ErrorCode::InvalidResourceId));
-    assert!(out.fence.is_some());
-    // A ring fence on a context that does not exist has no timeline: answered at once.
-    let ring = CtrlHeader {
-        flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
-        ctx_id: 3,
-        ring_idx: 1,
-        ..hdr
-    };
-    let out = vm.dev.handle(
-        &Request {
-            hdr: ring,
-            cmd: Command::GetDisplayInfo,
-        },
-        &vm.mem,
-    );
-    assert!(out.fence.is_none());
-    // The 2D renderer has no contexts.
+    assert!(out.fence.is_none(), "nothing to wait for: answered at once");
     let out = vm.run(Command::CtxCreate {
         context_init: 0,
         debug_name: b"x".to_vec(),

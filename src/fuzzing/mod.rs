@@ -34,8 +34,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use self::input::Input;
 use self::model::{entry_bytes, inside, Kind, Model, Queue, Res, PAGE};
-use crate::device::fences::Timelines;
-use crate::device::{bands, Device, DeviceConfig, DisplayCmd, FenceSink, ShmemRequest};
+use crate::device::{bands, Device, DeviceConfig, DisplayCmd, ShmemRequest};
 use crate::render::Soft2d;
 
 /// A guest memory region: where the guest sees it, and where it is in the memory file (None:
@@ -187,28 +186,11 @@ impl Harness {
     }
 }
 
-#[derive(Default)]
-struct Signals(Mutex<Vec<u64>>);
-
-impl FenceSink for Signals {
-    fn signalled(&self, fence: u64) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(fence);
-    }
-}
-
-impl Signals {
-    fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
 /// One input's device, and what the interpreter knows about it.
 struct Run<'h> {
     h: &'h Harness,
     dev: Device<Arc<Soft2d>>,
     model: Model,
-    signals: Arc<Signals>,
-    parked: Timelines<()>,
     stats: Stats,
     fence_seq: u64,
 }
@@ -274,9 +256,7 @@ impl<'h> Run<'h> {
             max_contexts: 4,
             hostmem: [0, 256 << 10, 1 << 20, 1 << 20][usize::from(c0 >> 3) & 3],
         };
-        let signals = Arc::new(Signals::default());
-        let sink: Arc<dyn FenceSink> = signals.clone();
-        let mut dev = Device::new(h.renderer.clone(), cfg.clone(), sink);
+        let mut dev = Device::new(h.renderer.clone(), cfg.clone());
         let mut limit = dev.num_scanouts();
         if c0 & 4 != 0 {
             dev.attach_display();
@@ -294,8 +274,6 @@ impl<'h> Run<'h> {
             h,
             dev,
             model,
-            signals,
-            parked: Timelines::default(),
             stats: Stats::default(),
             fence_seq: 0,
         }
@@ -844,19 +822,11 @@ impl<'h> Run<'h> {
             .display(&out.display, &req.cmd, Queue::Control, &mut self.stats);
         check_encodes(&req.hdr, &out.response);
         self.model.observe(&req.cmd, &out.response, &mut self.stats);
-        if let Some((timeline, fence)) = out.fence {
-            assert!(req.hdr.is_fenced(), "a fence for an unfenced request");
-            self.parked.park(timeline, fence, ());
+        // The 2D renderer finishes its work at once: a fenced answer never waits.
+        assert!(out.fence.is_none(), "a 2D answer parked behind a fence");
+        if req.hdr.is_fenced() {
             self.stats.fences += 1;
         }
-        if let Some(ctx) = out.closed_context {
-            self.parked.drain_context(ctx);
-        }
-        for fence in self.signals.take() {
-            self.parked.retire_through(fence);
-        }
-        // The 2D renderer finishes at once: nothing may stay parked.
-        assert!(self.parked.is_empty(), "a fenced answer never released");
         self.model.check(&self.dev);
         // Updates go out right after the request, as the transport sends them; now and then
         // later, after other requests changed what is shown.
@@ -913,7 +883,6 @@ impl<'h> Run<'h> {
     fn reset(&mut self) {
         self.dev.reset();
         self.model.reset();
-        self.parked.drain_all();
         self.stats.resets += 1;
         assert_eq!(self.dev.resource_count(), 0, "resources survived a reset");
         assert_eq!(

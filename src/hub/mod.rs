@@ -1,3 +1,3 @@
-//! What crosses VMs: today, the renderer's fence signals routed back to the VM that asked.
+//! What crosses VMs: the registry of the VMs this daemon serves.
 
-pub mod fences;
+pub mod registry;

@@ -11,14 +11,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
+use crate::fences::{Fence, FenceSink};
+use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
+use crate::sync::lock;
 
 /// The capset the fake offers, so that the device offers 3D: VIRGL's id.
 const CAPSET: CapsetInfo = CapsetInfo {
@@ -33,31 +36,29 @@ struct Resource {
     backing: Vec<HostRange>,
 }
 
-type Timer = (Instant, u64, Arc<dyn FenceSink>);
+type Timer = (Instant, FenceId);
 
 pub struct Fake {
-    resources: Mutex<HashMap<u32, Resource>>,
+    resources: Mutex<HashMap<Res, Resource>>,
     /// Each context's delay for its next fence.
-    contexts: Mutex<HashMap<u32, u64>>,
+    contexts: Mutex<HashMap<Ctx, u64>>,
     /// When the last fence of each (context, ring) is due: a later one is never due earlier.
-    rings: Mutex<HashMap<(u32, Option<u8>), Instant>>,
+    rings: Mutex<HashMap<(Ctx, Option<u8>), Instant>>,
     next_fence: AtomicU64,
     timers: Mutex<mpsc::Sender<Timer>>,
-    /// Where contexts' fences go (for `spurious`).
-    sink: Mutex<Option<Arc<dyn FenceSink>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    /// Where fences are reported.
+    sink: Arc<dyn FenceSink>,
 }
 
 fn rejected(why: &str) -> RenderError {
     RenderError::Rejected(why.to_string())
 }
 
-impl Default for Fake {
-    fn default() -> Self {
+impl Fake {
+    /// A fake renderer reporting its fences to `sink`.
+    pub fn new(sink: Arc<dyn FenceSink>) -> Self {
         let (tx, rx) = mpsc::channel::<Timer>();
+        let signals = sink.clone();
         // Signals each fence at its time, whatever order they were created in.
         let _ = thread::Builder::new()
             .name("fake-fences".into())
@@ -79,8 +80,8 @@ impl Default for Fake {
                     let (ready, later): (Vec<Timer>, Vec<Timer>) =
                         due.drain(..).partition(|t| t.0 <= now);
                     due = later;
-                    for (_, id, sink) in ready {
-                        sink.signalled(id);
+                    for (_, id) in ready {
+                        signals.signalled(id);
                     }
                 }
             });
@@ -90,7 +91,7 @@ impl Default for Fake {
             rings: Mutex::default(),
             next_fence: AtomicU64::new(0),
             timers: Mutex::new(tx),
-            sink: Mutex::new(None),
+            sink,
         }
     }
 }
@@ -117,7 +118,7 @@ fn copy(res: &mut Resource, to_host: bool) {
 }
 
 impl Fake {
-    fn with<T>(&self, id: u32, f: impl FnOnce(&mut Resource) -> T) -> Result<T, RenderError> {
+    fn with<T>(&self, id: Res, f: impl FnOnce(&mut Resource) -> T) -> Result<T, RenderError> {
         lock(&self.resources)
             .get_mut(&id)
             .map(f)
@@ -126,32 +127,32 @@ impl Fake {
 }
 
 impl Renderer for Fake {
-    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
-        Some(guest_id)
+    fn resource_id_for(&self, guest_id: u32) -> Option<Res> {
+        Some(Res(guest_id))
     }
 
-    fn create_2d(&self, id: u32, _w: u32, _h: u32, _format: u32) -> Result<(), RenderError> {
+    fn create_2d(&self, id: Res, _w: u32, _h: u32, _format: u32) -> Result<(), RenderError> {
         lock(&self.resources).insert(id, Resource::default());
         Ok(())
     }
 
-    fn unref(&self, id: u32) {
+    fn unref(&self, id: Res) {
         lock(&self.resources).remove(&id);
     }
 
-    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+    fn attach_backing(&self, id: Res, ranges: Vec<HostRange>) -> Result<(), RenderError> {
         self.with(id, |r| r.backing = ranges)
     }
 
-    fn detach_backing(&self, id: u32) {
+    fn detach_backing(&self, id: Res) {
         let _ = self.with(id, |r| r.backing.clear());
     }
 
-    fn transfer_to_host_2d(&self, id: u32, _w: u32, _r: Rect, _o: u64) -> Result<(), RenderError> {
+    fn transfer_to_host_2d(&self, id: Res, _w: u32, _r: Rect, _o: u64) -> Result<(), RenderError> {
         self.with(id, |r| copy(r, true))
     }
 
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
         let len = rect.width as usize * rect.height as usize * 4;
         self.with(id, |r| {
             let mut out = r.bytes.clone();
@@ -172,51 +173,44 @@ impl Renderer for Fake {
         }
     }
 
-    fn alloc_ctx_id(&self) -> Option<u32> {
+    fn alloc_ctx_id(&self) -> Option<Ctx> {
         None
     }
 
-    fn create_3d(&self, id: u32, _args: &ResourceCreate3d) -> Result<(), RenderError> {
+    fn create_3d(&self, id: Res, _args: &ResourceCreate3d) -> Result<(), RenderError> {
         lock(&self.resources).insert(id, Resource::default());
         Ok(())
     }
 
-    fn create_context(
-        &self,
-        ctx: u32,
-        _init: u32,
-        _name: &str,
-        sink: &Arc<dyn FenceSink>,
-    ) -> Result<(), RenderError> {
-        *lock(&self.sink) = Some(sink.clone());
+    fn create_context(&self, ctx: Ctx, _init: u32, _name: &str) -> Result<(), RenderError> {
         lock(&self.contexts).insert(ctx, 0);
         Ok(())
     }
 
-    fn destroy_context(&self, ctx: u32) {
+    fn destroy_context(&self, ctx: Ctx) {
         lock(&self.contexts).remove(&ctx);
     }
 
-    fn attach_to_context(&self, _ctx: u32, id: u32) -> Result<(), RenderError> {
+    fn attach_to_context(&self, _ctx: Ctx, id: Res) -> Result<(), RenderError> {
         self.with(id, |_| ())
     }
 
-    fn detach_from_context(&self, _ctx: u32, _id: u32) {}
+    fn detach_from_context(&self, _ctx: Ctx, _id: Res) {}
 
-    fn transfer_to_host_3d(&self, _ctx: u32, id: u32, _t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_to_host_3d(&self, _ctx: Ctx, id: Res, _t: &Transfer3d) -> Result<(), RenderError> {
         self.with(id, |r| copy(r, true))
     }
 
     fn transfer_from_host_3d(
         &self,
-        _ctx: u32,
-        id: u32,
+        _ctx: Ctx,
+        id: Res,
         _t: &Transfer3d,
     ) -> Result<(), RenderError> {
         self.with(id, |r| copy(r, false))
     }
 
-    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+    fn submit_3d(&self, ctx: Ctx, commands: Vec<u8>) -> Result<(), RenderError> {
         let script = String::from_utf8_lossy(&commands);
         for line in script.lines() {
             let mut words = line.split_whitespace();
@@ -236,9 +230,7 @@ impl Renderer for Fake {
                 },
                 (Some("spurious"), Some(n)) => {
                     let n: u64 = n.parse().map_err(|_| rejected("bad count"))?;
-                    if let Some(sink) = lock(&self.sink).clone() {
-                        (0..n).for_each(|i| sink.signalled(u64::MAX - i));
-                    }
+                    (0..n).for_each(|i| self.sink.signalled(FenceId(u64::MAX - i)));
                 }
                 _ => {}
             }
@@ -248,8 +240,8 @@ impl Renderer for Fake {
 
     fn create_blob(
         &self,
-        _ctx: u32,
-        id: u32,
+        _ctx: Ctx,
+        id: Res,
         _args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
@@ -261,17 +253,12 @@ impl Renderer for Fake {
         Ok(())
     }
 
-    fn map_blob(&self, _id: u32) -> Result<ExportedBlob, RenderError> {
+    fn map_blob(&self, _id: Res) -> Result<ExportedBlob, RenderError> {
         Err(rejected("the fake renderer has no host blobs"))
     }
 
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        ctx: u32,
-        ring: Option<u8>,
-    ) -> Result<u64, RenderError> {
-        let id = self.next_fence.fetch_add(1, Ordering::Relaxed) + 1;
+    fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
+        let id = FenceId(self.next_fence.fetch_add(1, Ordering::Relaxed) + 1);
         let delay = lock(&self.contexts).get_mut(&ctx).map_or(0, std::mem::take);
         let mut rings = lock(&self.rings);
         let last = rings.entry((ctx, ring)).or_insert_with(Instant::now);
@@ -279,8 +266,8 @@ impl Renderer for Fake {
         *last = due;
         drop(rings);
         lock(&self.timers)
-            .send((due, id, sink.clone()))
+            .send((due, id))
             .map_err(|_| RenderError::Gone)?;
-        Ok(id)
+        Ok(Fence::Pending(id))
     }
 }

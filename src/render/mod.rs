@@ -1,17 +1,19 @@
-//! The daemon's renderer, shared by its VMs. The 2D one (`Soft2d`) is called in place from each
-//! VM's queue thread. A 3D one is rutabaga_gfx on a thread of its own: rutabaga (and
-//! virglrenderer behind it) is not thread-safe and GL contexts belong to one thread, so each
-//! VM's device talks to it through a cloneable `RenderHandle` that runs closures on that thread.
+//! Renderers. The 2D one (`Soft2d`) is shared by the daemon's 2D VMs and called in place from each
+//! VM's queue thread. A 3D VM's renderer lives in a render worker process of its own (`worker`),
+//! reached from the broker through a `RemoteRenderer`. Inside the worker, rutabaga_gfx runs on a
+//! thread of its own: rutabaga (and virglrenderer behind it) is not thread-safe and GL contexts
+//! belong to one thread, so the worker talks to it through a `RenderHandle` that runs closures
+//! on that thread.
 
 pub mod channel;
-mod fake;
+pub(crate) mod fake;
 mod maps;
 pub mod remote;
 mod rutabaga;
 mod soft2d;
 pub mod worker;
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -23,17 +25,18 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 pub use self::rutabaga::RendererKind;
 pub use self::soft2d::Soft2d;
 use crate::device::Renderer;
-use crate::hub::fences::FenceRouter;
+use crate::fences::FenceSink;
 
 /// A renderer the devices of several VMs share.
 pub type SharedRenderer = Arc<dyn Renderer + Sync>;
 
-/// Starts a renderer of `kind` (not `Auto`: see `RendererKind::candidates`).
-pub fn start(kind: RendererKind) -> Result<SharedRenderer, StartError> {
+/// Starts a renderer of `kind` (not `Auto`: see `RendererKind::candidates`) for one VM, reporting
+/// its fences to `sink`. (The 2D renderer reports none: its fences are done at creation.)
+pub fn start(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<SharedRenderer, StartError> {
     match kind {
         RendererKind::TwoD => Ok(Arc::new(Soft2d::default())),
-        RendererKind::Fake => Ok(Arc::new(fake::Fake::default())),
-        _ => Ok(Arc::new(RenderHandle::start(kind)?)),
+        RendererKind::Fake => Ok(Arc::new(fake::Fake::new(sink))),
+        _ => Ok(Arc::new(RenderHandle::start(kind, sink)?)),
     }
 }
 
@@ -52,21 +55,19 @@ pub struct RenderHandle {
     kind: RendererKind,
     jobs: mpsc::Sender<Job>,
     next_ctx: Arc<AtomicU32>,
-    fences: Arc<FenceRouter>,
+    next_fence: Arc<AtomicU64>,
 }
 
 impl RenderHandle {
     /// Builds the renderer on its own thread and returns a handle to it. The thread ends when the
     /// last handle is dropped.
-    pub fn start(kind: RendererKind) -> Result<RenderHandle, StartError> {
-        let fences = Arc::new(FenceRouter::default());
+    pub fn start(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<RenderHandle, StartError> {
         let (jobs, inbox) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let router = fences.clone();
         thread::Builder::new()
             .name("renderer".into())
             .spawn(move || {
-                let mut rutabaga = match rutabaga::build(kind, router) {
+                let mut rutabaga = match rutabaga::build(kind, sink) {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -91,7 +92,7 @@ impl RenderHandle {
             kind,
             jobs,
             next_ctx: Arc::new(AtomicU32::new(1)),
-            fences,
+            next_fence: Arc::new(AtomicU64::new(0)),
         };
         if let Some(fd) = poll_fd {
             handle.watch_poll_fd(fd)?;

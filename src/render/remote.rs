@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -27,9 +27,10 @@ use super::channel::{Channel, Mailbox};
 use super::worker::{EVENT_FD, MAILBOX_FD, REQUEST_FD};
 use super::RendererKind;
 use crate::device::memory::HostRange;
-use crate::device::{
-    BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, FenceSink, RenderError, Renderer,
-};
+use crate::device::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
+use crate::fences::{Fence, FenceSink};
+use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
+use crate::sync::lock;
 
 pub struct RemoteRenderer {
     inner: Arc<Inner>,
@@ -43,7 +44,7 @@ struct Inner {
     next_ctx: AtomicU32,
     state: Mutex<State>,
     /// Where fence signals go: the VM's fence inbox (one VM per worker).
-    sink: Mutex<Option<Weak<dyn FenceSink>>>,
+    sink: Weak<dyn FenceSink>,
     on_death: Mutex<Option<DeathNotice>>,
     /// Set when the worker failed; `dying` is held until the VM has been told, so that no
     /// caller returns (and no answer reaches the guest) before the VM is being disconnected.
@@ -56,6 +57,8 @@ struct Inner {
     /// call may hold it, waiting on the very worker). Cleared, under this lock, before the
     /// worker is reaped, so a pid is never signalled after it could have been reused.
     killable: Mutex<u32>,
+    /// The running worker's pid (0: none), for whoever shows it (the VM registry).
+    shown_pid: Arc<AtomicU32>,
     /// Fences asked for and not yet signalled: while there are some, the worker must show it
     /// is alive (see `watch`).
     pending: AtomicU64,
@@ -72,10 +75,6 @@ struct Worker {
     child: Child,
     requests: Channel,
     mailbox: Mailbox,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn rejected(why: impl Into<String>) -> RenderError {
@@ -177,8 +176,16 @@ fn end(mut worker: Worker) {
 }
 
 impl RemoteRenderer {
-    /// A renderer whose worker starts at the VM's first call that needs it.
-    pub fn new(kind: RendererKind, vm: &str, limit: Duration, capsets: Vec<CapsetInfo>) -> Self {
+    /// A renderer for VM `vm` whose worker is started at the first call that needs it; fence
+    /// signals go to `sink`, and the worker's pid is kept in `pid` while it runs.
+    pub fn new(
+        kind: RendererKind,
+        vm: &str,
+        limit: Duration,
+        capsets: Vec<CapsetInfo>,
+        sink: Weak<dyn FenceSink>,
+        pid: Arc<AtomicU32>,
+    ) -> Self {
         RemoteRenderer {
             inner: Arc::new(Inner {
                 kind,
@@ -187,23 +194,16 @@ impl RemoteRenderer {
                 capsets,
                 next_ctx: AtomicU32::new(1),
                 state: Mutex::default(),
-                sink: Mutex::new(None),
+                sink,
                 on_death: Mutex::new(None),
                 dead: AtomicBool::new(false),
                 dying: Mutex::new(()),
                 teller: Mutex::new(None),
                 killable: Mutex::new(0),
+                shown_pid: pid,
                 pending: AtomicU64::new(0),
             }),
         }
-    }
-
-    /// The worker's process id, once it runs.
-    pub fn pid(&self) -> Option<u32> {
-        lock(&self.inner.state)
-            .worker
-            .as_ref()
-            .map(|w| w.child.id())
     }
 }
 
@@ -214,6 +214,7 @@ impl Drop for RemoteRenderer {
         self.inner.dead.store(true, Ordering::Release);
         if let Some(worker) = lock(&self.inner.state).worker.take() {
             *lock(&self.inner.killable) = 0;
+            self.inner.shown_pid.store(0, Ordering::Relaxed);
             end(worker);
         }
     }
@@ -287,6 +288,7 @@ impl Inner {
                 .name("render-events".into())
                 .spawn(move || watch(watcher, Channel::new(events)))?;
             *lock(&self.killable) = worker.child.id();
+            self.shown_pid.store(worker.child.id(), Ordering::Relaxed);
             state.worker = Some(worker);
         }
         state
@@ -315,6 +317,7 @@ impl Inner {
         }
         if let Some(mut worker) = lock(&self.state).worker.take() {
             *lock(&self.killable) = 0;
+            self.shown_pid.store(0, Ordering::Relaxed);
             let pid = worker.child.id();
             let _ = worker.child.kill();
             let status = match worker.child.wait() {
@@ -397,9 +400,8 @@ fn watch(inner: Weak<Inner>, events: Channel) {
                     ));
                     return;
                 }
-                let sink = lock(&inner.sink).as_ref().and_then(Weak::upgrade);
-                if let Some(sink) = sink {
-                    sink.signalled(id);
+                if let Some(sink) = inner.sink.upgrade() {
+                    sink.signalled(FenceId(id));
                 }
             }
             Err(e)
@@ -428,52 +430,52 @@ fn ranges(pages: &[HostRange]) -> Vec<(u64, u64)> {
 }
 
 impl Renderer for RemoteRenderer {
-    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+    fn resource_id_for(&self, guest_id: u32) -> Option<Res> {
         // One VM per worker: its command streams name resources by the guest's own ids.
-        Some(guest_id)
+        Some(Res(guest_id))
     }
 
-    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
+    fn create_2d(&self, id: Res, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
         self.inner.ok(&Request::Create2d {
-            id,
+            id: id.0,
             width,
             height,
             format,
         })
     }
 
-    fn unref(&self, id: u32) {
-        let _ = self.inner.ok(&Request::Unref { id });
+    fn unref(&self, id: Res) {
+        let _ = self.inner.ok(&Request::Unref { id: id.0 });
     }
 
-    fn attach_backing(&self, id: u32, pages: Vec<HostRange>) -> Result<(), RenderError> {
+    fn attach_backing(&self, id: Res, pages: Vec<HostRange>) -> Result<(), RenderError> {
         self.inner.ok(&Request::AttachBacking {
-            id,
+            id: id.0,
             ranges: ranges(&pages),
         })
     }
 
-    fn detach_backing(&self, id: u32) {
-        let _ = self.inner.ok(&Request::DetachBacking { id });
+    fn detach_backing(&self, id: Res) {
+        let _ = self.inner.ok(&Request::DetachBacking { id: id.0 });
     }
 
     fn transfer_to_host_2d(
         &self,
-        id: u32,
+        id: Res,
         width: u32,
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError> {
         self.inner.ok(&Request::TransferToHost2d {
-            id,
+            id: id.0,
             width,
             rect,
             offset,
         })
     }
 
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
-        let pixels = self.inner.data(&Request::ReadPixels { id, rect })?;
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let pixels = self.inner.data(&Request::ReadPixels { id: id.0, rect })?;
         let want = rect.width as usize * rect.height as usize * 4;
         if pixels.len() != want {
             return Err(self.inner.unexpected(Reply::Data {
@@ -504,65 +506,68 @@ impl Renderer for RemoteRenderer {
         Ok(data)
     }
 
-    fn alloc_ctx_id(&self) -> Option<u32> {
+    fn alloc_ctx_id(&self) -> Option<Ctx> {
         self.inner
             .next_ctx
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
             .ok()
+            .map(Ctx)
     }
 
-    fn create_3d(&self, id: u32, args: &ResourceCreate3d) -> Result<(), RenderError> {
-        self.inner.ok(&Request::Create3d { id, args: *args })
+    fn create_3d(&self, id: Res, args: &ResourceCreate3d) -> Result<(), RenderError> {
+        self.inner.ok(&Request::Create3d {
+            id: id.0,
+            args: *args,
+        })
     }
 
-    fn create_context(
-        &self,
-        ctx: u32,
-        context_init: u32,
-        name: &str,
-        sink: &Arc<dyn FenceSink>,
-    ) -> Result<(), RenderError> {
-        *lock(&self.inner.sink) = Some(Arc::downgrade(sink));
+    fn create_context(&self, ctx: Ctx, context_init: u32, name: &str) -> Result<(), RenderError> {
         self.inner.ok(&Request::CreateContext {
-            ctx,
+            ctx: ctx.0,
             context_init,
             name: name.chars().take(64).collect(),
         })
     }
 
-    fn destroy_context(&self, ctx: u32) {
-        let _ = self.inner.ok(&Request::DestroyContext { ctx });
+    fn destroy_context(&self, ctx: Ctx) {
+        let _ = self.inner.ok(&Request::DestroyContext { ctx: ctx.0 });
     }
 
-    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
-        self.inner.ok(&Request::AttachToContext { ctx, id })
+    fn attach_to_context(&self, ctx: Ctx, id: Res) -> Result<(), RenderError> {
+        self.inner.ok(&Request::AttachToContext {
+            ctx: ctx.0,
+            id: id.0,
+        })
     }
 
-    fn detach_from_context(&self, ctx: u32, id: u32) {
-        let _ = self.inner.ok(&Request::DetachFromContext { ctx, id });
+    fn detach_from_context(&self, ctx: Ctx, id: Res) {
+        let _ = self.inner.ok(&Request::DetachFromContext {
+            ctx: ctx.0,
+            id: id.0,
+        });
     }
 
-    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_to_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         self.inner.ok(&Request::Transfer3d {
-            ctx,
-            id,
+            ctx: ctx.0,
+            id: id.0,
             to_host: true,
             transfer: *t,
         })
     }
 
-    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_from_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         self.inner.ok(&Request::Transfer3d {
-            ctx,
-            id,
+            ctx: ctx.0,
+            id: id.0,
             to_host: false,
             transfer: *t,
         })
     }
 
-    fn submit_3d(&self, ctx: u32, commands: Vec<u8>) -> Result<(), RenderError> {
+    fn submit_3d(&self, ctx: Ctx, commands: Vec<u8>) -> Result<(), RenderError> {
         let request = Request::Submit3d {
-            ctx,
+            ctx: ctx.0,
             len: commands.len() as u64,
         };
         match self.inner.call(&request, &[], Some(&commands))?.0 {
@@ -573,14 +578,14 @@ impl Renderer for RemoteRenderer {
 
     fn create_blob(
         &self,
-        ctx: u32,
-        id: u32,
+        ctx: Ctx,
+        id: Res,
         args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
         self.inner.ok(&Request::CreateBlob {
-            ctx,
-            id,
+            ctx: ctx.0,
+            id: id.0,
             mem: args.mem,
             flags: args.flags,
             blob_id: args.blob_id,
@@ -589,8 +594,8 @@ impl Renderer for RemoteRenderer {
         })
     }
 
-    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
-        match self.inner.call(&Request::MapBlob { id }, &[], None)? {
+    fn map_blob(&self, id: Res) -> Result<ExportedBlob, RenderError> {
+        match self.inner.call(&Request::MapBlob { id: id.0 }, &[], None)? {
             (
                 Reply::Blob {
                     offset,
@@ -620,20 +625,18 @@ impl Renderer for RemoteRenderer {
         }
     }
 
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        ctx: u32,
-        ring: Option<u8>,
-    ) -> Result<u64, RenderError> {
-        *lock(&self.inner.sink) = Some(Arc::downgrade(sink));
+    fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
         match self
             .inner
-            .call(&Request::CreateFence { ctx, ring }, &[], None)?
+            .call(&Request::CreateFence { ctx: ctx.0, ring }, &[], None)?
             .0
         {
-            Reply::Fence { id } => Ok(id),
+            Reply::Fence { id } => Ok(Fence::Pending(FenceId(id))),
+            Reply::Ok => {
+                self.inner.pending.fetch_sub(1, Ordering::AcqRel);
+                Ok(Fence::Signalled)
+            }
             other => Err(self.inner.unexpected(other)),
         }
     }

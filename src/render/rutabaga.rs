@@ -1,6 +1,7 @@
 //! The device model's `Renderer` trait implemented over rutabaga_gfx.
 
 use std::io::IoSliceMut;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use std::fs::File;
@@ -15,8 +16,9 @@ use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, MAP_CACHE_CACHED};
 
 use super::{maps, RenderHandle};
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
-use crate::hub::fences::FenceRouter;
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
+use crate::fences::{Fence, FenceSink};
+use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 
 /// Which rutabaga component renders.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -79,10 +81,10 @@ impl RendererKind {
 const PIPE_TEXTURE_2D: u32 = 2;
 const PIPE_BIND_RENDER_TARGET: u32 = 2;
 
-pub(super) fn build(kind: RendererKind, router: Arc<FenceRouter>) -> Result<Rutabaga, String> {
+/// Builds the renderer; every fence it signals goes to `sink` (it serves one VM).
+pub(super) fn build(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<Rutabaga, String> {
     let fences = RutabagaFenceHandler::new(move |f: RutabagaFence| {
-        let ring = (f.flags & RUTABAGA_FLAG_INFO_RING_IDX != 0).then_some(f.ring_idx);
-        router.signal(f.ctx_id, ring, f.fence_id);
+        sink.signalled(FenceId(f.fence_id));
     });
     match kind {
         #[cfg(feature = "virgl")]
@@ -179,7 +181,21 @@ fn transfer(t: &Transfer3d) -> Transfer3D {
     }
 }
 
+/// Global-timeline fence ids travel through a signed 32-bit field of virglrenderer.
+const GLOBAL_FENCE_ID_MASK: u64 = 0x7fff_ffff;
+
 impl RenderHandle {
+    /// A fresh fence id. Context fences use the full 64 bits; global ones wrap within 31 bits,
+    /// which is safe because fences are matched exactly among the outstanding ones.
+    fn next_fence_id(&self, global: bool) -> FenceId {
+        let id = self.next_fence.fetch_add(1, Ordering::Relaxed) + 1;
+        FenceId(if global {
+            (id & GLOBAL_FENCE_ID_MASK).max(1)
+        } else {
+            id
+        })
+    }
+
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Rutabaga) -> Result<T, RutabagaError> + Send + 'static,
@@ -190,19 +206,19 @@ impl RenderHandle {
 
 impl Renderer for RenderHandle {
     #[cfg_attr(not(feature = "virgl"), allow(unused_variables))]
-    fn resource_id_for(&self, guest_id: u32) -> Option<u32> {
+    fn resource_id_for(&self, guest_id: u32) -> Option<Res> {
         match self.kind {
             #[cfg(feature = "virgl")]
-            RendererKind::Virgl | RendererKind::Venus => Some(guest_id),
+            RendererKind::Virgl | RendererKind::Venus => Some(Res(guest_id)),
             RendererKind::TwoD | RendererKind::Auto | RendererKind::Fake => None,
         }
     }
 
-    fn alloc_ctx_id(&self) -> Option<u32> {
-        Self::fresh(&self.next_ctx)
+    fn alloc_ctx_id(&self) -> Option<Ctx> {
+        Self::fresh(&self.next_ctx).map(Ctx)
     }
 
-    fn create_2d(&self, id: u32, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
+    fn create_2d(&self, id: Res, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
         let create = ResourceCreate3D {
             target: PIPE_TEXTURE_2D,
             format,
@@ -215,10 +231,10 @@ impl Renderer for RenderHandle {
             nr_samples: 0,
             flags: 0,
         };
-        self.run(move |r| r.resource_create_3d(id, create))
+        self.run(move |r| r.resource_create_3d(id.0, create))
     }
 
-    fn create_3d(&self, id: u32, a: &ResourceCreate3d) -> Result<(), RenderError> {
+    fn create_3d(&self, id: Res, a: &ResourceCreate3d) -> Result<(), RenderError> {
         let create = ResourceCreate3D {
             target: a.target,
             format: a.format,
@@ -231,35 +247,35 @@ impl Renderer for RenderHandle {
             nr_samples: a.nr_samples,
             flags: a.flags,
         };
-        self.run(move |r| r.resource_create_3d(id, create))
+        self.run(move |r| r.resource_create_3d(id.0, create))
     }
 
-    fn unref(&self, id: u32) {
-        let _ = self.call(move |r| r.unref_resource(id));
+    fn unref(&self, id: Res) {
+        let _ = self.call(move |r| r.unref_resource(id.0));
     }
 
-    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+    fn attach_backing(&self, id: Res, ranges: Vec<HostRange>) -> Result<(), RenderError> {
         let iovecs = iovecs(ranges);
-        self.run(move |r| r.attach_backing(id, iovecs))
+        self.run(move |r| r.attach_backing(id.0, iovecs))
     }
 
-    fn detach_backing(&self, id: u32) {
-        let _ = self.call(move |r| r.detach_backing(id));
+    fn detach_backing(&self, id: Res) {
+        let _ = self.call(move |r| r.detach_backing(id.0));
     }
 
     fn transfer_to_host_2d(
         &self,
-        id: u32,
+        id: Res,
         _width: u32,
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError> {
         // 3D renderers take the offset as where the rect starts, like the guest.
         let t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, offset);
-        self.run(move |r| r.transfer_write(0, id, t, None))
+        self.run(move |r| r.transfer_write(0, id.0, t, None))
     }
 
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
         let too_big = || RenderError::OutOfMemory;
         let stride = u64::from(rect.width) * 4;
         // 3D renderers write the rect at the start of the destination.
@@ -269,7 +285,7 @@ impl Renderer for RenderHandle {
             let mut buf = vec![0u8; total];
             let mut t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
             t.stride = stride;
-            r.transfer_read(0, id, t, Some(IoSliceMut::new(&mut buf)))?;
+            r.transfer_read(0, id.0, t, Some(IoSliceMut::new(&mut buf)))?;
             Ok(buf)
         })
     }
@@ -292,54 +308,41 @@ impl Renderer for RenderHandle {
         self.run(move |r| r.get_capset(id, version))
     }
 
-    fn create_context(
-        &self,
-        ctx: u32,
-        context_init: u32,
-        name: &str,
-        sink: &Arc<dyn FenceSink>,
-    ) -> Result<(), RenderError> {
-        // Routed before it exists, so no fence of it can go astray.
-        self.fences.add_context(ctx, sink);
+    fn create_context(&self, ctx: Ctx, context_init: u32, name: &str) -> Result<(), RenderError> {
         let name = name.to_string();
-        let result = self.run(move |r| r.create_context(ctx, context_init, Some(&name)));
-        if result.is_err() {
-            self.fences.remove_context(ctx);
-        }
-        result
+        self.run(move |r| r.create_context(ctx.0, context_init, Some(&name)))
     }
 
-    fn destroy_context(&self, ctx: u32) {
-        let _ = self.call(move |r| r.destroy_context(ctx));
-        self.fences.remove_context(ctx);
+    fn destroy_context(&self, ctx: Ctx) {
+        let _ = self.call(move |r| r.destroy_context(ctx.0));
     }
 
-    fn attach_to_context(&self, ctx: u32, id: u32) -> Result<(), RenderError> {
-        self.run(move |r| r.context_attach_resource(ctx, id))
+    fn attach_to_context(&self, ctx: Ctx, id: Res) -> Result<(), RenderError> {
+        self.run(move |r| r.context_attach_resource(ctx.0, id.0))
     }
 
-    fn detach_from_context(&self, ctx: u32, id: u32) {
-        let _ = self.call(move |r| r.context_detach_resource(ctx, id));
+    fn detach_from_context(&self, ctx: Ctx, id: Res) {
+        let _ = self.call(move |r| r.context_detach_resource(ctx.0, id.0));
     }
 
-    fn transfer_to_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_to_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         let t = transfer(t);
-        self.run(move |r| r.transfer_write(ctx, id, t, None))
+        self.run(move |r| r.transfer_write(ctx.0, id.0, t, None))
     }
 
-    fn transfer_from_host_3d(&self, ctx: u32, id: u32, t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_from_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
         let t = transfer(t);
-        self.run(move |r| r.transfer_read(ctx, id, t, None))
+        self.run(move |r| r.transfer_read(ctx.0, id.0, t, None))
     }
 
-    fn submit_3d(&self, ctx: u32, mut commands: Vec<u8>) -> Result<(), RenderError> {
-        self.run(move |r| r.submit_command(ctx, &mut commands, &[]))
+    fn submit_3d(&self, ctx: Ctx, mut commands: Vec<u8>) -> Result<(), RenderError> {
+        self.run(move |r| r.submit_command(ctx.0, &mut commands, &[]))
     }
 
     fn create_blob(
         &self,
-        ctx: u32,
-        id: u32,
+        ctx: Ctx,
+        id: Res,
         args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
@@ -350,32 +353,24 @@ impl Renderer for RenderHandle {
             size: args.size,
         };
         let iovecs = backing.map(iovecs);
-        self.run(move |r| r.resource_create_blob(ctx, id, create, iovecs, None))
+        self.run(move |r| r.resource_create_blob(ctx.0, id.0, create, iovecs, None))
     }
 
-    fn map_blob(&self, id: u32) -> Result<ExportedBlob, RenderError> {
-        self.call(move |r| export_mapped(r, id))
+    fn map_blob(&self, id: Res) -> Result<ExportedBlob, RenderError> {
+        self.call(move |r| export_mapped(r, id.0))
             .ok_or(RenderError::Gone)?
             .map_err(RenderError::Rejected)
     }
 
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        ctx: u32,
-        ring: Option<u8>,
-    ) -> Result<u64, RenderError> {
-        let id = self.fences.next_id(ring.is_none());
-        if ring.is_none() {
-            self.fences.expect_global(id, sink);
-        }
+    fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
+        let id = self.next_fence_id(ring.is_none());
         let fence = RutabagaFence {
             flags: RUTABAGA_FLAG_FENCE | ring.map_or(0, |_| RUTABAGA_FLAG_INFO_RING_IDX),
-            fence_id: id,
-            ctx_id: ctx,
+            fence_id: id.0,
+            ctx_id: ctx.0,
             ring_idx: ring.unwrap_or(0),
         };
         self.run(move |r| r.create_fence(fence))?;
-        Ok(id)
+        Ok(Fence::Pending(id))
     }
 }

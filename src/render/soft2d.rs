@@ -8,14 +8,16 @@
 
 use std::alloc::{alloc_zeroed, Layout};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST};
 use vm_memory::VolatileSlice;
 
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, FenceSink, RenderError, Renderer};
+use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
+use crate::fences::Fence;
+use crate::ids::{RendererCtxId as Ctx, RendererResId as Res};
+use crate::sync::lock;
 
 /// The 2D renderer's resource ids, shared by every VM of the daemon. Freed ids are handed out
 /// again (oldest first), so no VM can use them up for the others by creating and freeing
@@ -28,19 +30,18 @@ struct IdPool {
 
 impl IdPool {
     /// A free id (ids start at 1); None only when every id is in use.
-    fn alloc(&self) -> Option<u32> {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+    fn alloc(&self) -> Option<Res> {
+        let mut st = lock(&self.state);
         if let Some(id) = st.1.pop_front() {
-            return Some(id);
+            return Some(Res(id));
         }
         let id = st.0.checked_add(1)?;
         st.0 = id;
-        Some(id)
+        Some(Res(id))
     }
 
-    fn release(&self, id: u32) {
-        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        st.1.push_back(id);
+    fn release(&self, id: Res) {
+        lock(&self.state).1.push_back(id.0);
     }
 }
 
@@ -56,13 +57,8 @@ struct Image {
 #[derive(Default)]
 pub struct Soft2d {
     /// Each image has its own lock, so VMs copying at once only meet on the short map lookup.
-    images: Mutex<HashMap<u32, Arc<Mutex<Image>>>>,
+    images: Mutex<HashMap<Res, Arc<Mutex<Image>>>>,
     ids: IdPool,
-    next_fence: AtomicU64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn rejected(why: &str) -> RenderError {
@@ -110,7 +106,7 @@ fn read_ranges(ranges: &[HostRange], mut offset: usize, mut buf: &mut [u8]) -> b
 }
 
 impl Soft2d {
-    fn image(&self, id: u32) -> Result<Arc<Mutex<Image>>, RenderError> {
+    fn image(&self, id: Res) -> Result<Arc<Mutex<Image>>, RenderError> {
         lock(&self.images)
             .get(&id)
             .cloned()
@@ -119,11 +115,11 @@ impl Soft2d {
 }
 
 impl Renderer for Soft2d {
-    fn resource_id_for(&self, _guest_id: u32) -> Option<u32> {
+    fn resource_id_for(&self, _guest_id: u32) -> Option<Res> {
         self.ids.alloc()
     }
 
-    fn create_2d(&self, id: u32, width: u32, height: u32, _format: u32) -> Result<(), RenderError> {
+    fn create_2d(&self, id: Res, width: u32, height: u32, _format: u32) -> Result<(), RenderError> {
         // Every virtio-gpu 2D format has 4 bytes a pixel; the device checked the size.
         let len = (width as usize)
             .checked_mul(height as usize)
@@ -140,7 +136,7 @@ impl Renderer for Soft2d {
         Ok(())
     }
 
-    fn unref(&self, id: u32) {
+    fn unref(&self, id: Res) {
         let gone = lock(&self.images).remove(&id);
         if let Some(image) = gone {
             // Any transfer still holding the image ends before the id can be handed out again.
@@ -149,13 +145,13 @@ impl Renderer for Soft2d {
         self.ids.release(id);
     }
 
-    fn attach_backing(&self, id: u32, ranges: Vec<HostRange>) -> Result<(), RenderError> {
+    fn attach_backing(&self, id: Res, ranges: Vec<HostRange>) -> Result<(), RenderError> {
         let image = self.image(id)?;
         lock(&image).backing = ranges;
         Ok(())
     }
 
-    fn detach_backing(&self, id: u32) {
+    fn detach_backing(&self, id: Res) {
         if let Ok(image) = self.image(id) {
             lock(&image).backing = Vec::new();
         }
@@ -163,7 +159,7 @@ impl Renderer for Soft2d {
 
     fn transfer_to_host_2d(
         &self,
-        id: u32,
+        id: Res,
         width: u32,
         rect: Rect,
         offset: u64,
@@ -204,7 +200,7 @@ impl Renderer for Soft2d {
         Ok(())
     }
 
-    fn read_pixels(&self, id: u32, rect: Rect) -> Result<Vec<u8>, RenderError> {
+    fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
         let image = self.image(id)?;
         let image = lock(&image);
         let inside = rect
@@ -242,53 +238,52 @@ impl Renderer for Soft2d {
         Err(rejected("the 2D renderer has no capsets"))
     }
 
-    fn alloc_ctx_id(&self) -> Option<u32> {
+    fn alloc_ctx_id(&self) -> Option<Ctx> {
         None
     }
 
-    fn create_3d(&self, _id: u32, _args: &ResourceCreate3d) -> Result<(), RenderError> {
+    fn create_3d(&self, _id: Res, _args: &ResourceCreate3d) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
     fn create_context(
         &self,
-        _ctx: u32,
+        _ctx: Ctx,
         _context_init: u32,
         _name: &str,
-        _sink: &Arc<dyn FenceSink>,
     ) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
-    fn destroy_context(&self, _ctx: u32) {}
+    fn destroy_context(&self, _ctx: Ctx) {}
 
-    fn attach_to_context(&self, _ctx: u32, _id: u32) -> Result<(), RenderError> {
+    fn attach_to_context(&self, _ctx: Ctx, _id: Res) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
-    fn detach_from_context(&self, _ctx: u32, _id: u32) {}
+    fn detach_from_context(&self, _ctx: Ctx, _id: Res) {}
 
-    fn transfer_to_host_3d(&self, _ctx: u32, _id: u32, _t: &Transfer3d) -> Result<(), RenderError> {
+    fn transfer_to_host_3d(&self, _ctx: Ctx, _id: Res, _t: &Transfer3d) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
     fn transfer_from_host_3d(
         &self,
-        _ctx: u32,
-        _id: u32,
+        _ctx: Ctx,
+        _id: Res,
         _t: &Transfer3d,
     ) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
-    fn submit_3d(&self, _ctx: u32, _commands: Vec<u8>) -> Result<(), RenderError> {
+    fn submit_3d(&self, _ctx: Ctx, _commands: Vec<u8>) -> Result<(), RenderError> {
         Err(rejected("3D needs a 3D renderer"))
     }
 
     fn create_blob(
         &self,
-        _ctx: u32,
-        _id: u32,
+        _ctx: Ctx,
+        _id: Res,
         args: BlobArgs,
         _backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
@@ -300,20 +295,13 @@ impl Renderer for Soft2d {
         }
     }
 
-    fn map_blob(&self, _id: u32) -> Result<ExportedBlob, RenderError> {
+    fn map_blob(&self, _id: Res) -> Result<ExportedBlob, RenderError> {
         Err(rejected("host blobs need a 3D renderer"))
     }
 
     /// 2D work is done when its command returns: the fence signals at once.
-    fn create_fence(
-        &self,
-        sink: &Arc<dyn FenceSink>,
-        _ctx: u32,
-        _ring: Option<u8>,
-    ) -> Result<u64, RenderError> {
-        let id = self.next_fence.fetch_add(1, Ordering::Relaxed) + 1;
-        sink.signalled(id);
-        Ok(id)
+    fn create_fence(&self, _ctx: Ctx, _ring: Option<u8>) -> Result<Fence, RenderError> {
+        Ok(Fence::Signalled)
     }
 }
 
@@ -349,21 +337,22 @@ mod tests {
     #[test]
     fn freed_ids_come_back_so_the_space_never_runs_out() {
         let pool = IdPool::default();
+        let some = |id| Some(Res(id));
         assert_eq!(
             (pool.alloc(), pool.alloc(), pool.alloc()),
-            (Some(1), Some(2), Some(3))
+            (some(1), some(2), some(3))
         );
-        pool.release(2);
-        pool.release(1);
+        pool.release(Res(2));
+        pool.release(Res(1));
         assert_eq!(
             (pool.alloc(), pool.alloc(), pool.alloc()),
-            (Some(2), Some(1), Some(4))
+            (some(2), some(1), some(4))
         );
         // Near the end of the id space: freed ids still come back.
         pool.state.lock().unwrap().0 = u32::MAX - 1;
-        assert_eq!(pool.alloc(), Some(u32::MAX));
+        assert_eq!(pool.alloc(), some(u32::MAX));
         assert_eq!(pool.alloc(), None);
-        pool.release(7);
-        assert_eq!(pool.alloc(), Some(7));
+        pool.release(Res(7));
+        assert_eq!(pool.alloc(), some(7));
     }
 }

@@ -20,7 +20,9 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use super::channel::{Channel, Mailbox};
 use super::{start, RendererKind, SharedRenderer};
 use crate::device::memory::{check_region, resolve_backing, Backing};
-use crate::device::{BlobArgs, FenceSink, RenderError};
+use crate::device::{BlobArgs, RenderError};
+use crate::fences::{Fence, FenceSink};
+use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 
 pub const REQUEST_FD: i32 = 3;
 pub const EVENT_FD: i32 = 4;
@@ -30,9 +32,9 @@ pub const MAILBOX_FD: i32 = 5;
 struct EventSink(Mutex<Channel>);
 
 impl FenceSink for EventSink {
-    fn signalled(&self, fence: u64) {
-        let events = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Err(e) = events.send(&Event::FenceSignalled { id: fence }, &[]) {
+    fn signalled(&self, fence: FenceId) {
+        let events = crate::sync::lock(&self.0);
+        if let Err(e) = events.send(&Event::FenceSignalled { id: fence.0 }, &[]) {
             error!("render worker: cannot report fence {fence}: {e}");
         }
     }
@@ -40,11 +42,10 @@ impl FenceSink for EventSink {
 
 struct Worker {
     renderer: SharedRenderer,
-    sink: Arc<dyn FenceSink>,
     mailbox: Mailbox,
     mem: Option<Arc<GuestMemoryMmap>>,
     /// Guest pages attached to resources: held so they stay mapped while the renderer uses them.
-    backings: HashMap<u32, Backing>,
+    backings: HashMap<Res, Backing>,
 }
 
 /// Serves the broker until it closes the request channel. Returns the process's exit status.
@@ -64,7 +65,7 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
     let requests = Channel::new(requests);
     let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
-        let renderer = start(kind).map_err(io::Error::other)?;
+        let renderer = start(kind, sink).map_err(io::Error::other)?;
         Ok((renderer, mailbox))
     });
     let (renderer, mailbox) = match setup {
@@ -80,7 +81,6 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
     );
     let mut worker = Worker {
         renderer,
-        sink,
         mailbox,
         mem: None,
         backings: HashMap::new(),
@@ -144,22 +144,23 @@ impl Worker {
                 width,
                 height,
                 format,
-            } => done(r.create_2d(id, width, height, format)),
-            Request::Create3d { id, args } => done(r.create_3d(id, &args)),
+            } => done(r.create_2d(Res(id), width, height, format)),
+            Request::Create3d { id, args } => done(r.create_3d(Res(id), &args)),
             Request::Unref { id } => {
-                r.unref(id);
-                self.backings.remove(&id);
+                r.unref(Res(id));
+                self.backings.remove(&Res(id));
                 Ok((Reply::Ok, None))
             }
             Request::AttachBacking { id, ranges } => {
                 let backing = self.backing(&ranges)?;
-                self.renderer.attach_backing(id, backing.ranges.clone())?;
-                self.backings.insert(id, backing);
+                self.renderer
+                    .attach_backing(Res(id), backing.ranges.clone())?;
+                self.backings.insert(Res(id), backing);
                 Ok((Reply::Ok, None))
             }
             Request::DetachBacking { id } => {
-                r.detach_backing(id);
-                self.backings.remove(&id);
+                r.detach_backing(Res(id));
+                self.backings.remove(&Res(id));
                 Ok((Reply::Ok, None))
             }
             Request::TransferToHost2d {
@@ -167,23 +168,23 @@ impl Worker {
                 width,
                 rect,
                 offset,
-            } => done(r.transfer_to_host_2d(id, width, rect, offset)),
+            } => done(r.transfer_to_host_2d(Res(id), width, rect, offset)),
             Request::ReadPixels { id, rect } => {
-                let pixels = r.read_pixels(id, rect)?;
+                let pixels = r.read_pixels(Res(id), rect)?;
                 self.data(&pixels)
             }
             Request::CreateContext {
                 ctx,
                 context_init,
                 name,
-            } => done(r.create_context(ctx, context_init, &name, &self.sink)),
+            } => done(r.create_context(Ctx(ctx), context_init, &name)),
             Request::DestroyContext { ctx } => {
-                r.destroy_context(ctx);
+                r.destroy_context(Ctx(ctx));
                 Ok((Reply::Ok, None))
             }
-            Request::AttachToContext { ctx, id } => done(r.attach_to_context(ctx, id)),
+            Request::AttachToContext { ctx, id } => done(r.attach_to_context(Ctx(ctx), Res(id))),
             Request::DetachFromContext { ctx, id } => {
-                r.detach_from_context(ctx, id);
+                r.detach_from_context(Ctx(ctx), Res(id));
                 Ok((Reply::Ok, None))
             }
             Request::Transfer3d {
@@ -192,13 +193,13 @@ impl Worker {
                 to_host,
                 transfer,
             } => done(if to_host {
-                r.transfer_to_host_3d(ctx, id, &transfer)
+                r.transfer_to_host_3d(Ctx(ctx), Res(id), &transfer)
             } else {
-                r.transfer_from_host_3d(ctx, id, &transfer)
+                r.transfer_from_host_3d(Ctx(ctx), Res(id), &transfer)
             }),
             Request::Submit3d { ctx, len } => {
                 let commands = self.mailbox.read(len).map_err(render_io)?;
-                done(self.renderer.submit_3d(ctx, commands))
+                done(self.renderer.submit_3d(Ctx(ctx), commands))
             }
             Request::CreateBlob {
                 ctx,
@@ -217,14 +218,14 @@ impl Worker {
                     size,
                 };
                 let pages = backing.as_ref().map(|b| b.ranges.clone());
-                self.renderer.create_blob(ctx, id, args, pages)?;
+                self.renderer.create_blob(Ctx(ctx), Res(id), args, pages)?;
                 if let Some(b) = backing {
-                    self.backings.insert(id, b);
+                    self.backings.insert(Res(id), b);
                 }
                 Ok((Reply::Ok, None))
             }
             Request::MapBlob { id } => {
-                let blob = r.map_blob(id)?;
+                let blob = r.map_blob(Res(id))?;
                 let file = blob.file.try_clone().map_err(render_io)?;
                 let reply = Reply::Blob {
                     offset: blob.offset,
@@ -234,8 +235,11 @@ impl Worker {
                 Ok((reply, Some(file)))
             }
             Request::CreateFence { ctx, ring } => {
-                let id = r.create_fence(&self.sink, ctx, ring)?;
-                Ok((Reply::Fence { id }, None))
+                let reply = match r.create_fence(Ctx(ctx), ring)? {
+                    Fence::Pending(id) => Reply::Fence { id: id.0 },
+                    Fence::Signalled => Reply::Ok,
+                };
+                Ok((reply, None))
             }
         }
     }

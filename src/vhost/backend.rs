@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error};
 use vgpud_protocol::{
-    GpuConfig, CONFIG_SIZE, EVENT_DISPLAY, F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB,
+    GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB,
     F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
 };
 use vhost::vhost_user::message::{
@@ -23,18 +23,20 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::answers::Answer;
 use super::display::DisplayLink;
-use super::fences::{Answer, FenceInbox};
 use super::peer::PeerWatch;
 use super::queue;
 use super::RendererSpec;
 use super::VmTemplate;
-use crate::device::fences::Timelines;
 use crate::device::memory::check_region;
-use crate::device::{Device, FenceSink, ShmemRequest};
+use crate::device::{Device, ShmemRequest};
+use crate::fences::{FenceInbox, FenceSink, Timelines};
 use crate::guestlog::GuestLog;
+use crate::hub::registry::{VmRecord, VmState};
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
+use crate::sync::lock;
 
 pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
@@ -51,6 +53,8 @@ const VIRTIO_F_RING_RESET: u32 = 40;
 
 pub struct VmBackend {
     pub(super) name: String,
+    /// This VM in the daemon's registry: its state and counters.
+    pub(super) record: Arc<VmRecord>,
     pub(super) log: GuestLog,
     pub(super) device: Mutex<Device<SharedRenderer>>,
     /// The guest memory the queues use: only tables whose regions all lie inside their files.
@@ -81,9 +85,11 @@ pub struct VmBackend {
 }
 
 impl VmBackend {
-    pub fn new(name: &str, template: VmTemplate) -> io::Result<Self> {
+    pub fn new(record: Arc<VmRecord>, template: VmTemplate) -> io::Result<Self> {
+        let name = record.name.as_str();
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
+        let sink = Arc::downgrade(&sink);
         let log = GuestLog::new(name);
         let renderer: SharedRenderer = match template.renderer {
             RendererSpec::Shared(r) => r,
@@ -91,9 +97,16 @@ impl VmBackend {
                 kind,
                 capsets,
                 timeout,
-            } => Arc::new(RemoteRenderer::new(kind, name, timeout, capsets)),
+            } => Arc::new(RemoteRenderer::new(
+                kind,
+                name,
+                timeout,
+                capsets,
+                sink,
+                record.worker_pid.clone(),
+            )),
         };
-        let device = Device::new(renderer, template.device, sink).with_log(log.clone());
+        let device = Device::new(renderer, template.device).with_log(log.clone());
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
@@ -103,6 +116,7 @@ impl VmBackend {
         }
         Ok(VmBackend {
             name: name.to_string(),
+            record: record.clone(),
             log,
             num_scanouts: device.num_scanouts(),
             num_capsets: device.num_capsets(),
@@ -145,6 +159,7 @@ impl VmBackend {
         if self.gone.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.record.set_state(VmState::Disconnecting);
         error!("{}: disconnecting the VMM: {why}", self.name);
         if let Some(handle) = lock(&self.shutdown).as_ref() {
             handle.shutdown();
@@ -172,6 +187,19 @@ impl VmBackend {
             }
         }
     }
+    /// Counts a handled control request, and the resources the VM holds after it.
+    pub(super) fn count(&self, response: &Response, resources: usize, bytes: u64) {
+        let c = &self.record.counters;
+        if c.commands.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.record.set_state(VmState::Running);
+        }
+        if matches!(response, Response::Err(_)) {
+            c.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        c.resources.store(resources as u64, Ordering::Relaxed);
+        c.resource_bytes.store(bytes, Ordering::Relaxed);
+    }
+
     pub(super) fn event_idx(&self) -> bool {
         self.event_idx.load(Ordering::Relaxed)
     }
@@ -179,7 +207,7 @@ impl VmBackend {
     /// Frees everything this VM holds, once its frontend is gone.
     pub fn teardown(&self) {
         self.device().reset();
-        lock(&self.parked).drain_all();
+        self.drop_parked();
         self.peer.stop();
         *lock(&self.shutdown) = None;
         *lock(&self.display) = None;
@@ -304,11 +332,6 @@ const BASE_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << F_EDID
     | 1 << F_RESOURCE_UUID;
 
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl VhostUserBackend for VmBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -355,7 +378,7 @@ impl VhostUserBackend for VmBackend {
         self.log.info(format_args!("device reset"));
         self.device().reset();
         // The rings are re-initialised after a reset: parked answers are dropped, not used.
-        lock(&self.parked).drain_all();
+        self.drop_parked();
         *lock(&self.events_read) = 0;
         for b in &self.broken {
             b.store(false, Ordering::Release);

@@ -11,8 +11,9 @@ use vhost::vhost_user::gpu_message::{
 use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
-use super::backend::{lock, VmBackend};
+use super::backend::VmBackend;
 use crate::device::{bands, DisplayCmd};
+use crate::sync::lock;
 
 /// vhost-user-gpu protocol feature bit: the frontend answers GET_EDID.
 const GPU_PROTOCOL_F_EDID: u64 = 1 << 0;

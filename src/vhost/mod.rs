@@ -1,8 +1,8 @@
 //! vhost-user transport: one `VmBackend` per connected VM, served on its own listening socket.
 
+mod answers;
 mod backend;
 mod display;
-mod fences;
 mod peer;
 mod queue;
 
@@ -21,6 +21,7 @@ use vmm_sys_util::epoll::EventSet;
 pub use self::backend::VmBackend;
 use crate::device::CapsetInfo;
 use crate::device::DeviceConfig;
+use crate::hub::registry::Registry;
 use crate::render::{RendererKind, SharedRenderer};
 
 /// Where a VM's renderer comes from.
@@ -36,9 +37,23 @@ pub enum RendererSpec {
     },
 }
 
-/// Everything a VM's backend is made from; shared by all VMs of the daemon.
+impl RendererSpec {
+    /// The renderer's name, as the status command shows it.
+    pub fn name(&self) -> String {
+        match self {
+            RendererSpec::Shared(_) => "2d".to_string(),
+            RendererSpec::Worker { kind, .. } => format!("{kind:?}").to_lowercase(),
+        }
+    }
+}
+
+/// Everything a socket's VMs are made from.
 #[derive(Clone)]
 pub struct VmTemplate {
+    /// The socket, as the status command shows it (the VM's name is `serve`'s).
+    pub socket: String,
+    /// Where the daemon's VMs are registered.
+    pub registry: Arc<Registry>,
     pub renderer: RendererSpec,
     pub device: DeviceConfig,
     /// The longest the daemon waits on a VMM's answer (display socket, backend channel).
@@ -126,7 +141,16 @@ fn refuse_for(name: &str, listener: &Listener, cooldown: Duration) {
 /// Accepts one connection and serves it until the frontend goes away. Returns whether the VM's
 /// renderer failed (its worker died or hung).
 fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<bool> {
-    let backend = Arc::new(VmBackend::new(name, template.clone())?);
+    // In the registry from the start: a VM being set up or torn down is shown too. It leaves
+    // when this returns, after its teardown.
+    let registration =
+        template
+            .registry
+            .register(name, &template.socket, &template.renderer.name());
+    let backend = Arc::new(VmBackend::new(
+        registration.record.clone(),
+        template.clone(),
+    )?);
     // A renderer that dies costs its VM the connection, nothing more.
     let vm = Arc::downgrade(&backend);
     backend.device().renderer().on_death(Box::new(move |why| {
@@ -177,11 +201,11 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     let _ = backend.exit.write(1);
     drop(daemon);
     backend.teardown();
-    result.map(|()| {
-        backend
-            .renderer_failed
-            .load(std::sync::atomic::Ordering::Acquire)
-    })
+    let renderer_failed = backend
+        .renderer_failed
+        .load(std::sync::atomic::Ordering::Acquire);
+    drop(registration);
+    result.map(|()| renderer_failed)
 }
 
 fn accept(

@@ -17,7 +17,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::backend::lock;
+use crate::sync::lock;
 
 /// The call in flight, if any.
 struct InFlight {

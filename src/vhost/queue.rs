@@ -186,7 +186,16 @@ fn control_chain(
         }
     };
     vm.refresh_display(&req.cmd);
-    let mut outcome = vm.device().handle(&req, mem);
+    let mut outcome = {
+        let mut device = vm.device();
+        let outcome = device.handle(&req, mem);
+        vm.count(
+            &outcome.response,
+            device.resource_count(),
+            device.resource_bytes(),
+        );
+        outcome
+    };
     // The device lock is released: the frontend may now be asked to change the window.
     if !outcome.shmem.is_empty() && !vm.apply_shmem(std::mem::take(&mut outcome.shmem)) {
         outcome.response = Response::Err(ErrorCode::Unspec);

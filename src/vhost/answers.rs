@@ -1,54 +1,32 @@
 //! Fenced responses: parked until the renderer signals their fence, then answered in timeline
-//! order from the queue worker (the only thread that touches the control ring).
+//! order from the queue worker (the only thread that touches the control ring). The fence logic
+//! itself is in `crate::fences`; this is how answers reach the ring.
 
 use std::io;
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use vhost_user_backend::VringRwLock;
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::backend::{lock, VmBackend};
+use super::backend::VmBackend;
 use super::queue::Ring;
-use crate::device::fences::Timeline;
-use crate::device::FenceSink;
+use crate::fences::Timeline;
+use crate::ids::{FenceId, GuestCtxId};
+use crate::sync::lock;
 
 /// A descriptor chain's head and the bytes written into it, to be put on the used ring.
 pub type Answer = (u16, u32);
 
-/// Where the renderer drops this VM's signalled fences; the eventfd wakes the queue worker.
-pub struct FenceInbox {
-    signalled: Mutex<Vec<u64>>,
-    pub event: EventFd,
-}
-
-impl FenceInbox {
-    pub fn new() -> io::Result<Self> {
-        Ok(FenceInbox {
-            signalled: Mutex::new(Vec::new()),
-            event: EventFd::new(EFD_NONBLOCK)?,
-        })
-    }
-
-    fn take(&self) -> Vec<u64> {
-        std::mem::take(&mut *lock(&self.signalled))
-    }
-}
-
-impl FenceSink for FenceInbox {
-    fn signalled(&self, fence: u64) {
-        lock(&self.signalled).push(fence);
-        let _ = self.event.write(1);
-    }
-}
-
 impl VmBackend {
-    pub(super) fn park(&self, timeline: Timeline, fence: u64, answer: Answer) {
+    pub(super) fn park(&self, timeline: Timeline, fence: FenceId, answer: Answer) {
         lock(&self.parked).park(timeline, fence, answer);
+        self.record
+            .counters
+            .fences_pending
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Answers every parked response whose fence (or a later one on its timeline) has signalled.
     pub(super) fn answer_signalled(&self, control: &VringRwLock) -> io::Result<()> {
-        let _ = self.fence_inbox.event.read();
         let signalled = self.fence_inbox.take();
         if signalled.is_empty() {
             return Ok(());
@@ -60,13 +38,37 @@ impl VmBackend {
                 .flat_map(|id| parked.retire_through(id))
                 .collect()
         };
+        let n = ready.len() as u64;
+        self.record
+            .counters
+            .fences_signalled
+            .fetch_add(n, Ordering::Relaxed);
+        self.unpark(n);
         self.answer(control, &ready)
     }
 
     /// A destroyed context's fences will never signal: answer what waited on them now.
-    pub(super) fn answer_closed_context(&self, control: &VringRwLock, ctx: u32) -> io::Result<()> {
+    pub(super) fn answer_closed_context(
+        &self,
+        control: &VringRwLock,
+        ctx: GuestCtxId,
+    ) -> io::Result<()> {
         let ready = lock(&self.parked).drain_context(ctx);
+        self.unpark(ready.len() as u64);
         self.answer(control, &ready)
+    }
+
+    /// Drops every parked answer (the rings are being set up anew, or the VM is gone).
+    pub(super) fn drop_parked(&self) {
+        let dropped = lock(&self.parked).drain_all();
+        self.unpark(dropped.len() as u64);
+    }
+
+    fn unpark(&self, n: u64) {
+        let pending = &self.record.counters.fences_pending;
+        let _ = pending.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |p| {
+            Some(p.saturating_sub(n))
+        });
     }
 
     fn answer(&self, control: &VringRwLock, ready: &[Answer]) -> io::Result<()> {

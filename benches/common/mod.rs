@@ -1,0 +1,99 @@
+//! What the benchmarks share: knobs, response checks, statistics and the eventfd floor.
+#![allow(dead_code)] // each bench uses a part
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Untimed round trips before the timed ones of the eventfd floor.
+const WARMUP: usize = 500;
+
+/// A number from the environment, or `default`.
+pub fn knob(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Fails unless the response has type `want` (cheap enough to do inside timed loops).
+pub fn check(bytes: &[u8], want: u32) -> io::Result<()> {
+    let got = bytes
+        .get(0..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    if got == Some(want) {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "response type {got:x?}, expected {want:#x}"
+        )))
+    }
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Latencies in microseconds, sorted.
+pub fn micros(samples: &[Duration]) -> Vec<f64> {
+    let mut us: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    us.sort_by(f64::total_cmp);
+    us
+}
+
+/// One thread's end of the eventfd ping-pong: its own eventfd, waited on with epoll.
+struct PingPongEnd {
+    mine: EventFd,
+    epoll: Epoll,
+}
+
+impl PingPongEnd {
+    fn new() -> io::Result<PingPongEnd> {
+        let mine = EventFd::new(0)?;
+        let epoll = Epoll::new()?;
+        let ev = EpollEvent::new(EventSet::IN, 0);
+        epoll.ctl(ControlOperation::Add, mine.as_raw_fd(), ev)?;
+        Ok(PingPongEnd { mine, epoll })
+    }
+
+    fn wait(&self) -> io::Result<()> {
+        let mut events = [EpollEvent::default()];
+        while self.epoll.wait(-1, &mut events)? == 0 {}
+        self.mine.read()?;
+        Ok(())
+    }
+}
+
+/// p50 (µs) of an eventfd ping-pong between two threads: each side writes the other's eventfd,
+/// then waits (epoll) and reads its own, as a frontend and a vhost-user backend thread do.
+pub fn eventfd_ping_pong(n: usize) -> io::Result<f64> {
+    let ping = PingPongEnd::new()?;
+    let pong = PingPongEnd::new()?;
+    let to_pong = pong.mine.try_clone()?;
+    let to_ping = ping.mine.try_clone()?;
+    let total = WARMUP + n;
+    let echo = thread::spawn(move || -> io::Result<()> {
+        for _ in 0..total {
+            pong.wait()?;
+            to_ping.write(1)?;
+        }
+        Ok(())
+    });
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..total {
+        let t = Instant::now();
+        to_pong.write(1)?;
+        ping.wait()?;
+        if i >= WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    echo.join().expect("echo thread")?;
+    Ok(percentile(&micros(&samples), 0.5))
+}

@@ -1,0 +1,133 @@
+//! The control socket: `vgpud status` asks a running daemon what its VMs are doing. Read-only: the
+//! one request is `status`, answered with the registry as JSON. The socket is created owner-only.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use log::warn;
+use serde::{Deserialize, Serialize};
+
+use crate::hub::registry::{Registry, VmStatus};
+
+/// A client gets this long to ask, and to take the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest request line read.
+const MAX_REQUEST: u64 = 64;
+/// The longest answer a status client accepts.
+const MAX_ANSWER: u64 = 64 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub vms: Vec<VmStatus>,
+}
+
+/// Listens on `path` and answers status requests on a thread of its own. A stale socket left by
+/// an earlier daemon is replaced; any other file there is an error.
+pub fn serve(path: &Path, registry: Arc<Registry>) -> io::Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::other(format!(
+                "{} exists and is not a socket",
+                path.display()
+            )));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    thread::Builder::new()
+        .name("control".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                match conn {
+                    Ok(conn) => {
+                        if let Err(e) = answer(conn, &registry) {
+                            warn!("control socket: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        warn!("control socket: {e}");
+                        thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
+        })?;
+    Ok(())
+}
+
+fn answer(conn: UnixStream, registry: &Registry) -> io::Result<()> {
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
+    let reply = match line.trim() {
+        "status" => serde_json::to_string(&StatusReply {
+            vms: registry.status(),
+        })
+        .map_err(io::Error::other)?,
+        other => {
+            let other: String = other.chars().take(32).collect();
+            serde_json::json!({ "error": format!("unknown request '{other}'") }).to_string()
+        }
+    };
+    (&conn).write_all(reply.as_bytes())?;
+    (&conn).write_all(b"\n")
+}
+
+/// Asks the daemon at `path` for its VMs.
+pub fn query(path: &Path) -> io::Result<StatusReply> {
+    let mut conn = UnixStream::connect(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    conn.write_all(b"status\n")?;
+    let mut text = String::new();
+    conn.take(MAX_ANSWER).read_to_string(&mut text)?;
+    serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad answer: {e}")))
+}
+
+/// The VMs as a table, one line each.
+pub fn table(reply: &StatusReply) -> String {
+    let mut out = format!(
+        "{:<4} {:<16} {:<8} {:>8} {:<13} {:>8} {:>10} {:>7} {:>7} {:>9} {:>10}  {}\n",
+        "ID",
+        "NAME",
+        "RENDERER",
+        "WORKER",
+        "STATE",
+        "UP",
+        "COMMANDS",
+        "ERRORS",
+        "FENCES",
+        "RESOURCES",
+        "MEMORY",
+        "SOCKET"
+    );
+    for vm in &reply.vms {
+        let worker = vm.worker_pid.map_or("-".to_string(), |p| p.to_string());
+        let state = serde_json::to_value(vm.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        out += &format!(
+            "{:<4} {:<16} {:<8} {:>8} {:<13} {:>7}s {:>10} {:>7} {:>7} {:>9} {:>9}K  {}\n",
+            vm.id,
+            vm.name,
+            vm.renderer,
+            worker,
+            state,
+            vm.connected_secs,
+            vm.commands,
+            vm.errors,
+            vm.fences_pending,
+            vm.resources,
+            vm.resource_bytes / 1024,
+            vm.socket
+        );
+    }
+    out
+}
