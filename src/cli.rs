@@ -26,8 +26,9 @@ pub struct Options {
 
     /// Listen for a VMM on this UNIX socket; repeat to serve several VMs at once. Settings for
     /// this VM alone may follow, comma-separated: name (for logs and status; the socket
-    /// otherwise), renderer, hostmem, scanouts, resolution, max-resources, max-contexts,
-    /// max-resource-memory (e.g. PATH,name=desk1,renderer=venus,hostmem=256M).
+    /// otherwise), share (on: the VM may share buffers with others, see --share-policy),
+    /// renderer, hostmem, scanouts, resolution, max-resources, max-contexts, max-resource-memory
+    /// (e.g. PATH,name=desk1,renderer=venus,hostmem=256M,share=on).
     #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
     pub socket_paths: Vec<SocketArg<PathBuf>>,
 
@@ -94,6 +95,11 @@ pub struct Options {
     /// reports).
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
+
+    /// Which VMs may import which VMs' buffers, by name: a JSON file
+    /// `{"allow": [{"exporter": "a", "importers": ["b", "*"]}]}`. Without it, none may.
+    #[arg(long, value_name = "FILE")]
+    pub share_policy: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -131,6 +137,7 @@ impl Options {
     pub fn vm_defaults(&self) -> VmSettings {
         VmSettings {
             name: None,
+            share: false,
             renderer: self.renderer,
             hostmem: self.hostmem,
             device: DeviceConfig {
@@ -197,6 +204,8 @@ impl Options {
 pub struct VmSettings {
     /// Its name, if its socket gave one.
     pub name: Option<String>,
+    /// Whether it may share buffers with other VMs (the share context).
+    pub share: bool,
     pub renderer: RendererKind,
     pub hostmem: u64,
     pub device: DeviceConfig,
@@ -241,6 +250,13 @@ fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
                 return Err(bad("1 to 64 of A-Z a-z 0-9 - _ .".into()));
             }
             vm.name = Some(value.to_string());
+        }
+        "share" => {
+            vm.share = match value {
+                "on" => true,
+                "off" => false,
+                _ => return Err(bad("on or off".into())),
+            }
         }
         "renderer" => {
             vm.renderer = clap::ValueEnum::from_str(value, true).map_err(bad)?;

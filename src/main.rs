@@ -8,6 +8,7 @@ use log::{error, info};
 use vgpud::cli::{capabilities_json, Options, Subcommand};
 use vgpud::control;
 use vgpud::hub::registry::Registry;
+use vgpud::hub::share::{Policy, ShareRegistry};
 use vgpud::render::{remote, worker, RendererKind, Soft2d};
 use vgpud::vhost::{serve, RendererSpec, VmTemplate};
 
@@ -139,6 +140,17 @@ fn main() -> ExitCode {
         }
     };
     let registry = Arc::new(Registry::default());
+    let policy = match &opts.share_policy {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => p,
+            Err(e) => {
+                error!("--share-policy {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Policy::default(),
+    };
+    let shares = Arc::new(ShareRegistry::new(policy));
     if let Some(path) = &opts.control_socket {
         if let Err(e) = control::serve(path, registry.clone()) {
             error!("control socket {}: {e}", path.display());
@@ -154,6 +166,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         };
         let template = VmTemplate {
+            shares: Some(shares.clone()),
+            share: vm.share,
             socket,
             registry: registry.clone(),
             renderer,

@@ -1,6 +1,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use vgpud_protocol::share::{decode_stream, NO_REPLY};
 use vgpud_protocol::{Limits, Request, Response, FLAG_FENCE, FLAG_INFO_RING_IDX};
 
 fuzz_target!(|data: &[u8]| {
@@ -24,5 +25,14 @@ fuzz_target!(|data: &[u8]| {
             (hdr2.fence_id, hdr2.ctx_id, hdr2.ring_idx),
             (hdr.fence_id, hdr.ctx_id, hdr.ring_idx)
         );
+    }
+
+    // The share context's command streams: what decodes re-encodes to the same commands.
+    if let Ok(cmds) = decode_stream(data) {
+        let again: Vec<u8> = cmds
+            .iter()
+            .flat_map(|c| c.command.encode(c.reply_offset.unwrap_or(NO_REPLY)))
+            .collect();
+        assert_eq!(decode_stream(&again).expect("re-decode"), cmds);
     }
 });

@@ -10,6 +10,7 @@ pub mod consts;
 pub mod edid;
 pub mod header;
 pub mod response;
+pub mod share;
 pub mod wire;
 pub mod worker;
 

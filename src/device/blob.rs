@@ -66,6 +66,15 @@ impl<R: Renderer> Device<R> {
             BLOB_MEM_HOST3D => false,
             _ => return Err(ErrorCode::InvalidParameter),
         };
+        if self.is_share_ctx(guest_ctx) {
+            return self.create_imported_blob(
+                id,
+                args.blob_mem,
+                args.blob_flags,
+                args.blob_id,
+                args.size,
+            );
+        }
         if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
             return Err(ErrorCode::InvalidParameter);
         }
@@ -171,14 +180,15 @@ impl<R: Renderer> Device<R> {
     }
 
     /// How the frontend can map blob `id`; asks the renderer the first time.
-    fn export(&mut self, id: u32) -> Result<ExportedBlob> {
+    pub(super) fn export(&mut self, id: u32) -> Result<ExportedBlob> {
         let res = self.resource(id)?;
         let blob = res.blob.as_ref().ok_or(ErrorCode::InvalidParameter)?;
         if let Some(export) = &blob.export {
             return Ok(export.clone());
         }
-        if blob.mem == BLOB_MEM_GUEST {
-            // Guest pages outside one file-backed region cannot be handed to the frontend.
+        if blob.mem == BLOB_MEM_GUEST || res.imported {
+            // Guest pages outside one file-backed region cannot be handed to the frontend; a
+            // revoked import has nothing left to map.
             return Err(ErrorCode::InvalidParameter);
         }
         let export = self

@@ -6,10 +6,13 @@ use vgpud_protocol::{
 
 use super::{render_error, Device, Renderer, Result};
 use crate::ids::{GuestCtxId, RendererCtxId};
+use vgpud_protocol::share::CAPSET_SHARE;
 
-/// A guest context, known to the renderer by `renderer`.
+/// A guest context, known to the renderer by `renderer`; or a share context, which the
+/// renderer never sees (the device runs it).
 pub struct Context {
     pub renderer: RendererCtxId,
+    pub share: bool,
 }
 
 /// Largest dimensions a 3D texture may claim; the renderer allocates host memory for them.
@@ -65,12 +68,24 @@ impl<R: Renderer> Device<R> {
         if self.contexts.len() >= self.cfg.max_contexts {
             return Err(ErrorCode::OutOfMemory);
         }
+        if capset == CAPSET_SHARE {
+            let renderer = RendererCtxId::NONE;
+            self.contexts.insert(
+                guest,
+                Context {
+                    renderer,
+                    share: true,
+                },
+            );
+            return Ok(Response::OkNodata);
+        }
         let renderer = self.renderer.alloc_ctx_id().ok_or(ErrorCode::OutOfMemory)?;
         let name = String::from_utf8_lossy(name);
         self.renderer
             .create_context(renderer, context_init, &name)
             .map_err(render_error)?;
-        self.contexts.insert(guest, Context { renderer });
+        let share = false;
+        self.contexts.insert(guest, Context { renderer, share });
         Ok(Response::OkNodata)
     }
 
@@ -79,16 +94,23 @@ impl<R: Renderer> Device<R> {
             .contexts
             .remove(&guest)
             .ok_or(ErrorCode::InvalidContextId)?;
-        self.renderer.destroy_context(ctx.renderer);
+        if !ctx.share {
+            self.renderer.destroy_context(ctx.renderer);
+        }
         Ok(Response::OkNodata)
     }
 
-    /// The renderer's id for the guest's context `guest`.
+    /// The renderer's id for the guest's context `guest` (not a share context).
     pub(super) fn renderer_ctx(&self, guest: GuestCtxId) -> Result<RendererCtxId> {
         self.contexts
             .get(&guest)
+            .filter(|c| !c.share)
             .map(|c| c.renderer)
             .ok_or(ErrorCode::InvalidContextId)
+    }
+
+    pub(super) fn is_share_ctx(&self, guest: GuestCtxId) -> bool {
+        self.contexts.get(&guest).is_some_and(|c| c.share)
     }
 
     pub(super) fn ctx_attach(
@@ -97,6 +119,11 @@ impl<R: Renderer> Device<R> {
         id: u32,
         attach: bool,
     ) -> Result<Response> {
+        if self.is_share_ctx(guest) {
+            // Whatever the guest kernel attaches to a share context is not the renderer's.
+            self.resource(id)?;
+            return Ok(Response::OkNodata);
+        }
         let ctx = self.renderer_ctx(guest)?;
         let res = self.resource(id)?.renderer_id;
         if attach {
@@ -143,6 +170,9 @@ impl<R: Renderer> Device<R> {
     }
 
     pub(super) fn submit_3d(&mut self, guest: GuestCtxId, commands: &[u8]) -> Result<Response> {
+        if self.is_share_ctx(guest) {
+            return self.share_submit(commands);
+        }
         let ctx = self.renderer_ctx(guest)?;
         // Guests submit empty streams only to get a fence on a ring; the fence is created after
         // this either way, and some renderers refuse an empty stream.

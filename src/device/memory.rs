@@ -31,29 +31,56 @@ pub struct Backing {
 
 impl Backing {
     /// Copies `buf.len()` bytes from byte `offset` of the backing; false if that runs past it.
-    pub fn read_at(&self, mut offset: u64, mut buf: &mut [u8]) -> bool {
-        for &HostRange { gpa: addr, len, .. } in &self.ranges {
-            if buf.is_empty() {
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let mut done = 0;
+        self.chunks(offset, buf.len(), |gpa, n| {
+            let ok = buf
+                .get_mut(done..done + n)
+                .is_some_and(|b| self.mem.read_slice(b, GuestAddress(gpa)).is_ok());
+            done += n;
+            ok
+        })
+    }
+
+    /// Copies `data` to byte `offset` of the backing; false (having written a prefix, maybe) if
+    /// that runs past it.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> bool {
+        let mut done = 0;
+        self.chunks(offset, data.len(), |gpa, n| {
+            let ok = data
+                .get(done..done + n)
+                .is_some_and(|d| self.mem.write_slice(d, GuestAddress(gpa)).is_ok());
+            done += n;
+            ok
+        })
+    }
+
+    /// Calls `f(guest address, length)` for each piece of `len` bytes from byte `offset` of the
+    /// backing, in order, while it returns true; false if a call failed or the range runs past
+    /// the backing.
+    fn chunks(
+        &self,
+        mut offset: u64,
+        mut len: usize,
+        mut f: impl FnMut(u64, usize) -> bool,
+    ) -> bool {
+        for r in &self.ranges {
+            if len == 0 {
                 break;
             }
-            let len = len as u64;
-            if offset >= len {
-                offset -= len;
+            let range = r.len as u64;
+            if offset >= range {
+                offset -= range;
                 continue;
             }
-            let n = buf.len().min((len - offset) as usize);
-            let (now, rest) = buf.split_at_mut(n);
-            if self
-                .mem
-                .read_slice(now, GuestAddress(addr + offset))
-                .is_err()
-            {
+            let n = len.min((range - offset) as usize);
+            if !f(r.gpa + offset, n) {
                 return false;
             }
-            buf = rest;
+            len -= n;
             offset = 0;
         }
-        buf.is_empty()
+        len == 0
     }
 }
 

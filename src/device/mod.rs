@@ -8,6 +8,7 @@ pub mod memory;
 pub mod renderer;
 mod resource;
 mod scanout;
+pub mod share;
 mod window;
 
 #[cfg(test)]
@@ -29,10 +30,13 @@ pub use self::renderer::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, Render
 use self::resource::Resource;
 pub use self::scanout::{bands, CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::scanout::{intersect, rect_within, Scanout};
+use self::share::{ShareHub, ShareState};
 use self::window::HostWindow;
 use crate::fences::{Fence, Timeline};
 use crate::guestlog::GuestLog;
+use crate::ids::VmId;
 use crate::ids::{FenceId, GuestCtxId, RendererCtxId, RendererResId};
+use vgpud_protocol::share::{Uuid, CAPSET_SHARE, SHARE_VERSION};
 
 /// Per-VM limits and the initial display layout.
 #[derive(Clone, Debug)]
@@ -77,6 +81,8 @@ pub struct Outcome {
     pub closed_context: Option<GuestCtxId>,
     /// Window mappings to change at the frontend before the response is sent.
     pub shmem: Vec<ShmemRequest>,
+    /// Exports this request ended: every importer must let go before the response is sent.
+    pub revoke: Vec<Uuid>,
 }
 
 type Result<T> = std::result::Result<T, ErrorCode>;
@@ -95,6 +101,10 @@ pub struct Device<R: Renderer> {
     window: HostWindow,
     /// Mappings a reset dropped; the frontend is told at the next request.
     stale_mappings: Vec<ShmemRequest>,
+    /// Sharing with other VMs (the share context), when this VM may.
+    share: Option<ShareState>,
+    /// Exports ended by the request being handled (see `Outcome::revoke`).
+    revoking: Vec<Uuid>,
     log: GuestLog,
 }
 
@@ -127,9 +137,23 @@ impl<R: Renderer> Device<R> {
             display_attached: false,
             window: HostWindow::new(cfg.hostmem),
             stale_mappings: Vec::new(),
+            share: None,
+            revoking: Vec::new(),
             log: GuestLog::new("vm"),
             cfg,
         }
+    }
+
+    /// Lets this VM share buffers with others through `hub`: the share context's capset is
+    /// offered (and with it 3D, which contexts need).
+    pub fn with_share(mut self, hub: Arc<dyn ShareHub>, vm: VmId) -> Self {
+        self.capsets.push(CapsetInfo {
+            id: CAPSET_SHARE,
+            max_version: SHARE_VERSION,
+            max_size: 4,
+        });
+        self.share = Some(ShareState::new(hub, vm));
+        self
     }
 
     /// Where this VM's guest-triggered warnings go (rate-limited, named after the VM).
@@ -207,12 +231,18 @@ impl<R: Renderer> Device<R> {
             fence,
             closed_context,
             shmem,
+            revoke: std::mem::take(&mut self.revoking),
         }
     }
 
     fn create_fence(&self, hdr: &CtrlHeader) -> Option<(Timeline, FenceId)> {
         let guest_ctx = GuestCtxId(hdr.ctx_id);
-        let ctx = self.contexts.get(&guest_ctx).map(|c| c.renderer);
+        let context = self.contexts.get(&guest_ctx);
+        if context.is_some_and(|c| c.share) {
+            // A share context's work is done when its command returns.
+            return None;
+        }
+        let ctx = context.map(|c| c.renderer);
         let timeline = match hdr.ring() {
             Some(ring) => Timeline {
                 ctx: guest_ctx,
@@ -396,6 +426,12 @@ impl<R: Renderer> Device<R> {
 
     /// Only capsets the renderer advertised, at a version it advertised, are answered.
     fn capset(&self, id: u32, version: u32) -> Result<Response> {
+        if id == CAPSET_SHARE && self.share.is_some() {
+            if version > SHARE_VERSION {
+                return Err(ErrorCode::InvalidParameter);
+            }
+            return Ok(Response::OkCapset(SHARE_VERSION.to_le_bytes().to_vec()));
+        }
         let offered = self
             .renderer
             .capsets()
@@ -478,14 +514,19 @@ impl<R: Renderer> Device<R> {
             }
         }
         if let Some(res) = self.resources.remove(&id) {
-            self.release(res);
+            self.release(id, res);
         }
         Ok(Response::OkNodata)
     }
 
     /// Frees a resource in the renderer before dropping its backing (and so its memory view).
-    fn release(&mut self, res: Resource) {
-        self.renderer.unref(res.renderer_id);
+    fn release(&mut self, id: u32, res: Resource) {
+        if let Some(uuid) = self.share_forget(id) {
+            self.revoking.push(uuid);
+        }
+        if !res.imported {
+            self.renderer.unref(res.renderer_id);
+        }
         self.resource_bytes = self.resource_bytes.saturating_sub(res.size);
         drop(res);
     }
@@ -750,8 +791,13 @@ impl<R: Renderer> Device<R> {
         while let Some((_, ctx)) = self.contexts.pop_first() {
             self.renderer.destroy_context(ctx.renderer);
         }
-        while let Some((_, res)) = self.resources.pop_first() {
-            self.release(res);
+        while let Some((id, res)) = self.resources.pop_first() {
+            self.release(id, res);
+        }
+        // The transport revokes this VM's exports through the hub itself.
+        self.revoking.clear();
+        if let Some(share) = self.share.as_mut() {
+            share.reset();
         }
     }
 

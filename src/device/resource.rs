@@ -28,6 +28,8 @@ pub struct Resource {
     pub backing: Option<Backing>,
     pub uuid: Option<[u8; 16]>,
     pub blob: Option<Blob>,
+    /// Made from another VM's export (the share context): the renderer knows nothing of it.
+    pub imported: bool,
 }
 
 impl Resource {
@@ -40,6 +42,7 @@ impl Resource {
             backing: None,
             uuid: None,
             blob: None,
+            imported: false,
         }
     }
 }

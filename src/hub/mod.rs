@@ -1,3 +1,4 @@
-//! What crosses VMs: the registry of the VMs this daemon serves.
+//! What crosses VMs: the registry of the VMs this daemon serves, and the buffers they share.
 
 pub mod registry;
+pub mod share;

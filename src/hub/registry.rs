@@ -1,8 +1,8 @@
 //! The VMs this daemon serves, for everything that needs to know all of them: the status
 //! command now; sharing, cross-VM fences and the memory budget later.
 //!
-//! A VM is registered when its VMM connects and leaves the registry when its connection is torn
-//! down. Each record's counters are atomics its VM's threads update without a lock; the
+//! A VM is made ready (its id assigned) before its socket accepts a VMM, listed once the VMM
+//! connected, and leaves the registry when its connection is torn down. Each record's counters are atomics its VM's threads update without a lock; the
 //! registry's lock only guards the set of VMs and is never held while anything else is called.
 
 use std::collections::BTreeMap;
@@ -127,6 +127,13 @@ pub struct Registration {
     pub record: Arc<VmRecord>,
 }
 
+impl Registration {
+    /// Lists the VM: its VMM has connected.
+    pub fn publish(&self) {
+        lock(&self.registry.vms).insert(self.record.id, self.record.clone());
+    }
+}
+
 impl Drop for Registration {
     fn drop(&mut self) {
         lock(&self.registry.vms).remove(&self.record.id);
@@ -134,7 +141,7 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    /// Registers a VM that just connected.
+    /// A VM about to be served, not listed until `Registration::publish`.
     pub fn register(self: &Arc<Self>, name: &str, socket: &str, renderer: &str) -> Registration {
         // Ids are never reused: a status reader never confuses a new VM with a gone one.
         let id = VmId(self.next_id.fetch_add(1, Ordering::Relaxed) + 1);
@@ -151,7 +158,6 @@ impl Registry {
             worker_pid: Arc::default(),
             counters: VmCounters::default(),
         });
-        lock(&self.vms).insert(id, record.clone());
         Registration {
             registry: self.clone(),
             record,
@@ -174,6 +180,12 @@ mod tests {
         let hub = Arc::new(Registry::default());
         let a = hub.register("a", "/run/a.sock", "Venus");
         let b = hub.register("b", "/run/b.sock", "2d");
+        assert!(
+            hub.status().is_empty(),
+            "not listed before their VMMs connect"
+        );
+        a.publish();
+        b.publish();
         a.record.counters.commands.fetch_add(3, Ordering::Relaxed);
         a.record.worker_pid.store(4242, Ordering::Relaxed);
         b.record.set_state(VmState::Running);
@@ -184,6 +196,7 @@ mod tests {
         assert_eq!((all[1].worker_pid, all[1].state), (None, VmState::Running));
         drop(a);
         let c = hub.register("a", "/run/a.sock", "Venus");
+        c.publish();
         let ids: Vec<u32> = hub.status().iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![b.record.id.0, c.record.id.0]);
         assert!(c.record.id.0 > b.record.id.0, "a new VM gets a new id");

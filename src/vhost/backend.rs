@@ -34,9 +34,11 @@ use crate::device::{Device, ShmemRequest};
 use crate::fences::{FenceInbox, FenceSink, Timelines};
 use crate::guestlog::GuestLog;
 use crate::hub::registry::{VmRecord, VmState};
+use crate::hub::share::{ShareClient, ShareRegistry};
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 use crate::sync::lock;
+use vgpud_protocol::share::Uuid;
 
 pub const CONTROL_QUEUE: u16 = 0;
 pub const CURSOR_QUEUE: u16 = 1;
@@ -74,6 +76,10 @@ pub struct VmBackend {
     /// The VM's renderer died or hung (counted against the socket's failure limit).
     pub(super) renderer_failed: AtomicBool,
     pub(super) fence_inbox: Arc<FenceInbox>,
+    /// Held from the device's decision to change the window until the frontend was asked.
+    shmem_order: Mutex<()>,
+    /// The daemon's share registry, when this VM may share.
+    shares: Option<Arc<ShareRegistry>>,
     pub(super) parked: Mutex<Timelines<Answer>>,
     features: u64,
     events_read: Mutex<u32>,
@@ -106,7 +112,11 @@ impl VmBackend {
                 record.worker_pid.clone(),
             )),
         };
-        let device = Device::new(renderer, template.device).with_log(log.clone());
+        let mut device = Device::new(renderer, template.device).with_log(log.clone());
+        let shares = template.shares.filter(|_| template.share);
+        if let Some(hub) = &shares {
+            device = device.with_share(hub.clone(), record.id);
+        }
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
@@ -133,6 +143,8 @@ impl VmBackend {
             gone: AtomicBool::new(false),
             renderer_failed: AtomicBool::new(false),
             fence_inbox,
+            shmem_order: Mutex::new(()),
+            shares,
             parked: Mutex::new(Timelines::default()),
             events_read: Mutex::new(0),
             event_idx: AtomicBool::new(false),
@@ -204,8 +216,12 @@ impl VmBackend {
         self.event_idx.load(Ordering::Relaxed)
     }
 
-    /// Frees everything this VM holds, once its frontend is gone.
+    /// Frees everything this VM holds, once its frontend is gone. Its exports are revoked
+    /// first: no importer keeps a mapping of memory this VM hands back.
     pub fn teardown(&self) {
+        if let Some(hub) = &self.shares {
+            hub.leave(self.record.id);
+        }
         self.device().reset();
         self.drop_parked();
         self.peer.stop();
@@ -228,6 +244,27 @@ impl VmBackend {
                 // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
                 Err(e) => debug!("{}: config change notification not taken: {e}", self.name),
                 Ok(_) => {}
+            }
+        }
+    }
+
+    pub(super) fn shmem_order(&self) -> MutexGuard<'_, ()> {
+        lock(&self.shmem_order)
+    }
+
+    /// Lets this VM's imports and exports be found by other VMs (once it is an `Arc`).
+    pub fn join_shares(self: &Arc<Self>) {
+        if let Some(hub) = &self.shares {
+            let me: Arc<dyn ShareClient> = self.clone();
+            hub.join(self.record.id, &self.name, Arc::downgrade(&me));
+        }
+    }
+
+    /// Withdraws exports of this VM: their importers unmap them before this returns.
+    pub(super) fn revoke(&self, uuids: &[Uuid]) {
+        if let Some(hub) = &self.shares {
+            for uuid in uuids {
+                hub.revoke(uuid);
             }
         }
     }
@@ -332,6 +369,15 @@ const BASE_FEATURES: u64 = 1 << VIRTIO_F_VERSION_1
     | 1 << F_EDID
     | 1 << F_RESOURCE_UUID;
 
+impl ShareClient for VmBackend {
+    /// Another VM withdrew a buffer this one imported: its mappings go before this returns.
+    fn revoked(&self, uuid: &Uuid) {
+        let _order = self.shmem_order();
+        let unmaps = self.device().revoke_import(uuid);
+        self.apply_shmem(unmaps);
+    }
+}
+
 impl VhostUserBackend for VmBackend {
     type Bitmap = ();
     type Vring = VringRwLock;
@@ -376,6 +422,9 @@ impl VhostUserBackend for VmBackend {
 
     fn reset_device(&self) {
         self.log.info(format_args!("device reset"));
+        if let Some(hub) = &self.shares {
+            hub.revoke_all(self.record.id);
+        }
         self.device().reset();
         // The rings are re-initialised after a reset: parked answers are dropped, not used.
         self.drop_parked();

@@ -22,6 +22,7 @@ pub use self::backend::VmBackend;
 use crate::device::CapsetInfo;
 use crate::device::DeviceConfig;
 use crate::hub::registry::Registry;
+use crate::hub::share::ShareRegistry;
 use crate::render::{RendererKind, SharedRenderer};
 
 /// Where a VM's renderer comes from.
@@ -56,6 +57,9 @@ pub struct VmTemplate {
     pub registry: Arc<Registry>,
     pub renderer: RendererSpec,
     pub device: DeviceConfig,
+    /// The daemon's share registry, and whether this socket's VMs may use it.
+    pub shares: Option<Arc<ShareRegistry>>,
+    pub share: bool,
     /// The longest the daemon waits on a VMM's answer (display socket, backend channel).
     pub vmm_timeout: Duration,
     pub failure_limit: FailureLimit,
@@ -141,8 +145,8 @@ fn refuse_for(name: &str, listener: &Listener, cooldown: Duration) {
 /// Accepts one connection and serves it until the frontend goes away. Returns whether the VM's
 /// renderer failed (its worker died or hung).
 fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<bool> {
-    // In the registry from the start: a VM being set up or torn down is shown too. It leaves
-    // when this returns, after its teardown.
+    // Listed in the registry once its VMM connects; it leaves when this returns, after its
+    // teardown.
     let registration =
         template
             .registry
@@ -151,6 +155,7 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         registration.record.clone(),
         template.clone(),
     )?);
+    backend.join_shares();
     // A renderer that dies costs its VM the connection, nothing more.
     let vm = Arc::downgrade(&backend);
     backend.device().renderer().on_death(Box::new(move |why| {
@@ -185,6 +190,7 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         }
     }
     if result.is_ok() {
+        registration.publish();
         info!("{name}: frontend connected");
         use vhost::vhost_user::Error as Protocol;
         use vhost_user_backend::Error as Daemon;

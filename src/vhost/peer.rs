@@ -38,6 +38,9 @@ struct Shared {
 pub struct PeerWatch {
     shared: Arc<Shared>,
     started: Mutex<bool>,
+    /// One call at a time: the queue thread's, or another VM's thread revoking a mapping here.
+    /// A second caller waits for the first, which the watchdog bounds.
+    serial: Mutex<()>,
 }
 
 impl PeerWatch {
@@ -51,6 +54,7 @@ impl PeerWatch {
                 wake: Condvar::new(),
             }),
             started: Mutex::new(false),
+            serial: Mutex::new(()),
         }
     }
 
@@ -62,6 +66,7 @@ impl PeerWatch {
         channel: impl Any + Send,
         f: impl FnOnce() -> io::Result<T>,
     ) -> io::Result<T> {
+        let _one_at_a_time = lock(&self.serial);
         if self.is_stalled() {
             return Err(stalled(what, self.shared.limit));
         }

@@ -186,20 +186,26 @@ fn control_chain(
         }
     };
     vm.refresh_display(&req.cmd);
-    let mut outcome = {
-        let mut device = vm.device();
-        let outcome = device.handle(&req, mem);
-        vm.count(
-            &outcome.response,
-            device.resource_count(),
-            device.resource_bytes(),
-        );
+    let outcome = {
+        // Window changes reach the frontend in the order the device decided them, also when
+        // another VM revokes an import here meanwhile.
+        let _order = vm.shmem_order();
+        let mut outcome = {
+            let mut device = vm.device();
+            let outcome = device.handle(&req, mem);
+            let (resources, bytes) = (device.resource_count(), device.resource_bytes());
+            vm.count(&outcome.response, resources, bytes);
+            outcome
+        };
+        // The device lock is released: the frontend may now be asked to change the window.
+        if !outcome.shmem.is_empty() && !vm.apply_shmem(std::mem::take(&mut outcome.shmem)) {
+            outcome.response = Response::Err(ErrorCode::Unspec);
+        }
         outcome
     };
-    // The device lock is released: the frontend may now be asked to change the window.
-    if !outcome.shmem.is_empty() && !vm.apply_shmem(std::mem::take(&mut outcome.shmem)) {
-        outcome.response = Response::Err(ErrorCode::Unspec);
-    }
+    // Every importer of what this request withdrew lets go before the answer, outside this
+    // VM's locks (an importer may be revoking something of ours at the same time).
+    vm.revoke(&outcome.revoke);
     vm.show(&outcome.display);
     // The response bytes go to guest memory now; the guest sees them once the chain is used.
     let written = write_response(vm, &mut writer, &outcome.response.encode(&req.hdr));

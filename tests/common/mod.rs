@@ -171,7 +171,15 @@ pub fn show(vm: &mut Vm, id: u32, w: u32, h: u32) {
 
 /// Creates `id` as a mappable one-page guest blob (the VM must have a host-visible window).
 pub fn mappable_page(vm: &mut Vm, id: u32) {
-    let gpa = vm.alloc(4096, 4096);
+    mappable_blob(vm, id, 1, 0);
+}
+
+/// Creates `id` as a mappable guest blob of `pages` pages in memory region 0, filled with
+/// `fill`; returns where it is.
+pub fn mappable_blob(vm: &mut Vm, id: u32, pages: u64, fill: u8) -> u64 {
+    let len = pages * 4096;
+    let gpa = vm.alloc_in(0, len, 4096);
+    vm.write_mem(gpa, &vec![fill; len as usize]);
     ok(
         vm,
         Command::ResourceCreateBlob(CreateBlob {
@@ -179,13 +187,14 @@ pub fn mappable_page(vm: &mut Vm, id: u32) {
             blob_mem: BLOB_MEM_GUEST,
             blob_flags: BLOB_FLAG_USE_MAPPABLE,
             blob_id: 0,
-            size: 4096,
+            size: len,
             entries: vec![MemEntry {
                 addr: gpa,
-                length: 4096,
+                length: len as u32,
             }],
         }),
     );
+    gpa
 }
 
 /// Polls `f` until it holds or `limit` passes; returns whether it held.

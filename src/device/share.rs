@@ -1,0 +1,343 @@
+//! The share context (capset `CAPSET_SHARE`): a context of vgpud's own through which a guest
+//! exports its blobs to other VMs and imports theirs (protocol::share, docs/share-protocol.md).
+//! The daemon's share registry is reached through `ShareHub`; this is one VM's side: its reply
+//! blob, its pending imports, its events, and which of its resources are exported or imported.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use vgpud_protocol::share::{
+    decode_stream, encode_reply, event, ShareCommand, ShareEvent, Status, Uuid, MAX_EVENTS,
+    REPLY_HEADER_SIZE,
+};
+use vgpud_protocol::{ErrorCode, Response, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_HOST3D};
+
+use super::blob::ShmemRequest;
+use super::renderer::ExportedBlob;
+use super::resource::{random_uuid, Blob, Resource};
+use super::window::PAGE_SIZE;
+use super::{Device, Renderer, Result};
+use crate::ids::{RendererResId, VmId};
+
+/// What an export hands importers: a descriptor, offset and size.
+pub type SharedStorage = ExportedBlob;
+
+/// What the device needs from the daemon's share registry (src/hub/share.rs).
+pub trait ShareHub: Send + Sync {
+    /// Offers `resource_id` of `vm` under `uuid`.
+    fn export(
+        &self,
+        vm: VmId,
+        resource_id: u32,
+        uuid: Uuid,
+        storage: SharedStorage,
+    ) -> std::result::Result<Uuid, Status>;
+    /// The storage of export `uuid`, if the policy lets `vm` import it.
+    fn import(&self, vm: VmId, uuid: &Uuid) -> std::result::Result<SharedStorage, Status>;
+    /// `vm` no longer uses its import of `uuid`.
+    fn unimport(&self, vm: VmId, uuid: &Uuid);
+}
+
+/// Imports waiting for their RESOURCE_CREATE_BLOB, and events waiting to be read: bounded, so a
+/// guest cannot grow them without limit.
+const MAX_PENDING_IMPORTS: usize = 256;
+const MAX_QUEUED_EVENTS: usize = 256;
+
+struct Import {
+    uuid: Uuid,
+    storage: SharedStorage,
+}
+
+/// One VM's sharing state.
+pub struct ShareState {
+    hub: Arc<dyn ShareHub>,
+    vm: VmId,
+    reply_blob: Option<u32>,
+    /// By the blob id IMPORT answered.
+    imports: HashMap<u64, Import>,
+    next_blob_id: u64,
+    events: VecDeque<ShareEvent>,
+    /// Resource id -> the UUID it is exported under.
+    exported: HashMap<u32, Uuid>,
+    /// Resource id -> the UUID of the import it is made from.
+    imported: HashMap<u32, Uuid>,
+}
+
+impl ShareState {
+    pub fn new(hub: Arc<dyn ShareHub>, vm: VmId) -> Self {
+        ShareState {
+            hub,
+            vm,
+            reply_blob: None,
+            imports: HashMap::new(),
+            next_blob_id: 1,
+            events: VecDeque::new(),
+            exported: HashMap::new(),
+            imported: HashMap::new(),
+        }
+    }
+
+    fn push_event(&mut self, e: ShareEvent) {
+        if self.events.len() == MAX_QUEUED_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// Forgets everything (device reset); the hub revokes this VM's exports itself.
+    pub fn reset(&mut self) {
+        for uuid in self
+            .imported
+            .values()
+            .chain(self.imports.values().map(|i| &i.uuid))
+        {
+            self.hub.unimport(self.vm, uuid);
+        }
+        self.reply_blob = None;
+        self.imports.clear();
+        self.events.clear();
+        self.exported.clear();
+        self.imported.clear();
+    }
+}
+
+type Reply = (Status, Vec<u8>);
+
+impl<R: Renderer> Device<R> {
+    /// Runs a share context's command stream: every command that asks for a reply gets one in
+    /// the reply blob. A malformed stream is refused whole, before anything runs.
+    pub(super) fn share_submit(&mut self, stream: &[u8]) -> Result<Response> {
+        if self.share.is_none() {
+            return Err(ErrorCode::InvalidContextId);
+        }
+        let commands = decode_stream(stream).map_err(|_| ErrorCode::InvalidParameter)?;
+        for c in commands {
+            let (status, payload) = self.share_command(&c.command);
+            if let Some(offset) = c.reply_offset {
+                self.write_reply(offset, &encode_reply(status, &payload))?;
+            }
+        }
+        Ok(Response::OkNodata)
+    }
+
+    fn share_command(&mut self, command: &ShareCommand) -> Reply {
+        let done = |r: std::result::Result<Vec<u8>, Status>| match r {
+            Ok(payload) => (Status::Ok, payload),
+            Err(status) => (status, Vec::new()),
+        };
+        match command {
+            ShareCommand::SetReplyBlob { resource_id } => done(self.set_reply_blob(*resource_id)),
+            ShareCommand::Export { resource_id } => done(self.share_export(*resource_id)),
+            ShareCommand::Import { uuid, .. } => done(self.share_import(uuid)),
+            ShareCommand::Pin { resource_id } | ShareCommand::Unpin { resource_id } => {
+                // Nothing is ever moved yet (there is no memory budget to move it for), so
+                // every shared buffer stays where it is: pinning holds trivially.
+                done(self.shared_resource(*resource_id).map(|_| Vec::new()))
+            }
+            ShareCommand::ExportFence { .. } | ShareCommand::WaitFences { .. } => {
+                (Status::Unsupported, Vec::new())
+            }
+            ShareCommand::ReadEvents { max } => (Status::Ok, self.read_events(*max)),
+        }
+    }
+
+    fn set_reply_blob(&mut self, id: u32) -> std::result::Result<Vec<u8>, Status> {
+        let res = self.resource(id).map_err(|_| Status::NoSuch)?;
+        match &res.backing {
+            Some(b) if b.bytes >= REPLY_HEADER_SIZE as u64 => {}
+            _ => return Err(Status::Invalid),
+        }
+        if let Some(share) = self.share.as_mut() {
+            share.reply_blob = Some(id);
+        }
+        Ok(Vec::new())
+    }
+
+    fn write_reply(&self, offset: u32, reply: &[u8]) -> Result<()> {
+        let blob = self
+            .share
+            .as_ref()
+            .and_then(|s| s.reply_blob)
+            .ok_or(ErrorCode::InvalidParameter)?;
+        let backing = self
+            .resource(blob)?
+            .backing
+            .as_ref()
+            .ok_or(ErrorCode::InvalidParameter)?;
+        let end = u64::from(offset) + reply.len() as u64;
+        if end > backing.bytes || !backing.write_at(u64::from(offset), reply) {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        Ok(())
+    }
+
+    /// A resource this VM exported or imported.
+    fn shared_resource(&self, id: u32) -> std::result::Result<(), Status> {
+        let share = self.share.as_ref().ok_or(Status::Unsupported)?;
+        if share.exported.contains_key(&id) || share.imported.contains_key(&id) {
+            Ok(())
+        } else {
+            Err(Status::NoSuch)
+        }
+    }
+
+    fn share_export(&mut self, id: u32) -> std::result::Result<Vec<u8>, Status> {
+        let res = self.resource(id).map_err(|_| Status::NoSuch)?;
+        let blob = res.blob.as_ref().ok_or(Status::Invalid)?;
+        if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 {
+            return Err(Status::Invalid);
+        }
+        if self
+            .share
+            .as_ref()
+            .is_some_and(|s| s.imported.contains_key(&id))
+        {
+            // Re-exporting someone else's buffer would outlive its revocation.
+            return Err(Status::Invalid);
+        }
+        let existing = res.uuid;
+        let storage = self.export(id).map_err(|_| Status::Unsupported)?;
+        if !storage.size.is_multiple_of(PAGE_SIZE) {
+            // Importers map whole pages: they would see what lies past the blob.
+            return Err(Status::Invalid);
+        }
+        let uuid = match existing {
+            Some(u) => u,
+            None => random_uuid().ok_or(Status::NoSpace)?,
+        };
+        let share = self.share.as_ref().ok_or(Status::Unsupported)?;
+        let uuid = share.hub.export(share.vm, id, uuid, storage)?;
+        if let Ok(res) = self.resource_mut(id) {
+            res.uuid = Some(uuid);
+        }
+        if let Some(share) = self.share.as_mut() {
+            share.exported.insert(id, uuid);
+        }
+        Ok(uuid.to_vec())
+    }
+
+    fn share_import(&mut self, uuid: &Uuid) -> std::result::Result<Vec<u8>, Status> {
+        let share = self.share.as_mut().ok_or(Status::Unsupported)?;
+        if share.imports.len() >= MAX_PENDING_IMPORTS {
+            return Err(Status::NoSpace);
+        }
+        let storage = share.hub.import(share.vm, uuid)?;
+        let blob_id = share.next_blob_id;
+        share.next_blob_id += 1;
+        let size = storage.size;
+        share.imports.insert(
+            blob_id,
+            Import {
+                uuid: *uuid,
+                storage,
+            },
+        );
+        let mut payload = blob_id.to_le_bytes().to_vec();
+        payload.extend_from_slice(&size.to_le_bytes());
+        Ok(payload)
+    }
+
+    fn read_events(&mut self, max: u32) -> Vec<u8> {
+        let Some(share) = self.share.as_mut() else {
+            return Vec::new();
+        };
+        let n = (max.min(MAX_EVENTS) as usize).min(share.events.len());
+        let mut out = Vec::with_capacity(8 + n * ShareEvent::SIZE);
+        out.extend_from_slice(&(n as u32).to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        for e in share.events.drain(..n) {
+            e.encode(&mut out);
+        }
+        out
+    }
+
+    /// RESOURCE_CREATE_BLOB of an import on a share context: a resource backed by the exporter's
+    /// storage, not charged to this VM (the exporter pays for it).
+    pub(super) fn create_imported_blob(
+        &mut self,
+        id: u32,
+        blob_mem: u32,
+        flags: u32,
+        blob_id: u64,
+        size: u64,
+    ) -> Result<Response> {
+        let share = self.share.as_mut().ok_or(ErrorCode::InvalidContextId)?;
+        let fits = share
+            .imports
+            .get(&blob_id)
+            .is_some_and(|i| size > 0 && size <= i.storage.size);
+        if blob_mem != BLOB_MEM_HOST3D || !fits {
+            return Err(ErrorCode::InvalidParameter);
+        }
+        if self.resources.len() >= self.cfg.max_resources {
+            return Err(ErrorCode::OutOfMemory);
+        }
+        let import = share
+            .imports
+            .remove(&blob_id)
+            .ok_or(ErrorCode::InvalidParameter)?;
+        share.imported.insert(id, import.uuid);
+        let storage = SharedStorage {
+            size,
+            ..import.storage
+        };
+        // The renderer never sees it: its id 0 names nothing there.
+        let mut res = Resource::new(RendererResId(0), 0, 0, 0);
+        res.imported = true;
+        res.blob = Some(Blob {
+            mem: blob_mem,
+            flags,
+            mapped: None,
+            export: Some(storage),
+        });
+        self.resources.insert(id, res);
+        Ok(Response::OkNodata)
+    }
+
+    /// Resource `id` is going away: what it shared ends. Returns the UUID to revoke if it was
+    /// exported (the caller revokes it once the device lock is released).
+    pub(super) fn share_forget(&mut self, id: u32) -> Option<Uuid> {
+        let share = self.share.as_mut()?;
+        if let Some(uuid) = share.imported.remove(&id) {
+            share.hub.unimport(share.vm, &uuid);
+        }
+        share.exported.remove(&id)
+    }
+
+    /// The exporter withdrew `uuid`: every resource made from it loses its storage and its
+    /// mapping (returned, for the transport to unmap now), and the guest gets a REVOKED event.
+    pub fn revoke_import(&mut self, uuid: &Uuid) -> Vec<ShmemRequest> {
+        let Some(share) = self.share.as_mut() else {
+            return Vec::new();
+        };
+        share.imports.retain(|_, i| &i.uuid != uuid);
+        let ids: Vec<u32> = share
+            .imported
+            .iter()
+            .filter(|(_, u)| *u == uuid)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut unmaps = Vec::new();
+        for id in &ids {
+            if let Ok(Some(unmap)) = self.take_mapping(*id) {
+                unmaps.push(unmap);
+            }
+            if let Ok(res) = self.resource_mut(*id) {
+                if let Some(blob) = res.blob.as_mut() {
+                    blob.export = None;
+                }
+            }
+        }
+        if let Some(share) = self.share.as_mut() {
+            for id in ids.iter().copied().chain(ids.is_empty().then_some(0)) {
+                share.imported.remove(&id);
+                share.push_event(ShareEvent {
+                    kind: event::REVOKED,
+                    resource_id: id,
+                    subject: *uuid,
+                });
+            }
+        }
+        unmaps
+    }
+}

@@ -1,0 +1,306 @@
+//! Sharing buffers between VMs through the share context (protocol::share): export, import by
+//! UUID under the daemon's policy, zero-copy mapping into the importer's window, and revocation
+//! that takes the importer's mapping away before the exporter's request completes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use vgpud_harness::{Daemon, Vm};
+use vgpud_protocol::share::{
+    decode_reply, event, ShareCommand, ShareEvent, Status, Uuid, CAPSET_SHARE, NO_REPLY,
+};
+use vgpud_protocol::{
+    Command, CreateBlob, MemEntry, Reader, Response, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST,
+    BLOB_MEM_HOST3D, F_CONTEXT_INIT, SHM_ID_HOST_VISIBLE,
+};
+
+const PAGE: u64 = 4096;
+const SHARE_CTX: u32 = 1;
+const REPLY_BLOB: u32 = 2;
+const SHM: u8 = SHM_ID_HOST_VISIBLE;
+
+/// Three VMs a, b, c that may share; the policy lets b (only) import from a.
+fn daemon_abc() -> (Daemon, std::path::PathBuf) {
+    let policy = std::env::temp_dir().join(format!(
+        "vgpud-share-policy-{}-{:?}.json",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &["name=a,share=on", "name=b,share=on", "name=c,share=on"],
+        &[
+            "--renderer",
+            "2d",
+            "--hostmem",
+            "1M",
+            "--share-policy",
+            policy.to_str().unwrap(),
+        ],
+    )
+    .expect("start vgpud");
+    (d, policy)
+}
+
+/// A VM with a share context and its reply blob; returns where the replies land.
+struct Sharer {
+    vm: Vm,
+    replies: u64,
+}
+
+impl Sharer {
+    fn new(d: &Daemon, i: usize) -> Sharer {
+        let mut vm = connect(d, i);
+        assert_ne!(vm.offered_features() & (1 << F_CONTEXT_INIT), 0);
+        let replies = mappable_blob(&mut vm, REPLY_BLOB, 1, 0);
+        let create = Command::CtxCreate {
+            context_init: CAPSET_SHARE,
+            debug_name: b"share".to_vec(),
+        };
+        assert_eq!(
+            answer(&mut vm, &in_ctx(SHARE_CTX, create)).1,
+            Response::OkNodata
+        );
+        let mut s = Sharer { vm, replies };
+        s.submit(&[(
+            ShareCommand::SetReplyBlob {
+                resource_id: REPLY_BLOB,
+            },
+            NO_REPLY,
+        )]);
+        s
+    }
+
+    fn submit(&mut self, commands: &[(ShareCommand, u32)]) {
+        let stream: Vec<u8> = commands.iter().flat_map(|(c, at)| c.encode(*at)).collect();
+        let cmd = Command::Submit3d { commands: stream };
+        assert_eq!(
+            answer(&mut self.vm, &in_ctx(SHARE_CTX, cmd)).1,
+            Response::OkNodata
+        );
+    }
+
+    /// One command; its reply's status and payload.
+    fn run(&mut self, command: ShareCommand) -> (u32, Vec<u8>) {
+        self.vm.write_mem(self.replies, &[0xee; 64]);
+        self.submit(&[(command, 0)]);
+        let bytes = self.vm.read_mem(self.replies, 64);
+        let (status, payload) = decode_reply(&bytes).expect("a reply");
+        (status, payload.to_vec())
+    }
+
+    fn export(&mut self, id: u32) -> Uuid {
+        let (status, payload) = self.run(ShareCommand::Export { resource_id: id });
+        assert_eq!(status, Status::Ok as u32);
+        payload.try_into().expect("a UUID")
+    }
+
+    /// Imports `uuid` as resource `id`, mapped at `offset` of the window; returns its size.
+    fn import_and_map(&mut self, uuid: Uuid, id: u32, offset: u64) -> u64 {
+        let (status, payload) = self.run(ShareCommand::Import {
+            uuid,
+            dynamic: false,
+        });
+        assert_eq!(status, Status::Ok as u32);
+        let mut r = Reader::new(&payload);
+        let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
+        let create = Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id,
+            size,
+            entries: vec![],
+        });
+        assert_eq!(
+            answer(&mut self.vm, &in_ctx(SHARE_CTX, create)).1,
+            Response::OkNodata
+        );
+        let map = Command::ResourceMapBlob {
+            resource_id: id,
+            offset,
+        };
+        assert!(matches!(
+            call(&mut self.vm, map),
+            Response::OkMapInfo { .. }
+        ));
+        size
+    }
+
+    fn events(&mut self) -> Vec<ShareEvent> {
+        let (status, payload) = self.run(ShareCommand::ReadEvents { max: 16 });
+        assert_eq!(status, Status::Ok as u32);
+        let mut r = Reader::new(&payload);
+        let n = r.u32().unwrap();
+        r.u32().unwrap();
+        (0..n)
+            .map(|_| ShareEvent::decode(&mut r).unwrap())
+            .collect()
+    }
+}
+
+#[test]
+fn an_imported_buffer_is_the_exporters_memory_both_ways() {
+    let (d, policy) = daemon_abc();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let gpa = mappable_blob(&mut a.vm, 1, 2, 0x5a);
+    let uuid = a.export(1);
+    assert_eq!(a.export(1), uuid, "exporting again gives the same UUID");
+    let size = b.import_and_map(uuid, 7, 4 * PAGE);
+    assert_eq!(size, 2 * PAGE);
+    // B's window shows A's pages, and writes go both ways: the same memory.
+    let seen =
+        b.vm.shmem()
+            .read(SHM, 4 * PAGE, size as usize)
+            .expect("mapped");
+    assert!(seen.iter().all(|&x| x == 0x5a));
+    a.vm.write_mem(gpa + 100, b"from a");
+    assert_eq!(
+        b.vm.shmem().read(SHM, 4 * PAGE + 100, 6).unwrap(),
+        b"from a"
+    );
+    assert!(b.vm.shmem().write(SHM, 4 * PAGE + PAGE, b"from b"));
+    assert_eq!(a.vm.read_mem(gpa + PAGE, 6), b"from b");
+    let _ = std::fs::remove_file(policy);
+}
+
+#[test]
+fn imports_the_policy_does_not_allow_are_refused() {
+    let (d, policy) = daemon_abc();
+    let mut a = Sharer::new(&d, 0);
+    let mut c = Sharer::new(&d, 2);
+    mappable_blob(&mut a.vm, 1, 1, 1);
+    let uuid = a.export(1);
+    let (status, _) = c.run(ShareCommand::Import {
+        uuid,
+        dynamic: false,
+    });
+    assert_eq!(status, Status::Denied as u32);
+    let (status, _) = c.run(ShareCommand::Import {
+        uuid: [0x42; 16],
+        dynamic: false,
+    });
+    assert_eq!(status, Status::NoSuch as u32);
+    // Nothing to create a resource from either.
+    let create = Command::ResourceCreateBlob(CreateBlob {
+        resource_id: 9,
+        blob_mem: BLOB_MEM_HOST3D,
+        blob_flags: BLOB_FLAG_USE_MAPPABLE,
+        blob_id: 1,
+        size: PAGE,
+        entries: vec![],
+    });
+    assert_ne!(
+        answer(&mut c.vm, &in_ctx(SHARE_CTX, create)).1,
+        Response::OkNodata
+    );
+    // Importers map whole pages, so a blob that ends inside a page is not exported (what
+    // follows it in the exporter's memory would show).
+    let gpa = a.vm.alloc_in(0, PAGE, PAGE);
+    ok(
+        &mut a.vm,
+        Command::ResourceCreateBlob(CreateBlob {
+            resource_id: 3,
+            blob_mem: BLOB_MEM_GUEST,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id: 0,
+            size: PAGE / 2,
+            entries: vec![MemEntry {
+                addr: gpa,
+                length: (PAGE / 2) as u32,
+            }],
+        }),
+    );
+    let (status, _) = a.run(ShareCommand::Export { resource_id: 3 });
+    assert_ne!(status, Status::Ok as u32);
+    // A VM without share=on gets no share context at all.
+    let d2 = daemon(1, &["--hostmem", "1M"]);
+    let mut plain = connect(&d2, 0);
+    let create = Command::CtxCreate {
+        context_init: CAPSET_SHARE,
+        debug_name: b"share".to_vec(),
+    };
+    assert_ne!(answer(&mut plain, &in_ctx(1, create)).1, Response::OkNodata);
+    let _ = std::fs::remove_file(policy);
+}
+
+#[test]
+fn unref_by_the_exporter_unmaps_the_importer_before_it_is_answered() {
+    let (d, policy) = daemon_abc();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let gpa = mappable_blob(&mut a.vm, 1, 1, 0x11);
+    let uuid = a.export(1);
+    b.import_and_map(uuid, 7, 0);
+    assert_eq!(b.vm.shmem().mappings().len(), 1);
+    let unmaps = b.vm.shmem().unmap_count();
+    ok(&mut a.vm, Command::ResourceUnref { resource_id: 1 });
+    // A has its answer: B's mapping is already gone, and B can never map it again.
+    assert_eq!(b.vm.shmem().unmap_count(), unmaps + 1);
+    assert!(b.vm.shmem().mappings().is_empty());
+    assert!(b.vm.shmem().read(SHM, 0, 16).is_none());
+    let remap = Command::ResourceMapBlob {
+        resource_id: 7,
+        offset: 0,
+    };
+    assert!(!matches!(
+        call(&mut b.vm, remap),
+        Response::OkMapInfo { .. }
+    ));
+    // A's pages are A's again: what A writes there now is not B's to see.
+    a.vm.write_mem(gpa, b"secret");
+    assert_eq!(
+        b.events(),
+        vec![ShareEvent {
+            kind: event::REVOKED,
+            resource_id: 7,
+            subject: uuid,
+        }]
+    );
+    let (status, _) = b.run(ShareCommand::Import {
+        uuid,
+        dynamic: false,
+    });
+    assert_eq!(status, Status::NoSuch as u32, "gone for good");
+    // B still frees its dead resource normally.
+    ok(&mut b.vm, Command::ResourceUnref { resource_id: 7 });
+    let _ = std::fs::remove_file(policy);
+}
+
+#[test]
+fn an_exporter_that_disconnects_takes_its_buffers_from_every_importer() {
+    let (d, policy) = daemon_abc();
+    let a = {
+        let mut a = Sharer::new(&d, 0);
+        let mut b = Sharer::new(&d, 1);
+        mappable_blob(&mut a.vm, 1, 1, 0x22);
+        mappable_blob(&mut a.vm, 3, 1, 0x33);
+        let (u1, u3) = (a.export(1), a.export(3));
+        b.import_and_map(u1, 7, 0);
+        b.import_and_map(u3, 8, PAGE);
+        assert_eq!(b.vm.shmem().mappings().len(), 2);
+        drop(a);
+        assert!(
+            eventually(Duration::from_secs(5), || b
+                .vm
+                .shmem()
+                .mappings()
+                .is_empty()),
+            "the importer still maps a gone VM's memory"
+        );
+        let kinds: Vec<u32> = b.events().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, vec![event::REVOKED, event::REVOKED]);
+        // The socket serves the next VM, which can share again.
+        Sharer::new(&d, 0)
+    };
+    drop(a);
+    let _ = std::fs::remove_file(policy);
+}
