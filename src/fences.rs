@@ -113,6 +113,14 @@ impl<T> Timelines<T> {
     /// The renderer finished `fence`: returns the tokens it releases, oldest first. Unknown or
     /// already retired ids release nothing.
     pub fn retire_through(&mut self, fence: FenceId) -> Vec<T> {
+        self.retire_with_ids(fence)
+            .into_iter()
+            .map(|(_, t)| t)
+            .collect()
+    }
+
+    /// As `retire_through`, with the fence each token waited for.
+    pub fn retire_with_ids(&mut self, fence: FenceId) -> Vec<(FenceId, T)> {
         let Some(timeline) = self.index.get(&fence).copied() else {
             return Vec::new();
         };
@@ -121,7 +129,7 @@ impl<T> Timelines<T> {
             while let Some(p) = queue.pop_front() {
                 self.index.remove(&p.fence);
                 let last = p.fence == fence;
-                done.push(p.token);
+                done.push((p.fence, p.token));
                 if last {
                     break;
                 }
@@ -131,6 +139,12 @@ impl<T> Timelines<T> {
             }
         }
         done
+    }
+
+    /// The newest fence parked on `timeline`, if any: once it retires, so has everything
+    /// submitted on that timeline so far.
+    pub fn last_on(&self, timeline: Timeline) -> Option<FenceId> {
+        self.parked.get(&timeline)?.back().map(|p| p.fence)
     }
 
     /// Drops every parked response of a context (it was destroyed) and returns them.
@@ -189,7 +203,12 @@ mod tests {
         t.park(ring(1, 1), FenceId(12), "x");
         t.park(ring(1, 0), FenceId(13), "c");
         // The newest fence of ring 0 retires everything before it on ring 0 only.
-        assert_eq!(t.retire_through(FenceId(13)), vec!["a", "b", "c"]);
+        assert_eq!(t.last_on(ring(1, 0)), Some(FenceId(13)));
+        assert_eq!(t.last_on(ring(1, 2)), None);
+        assert_eq!(
+            t.retire_with_ids(FenceId(13)),
+            vec![(FenceId(10), "a"), (FenceId(11), "b"), (FenceId(13), "c")]
+        );
         assert_eq!(t.len(), 1);
         assert_eq!(
             t.retire_through(FenceId(11)),

@@ -304,3 +304,131 @@ fn an_exporter_that_disconnects_takes_its_buffers_from_every_importer() {
     drop(a);
     let _ = std::fs::remove_file(policy);
 }
+
+/// Two VMs with the scripted renderer (fences that take as long as a script says): a may
+/// export to b.
+fn fake_pair() -> (Daemon, std::path::PathBuf) {
+    let policy = std::env::temp_dir().join(format!(
+        "vgpud-share-fences-{}-{:?}.json",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &["name=a,share=on", "name=b,share=on"],
+        &[
+            "--renderer",
+            "fake",
+            "--hostmem",
+            "1M",
+            "--share-policy",
+            policy.to_str().unwrap(),
+        ],
+    )
+    .expect("start vgpud");
+    (d, policy)
+}
+
+const RENDER_CTX: u32 = 2;
+
+/// A renderer context on `vm` with a fenced submit on ring 0 that completes after `ms`.
+fn slow_work(vm: &mut Vm, ms: u32, fence_id: u64) -> vgpud_harness::Token {
+    let create = Command::CtxCreate {
+        context_init: 0,
+        debug_name: b"work".to_vec(),
+    };
+    let _ = answer(vm, &in_ctx(RENDER_CTX, create));
+    let script = Command::Submit3d {
+        commands: format!("delay {ms}").into_bytes(),
+    };
+    vm.post(0, &fenced_cmd(RENDER_CTX, 0, fence_id, script), 1024)
+        .unwrap()
+}
+
+fn export_fence(s: &mut Sharer, ctx_id: u32, ring: u32) -> (u32, u64) {
+    let (status, payload) = s.run(ShareCommand::ExportFence { ctx_id, ring });
+    let handle = payload
+        .get(..8)
+        .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+    (status, handle)
+}
+
+/// Posts a fenced share-context submit on `ring` that waits for `handles`.
+fn post_wait(s: &mut Sharer, ring: u8, fence_id: u64, handles: Vec<u64>) -> vgpud_harness::Token {
+    let stream = ShareCommand::WaitFences { handles }.encode(NO_REPLY);
+    let cmd = fenced_cmd(
+        SHARE_CTX,
+        ring,
+        fence_id,
+        Command::Submit3d { commands: stream },
+    );
+    s.vm.post(0, &cmd, 1024).unwrap()
+}
+
+#[test]
+fn a_fence_from_another_vm_holds_only_the_waiting_timeline() {
+    let (d, policy) = fake_pair();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let work = slow_work(&mut a.vm, 700, 1);
+    let (status, handle) = export_fence(&mut a, RENDER_CTX, 0);
+    assert_eq!(status, Status::Ok as u32);
+    let waiting = post_wait(&mut b, 0, 10, vec![handle, handle]);
+    // Another ring of b's share context is not held by that wait.
+    let other = post_wait(&mut b, 1, 11, vec![]);
+    let (hdr, resp) = Response::decode(&b.vm.wait(other).unwrap()).unwrap();
+    assert_eq!((hdr.fence_id, resp), (11, Response::OkNodata));
+    assert!(
+        !b.vm.is_done(waiting).unwrap(),
+        "answered before a's fence signalled"
+    );
+    // a's work completes: first a sees its fence, and b's wait follows.
+    a.vm.wait(work).unwrap();
+    let (hdr, resp) = Response::decode(&b.vm.wait(waiting).unwrap()).unwrap();
+    assert_eq!((hdr.fence_id, resp), (10, Response::OkNodata));
+    assert!(b.events().is_empty(), "no error");
+    // A point already passed is waited for by nobody.
+    let done = post_wait(&mut b, 0, 12, vec![handle]);
+    b.vm.wait(done).unwrap();
+    // Share contexts' own timelines cannot be exported (no cycle across VMs can form), and a
+    // VM the policy does not allow cannot wait on a's fences.
+    assert_eq!(export_fence(&mut a, SHARE_CTX, 0).0, Status::NoSuch as u32);
+    let (_, mine) = export_fence(&mut b, 0, 0);
+    let a_waits = post_wait(&mut a, 0, 13, vec![mine]);
+    let (_, resp) = Response::decode(&a.vm.wait(a_waits).unwrap()).unwrap();
+    assert_eq!(resp, Response::OkNodata, "a refused wait answers at once");
+    let _ = std::fs::remove_file(policy);
+}
+
+#[test]
+fn waiters_on_a_dead_producer_are_answered_with_an_error() {
+    let (d, policy) = fake_pair();
+    let mut b = Sharer::new(&d, 1);
+    let mut a = Sharer::new(&d, 0);
+    slow_work(&mut a.vm, 60_000, 1);
+    let (status, handle) = export_fence(&mut a, RENDER_CTX, 0);
+    assert_eq!(status, Status::Ok as u32);
+    let waiting = post_wait(&mut b, 0, 20, vec![handle]);
+    assert!(!b.vm.is_done(waiting).unwrap());
+    // a's VMM goes away with its fence still pending.
+    drop(a);
+    let (hdr, _) = Response::decode(&b.vm.wait(waiting).unwrap()).unwrap();
+    assert_eq!(hdr.fence_id, 20, "answered, not left waiting");
+    let failed = |events: Vec<ShareEvent>| {
+        events
+            .iter()
+            .filter(|e| e.kind == event::FENCE_ERROR && e.subject[..8] == handle.to_le_bytes())
+            .count()
+    };
+    assert_eq!(failed(b.events()), 1);
+    // Waiting on it later is answered at once, with the error again.
+    let late = post_wait(&mut b, 0, 21, vec![handle]);
+    b.vm.wait(late).unwrap();
+    assert_eq!(failed(b.events()), 1);
+    let _ = std::fs::remove_file(policy);
+}

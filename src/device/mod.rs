@@ -235,12 +235,17 @@ impl<R: Renderer> Device<R> {
         }
     }
 
-    fn create_fence(&self, hdr: &CtrlHeader) -> Option<(Timeline, FenceId)> {
+    fn create_fence(&mut self, hdr: &CtrlHeader) -> Option<(Timeline, FenceId)> {
         let guest_ctx = GuestCtxId(hdr.ctx_id);
         let context = self.contexts.get(&guest_ctx);
         if context.is_some_and(|c| c.share) {
-            // A share context's work is done when its command returns.
-            return None;
+            // On the share context's own timeline, signalled by the hub once what the stream
+            // waits for has (at once if nothing).
+            let timeline = Timeline {
+                ctx: guest_ctx,
+                ring: hdr.ring(),
+            };
+            return self.share_fence().map(|id| (timeline, id));
         }
         let ctx = context.map(|c| c.renderer);
         let timeline = match hdr.ring() {

@@ -17,7 +17,8 @@ use super::renderer::ExportedBlob;
 use super::resource::{random_uuid, Blob, Resource};
 use super::window::PAGE_SIZE;
 use super::{Device, Renderer, Result};
-use crate::ids::{RendererResId, VmId};
+use crate::fences::Timeline;
+use crate::ids::{FenceId, GuestCtxId, RendererResId, VmId};
 
 /// What an export hands importers: a descriptor, offset and size.
 pub type SharedStorage = ExportedBlob;
@@ -36,12 +37,24 @@ pub trait ShareHub: Send + Sync {
     fn import(&self, vm: VmId, uuid: &Uuid) -> std::result::Result<SharedStorage, Status>;
     /// `vm` no longer uses its import of `uuid`.
     fn unimport(&self, vm: VmId, uuid: &Uuid);
+    /// A handle for the current last point of `timeline` of `vm`.
+    fn export_fence(&self, vm: VmId, timeline: Timeline) -> std::result::Result<u64, Status>;
+    /// A fence of `vm`'s share context that signals once every point of `handles` has (at once
+    /// if none is pending). Its signal reaches the VM like a renderer's.
+    /// Points that had already failed (their producer died) are returned with it.
+    fn share_fence(
+        &self,
+        vm: VmId,
+        handles: &[u64],
+    ) -> std::result::Result<(FenceId, Vec<u64>), Status>;
 }
 
 /// Imports waiting for their RESOURCE_CREATE_BLOB, and events waiting to be read: bounded, so a
 /// guest cannot grow them without limit.
 const MAX_PENDING_IMPORTS: usize = 256;
 const MAX_QUEUED_EVENTS: usize = 256;
+/// Most fence handles one stream's fence may wait for.
+const MAX_STREAM_WAITS: usize = 256;
 
 struct Import {
     uuid: Uuid,
@@ -61,6 +74,8 @@ pub struct ShareState {
     exported: HashMap<u32, Uuid>,
     /// Resource id -> the UUID of the import it is made from.
     imported: HashMap<u32, Uuid>,
+    /// Fence handles the stream being handled waits for (WAIT_FENCES), flat.
+    waits: Vec<u64>,
 }
 
 impl ShareState {
@@ -74,6 +89,7 @@ impl ShareState {
             events: VecDeque::new(),
             exported: HashMap::new(),
             imported: HashMap::new(),
+            waits: Vec::new(),
         }
     }
 
@@ -107,8 +123,9 @@ impl<R: Renderer> Device<R> {
     /// Runs a share context's command stream: every command that asks for a reply gets one in
     /// the reply blob. A malformed stream is refused whole, before anything runs.
     pub(super) fn share_submit(&mut self, stream: &[u8]) -> Result<Response> {
-        if self.share.is_none() {
-            return Err(ErrorCode::InvalidContextId);
+        match self.share.as_mut() {
+            None => return Err(ErrorCode::InvalidContextId),
+            Some(share) => share.waits.clear(),
         }
         let commands = decode_stream(stream).map_err(|_| ErrorCode::InvalidParameter)?;
         for c in commands {
@@ -134,10 +151,81 @@ impl<R: Renderer> Device<R> {
                 // every shared buffer stays where it is: pinning holds trivially.
                 done(self.shared_resource(*resource_id).map(|_| Vec::new()))
             }
-            ShareCommand::ExportFence { .. } | ShareCommand::WaitFences { .. } => {
-                (Status::Unsupported, Vec::new())
+            ShareCommand::ExportFence { ctx_id, ring } => {
+                done(self.share_export_fence(*ctx_id, *ring))
+            }
+            ShareCommand::WaitFences { handles } => {
+                if let Some(share) = self.share.as_mut() {
+                    share.waits.extend_from_slice(handles);
+                    // Bounded like one command's: a stream cannot pile up more.
+                    share.waits.truncate(MAX_STREAM_WAITS);
+                }
+                (Status::Ok, Vec::new())
             }
             ShareCommand::ReadEvents { max } => (Status::Ok, self.read_events(*max)),
+        }
+    }
+
+    fn share_export_fence(
+        &mut self,
+        ctx_id: u32,
+        ring: u32,
+    ) -> std::result::Result<Vec<u8>, Status> {
+        // A point on a renderer timeline: renderer work never waits on another VM, so no wait
+        // across VMs can close a cycle (share contexts' own timelines cannot be exported).
+        let timeline = if ctx_id == 0 {
+            Timeline::GLOBAL
+        } else {
+            let ctx = GuestCtxId(ctx_id);
+            match self.contexts.get(&ctx) {
+                Some(c) if !c.share => {}
+                _ => return Err(Status::NoSuch),
+            }
+            let ring = u8::try_from(ring)
+                .ok()
+                .filter(|r| *r < 64)
+                .ok_or(Status::Invalid)?;
+            Timeline {
+                ctx,
+                ring: Some(ring),
+            }
+        };
+        let share = self.share.as_ref().ok_or(Status::Unsupported)?;
+        let handle = share.hub.export_fence(share.vm, timeline)?;
+        Ok(handle.to_le_bytes().to_vec())
+    }
+
+    /// The fence of a fenced share-context request, waiting for what its stream named.
+    pub(super) fn share_fence(&mut self) -> Option<FenceId> {
+        let share = self.share.as_mut()?;
+        let waits = std::mem::take(&mut share.waits);
+        match share.hub.share_fence(share.vm, &waits) {
+            Ok((id, failed)) => {
+                for handle in failed {
+                    self.share_fence_failed(handle);
+                }
+                Some(id)
+            }
+            Err(status) => {
+                self.log.warn(format_args!(
+                    "share fence refused ({status:?}): answering at once"
+                ));
+                None
+            }
+        }
+    }
+
+    /// A fence this VM waited for will never signal normally (its producer died): the guest
+    /// reads a FENCE_ERROR event.
+    pub fn share_fence_failed(&mut self, handle: u64) {
+        if let Some(share) = self.share.as_mut() {
+            let mut subject = [0; 16];
+            subject[..8].copy_from_slice(&handle.to_le_bytes());
+            share.push_event(ShareEvent {
+                kind: event::FENCE_ERROR,
+                resource_id: 0,
+                subject,
+            });
         }
     }
 

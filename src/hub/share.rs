@@ -8,11 +8,18 @@
 //! mappings before `revoke` returns; the storage itself lives on in whoever still holds the
 //! descriptor, and no importer can map it again (the orphan model).
 //!
-//! Lock order: this registry's one lock is taken last and never held while anything outside
-//! it runs (a VM's device lock may be held when calling in; importers are told after it is
+//! Fences cross VMs the same way: a VM exports a point on one of its renderer timelines (the
+//! newest fence parked there) as a handle; another VM's share-context fence waits for a set of
+//! handles, stored flat (one entry per exporter timeline, the highest point). When the exporter
+//! answers that fence, or dies (its points fail and the waiter reads FENCE_ERROR), the waiter's
+//! fence signals. Only renderer timelines can be exported, and renderer work never waits on
+//! another VM, so waits cannot form a cycle: each wait is bounded by its producers' work.
+//!
+//! Lock order: a VM's device lock, then its parked-answers lock, then this registry's lock,
+//! which is taken last and never held while anything outside it runs (VMs are told after it is
 //! released).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -21,13 +28,54 @@ use serde::Deserialize;
 use vgpud_protocol::share::{Status, Uuid};
 
 use crate::device::share::{ShareHub, SharedStorage};
-use crate::ids::VmId;
+use crate::fences::Timeline;
+use crate::ids::{FenceId, GuestCtxId, VmId};
 use crate::sync::lock;
 
-/// A VM that imports: told when an import is revoked, so that it unmaps it before the exporter's
-/// request completes.
+/// A VM that shares, as the registry reaches it.
 pub trait ShareClient: Send + Sync {
+    /// An import was revoked: unmap it before returning (the exporter waits for this).
     fn revoked(&self, uuid: &Uuid);
+    /// Calls `record` with the newest fence parked on `timeline`, while no answer of that
+    /// timeline can retire (so the point cannot be missed).
+    fn last_fence(&self, timeline: Timeline, record: &mut dyn FnMut(Option<FenceId>));
+    /// A share-context fence of this VM may signal.
+    fn share_fence_done(&self, fence: FenceId);
+    /// A fence handle this VM waits for failed (its producer died).
+    fn fence_failed(&self, handle: u64);
+}
+
+/// Share-context fences are told apart from renderer fences by this bit.
+pub const SHARE_FENCE_BIT: u64 = 1 << 63;
+/// Fence points one VM may have exported and not yet seen forgotten, and waits one VM may have
+/// pending.
+const MAX_POINTS_PER_VM: usize = 1024;
+const MAX_WAITS_PER_VM: usize = 256;
+/// Failed points of VMs that are gone, kept so that a late wait on one still reads an error;
+/// the oldest are forgotten past this.
+const MAX_DEAD_POINTS: usize = 4096;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PointState {
+    Pending,
+    Done,
+    Failed,
+}
+
+struct Point {
+    exporter: VmId,
+    /// For the policy, also once the exporter is gone.
+    exporter_name: String,
+    timeline: Timeline,
+    fence: FenceId,
+    state: PointState,
+}
+
+/// A share-context fence waiting for points, one per exporter timeline.
+struct Wait {
+    waiter: VmId,
+    fence: FenceId,
+    deps: Vec<u64>,
 }
 
 /// Who may import whose buffers, by VM name. Nothing is allowed unless listed.
@@ -78,6 +126,66 @@ struct Export {
 struct Shares {
     members: HashMap<VmId, Member>,
     exports: HashMap<Uuid, Export>,
+    points: BTreeMap<u64, Point>,
+    next_handle: u64,
+    waits: Vec<Wait>,
+    next_share_fence: u64,
+}
+
+/// Share fences ready to signal: (waiter, fence, the handles among its deps that failed).
+type Ready = Vec<(Arc<dyn ShareClient>, FenceId, Vec<u64>)>;
+
+impl Shares {
+    fn client(&self, vm: VmId) -> Option<Arc<dyn ShareClient>> {
+        self.members.get(&vm).and_then(|m| m.client.upgrade())
+    }
+
+    /// Takes every wait none of whose points is pending any more.
+    fn take_ready(&mut self) -> Ready {
+        let points = &self.points;
+        let pending = |h: &u64| {
+            points
+                .get(h)
+                .is_some_and(|p| p.state == PointState::Pending)
+        };
+        let (ready, waiting): (Vec<Wait>, Vec<Wait>) = std::mem::take(&mut self.waits)
+            .into_iter()
+            .partition(|w| !w.deps.iter().any(pending));
+        self.waits = waiting;
+        ready
+            .into_iter()
+            .filter_map(|w| {
+                let failed = (w.deps.iter())
+                    .filter(|h| points.get(h).is_some_and(|p| p.state == PointState::Failed))
+                    .copied()
+                    .collect();
+                Some((self.client(w.waiter)?, w.fence, failed))
+            })
+            .collect()
+    }
+
+    /// Points of `vm` (of context `ctx`, if given) that are still pending will never signal.
+    fn fail_points(&mut self, vm: VmId, ctx: Option<GuestCtxId>) -> Ready {
+        for p in self.points.values_mut() {
+            if p.exporter == vm
+                && p.state == PointState::Pending
+                && ctx.is_none_or(|c| p.timeline.ctx == c)
+            {
+                p.state = PointState::Failed;
+            }
+        }
+        self.take_ready()
+    }
+}
+
+/// Tells waiters their fences may signal (outside the registry lock).
+fn signal(ready: Ready) {
+    for (client, fence, failed) in ready {
+        for handle in failed {
+            client.fence_failed(handle);
+        }
+        client.share_fence_done(fence);
+    }
 }
 
 #[derive(Default)]
@@ -105,14 +213,57 @@ impl ShareRegistry {
         );
     }
 
-    /// The VM is gone: everything it exported is revoked, its imports forgotten.
+    /// The VM is gone: everything it exported is revoked, its imports forgotten, its fence
+    /// points failed (their waiters are told), its own waits dropped.
     pub fn leave(&self, vm: VmId) {
         self.revoke_all(vm);
-        let mut shares = lock(&self.shares);
-        shares.members.remove(&vm);
-        for export in shares.exports.values_mut() {
-            export.importers.remove(&vm);
-        }
+        let ready = {
+            let mut shares = lock(&self.shares);
+            let ready = shares.fail_points(vm, None);
+            shares.members.remove(&vm);
+            for export in shares.exports.values_mut() {
+                export.importers.remove(&vm);
+            }
+            shares.waits.retain(|w| w.waiter != vm);
+            let members = &shares.members;
+            let dead: Vec<u64> = (shares.points.iter())
+                .filter(|(_, p)| !members.contains_key(&p.exporter))
+                .map(|(h, _)| *h)
+                .collect();
+            for h in dead.iter().take(dead.len().saturating_sub(MAX_DEAD_POINTS)) {
+                shares.points.remove(h);
+            }
+            ready
+        };
+        signal(ready);
+    }
+
+    /// The VM answered fences `retired` (each with every earlier one of its timeline): points
+    /// they reach are done, and waits on them may signal.
+    pub fn fences_done(&self, vm: VmId, retired: &[FenceId]) {
+        let ready = {
+            let mut shares = lock(&self.shares);
+            let mut any = false;
+            for p in shares.points.values_mut() {
+                if p.exporter == vm && p.state == PointState::Pending && retired.contains(&p.fence)
+                {
+                    p.state = PointState::Done;
+                    any = true;
+                }
+            }
+            if !any {
+                return;
+            }
+            shares.take_ready()
+        };
+        signal(ready);
+    }
+
+    /// Fences of `vm` (of context `ctx`, if given) were dropped unanswered (a reset, a destroyed
+    /// context): points on them fail.
+    pub fn fences_dropped(&self, vm: VmId, ctx: Option<GuestCtxId>) {
+        let ready = lock(&self.shares).fail_points(vm, ctx);
+        signal(ready);
     }
 
     /// Revokes every export of `vm` (its device was reset, or it is leaving).
@@ -220,6 +371,109 @@ impl ShareHub for ShareRegistry {
             export.importers.remove(&vm);
         }
     }
+
+    fn export_fence(&self, vm: VmId, timeline: Timeline) -> Result<u64, Status> {
+        let (client, name) = {
+            let shares = lock(&self.shares);
+            let name = shares.members.get(&vm).map(|m| m.name.clone());
+            (shares.client(vm), name)
+        };
+        let (client, name) = client.zip(name).ok_or(Status::Unsupported)?;
+        let mut result = Err(Status::NoSpace);
+        client.last_fence(timeline, &mut |last| {
+            let mut shares = lock(&self.shares);
+            let mine: Vec<u64> = (shares.points.iter())
+                .filter(|(_, p)| p.exporter == vm)
+                .map(|(h, _)| *h)
+                .collect();
+            if mine.len() >= MAX_POINTS_PER_VM {
+                // Forget the oldest point that is no longer pending; waiting on a forgotten
+                // handle answers NO_SUCH.
+                let done = mine.iter().find(|h| {
+                    shares
+                        .points
+                        .get(h)
+                        .is_some_and(|p| p.state != PointState::Pending)
+                });
+                match done.copied() {
+                    Some(h) => {
+                        shares.points.remove(&h);
+                    }
+                    None => return,
+                }
+            }
+            shares.next_handle += 1;
+            let handle = shares.next_handle;
+            let point = Point {
+                exporter: vm,
+                exporter_name: name.clone(),
+                timeline,
+                fence: last.unwrap_or_default(),
+                state: match last {
+                    Some(_) => PointState::Pending,
+                    None => PointState::Done,
+                },
+            };
+            shares.points.insert(handle, point);
+            result = Ok(handle);
+        });
+        result
+    }
+
+    fn share_fence(&self, vm: VmId, handles: &[u64]) -> Result<(FenceId, Vec<u64>), Status> {
+        let (client, fence, failed, waiting) = {
+            let mut shares = lock(&self.shares);
+            let client = shares.client(vm).ok_or(Status::Unsupported)?;
+            let waiter = shares.members.get(&vm).map(|m| m.name.clone());
+            // Flat: per exporter timeline, only its highest pending point.
+            let mut highest: HashMap<(VmId, Timeline), (u64, FenceId)> = HashMap::new();
+            let mut failed = Vec::new();
+            for h in handles {
+                let p = shares.points.get(h).ok_or(Status::NoSuch)?;
+                if p.exporter != vm {
+                    let allowed = (waiter.as_deref())
+                        .is_some_and(|w| self.policy.allows(&p.exporter_name, w));
+                    if !allowed {
+                        return Err(Status::Denied);
+                    }
+                }
+                match p.state {
+                    PointState::Done => {}
+                    PointState::Failed => failed.push(*h),
+                    PointState::Pending => {
+                        let entry = highest
+                            .entry((p.exporter, p.timeline))
+                            .or_insert((*h, p.fence));
+                        if p.fence > entry.1 {
+                            *entry = (*h, p.fence);
+                        }
+                    }
+                }
+            }
+            failed.dedup();
+            if !highest.is_empty()
+                && shares.waits.iter().filter(|w| w.waiter == vm).count() >= MAX_WAITS_PER_VM
+            {
+                return Err(Status::NoSpace);
+            }
+            shares.next_share_fence += 1;
+            let fence = FenceId(SHARE_FENCE_BIT | shares.next_share_fence);
+            let waiting = !highest.is_empty();
+            if waiting {
+                shares.waits.push(Wait {
+                    waiter: vm,
+                    fence,
+                    deps: highest.into_values().map(|(h, _)| h).collect(),
+                });
+            }
+            (client, fence, failed, waiting)
+        };
+        if !waiting {
+            // Nothing to wait for: it signals through the VM's inbox, after this request parks.
+            client.share_fence_done(fence);
+        }
+        Ok((fence, failed))
+    }
 }
 
 #[cfg(test)]
@@ -236,13 +490,41 @@ mod tests {
         }
     }
 
+    /// A VM as the registry sees it: records what it is told; `last` is its newest parked fence.
     #[derive(Default)]
-    struct Told(Mutex<Vec<Uuid>>);
+    struct Told {
+        revoked: Mutex<Vec<Uuid>>,
+        last: Mutex<Option<FenceId>>,
+        done: Mutex<Vec<FenceId>>,
+        failed: Mutex<Vec<u64>>,
+    }
 
     impl ShareClient for Told {
         fn revoked(&self, uuid: &Uuid) {
-            self.0.lock().unwrap().push(*uuid);
+            self.revoked.lock().unwrap().push(*uuid);
         }
+        fn last_fence(&self, _: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
+            record(*self.last.lock().unwrap());
+        }
+        fn share_fence_done(&self, fence: FenceId) {
+            self.done.lock().unwrap().push(fence);
+        }
+        fn fence_failed(&self, handle: u64) {
+            self.failed.lock().unwrap().push(handle);
+        }
+    }
+
+    /// Members named a, b, c, ... with ids 1, 2, 3, ...; their clients stay alive.
+    fn members(hub: &ShareRegistry, n: usize) -> Vec<Arc<Told>> {
+        (0..n)
+            .map(|i| {
+                let told = Arc::new(Told::default());
+                let client: Arc<dyn ShareClient> = told.clone();
+                let name = char::from(b'a' + i as u8).to_string();
+                hub.join(VmId(i as u32 + 1), &name, Arc::downgrade(&client));
+                told
+            })
+            .collect()
     }
 
     fn policy(json: &str) -> Policy {
@@ -268,12 +550,7 @@ mod tests {
         let hub = ShareRegistry::new(policy(
             r#"{"allow": [{"exporter": "a", "importers": ["b", "c"]}]}"#,
         ));
-        let clients: Vec<Arc<Told>> = (0..4).map(|_| Arc::default()).collect();
-        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
-            let c: Arc<dyn ShareClient> = clients[i].clone();
-            hub.join(VmId(i as u32 + 1), name, Arc::downgrade(&c));
-            std::mem::forget(c);
-        }
+        let clients = members(&hub, 4);
         let uuid = [5; 16];
         assert_eq!(hub.export(VmId(1), 7, uuid, storage()), Ok(uuid));
         assert_eq!(hub.export(VmId(1), 7, uuid, storage()), Ok(uuid), "again");
@@ -288,9 +565,9 @@ mod tests {
         assert_eq!(hub.importers(&uuid), 2);
         hub.unimport(VmId(3), &uuid);
         hub.revoke(&uuid);
-        assert_eq!(*clients[1].0.lock().unwrap(), vec![uuid]);
+        assert_eq!(*clients[1].revoked.lock().unwrap(), vec![uuid]);
         assert!(
-            clients[2].0.lock().unwrap().is_empty(),
+            clients[2].revoked.lock().unwrap().is_empty(),
             "no longer imported"
         );
         assert_eq!(hub.import(VmId(2), &uuid).err(), Some(Status::NoSuch));
@@ -301,18 +578,61 @@ mod tests {
         let hub = ShareRegistry::new(policy(
             r#"{"allow": [{"exporter": "a", "importers": ["*"]}]}"#,
         ));
-        let b = Arc::new(Told::default());
-        let bc: Arc<dyn ShareClient> = b.clone();
-        let a: Arc<dyn ShareClient> = Arc::new(Told::default());
-        hub.join(VmId(1), "a", Arc::downgrade(&a));
-        hub.join(VmId(2), "b", Arc::downgrade(&bc));
+        let clients = members(&hub, 2);
         for i in 0..3u8 {
             hub.export(VmId(1), u32::from(i), [i; 16], storage())
                 .unwrap();
             hub.import(VmId(2), &[i; 16]).unwrap();
         }
         hub.leave(VmId(1));
-        assert_eq!(b.0.lock().unwrap().len(), 3);
+        assert_eq!(clients[1].revoked.lock().unwrap().len(), 3);
         assert_eq!(hub.importers(&[0; 16]), 0);
+    }
+
+    #[test]
+    fn waits_keep_one_point_per_timeline_and_end_with_their_producer() {
+        let hub = ShareRegistry::new(policy(
+            r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        ));
+        let clients = members(&hub, 2);
+        let (a, b) = (VmId(1), VmId(2));
+        let ring = |r| Timeline {
+            ctx: GuestCtxId(1),
+            ring: Some(r),
+        };
+        let point = |fence: u64, timeline| {
+            *clients[0].last.lock().unwrap() = Some(FenceId(fence));
+            hub.export_fence(a, timeline).unwrap()
+        };
+        let (p5, p9, q3) = (point(5, ring(0)), point(9, ring(0)), point(3, ring(1)));
+        let (fence, failed) = hub.share_fence(b, &[p5, p9, q3, p9]).unwrap();
+        assert!(failed.is_empty());
+        let deps: Vec<u64> = lock(&hub.shares).waits[0].deps.clone();
+        assert_eq!(deps.len(), 2, "flat: one point per timeline");
+        assert!(deps.contains(&p9) && deps.contains(&q3));
+        // Fence 5 retiring is not enough; 9 and 3 are.
+        hub.fences_done(a, &[FenceId(5)]);
+        hub.fences_done(a, &[FenceId(3)]);
+        assert!(clients[1].done.lock().unwrap().is_empty());
+        hub.fences_done(a, &[FenceId(9)]);
+        assert_eq!(*clients[1].done.lock().unwrap(), vec![fence]);
+        // Nothing pending: a wait signals at once. A producer that dies fails its waiters.
+        *clients[0].last.lock().unwrap() = None;
+        let idle = hub.export_fence(a, ring(2)).unwrap();
+        let (now, _) = hub.share_fence(b, &[idle]).unwrap();
+        assert_eq!(clients[1].done.lock().unwrap().last(), Some(&now));
+        let p11 = point(11, ring(0));
+        let (pending, _) = hub.share_fence(b, &[p11]).unwrap();
+        hub.leave(a);
+        assert_eq!(clients[1].done.lock().unwrap().last(), Some(&pending));
+        assert_eq!(*clients[1].failed.lock().unwrap(), vec![p11]);
+        // b may not wait on its own policy's wrong side: a cannot wait on b's points.
+        let mine = hub.export_fence(b, Timeline::GLOBAL).unwrap();
+        assert_eq!(
+            hub.share_fence(a, &[mine]).err(),
+            Some(Status::Unsupported),
+            "a left"
+        );
+        assert_eq!(hub.share_fence(b, &[12345]).err(), Some(Status::NoSuch));
     }
 }

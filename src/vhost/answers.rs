@@ -31,12 +31,12 @@ impl VmBackend {
         if signalled.is_empty() {
             return Ok(());
         }
-        let ready: Vec<Answer> = {
+        let (retired, ready): (Vec<FenceId>, Vec<Answer>) = {
             let mut parked = lock(&self.parked);
             signalled
                 .into_iter()
-                .flat_map(|id| parked.retire_through(id))
-                .collect()
+                .flat_map(|id| parked.retire_with_ids(id))
+                .unzip()
         };
         let n = ready.len() as u64;
         self.record
@@ -44,7 +44,12 @@ impl VmBackend {
             .fences_signalled
             .fetch_add(n, Ordering::Relaxed);
         self.unpark(n);
-        self.answer(control, &ready)
+        let answered = self.answer(control, &ready);
+        // Other VMs waiting for these fences may go on now that this one saw them.
+        if let Some(hub) = self.shares() {
+            hub.fences_done(self.record.id, &retired);
+        }
+        answered
     }
 
     /// A destroyed context's fences will never signal: answer what waited on them now.
@@ -55,6 +60,9 @@ impl VmBackend {
     ) -> io::Result<()> {
         let ready = lock(&self.parked).drain_context(ctx);
         self.unpark(ready.len() as u64);
+        if let Some(hub) = self.shares() {
+            hub.fences_dropped(self.record.id, Some(ctx));
+        }
         self.answer(control, &ready)
     }
 

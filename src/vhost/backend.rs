@@ -31,10 +31,11 @@ use super::RendererSpec;
 use super::VmTemplate;
 use crate::device::memory::check_region;
 use crate::device::{Device, ShmemRequest};
-use crate::fences::{FenceInbox, FenceSink, Timelines};
+use crate::fences::{FenceInbox, FenceSink, Timeline, Timelines};
 use crate::guestlog::GuestLog;
 use crate::hub::registry::{VmRecord, VmState};
 use crate::hub::share::{ShareClient, ShareRegistry};
+use crate::ids::FenceId;
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 use crate::sync::lock;
@@ -248,6 +249,11 @@ impl VmBackend {
         }
     }
 
+    /// The share registry, if this VM shares.
+    pub(super) fn shares(&self) -> Option<&ShareRegistry> {
+        self.shares.as_deref()
+    }
+
     pub(super) fn shmem_order(&self) -> MutexGuard<'_, ()> {
         lock(&self.shmem_order)
     }
@@ -376,6 +382,19 @@ impl ShareClient for VmBackend {
         let unmaps = self.device().revoke_import(uuid);
         self.apply_shmem(unmaps);
     }
+
+    fn last_fence(&self, timeline: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
+        let parked = lock(&self.parked);
+        record(parked.last_on(timeline));
+    }
+
+    fn share_fence_done(&self, fence: FenceId) {
+        self.fence_inbox.signalled(fence);
+    }
+
+    fn fence_failed(&self, handle: u64) {
+        self.device().share_fence_failed(handle);
+    }
 }
 
 impl VhostUserBackend for VmBackend {
@@ -428,6 +447,9 @@ impl VhostUserBackend for VmBackend {
         self.device().reset();
         // The rings are re-initialised after a reset: parked answers are dropped, not used.
         self.drop_parked();
+        if let Some(hub) = &self.shares {
+            hub.fences_dropped(self.record.id, None);
+        }
         *lock(&self.events_read) = 0;
         for b in &self.broken {
             b.store(false, Ordering::Release);
