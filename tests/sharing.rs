@@ -21,8 +21,9 @@ const SHARE_CTX: u32 = 1;
 const REPLY_BLOB: u32 = 2;
 const SHM: u8 = SHM_ID_HOST_VISIBLE;
 
-/// Three VMs a, b, c that may share; the policy lets b (only) import from a.
-fn daemon_abc() -> (Daemon, std::path::PathBuf) {
+/// VMs named `names` that may share, with `renderer` and a policy that lets b (only) import
+/// from a; returns the daemon and its policy file.
+fn sharing_daemon(names: &[&str], renderer: &str) -> (Daemon, std::path::PathBuf) {
     let policy = std::env::temp_dir().join(format!(
         "vgpud-share-policy-{}-{:?}.json",
         std::process::id(),
@@ -33,12 +34,14 @@ fn daemon_abc() -> (Daemon, std::path::PathBuf) {
         r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
     )
     .unwrap();
+    let settings: Vec<String> = names.iter().map(|n| format!("name={n},share=on")).collect();
+    let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
     let d = Daemon::spawn_with_vm_settings(
         vgpud(),
-        &["name=a,share=on", "name=b,share=on", "name=c,share=on"],
+        &settings,
         &[
             "--renderer",
-            "2d",
+            renderer,
             "--hostmem",
             "1M",
             "--share-policy",
@@ -47,6 +50,16 @@ fn daemon_abc() -> (Daemon, std::path::PathBuf) {
     )
     .expect("start vgpud");
     (d, policy)
+}
+
+/// Three VMs a, b, c with the 2D renderer.
+fn daemon_abc() -> (Daemon, std::path::PathBuf) {
+    sharing_daemon(&["a", "b", "c"], "2d")
+}
+
+/// Two VMs a, b with the scripted renderer (fences that take as long as a script says).
+fn fake_pair() -> (Daemon, std::path::PathBuf) {
+    sharing_daemon(&["a", "b"], "fake")
 }
 
 /// A VM with a share context and its reply blob; returns where the replies land.
@@ -303,35 +316,6 @@ fn an_exporter_that_disconnects_takes_its_buffers_from_every_importer() {
     };
     drop(a);
     let _ = std::fs::remove_file(policy);
-}
-
-/// Two VMs with the scripted renderer (fences that take as long as a script says): a may
-/// export to b.
-fn fake_pair() -> (Daemon, std::path::PathBuf) {
-    let policy = std::env::temp_dir().join(format!(
-        "vgpud-share-fences-{}-{:?}.json",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::write(
-        &policy,
-        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
-    )
-    .unwrap();
-    let d = Daemon::spawn_with_vm_settings(
-        vgpud(),
-        &["name=a,share=on", "name=b,share=on"],
-        &[
-            "--renderer",
-            "fake",
-            "--hostmem",
-            "1M",
-            "--share-policy",
-            policy.to_str().unwrap(),
-        ],
-    )
-    .expect("start vgpud");
-    (d, policy)
 }
 
 const RENDER_CTX: u32 = 2;
