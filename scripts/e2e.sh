@@ -77,6 +77,11 @@ CHURN_WARMUP=200
 CHURN_PHASES=4
 CHURN_RSS_SLACK_KB=8192
 CHURN_FD_SLACK=2
+# share-buffer: pages shared, and the pattern's seed.
+SHARE_PAGES=256
+SHARE_SEED=4242
+# More arguments for vgpud in the case being run (start_vgpud).
+VGPUD_ARGS=()
 
 # name|vgpud renderer|description. Cases with the virgl renderer run only
 # with VGPUD_E2E_VIRGL=1, those with venus only with VGPUD_E2E_VENUS=1.
@@ -100,6 +105,7 @@ CASES=(
     "two-venus|venus|one vgpud, two guests at once, each with its own render worker: vk-compute and vk-render in both"
     "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
+    "share-buffer|venus|one guest exports a $SHARE_PAGES-page Venus blob through the share context, another imports and maps it: every word checked, and a write seen back by the exporter"
 )
 
 RUN_DIR=""
@@ -249,7 +255,7 @@ vm_tag() { echo "$(basename "$(dirname "$1")")-$(basename "$1")"; }
 start_vgpud() {
     local dir=$1 n=$2 i all sock own
     shift 2
-    local -a socks=() args=(--renderer "$RENDERER")
+    local -a socks=() args=(--renderer "$RENDERER" "${VGPUD_ARGS[@]}")
     if [[ $RENDERER == venus ]]; then args+=(--hostmem "$VENUS_HOSTMEM"); fi
     for ((i = 0; i < n; i++)); do
         socks+=("$SOCK_DIR/$(vm_tag "$dir/vm$i").sock")
@@ -781,6 +787,40 @@ case_gl-beside-vk() {
         "$(guest_program probe virgl=yes) && $(guest_program gl-offscreen --expect-renderer virgl)" \
         "probe gl-offscreen" \
         "$(guest_program vk-compute)" vk-compute
+}
+# Guest 0 exports a HOST3D blob of its Venus renderer and prints its UUID; guest 1 is booted
+# with it, imports them (policy: b may import from a), checks every word and
+# writes a mark the exporter must see in its own pages.
+case_share-buffer() {
+    local dir=$1 pid0 pid1 uuid policy=$SOCK_DIR/share-policy.json
+    printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
+    VGPUD_ARGS=(--share-policy "$policy")
+    start_vgpud "$dir" 2 name=a,share=on name=b,share=on || return 1
+    VGPUD_ARGS=()
+    boot_guest "$dir/vm0" "$(guest_program share-buffer export "$SHARE_SEED" "$SHARE_PAGES")"
+    pid0=$BOOT_PID
+    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32}'; then
+        REASON="guest 0 exported nothing (see $dir/vm0/output.log)"
+        stop_qemus
+        wait "$pid0" || true
+        untrack "$pid0"
+        return 1
+    fi
+    uuid=${LINE#SHARE-UUID }
+    log "  guest 0 exported $uuid"
+    boot_guest "$dir/vm1" "$(guest_program share-buffer import "$uuid" "$SHARE_SEED" "$SHARE_PAGES")"
+    pid1=$BOOT_PID
+    local ok=0 reason=""
+    finish_guest "$pid1" "$dir/vm1" share-buffer || ok=1
+    reason=$REASON
+    finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    if ! grep -aq 'share: b imports a buffer of a' "$dir/vgpud.log"; then
+        REASON="vgpud did not log the import"
+        return 1
+    fi
+    check_vgpud "$dir"
 }
 case_vk-coherent() { venus_program "$1" vk-coherent; }
 case_drm-blob() { venus_program "$1" drm-blob; }

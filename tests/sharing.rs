@@ -72,6 +72,17 @@ impl Sharer {
     fn new(d: &Daemon, i: usize) -> Sharer {
         let mut vm = connect(d, i);
         assert_ne!(vm.offered_features() & (1 << F_CONTEXT_INIT), 0);
+        // The share capset is listed after the renderer's, as a guest kernel reads them.
+        let listed = (0..4).any(|capset_index| {
+            matches!(
+                call(&mut vm, Command::GetCapsetInfo { capset_index }),
+                Response::OkCapsetInfo {
+                    capset_id: CAPSET_SHARE,
+                    ..
+                }
+            )
+        });
+        assert!(listed, "GET_CAPSET_INFO lists the share capset");
         let replies = mappable_blob(&mut vm, REPLY_BLOB, 1, 0);
         let create = Command::CtxCreate {
             context_init: CAPSET_SHARE,

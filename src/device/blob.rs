@@ -66,7 +66,8 @@ impl<R: Renderer> Device<R> {
             BLOB_MEM_HOST3D => false,
             _ => return Err(ErrorCode::InvalidParameter),
         };
-        if self.is_share_ctx(guest_ctx) {
+        let share_ctx = self.is_share_ctx(guest_ctx);
+        if share_ctx && args.blob_mem != BLOB_MEM_GUEST {
             return self.create_imported_blob(
                 id,
                 args.blob_mem,
@@ -78,7 +79,9 @@ impl<R: Renderer> Device<R> {
         if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
             return Err(ErrorCode::InvalidParameter);
         }
-        let ctx = if guest_ctx.0 == 0 {
+        // A guest blob made on a share context (a reply blob, a buffer to export) is nobody's
+        // in the renderer.
+        let ctx = if guest_ctx.0 == 0 || share_ctx {
             RendererCtxId::NONE
         } else {
             self.renderer_ctx(guest_ctx)?

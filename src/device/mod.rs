@@ -416,9 +416,9 @@ impl<R: Renderer> Device<R> {
     }
 
     fn capset_info(&self, index: u32) -> Result<Response> {
+        // The renderer's capsets, then the share context's if this VM shares.
         let info = self
-            .renderer
-            .capsets()
+            .capsets
             .get(index as usize)
             .copied()
             .ok_or(ErrorCode::InvalidParameter)?;

@@ -1,0 +1,316 @@
+/* share-buffer: one guest's GPU memory shared with another guest on the same
+ * vgpud, zero copy, through vgpud's share context (capset 20) and nothing but
+ * stock virtio-gpu DRM ioctls (docs/share-protocol.md).
+ *
+ * usage: share-buffer export SEED PAGES
+ *        share-buffer import UUID SEED PAGES
+ *
+ * export: a share context and a reply blob; on a second DRM file a Venus
+ *   context and a mappable HOST3D blob (blob id 0: memory the renderer
+ *   allocates) of PAGES pages, filled with a pattern made from SEED through
+ *   its mapping; EXPORT of that resource from the share context; prints
+ *   "SHARE-UUID <32 hex digits>". Then waits (up to 120 s) until the first
+ *   16 bytes of its last page read "IMPORTED <seed>": written by the other
+ *   guest through its own mapping of these very pages.
+ * import: a share context and a reply blob; IMPORT the UUID; the answered
+ *   size must be PAGES pages; RESOURCE_CREATE_BLOB (HOST3D, the answered blob
+ *   id) on the share context; MAP + mmap; every word must match the pattern
+ *   for SEED (the rest of the last page's first 16 bytes aside); writes
+ *   "IMPORTED <seed>" there.
+ *
+ * Replies come back in the reply blob once the EXECBUFFER's out-fence (ring
+ * 0) has signalled.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <virtgpu_drm.h>
+#include <xf86drm.h>
+
+#include "common.h"
+
+const char *const test_name = "share-buffer";
+
+#define CAPSET_SHARE 20
+#define CAPSET_VENUS 4
+#define PAGE 4096u
+#define TIMEOUT_MS 10000
+#define MARK_LEN 16
+
+/* Share context ops and statuses (protocol/src/share.rs). */
+#define OP_SET_REPLY_BLOB 1
+#define OP_EXPORT 2
+#define OP_IMPORT 3
+#define NO_REPLY 0xffffffffu
+
+struct bo {
+    uint32_t handle, res;
+    size_t size;
+    uint8_t *map;
+};
+
+static int open_render_node(void)
+{
+    for (int minor = 128; minor < 192; minor++) {
+        char path[64];
+        drmVersionPtr version;
+        int fd;
+
+        snprintf(path, sizeof(path), "/dev/dri/renderD%d", minor);
+        fd = open(path, O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        version = drmGetVersion(fd);
+        if (version && strcmp(version->name, "virtio_gpu") == 0) {
+            drmFreeVersion(version);
+            return fd;
+        }
+        if (version)
+            drmFreeVersion(version);
+        close(fd);
+    }
+    fail("no virtio_gpu render node in /dev/dri");
+}
+
+static void check_device(int fd)
+{
+    uint64_t caps = 0;
+    struct drm_virtgpu_getparam args = {
+        .param = VIRTGPU_PARAM_SUPPORTED_CAPSET_IDs,
+        .value = (uintptr_t)&caps,
+    };
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_GETPARAM, &args) != 0)
+        fail("GETPARAM SUPPORTED_CAPSET_IDs: %m");
+    if (!(caps & (1ull << CAPSET_SHARE)))
+        fail("the device offers no share capset (capsets 0x%" PRIx64 ")", caps);
+}
+
+static void context_init(int fd, uint64_t capset)
+{
+    struct drm_virtgpu_context_set_param params[] = {
+        { VIRTGPU_CONTEXT_PARAM_CAPSET_ID, capset },
+        { VIRTGPU_CONTEXT_PARAM_NUM_RINGS, 1 },
+    };
+    struct drm_virtgpu_context_init args = { .num_params = 2, .ctx_set_params = (uintptr_t)params };
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_CONTEXT_INIT, &args) != 0)
+        fail("CONTEXT_INIT with capset %" PRIu64 ": %m", capset);
+}
+
+static void map_bo(int fd, struct bo *b)
+{
+    struct drm_virtgpu_map args = { .handle = b->handle };
+    void *ptr;
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_MAP, &args) != 0)
+        fail("MAP of resource %u: %m", b->res);
+    ptr = mmap(NULL, b->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)args.offset);
+    if (ptr == MAP_FAILED)
+        fail("mmap of resource %u: %m", b->res);
+    b->map = ptr;
+}
+
+static struct bo create_blob(int fd, uint32_t blob_mem, uint64_t blob_id, size_t size)
+{
+    struct drm_virtgpu_resource_create_blob args = {
+        .blob_mem = blob_mem,
+        .blob_flags = VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
+        .size = size,
+        .blob_id = blob_id,
+    };
+    struct bo b = { .size = size };
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB, &args) != 0)
+        fail("RESOURCE_CREATE_BLOB (mem %u, blob id %" PRIu64 ", %zu bytes): %m", blob_mem,
+             blob_id, size);
+    b.handle = args.bo_handle;
+    b.res = args.res_handle;
+    map_bo(fd, &b);
+    return b;
+}
+
+/* Submits `words` on ring 0 with an out-fence and waits for it. */
+static void submit(int fd, const uint32_t *words, uint32_t count, const uint32_t *handles,
+                   uint32_t nhandles)
+{
+    struct drm_virtgpu_execbuffer args = {
+        .flags = VIRTGPU_EXECBUF_RING_IDX | VIRTGPU_EXECBUF_FENCE_FD_OUT,
+        .size = count * 4,
+        .command = (uintptr_t)words,
+        .bo_handles = (uintptr_t)handles,
+        .num_bo_handles = nhandles,
+        .fence_fd = -1,
+        .ring_idx = 0,
+    };
+    struct pollfd p;
+    int n;
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_EXECBUFFER, &args) != 0)
+        fail("EXECBUFFER on the share context: %m");
+    p = (struct pollfd){ .fd = args.fence_fd, .events = POLLIN };
+    do
+        n = poll(&p, 1, TIMEOUT_MS);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0)
+        fail("the share context's out-fence did not signal within %d s", TIMEOUT_MS / 1000);
+    close(args.fence_fd);
+}
+
+/* A reply blob named to the device; returns it. */
+static struct bo replies(int fd)
+{
+    struct bo r = create_blob(fd, VIRTGPU_BLOB_MEM_GUEST, 0, PAGE);
+    uint32_t cmd[] = { OP_SET_REPLY_BLOB, 24, NO_REPLY, 0, r.res, 0 };
+
+    submit(fd, cmd, 6, &r.handle, 1);
+    return r;
+}
+
+/* The reply at offset 0: fails unless its status is OK; returns the payload. */
+static const uint8_t *reply_ok(struct bo *r, const char *what, uint32_t len)
+{
+    uint32_t status, got;
+
+    memcpy(&status, r->map, 4);
+    memcpy(&got, r->map + 4, 4);
+    if (status != 0)
+        fail("%s: status %u", what, status);
+    if (got != len)
+        fail("%s: a %u-byte reply, expected %u", what, got, len);
+    return r->map + 8;
+}
+
+static uint32_t pattern(uint32_t i, uint32_t seed)
+{
+    uint32_t x = i * 0x9e3779b1u + seed;
+
+    x ^= x >> 15;
+    x *= 0x2c1b3c6du;
+    return x ^ (x >> 13);
+}
+
+static void mark(char out[MARK_LEN + 1], uint32_t seed)
+{
+    snprintf(out, MARK_LEN + 1, "IMPORTED %06u", seed % 1000000);
+}
+
+static void do_export(int fd, uint32_t seed, size_t pages)
+{
+    struct bo r = replies(fd);
+    int venus = open_render_node();
+    struct bo buf;
+
+    context_init(venus, CAPSET_VENUS);
+    buf = create_blob(venus, VIRTGPU_BLOB_MEM_HOST3D, 0, pages * PAGE);
+    uint32_t *words = (uint32_t *)buf.map;
+    uint32_t cmd[] = { OP_EXPORT, 24, 0, 0, buf.res, 0 };
+    uint32_t handles[] = { r.handle };
+    const uint8_t *uuid;
+    uint8_t *last = buf.map + (pages - 1) * PAGE;
+    char want[MARK_LEN + 1], hex[33];
+    struct timespec start, now;
+
+    for (size_t i = 0; i < pages * PAGE / 4; i++)
+        words[i] = pattern((uint32_t)i, seed);
+    memset(r.map, 0xee, 64);
+    submit(fd, cmd, 6, handles, 1);
+    uuid = reply_ok(&r, "EXPORT", 16);
+    for (int i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", uuid[i]);
+    note("exported %zu pages of renderer memory (resource %u)", pages, buf.res);
+    printf("SHARE-UUID %s\n", hex);
+    fflush(stdout);
+
+    mark(want, seed);
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (memcmp(last, want, MARK_LEN) == 0)
+            break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec > 120)
+            fail("no importer wrote '%s' into the shared pages within 120 s", want);
+        usleep(20000);
+    }
+    note("the importer wrote '%s' into these pages: the same memory, both ways", want);
+    pass();
+}
+
+static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages)
+{
+    struct bo r = replies(fd);
+    uint32_t cmd[10] = { OP_IMPORT, 40, 0, 0 };
+    uint64_t blob_id, size;
+    const uint8_t *payload;
+    struct bo shared;
+    const uint32_t *words;
+    size_t wrong = 0, first = 0, checked = 0;
+    char m[MARK_LEN + 1];
+
+    if (strlen(uuid_hex) != 32)
+        fail("UUID '%s' is not 32 hex digits", uuid_hex);
+    for (int i = 0; i < 16; i++) {
+        unsigned byte;
+
+        if (sscanf(uuid_hex + 2 * i, "%2x", &byte) != 1)
+            fail("UUID '%s' is not hex", uuid_hex);
+        ((uint8_t *)&cmd[4])[i] = (uint8_t)byte;
+    }
+    memset(r.map, 0xee, 64);
+    submit(fd, cmd, 10, &r.handle, 1);
+    payload = reply_ok(&r, "IMPORT", 16);
+    memcpy(&blob_id, payload, 8);
+    memcpy(&size, payload + 8, 8);
+    if (size != pages * PAGE)
+        fail("IMPORT answered %" PRIu64 " bytes, expected %zu", size, pages * PAGE);
+    note("imported %s: blob id %" PRIu64 ", %" PRIu64 " bytes", uuid_hex, blob_id, size);
+
+    shared = create_blob(fd, VIRTGPU_BLOB_MEM_HOST3D, blob_id, size);
+    words = (const uint32_t *)shared.map;
+    for (size_t i = 0; i < size / 4; i++) {
+        /* The last page's first words are where the marker goes. */
+        if (i >= (size - PAGE) / 4 && i < (size - PAGE + MARK_LEN) / 4)
+            continue;
+        checked++;
+        if (words[i] != pattern((uint32_t)i, seed) && wrong++ == 0)
+            first = i;
+    }
+    if (wrong)
+        fail("%zu of %zu words differ from the exporter's pattern; first at byte %zu: 0x%08x, "
+             "expected 0x%08x", wrong, checked, first * 4, words[first],
+             pattern((uint32_t)first, seed));
+    note("all %zu words are the exporter's (resource %u, mapped)", checked, shared.res);
+    mark(m, seed);
+    memcpy(shared.map + size - PAGE, m, MARK_LEN);
+    note("wrote '%s' for the exporter to see", m);
+    pass();
+}
+
+int main(int argc, char **argv)
+{
+    int fd;
+
+    if (argc == 4 && strcmp(argv[1], "export") == 0) {
+        fd = open_render_node();
+        check_device(fd);
+        context_init(fd, CAPSET_SHARE);
+        do_export(fd, (uint32_t)parse_number("SEED", argv[2], 0, 999999),
+                  (size_t)parse_number("PAGES", argv[3], 1, 4096));
+    }
+    if (argc == 5 && strcmp(argv[1], "import") == 0) {
+        fd = open_render_node();
+        check_device(fd);
+        context_init(fd, CAPSET_SHARE);
+        do_import(fd, argv[2], (uint32_t)parse_number("SEED", argv[3], 0, 999999),
+                  (size_t)parse_number("PAGES", argv[4], 1, 4096));
+    }
+    fail("usage: share-buffer export SEED PAGES | share-buffer import UUID SEED PAGES");
+}
