@@ -1,6 +1,7 @@
-//! Sharing buffers between VMs through the share context (protocol::share): export, import by
-//! UUID under the daemon's policy, zero-copy mapping into the importer's window, and revocation
-//! that takes the importer's mapping away before the exporter's request completes.
+//! Sharing buffers between VMs through the share context (protocol::share): export of host blobs,
+//! import by UUID under the daemon's policy, zero-copy mapping into the importer's window, fences
+//! across VMs, and revocation that takes the importer's mapping away before the exporter's
+//! request completes.
 
 mod common;
 
@@ -12,8 +13,8 @@ use vgpud_protocol::share::{
     decode_reply, event, ShareCommand, ShareEvent, Status, Uuid, CAPSET_SHARE, NO_REPLY,
 };
 use vgpud_protocol::{
-    Command, CreateBlob, MemEntry, Reader, Response, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST,
-    BLOB_MEM_HOST3D, F_CONTEXT_INIT, SHM_ID_HOST_VISIBLE,
+    Command, CreateBlob, Reader, Response, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_HOST3D, F_CONTEXT_INIT,
+    SHM_ID_HOST_VISIBLE,
 };
 
 const PAGE: u64 = 4096;
@@ -24,31 +25,34 @@ const SHM: u8 = SHM_ID_HOST_VISIBLE;
 /// VMs named `names` that may share, with `renderer` and a policy that lets b (only) import
 /// from a; returns the daemon and its policy file.
 fn sharing_daemon(names: &[&str], renderer: &str) -> (Daemon, std::path::PathBuf) {
+    sharing_daemon_with(
+        names,
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &["--renderer", renderer],
+    )
+}
+
+fn sharing_daemon_with(
+    names: &[&str],
+    policy_json: &str,
+    extra: &[&str],
+) -> (Daemon, std::path::PathBuf) {
     let policy = std::env::temp_dir().join(format!(
         "vgpud-share-policy-{}-{:?}.json",
         std::process::id(),
         std::thread::current().id()
     ));
-    std::fs::write(
-        &policy,
-        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
-    )
-    .unwrap();
+    std::fs::write(&policy, policy_json).unwrap();
     let settings: Vec<String> = names.iter().map(|n| format!("name={n},share=on")).collect();
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-    let d = Daemon::spawn_with_vm_settings(
-        vgpud(),
-        &settings,
-        &[
-            "--renderer",
-            renderer,
-            "--hostmem",
-            "1M",
-            "--share-policy",
-            policy.to_str().unwrap(),
-        ],
-    )
-    .expect("start vgpud");
+    let mut args = vec![
+        "--hostmem",
+        "1M",
+        "--share-policy",
+        policy.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::spawn_with_vm_settings(vgpud(), &settings, &args).expect("start vgpud");
     (d, policy)
 }
 
@@ -60,6 +64,29 @@ fn daemon_abc() -> (Daemon, std::path::PathBuf) {
 /// Two VMs a, b with the scripted renderer (fences that take as long as a script says).
 fn fake_pair() -> (Daemon, std::path::PathBuf) {
     sharing_daemon(&["a", "b"], "fake")
+}
+
+/// The exporter's buffer: a mappable host blob (memory of the daemon's own) of `pages` pages,
+/// mapped into its own window at `offset` and filled with `fill` through it.
+fn host_blob(vm: &mut Vm, id: u32, pages: u64, fill: u8, offset: u64) {
+    let size = pages * PAGE;
+    ok(
+        vm,
+        Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id: 0,
+            size,
+            entries: vec![],
+        }),
+    );
+    let map = Command::ResourceMapBlob {
+        resource_id: id,
+        offset,
+    };
+    assert!(matches!(call(vm, map), Response::OkMapInfo { .. }));
+    assert!(vm.shmem().write(SHM, offset, &vec![fill; size as usize]));
 }
 
 /// A VM with a share context and its reply blob; returns where the replies land.
@@ -175,7 +202,8 @@ fn an_imported_buffer_is_the_exporters_memory_both_ways() {
     let (d, policy) = daemon_abc();
     let mut a = Sharer::new(&d, 0);
     let mut b = Sharer::new(&d, 1);
-    let gpa = mappable_blob(&mut a.vm, 1, 2, 0x5a);
+    const A_AT: u64 = 8 * PAGE;
+    host_blob(&mut a.vm, 1, 2, 0x5a, A_AT);
     let uuid = a.export(1);
     assert_eq!(a.export(1), uuid, "exporting again gives the same UUID");
     let size = b.import_and_map(uuid, 7, 4 * PAGE);
@@ -186,13 +214,13 @@ fn an_imported_buffer_is_the_exporters_memory_both_ways() {
             .read(SHM, 4 * PAGE, size as usize)
             .expect("mapped");
     assert!(seen.iter().all(|&x| x == 0x5a));
-    a.vm.write_mem(gpa + 100, b"from a");
+    assert!(a.vm.shmem().write(SHM, A_AT + 100, b"from a"));
     assert_eq!(
         b.vm.shmem().read(SHM, 4 * PAGE + 100, 6).unwrap(),
         b"from a"
     );
     assert!(b.vm.shmem().write(SHM, 4 * PAGE + PAGE, b"from b"));
-    assert_eq!(a.vm.read_mem(gpa + PAGE, 6), b"from b");
+    assert_eq!(a.vm.shmem().read(SHM, A_AT + PAGE, 6).unwrap(), b"from b");
     let _ = std::fs::remove_file(policy);
 }
 
@@ -201,7 +229,7 @@ fn imports_the_policy_does_not_allow_are_refused() {
     let (d, policy) = daemon_abc();
     let mut a = Sharer::new(&d, 0);
     let mut c = Sharer::new(&d, 2);
-    mappable_blob(&mut a.vm, 1, 1, 1);
+    host_blob(&mut a.vm, 1, 1, 1, 0);
     let uuid = a.export(1);
     let (status, _) = c.run(ShareCommand::Import {
         uuid,
@@ -226,25 +254,25 @@ fn imports_the_policy_does_not_allow_are_refused() {
         answer(&mut c.vm, &in_ctx(SHARE_CTX, create)).1,
         Response::OkNodata
     );
-    // Importers map whole pages, so a blob that ends inside a page is not exported (what
-    // follows it in the exporter's memory would show).
-    let gpa = a.vm.alloc_in(0, PAGE, PAGE);
+    // Guest blobs are never exported: their descriptor is the exporter's whole memory, which
+    // the importer's VMM would receive.
+    mappable_blob(&mut a.vm, 3, 1, 0);
+    let (status, _) = a.run(ShareCommand::Export { resource_id: 3 });
+    assert_eq!(status, Status::Unsupported as u32);
+    // Importers map whole pages, so a blob that ends inside a page is not exported.
     ok(
         &mut a.vm,
         Command::ResourceCreateBlob(CreateBlob {
-            resource_id: 3,
-            blob_mem: BLOB_MEM_GUEST,
+            resource_id: 4,
+            blob_mem: BLOB_MEM_HOST3D,
             blob_flags: BLOB_FLAG_USE_MAPPABLE,
             blob_id: 0,
             size: PAGE / 2,
-            entries: vec![MemEntry {
-                addr: gpa,
-                length: (PAGE / 2) as u32,
-            }],
+            entries: vec![],
         }),
     );
-    let (status, _) = a.run(ShareCommand::Export { resource_id: 3 });
-    assert_ne!(status, Status::Ok as u32);
+    let (status, _) = a.run(ShareCommand::Export { resource_id: 4 });
+    assert_eq!(status, Status::Invalid as u32);
     // A VM without share=on gets no share context at all.
     let d2 = daemon(1, &["--hostmem", "1M"]);
     let mut plain = connect(&d2, 0);
@@ -261,7 +289,7 @@ fn unref_by_the_exporter_unmaps_the_importer_before_it_is_answered() {
     let (d, policy) = daemon_abc();
     let mut a = Sharer::new(&d, 0);
     let mut b = Sharer::new(&d, 1);
-    let gpa = mappable_blob(&mut a.vm, 1, 1, 0x11);
+    host_blob(&mut a.vm, 1, 1, 0x11, 0);
     let uuid = a.export(1);
     b.import_and_map(uuid, 7, 0);
     assert_eq!(b.vm.shmem().mappings().len(), 1);
@@ -279,8 +307,6 @@ fn unref_by_the_exporter_unmaps_the_importer_before_it_is_answered() {
         call(&mut b.vm, remap),
         Response::OkMapInfo { .. }
     ));
-    // A's pages are A's again: what A writes there now is not B's to see.
-    a.vm.write_mem(gpa, b"secret");
     assert_eq!(
         b.events(),
         vec![ShareEvent {
@@ -305,8 +331,8 @@ fn an_exporter_that_disconnects_takes_its_buffers_from_every_importer() {
     let a = {
         let mut a = Sharer::new(&d, 0);
         let mut b = Sharer::new(&d, 1);
-        mappable_blob(&mut a.vm, 1, 1, 0x22);
-        mappable_blob(&mut a.vm, 3, 1, 0x33);
+        host_blob(&mut a.vm, 1, 1, 0x22, 0);
+        host_blob(&mut a.vm, 3, 1, 0x33, PAGE);
         let (u1, u3) = (a.export(1), a.export(3));
         b.import_and_map(u1, 7, 0);
         b.import_and_map(u3, 8, PAGE);
@@ -425,5 +451,43 @@ fn waiters_on_a_dead_producer_are_answered_with_an_error() {
     let late = post_wait(&mut b, 0, 21, vec![handle]);
     b.vm.wait(late).unwrap();
     assert_eq!(failed(b.events()), 1);
+    let _ = std::fs::remove_file(policy);
+}
+
+#[test]
+fn importers_whose_vmm_stalls_cost_the_exporter_one_vmm_timeout_at_most() {
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b", "c"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b", "c"]}]}"#,
+        &["--renderer", "2d", "--vmm-timeout", "1s"],
+    );
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let mut c = Sharer::new(&d, 2);
+    host_blob(&mut a.vm, 1, 1, 0x77, 0);
+    let uuid = a.export(1);
+    b.import_and_map(uuid, 7, 0);
+    c.import_and_map(uuid, 7, 0);
+    // Both importers' VMMs stop answering: each is disconnected after --vmm-timeout, told at
+    // the same time, so the exporter waits about one timeout, not two.
+    b.vm.shmem().stall(true);
+    c.vm.shmem().stall(true);
+    let t = std::time::Instant::now();
+    ok(&mut a.vm, Command::ResourceUnref { resource_id: 1 });
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(1900),
+        "the exporter waited {took:?}"
+    );
+    assert!(eventually(Duration::from_secs(5), || d
+        .stderr_log()
+        .matches("disconnecting the VMM")
+        .count()
+        >= 2));
+    // The exporter goes on as if nothing happened.
+    host_blob(&mut a.vm, 3, 1, 0x78, PAGE);
+    assert_eq!(a.export(3).len(), 16);
+    b.vm.shmem().stall(false);
+    c.vm.shmem().stall(false);
     let _ = std::fs::remove_file(policy);
 }

@@ -100,7 +100,7 @@ impl ShmemPeer {
         self.state.lock().unwrap().region_sizes.clone()
     }
 
-    /// While on, SHMEM_MAP requests are left unanswered, as a wedged VMM would.
+    /// While on, SHMEM_MAP and SHMEM_UNMAP requests are left unanswered, as a wedged VMM would.
     pub fn stall(&self, on: bool) {
         self.stall.set(on);
     }
@@ -215,6 +215,7 @@ impl VhostUserFrontendReqHandler for BackendChannel {
     }
 
     fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
+        self.shmem.stall.wait_while_on();
         self.shmem.unmap(req).map(|_| 0)
     }
 }

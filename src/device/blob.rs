@@ -67,7 +67,8 @@ impl<R: Renderer> Device<R> {
             _ => return Err(ErrorCode::InvalidParameter),
         };
         let share_ctx = self.is_share_ctx(guest_ctx);
-        if share_ctx && args.blob_mem != BLOB_MEM_GUEST {
+        // On a share context, a blob id names an import (IMPORT answered it).
+        if share_ctx && args.blob_mem != BLOB_MEM_GUEST && args.blob_id != 0 {
             return self.create_imported_blob(
                 id,
                 args.blob_mem,
@@ -79,8 +80,8 @@ impl<R: Renderer> Device<R> {
         if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
             return Err(ErrorCode::InvalidParameter);
         }
-        // A guest blob made on a share context (a reply blob, a buffer to export) is nobody's
-        // in the renderer.
+        // A blob made on a share context (a reply blob, a buffer to export) belongs to no
+        // renderer context.
         let ctx = if guest_ctx.0 == 0 || share_ctx {
             RendererCtxId::NONE
         } else {

@@ -275,6 +275,11 @@ impl<R: Renderer> Device<R> {
         if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 {
             return Err(Status::Invalid);
         }
+        // Only host blobs: their descriptor holds that blob alone. A guest blob's descriptor is
+        // the exporter's whole guest memory, which an importer's VMM must never receive.
+        if blob.mem != BLOB_MEM_HOST3D {
+            return Err(Status::Unsupported);
+        }
         if self
             .share
             .as_ref()

@@ -293,9 +293,22 @@ impl ShareRegistry {
                 .filter_map(|m| m.client.upgrade())
                 .collect()
         };
-        // Told outside the lock: each importer takes its own locks and waits on its VMM.
-        for importer in importers {
-            importer.revoked(uuid);
+        // Told outside the lock: each importer takes its own locks and waits on its VMM, which
+        // --vmm-timeout bounds. Several are told at once, so that the exporter waits for the
+        // slowest one, not for their sum.
+        match importers.as_slice() {
+            [] => {}
+            [one] => one.revoked(uuid),
+            many => std::thread::scope(|s| {
+                for importer in many {
+                    let told = std::thread::Builder::new()
+                        .name("revoke".into())
+                        .spawn_scoped(s, || importer.revoked(uuid));
+                    if told.is_err() {
+                        importer.revoked(uuid);
+                    }
+                }
+            }),
         }
     }
 

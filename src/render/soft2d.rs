@@ -10,7 +10,12 @@ use std::alloc::{alloc_zeroed, Layout};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST};
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use vgpud_protocol::{
+    Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, MAP_CACHE_CACHED,
+};
 use vm_memory::VolatileSlice;
 
 use crate::device::memory::HostRange;
@@ -58,7 +63,34 @@ struct Image {
 pub struct Soft2d {
     /// Each image has its own lock, so VMs copying at once only meet on the short map lookup.
     images: Mutex<HashMap<Res, Arc<Mutex<Image>>>>,
+    /// Host blobs: memory of the daemon's own, one sealed memfd each, so that handing one to a
+    /// VMM (to map it, or to another VM that imports it) hands over that blob and nothing else.
+    host_blobs: Mutex<HashMap<Res, Arc<File>>>,
     ids: IdPool,
+}
+
+/// A zero-filled memfd of `size` bytes that nobody can resize: a VMM that maps it can never
+/// make a reader of it fault.
+fn sealed_memfd(size: u64) -> std::io::Result<File> {
+    // SAFETY: memfd_create reads a NUL-terminated name; the descriptor it returns is ours.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"vgpud-host-blob".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by nobody else.
+    let file = unsafe { File::from_raw_fd(fd) };
+    file.set_len(size)?;
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS on a memfd we own; no memory is passed.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(file)
 }
 
 fn rejected(why: &str) -> RenderError {
@@ -142,6 +174,7 @@ impl Renderer for Soft2d {
             // Any transfer still holding the image ends before the id can be handed out again.
             drop(lock(&image));
         }
+        lock(&self.host_blobs).remove(&id);
         self.ids.release(id);
     }
 
@@ -283,20 +316,35 @@ impl Renderer for Soft2d {
     fn create_blob(
         &self,
         _ctx: Ctx,
-        _id: Res,
+        id: Res,
         args: BlobArgs,
         _backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
-        // Guest blobs are read from guest memory by the device; host blobs need a 3D renderer.
-        if args.mem == BLOB_MEM_GUEST {
-            Ok(())
-        } else {
-            Err(rejected("host blobs need a 3D renderer"))
+        // Guest blobs are read from guest memory by the device. A host blob of blob id 0 is
+        // plain memory (the device charged it to the VM's quota); others name 3D objects.
+        match (args.mem, args.blob_id) {
+            (BLOB_MEM_GUEST, _) => Ok(()),
+            (BLOB_MEM_HOST3D, 0) => {
+                let file = sealed_memfd(args.size).map_err(|_| RenderError::OutOfMemory)?;
+                lock(&self.host_blobs).insert(id, Arc::new(file));
+                Ok(())
+            }
+            _ => Err(rejected("host blobs with a blob id need a 3D renderer")),
         }
     }
 
-    fn map_blob(&self, _id: Res) -> Result<ExportedBlob, RenderError> {
-        Err(rejected("host blobs need a 3D renderer"))
+    fn map_blob(&self, id: Res) -> Result<ExportedBlob, RenderError> {
+        let file = lock(&self.host_blobs)
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| rejected("not a host blob"))?;
+        let size = file.metadata().map_err(|_| rejected("host blob"))?.len();
+        Ok(ExportedBlob {
+            file,
+            offset: 0,
+            size,
+            map_info: MAP_CACHE_CACHED,
+        })
     }
 
     /// 2D work is done when its command returns: the fence signals at once.
