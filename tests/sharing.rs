@@ -491,3 +491,229 @@ fn importers_whose_vmm_stalls_cost_the_exporter_one_vmm_timeout_at_most() {
     c.vm.shmem().stall(false);
     let _ = std::fs::remove_file(policy);
 }
+
+/// A small deterministic generator for the stress test.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+/// What the stress test knows of a live export.
+struct Exported {
+    owner: usize,
+    resource: u32,
+    uuid: Uuid,
+    fill: u8,
+    /// (importer, its resource id, window offset) of every live mapping.
+    mapped: Vec<(usize, u32, u64)>,
+}
+
+const SLOTS: u64 = 8;
+
+/// VMs connect, export, import, map, pin, unpin, free and disconnect at random for
+/// VGPUD_SHARE_STRESS_SECS (60); throughout, every importer sees exactly its exporter's bytes,
+/// and a revoked buffer is gone from every importer by the time the exporter is answered (or,
+/// for a disconnect, shortly after). At the end the daemon holds no more descriptors or
+/// threads than before.
+#[test]
+fn sharing_survives_random_churn_with_its_invariants() {
+    const VMS: usize = 5;
+    let secs: u64 = std::env::var("VGPUD_SHARE_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let names: Vec<String> = (0..VMS).map(|i| format!("v{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (d, policy) = sharing_daemon_with(
+        &names,
+        r#"{"allow": [{"exporter": "*", "importers": ["*"]}]}"#,
+        &["--renderer", "2d"],
+    );
+    let before = quiet_stats(&d);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut vms: Vec<Option<Sharer>> = (0..VMS).map(|_| None).collect();
+    let mut exports: Vec<Exported> = Vec::new();
+    let mut next_id = 100u32;
+    let mut fill = 0u8;
+    let (mut ops, mut imports, mut revokes) = (0u64, 0u64, 0u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        ops += 1;
+        let i = rng.below(VMS);
+        if vms[i].is_none() {
+            vms[i] = Some(Sharer::new(&d, i));
+            continue;
+        }
+        match rng.below(10) {
+            // Export a fresh host blob.
+            0 | 1 => {
+                next_id += 1;
+                fill = fill.wrapping_add(1).max(1);
+                let s = vms[i].as_mut().unwrap();
+                // Filled through a window slot the imports never use, then unmapped.
+                host_blob(&mut s.vm, next_id, 1, fill, SLOTS * PAGE);
+                let unmap = Command::ResourceUnmapBlob {
+                    resource_id: next_id,
+                };
+                ok(&mut s.vm, unmap);
+                let uuid = s.export(next_id);
+                exports.push(Exported {
+                    owner: i,
+                    resource: next_id,
+                    uuid,
+                    fill,
+                    mapped: Vec::new(),
+                });
+            }
+            // Import someone else's into a free window slot; it shows their bytes.
+            2..=4 => {
+                let Some(e) = exports
+                    .iter_mut()
+                    .filter(|e| e.owner != i)
+                    .nth(rng.below(4))
+                else {
+                    continue;
+                };
+                let s = vms[i].as_mut().unwrap();
+                let taken: Vec<u64> =
+                    s.vm.shmem()
+                        .mappings()
+                        .iter()
+                        .map(|m| m.shm_offset)
+                        .collect();
+                let Some(slot) = (0..SLOTS).map(|k| k * PAGE).find(|o| !taken.contains(o)) else {
+                    continue;
+                };
+                next_id += 1;
+                s.import_and_map(e.uuid, next_id, slot);
+                let seen = s.vm.shmem().read(SHM, slot, PAGE as usize).expect("mapped");
+                assert!(
+                    seen.iter().all(|&b| b == e.fill),
+                    "an importer sees other bytes"
+                );
+                e.mapped.push((i, next_id, slot));
+                imports += 1;
+            }
+            // Pin and unpin something shared.
+            5 => {
+                let s = vms[i].as_mut().unwrap();
+                let mine = exports.iter().find(|e| e.owner == i).map(|e| e.resource);
+                if let Some(r) = mine {
+                    assert_eq!(s.run(ShareCommand::Pin { resource_id: r }).0, 0);
+                    assert_eq!(s.run(ShareCommand::Unpin { resource_id: r }).0, 0);
+                }
+            }
+            // The exporter frees one: every importer's mapping is gone when it is answered.
+            6 | 7 => {
+                let Some(k) = exports.iter().position(|e| e.owner == i) else {
+                    continue;
+                };
+                let e = exports.remove(k);
+                let s = vms[i].as_mut().unwrap();
+                ok(
+                    &mut s.vm,
+                    Command::ResourceUnref {
+                        resource_id: e.resource,
+                    },
+                );
+                for (imp, res, slot) in e.mapped {
+                    if let Some(v) = vms[imp].as_mut() {
+                        assert!(
+                            v.vm.shmem().read(SHM, slot, 1).is_none(),
+                            "an importer still maps a freed buffer"
+                        );
+                        ok(&mut v.vm, Command::ResourceUnref { resource_id: res });
+                    }
+                }
+                revokes += 1;
+            }
+            // An importer lets go of one of its imports.
+            8 => {
+                for e in exports.iter_mut() {
+                    if let Some(k) = e.mapped.iter().position(|m| m.0 == i) {
+                        let (_, res, _) = e.mapped.remove(k);
+                        let s = vms[i].as_mut().unwrap();
+                        ok(&mut s.vm, Command::ResourceUnref { resource_id: res });
+                        break;
+                    }
+                }
+            }
+            // A VM goes away: its exports vanish from every importer.
+            _ => {
+                drop(vms[i].take());
+                let gone: Vec<Exported> = exports
+                    .iter()
+                    .filter(|e| e.owner == i)
+                    .map(|e| Exported {
+                        owner: e.owner,
+                        resource: e.resource,
+                        uuid: e.uuid,
+                        fill: e.fill,
+                        mapped: e.mapped.clone(),
+                    })
+                    .collect();
+                exports.retain(|e| e.owner != i);
+                for e in exports.iter_mut() {
+                    e.mapped.retain(|m| m.0 != i);
+                }
+                for e in gone {
+                    for (imp, res, slot) in e.mapped {
+                        let Some(v) = vms[imp].as_mut() else { continue };
+                        let unmapped = eventually(Duration::from_secs(5), || {
+                            v.vm.shmem().read(SHM, slot, 1).is_none()
+                        });
+                        assert!(unmapped, "an importer still maps a gone VM's buffer");
+                        ok(&mut v.vm, Command::ResourceUnref { resource_id: res });
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        imports > 10 && revokes > 5,
+        "too little happened: {ops} ops, {imports} imports, {revokes} revokes"
+    );
+    drop(vms);
+    let after = quiet_stats(&d);
+    assert!(
+        after.fds <= before.fds,
+        "descriptors: {} before, {} after",
+        before.fds,
+        after.fds
+    );
+    assert!(
+        after.threads <= before.threads,
+        "threads: {} before, {} after",
+        before.threads,
+        after.threads
+    );
+    eprintln!("{ops} operations, {imports} imports, {revokes} revocations");
+    let _ = std::fs::remove_file(policy);
+}
+
+/// Found by the churn test: a VM that imported one buffer twice and freed one of the two must
+/// still lose the other when the exporter revokes.
+#[test]
+fn a_buffer_imported_twice_is_revoked_from_both() {
+    let (d, policy) = daemon_abc();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    host_blob(&mut a.vm, 1, 1, 0x31, 0);
+    let uuid = a.export(1);
+    b.import_and_map(uuid, 7, 0);
+    b.import_and_map(uuid, 8, PAGE);
+    ok(&mut b.vm, Command::ResourceUnref { resource_id: 7 });
+    assert_eq!(b.vm.shmem().mappings().len(), 1);
+    ok(&mut a.vm, Command::ResourceUnref { resource_id: 1 });
+    assert!(
+        b.vm.shmem().mappings().is_empty(),
+        "the second import outlived the revocation"
+    );
+    let _ = std::fs::remove_file(policy);
+}

@@ -392,7 +392,13 @@ impl<R: Renderer> Device<R> {
     pub(super) fn share_forget(&mut self, id: u32) -> Option<Uuid> {
         let share = self.share.as_mut()?;
         if let Some(uuid) = share.imported.remove(&id) {
-            share.hub.unimport(share.vm, &uuid);
+            // Only once nothing of this VM uses the import any more: it may have imported the
+            // same buffer twice, and the exporter must still reach the other one.
+            let still_used = share.imported.values().any(|u| *u == uuid)
+                || share.imports.values().any(|i| i.uuid == uuid);
+            if !still_used {
+                share.hub.unimport(share.vm, &uuid);
+            }
         }
         share.exported.remove(&id)
     }
