@@ -171,3 +171,31 @@ fn saved_inputs_keep_every_invariant() {
         run(&input, &name);
     }
 }
+
+/// The `share` fuzz target's interpreter, deterministically: two VMs exporting, importing,
+/// mapping, freeing and resetting through one share registry, with well-formed and garbage
+/// share-context streams.
+#[test]
+fn share_context_sequences_never_break() {
+    let mut rng = Rng(SEED ^ 0x5348_4152);
+    let (mut exported, mut imported, mut revoked) = (0, 0, 0);
+    for i in 0..20_000 {
+        let input = random_input(&mut rng);
+        let stats = match panic::catch_unwind(|| fuzzing::run_share(&input)) {
+            Ok(s) => s,
+            Err(e) => {
+                let hex: String = input.iter().map(|b| format!("{b:02x}")).collect();
+                eprintln!("share sequence {i} failed on input\n{hex}");
+                panic::resume_unwind(e)
+            }
+        };
+        exported += stats.exported;
+        imported += stats.imported;
+        revoked += stats.revoked;
+    }
+    println!("exported at {exported} steps, {imported} imports, {revoked} revocations");
+    assert!(
+        exported > 2000 && imported > 1000 && revoked > 30,
+        "the share interpreter reaches too little: {exported} {imported} {revoked}"
+    );
+}

@@ -18,6 +18,7 @@
 
 mod input;
 mod model;
+mod share;
 
 use std::fs::File;
 use std::io;
@@ -136,13 +137,24 @@ pub struct Harness {
     trace: bool,
 }
 
+static SHARED: Mutex<Option<Harness>> = Mutex::new(None);
+
 /// Runs `data` on a process-wide harness, started on first use.
 pub fn run(data: &[u8]) -> Stats {
-    static SHARED: Mutex<Option<Harness>> = Mutex::new(None);
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     let harness =
         shared.get_or_insert_with(|| Harness::new().expect("cannot set up the device harness"));
     harness.run(data)
+}
+
+pub use self::share::ShareStats;
+
+/// Runs `data` as share-context sequences between two VMs (see `share`), on the same harness.
+pub fn run_share(data: &[u8]) -> ShareStats {
+    let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let harness =
+        shared.get_or_insert_with(|| Harness::new().expect("cannot set up the device harness"));
+    share::run(data, &harness.mem, &harness.renderer)
 }
 
 impl Harness {

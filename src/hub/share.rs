@@ -312,6 +312,14 @@ impl ShareRegistry {
         }
     }
 
+    /// Every UUID exported now (for the fuzzer, which plays both guests).
+    #[doc(hidden)]
+    pub fn exported_uuids(&self) -> Vec<Uuid> {
+        let mut uuids: Vec<Uuid> = lock(&self.shares).exports.keys().copied().collect();
+        uuids.sort_unstable();
+        uuids
+    }
+
     /// How many VMs import `uuid` now (for tests and status).
     pub fn importers(&self, uuid: &Uuid) -> usize {
         lock(&self.shares)
