@@ -100,6 +100,16 @@ pub struct Options {
     /// `{"allow": [{"exporter": "a", "importers": ["b", "*"]}]}`. Without it, none may.
     #[arg(long, value_name = "FILE")]
     pub share_policy: Option<PathBuf>,
+
+    /// Most memory of the daemon's own that shared buffers may keep resident, e.g. 512M;
+    /// beyond it, unpinned buffers nobody is using are moved out to --share-evict-dir (least
+    /// recently mapped first) and brought back when mapped again. Default: no limit.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub share_budget: Option<u64>,
+
+    /// Where buffers moved out under --share-budget go (unlinked files).
+    #[arg(long, value_name = "DIR", default_value = "/var/tmp")]
+    pub share_evict_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]

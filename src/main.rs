@@ -8,6 +8,7 @@ use log::{error, info};
 use vgpud::cli::{capabilities_json, Options, Subcommand};
 use vgpud::control;
 use vgpud::hub::registry::Registry;
+use vgpud::hub::residency::Budget;
 use vgpud::hub::share::{Policy, ShareRegistry};
 use vgpud::render::{remote, worker, RendererKind, Soft2d};
 use vgpud::vhost::{serve, RendererSpec, VmTemplate};
@@ -150,7 +151,14 @@ fn main() -> ExitCode {
         },
         None => Policy::default(),
     };
-    let shares = Arc::new(ShareRegistry::new(policy));
+    let mut shares = ShareRegistry::new(policy);
+    if let Some(limit) = opts.share_budget {
+        shares = shares.with_budget(Budget {
+            limit,
+            dir: opts.share_evict_dir.clone(),
+        });
+    }
+    let shares = Arc::new(shares);
     if let Some(path) = &opts.control_socket {
         if let Err(e) = control::serve(path, registry.clone()) {
             error!("control socket {}: {e}", path.display());

@@ -178,7 +178,7 @@ fn saved_inputs_keep_every_invariant() {
 #[test]
 fn share_context_sequences_never_break() {
     let mut rng = Rng(SEED ^ 0x5348_4152);
-    let (mut exported, mut imported, mut revoked) = (0, 0, 0);
+    let (mut exported, mut imported, mut revoked, mut moved) = (0, 0, 0, 0);
     for i in 0..20_000 {
         let input = random_input(&mut rng);
         let stats = match panic::catch_unwind(|| fuzzing::run_share(&input)) {
@@ -192,10 +192,13 @@ fn share_context_sequences_never_break() {
         exported += stats.exported;
         imported += stats.imported;
         revoked += stats.revoked;
+        moved += stats.moved;
     }
-    println!("exported at {exported} steps, {imported} imports, {revoked} revocations");
+    println!(
+        "exported at {exported} steps, {imported} imports, {revoked} revocations, {moved} moves"
+    );
     assert!(
-        exported > 2000 && imported > 1000 && revoked > 30,
-        "the share interpreter reaches too little: {exported} {imported} {revoked}"
+        exported > 2000 && imported > 1000 && revoked > 30 && moved > 0,
+        "the share interpreter reaches too little: {exported} {imported} {revoked} {moved}"
     );
 }

@@ -717,3 +717,108 @@ fn a_buffer_imported_twice_is_revoked_from_both() {
     );
     let _ = std::fs::remove_file(policy);
 }
+
+#[test]
+fn over_the_budget_idle_buffers_move_out_and_come_back_bit_exact() {
+    let evict_dir = std::env::temp_dir();
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &[
+            "--renderer",
+            "2d",
+            "--share-budget",
+            "8K",
+            "--share-evict-dir",
+            evict_dir.to_str().unwrap(),
+        ],
+    );
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    // Three one-page buffers, filled through a's window and unmapped there again.
+    let mut uuids = Vec::new();
+    for i in 0..3u32 {
+        host_blob(&mut a.vm, 10 + i, 1, 0x40 + i as u8, 64 * PAGE);
+        ok(
+            &mut a.vm,
+            Command::ResourceUnmapBlob {
+                resource_id: 10 + i,
+            },
+        );
+        uuids.push(a.export(10 + i));
+    }
+    let dynamic = |s: &mut Sharer, uuid, id, at| {
+        let (status, payload) = s.run(ShareCommand::Import {
+            uuid,
+            dynamic: true,
+        });
+        assert_eq!(status, Status::Ok as u32);
+        let mut r = Reader::new(&payload);
+        let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
+        let create = Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id,
+            size,
+            entries: vec![],
+        });
+        assert_eq!(
+            answer(&mut s.vm, &in_ctx(SHARE_CTX, create)).1,
+            Response::OkNodata
+        );
+        let map = Command::ResourceMapBlob {
+            resource_id: id,
+            offset: at,
+        };
+        assert!(matches!(call(&mut s.vm, map), Response::OkMapInfo { .. }));
+    };
+    // b maps all three; the budget holds two: the least recently used one moves out.
+    for (i, uuid) in uuids.iter().enumerate() {
+        dynamic(&mut b, *uuid, 20 + i as u32, i as u64 * PAGE);
+    }
+    let events = b.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].kind, events[0].resource_id), (event::MOVED, 20));
+    assert!(
+        b.vm.shmem().read(SHM, 0, 1).is_none(),
+        "its mapping is gone"
+    );
+    // Mapping it again brings it back, bit for bit; the next least recently used one goes.
+    let map = Command::ResourceMapBlob {
+        resource_id: 20,
+        offset: 0,
+    };
+    assert!(matches!(call(&mut b.vm, map), Response::OkMapInfo { .. }));
+    let back = b.vm.shmem().read(SHM, 0, PAGE as usize).unwrap();
+    assert!(back.iter().all(|&x| x == 0x40), "restored bit-exact");
+    let events = b.events();
+    assert_eq!((events[0].kind, events[0].resource_id), (event::MOVED, 21));
+    // A pinned buffer never moves; pinning past the budget is refused.
+    assert_eq!(
+        b.run(ShareCommand::Pin { resource_id: 22 }).0,
+        Status::Ok as u32
+    );
+    assert_eq!(
+        b.run(ShareCommand::Pin { resource_id: 20 }).0,
+        Status::Ok as u32
+    );
+    assert_eq!(
+        b.run(ShareCommand::Pin { resource_id: 21 }).0,
+        Status::NoSpace as u32,
+        "three pinned pages in a two-page budget"
+    );
+    // Mapping the third one anyway: it comes back and stays (nothing idle can make room), and
+    // the pinned ones stay put.
+    let map = Command::ResourceMapBlob {
+        resource_id: 21,
+        offset: PAGE,
+    };
+    assert!(matches!(call(&mut b.vm, map), Response::OkMapInfo { .. }));
+    assert!(b.events().is_empty(), "nothing moved");
+    for (at, fill) in [(0, 0x40), (PAGE, 0x41), (2 * PAGE, 0x42)] {
+        let seen = b.vm.shmem().read(SHM, at, PAGE as usize).unwrap();
+        assert!(seen.iter().all(|&x| x == fill), "{at:#x}");
+    }
+    let _ = std::fs::remove_file(policy);
+}

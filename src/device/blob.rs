@@ -161,6 +161,14 @@ impl<R: Renderer> Device<R> {
         if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 || blob.mapped.is_some() {
             return Err(ErrorCode::InvalidParameter);
         }
+        // A shared buffer moved out under the memory budget comes back first.
+        if let Some(uuid) = self.shared_uuid(id) {
+            if let Some(share) = self.share_hub() {
+                share
+                    .ensure_resident(&uuid)
+                    .map_err(|_| ErrorCode::OutOfMemory)?;
+            }
+        }
         let export = self.export(id)?;
         let len = self.window.reserve(offset, export.size, id)?;
         let access = export.map_info & MAP_ACCESS_MASK;

@@ -105,6 +105,12 @@ pub trait Renderer: Send {
     /// `Signalled` at creation), so that a timeline's answers never overtake each other.
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError>;
 
+    /// Whether the memory of its host blobs (blob id 0) is plain memory the daemon may move out
+    /// and back (the memory budget for shared buffers) while nobody maps it.
+    fn host_blobs_movable(&self) -> bool {
+        false
+    }
+
     /// The VM's guest memory table changed: a renderer in another process maps it anew.
     fn memory_changed(&self, _mem: &GuestMemoryMmap) {}
 
@@ -188,6 +194,9 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
     }
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         (**self).create_fence(ctx, ring)
+    }
+    fn host_blobs_movable(&self) -> bool {
+        (**self).host_blobs_movable()
     }
     fn memory_changed(&self, mem: &GuestMemoryMmap) {
         (**self).memory_changed(mem)

@@ -26,15 +26,29 @@ pub type SharedStorage = ExportedBlob;
 /// What the device needs from the daemon's share registry (src/hub/share.rs).
 pub trait ShareHub: Send + Sync {
     /// Offers `resource_id` of `vm` under `uuid`.
+    /// `movable`: the storage is the daemon's own memory, which may be moved out under the
+    /// budget.
     fn export(
         &self,
         vm: VmId,
         resource_id: u32,
         uuid: Uuid,
         storage: SharedStorage,
+        movable: bool,
     ) -> std::result::Result<Uuid, Status>;
-    /// The storage of export `uuid`, if the policy lets `vm` import it.
-    fn import(&self, vm: VmId, uuid: &Uuid) -> std::result::Result<SharedStorage, Status>;
+    /// The storage of export `uuid` and its exporter's name, if the policy lets `vm` import it.
+    /// A static import (`dynamic` false) pins it.
+    fn import(
+        &self,
+        vm: VmId,
+        uuid: &Uuid,
+        dynamic: bool,
+    ) -> std::result::Result<(SharedStorage, String), Status>;
+    /// Pins `uuid` for `vm`: it never moves until unpinned.
+    fn pin(&self, vm: VmId, uuid: &Uuid) -> std::result::Result<(), Status>;
+    fn unpin(&self, vm: VmId, uuid: &Uuid);
+    /// Brings `uuid`'s contents back if they were moved out; before any mapping of it.
+    fn ensure_resident(&self, uuid: &Uuid) -> std::result::Result<(), Status>;
     /// `vm` no longer uses its import of `uuid`.
     fn unimport(&self, vm: VmId, uuid: &Uuid);
     /// A handle for the current last point of `timeline` of `vm`.
@@ -76,6 +90,8 @@ pub struct ShareState {
     imported: HashMap<u32, Uuid>,
     /// Fence handles the stream being handled waits for (WAIT_FENCES), flat.
     waits: Vec<u64>,
+    /// This VM's pins, by UUID (given back when it resets or lets go of the buffer).
+    pins: HashMap<Uuid, u32>,
 }
 
 impl ShareState {
@@ -90,6 +106,14 @@ impl ShareState {
             exported: HashMap::new(),
             imported: HashMap::new(),
             waits: Vec::new(),
+            pins: HashMap::new(),
+        }
+    }
+
+    /// Gives back this VM's pins on `uuid`.
+    fn unpin_all(&mut self, uuid: &Uuid) {
+        for _ in 0..self.pins.remove(uuid).unwrap_or(0) {
+            self.hub.unpin(self.vm, uuid);
         }
     }
 
@@ -108,6 +132,10 @@ impl ShareState {
             .chain(self.imports.values().map(|i| &i.uuid))
         {
             self.hub.unimport(self.vm, uuid);
+        }
+        let pinned: Vec<Uuid> = self.pins.keys().copied().collect();
+        for uuid in pinned {
+            self.unpin_all(&uuid);
         }
         self.reply_blob = None;
         self.imports.clear();
@@ -145,12 +173,9 @@ impl<R: Renderer> Device<R> {
         match command {
             ShareCommand::SetReplyBlob { resource_id } => done(self.set_reply_blob(*resource_id)),
             ShareCommand::Export { resource_id } => done(self.share_export(*resource_id)),
-            ShareCommand::Import { uuid, .. } => done(self.share_import(uuid)),
-            ShareCommand::Pin { resource_id } | ShareCommand::Unpin { resource_id } => {
-                // Nothing is ever moved yet (there is no memory budget to move it for), so
-                // every shared buffer stays where it is: pinning holds trivially.
-                done(self.shared_resource(*resource_id).map(|_| Vec::new()))
-            }
+            ShareCommand::Import { uuid, dynamic } => done(self.share_import(uuid, *dynamic)),
+            ShareCommand::Pin { resource_id } => done(self.share_pin(*resource_id, true)),
+            ShareCommand::Unpin { resource_id } => done(self.share_pin(*resource_id, false)),
             ShareCommand::ExportFence { ctx_id, ring } => {
                 done(self.share_export_fence(*ctx_id, *ring))
             }
@@ -259,14 +284,82 @@ impl<R: Renderer> Device<R> {
         Ok(())
     }
 
-    /// A resource this VM exported or imported.
-    fn shared_resource(&self, id: u32) -> std::result::Result<(), Status> {
-        let share = self.share.as_ref().ok_or(Status::Unsupported)?;
-        if share.exported.contains_key(&id) || share.imported.contains_key(&id) {
-            Ok(())
+    pub(super) fn share_hub(&self) -> Option<Arc<dyn ShareHub>> {
+        self.share.as_ref().map(|s| s.hub.clone())
+    }
+
+    /// The UUID of a resource this VM exported or imported.
+    pub(super) fn shared_uuid(&self, id: u32) -> Option<Uuid> {
+        let share = self.share.as_ref()?;
+        share
+            .exported
+            .get(&id)
+            .or_else(|| share.imported.get(&id))
+            .copied()
+    }
+
+    fn share_pin(&mut self, id: u32, pin: bool) -> std::result::Result<Vec<u8>, Status> {
+        let uuid = self.shared_uuid(id).ok_or(Status::NoSuch)?;
+        let share = self.share.as_mut().ok_or(Status::Unsupported)?;
+        if pin {
+            share.hub.pin(share.vm, &uuid)?;
+            *share.pins.entry(uuid).or_default() += 1;
         } else {
-            Err(Status::NoSuch)
+            let n = share.pins.get_mut(&uuid).ok_or(Status::Invalid)?;
+            *n -= 1;
+            if *n == 0 {
+                share.pins.remove(&uuid);
+            }
+            share.hub.unpin(share.vm, &uuid);
         }
+        Ok(Vec::new())
+    }
+
+    /// Whether moving `uuid` now would pull it from under this VM: it maps the buffer it
+    /// exported, or a scanout shows it. (A dynamic import's mapping is not in the way: it is
+    /// removed, and the guest told.)
+    pub fn share_busy(&self, uuid: &Uuid) -> bool {
+        let Some(share) = self.share.as_ref() else {
+            return false;
+        };
+        let mapped = |id: &u32| {
+            self.resources
+                .get(id)
+                .and_then(|r| r.blob.as_ref())
+                .is_some_and(|b| b.mapped.is_some())
+        };
+        let shown = |id: &u32| self.scanouts.iter().any(|s| s.resource_id == *id);
+        share
+            .exported
+            .iter()
+            .any(|(id, u)| u == uuid && (mapped(id) || shown(id)))
+            || share.imported.iter().any(|(id, u)| u == uuid && shown(id))
+    }
+
+    /// `uuid` is being moved out: this VM's mappings of imports of it go (returned, to unmap
+    /// now) and the guest gets a MOVED event for each; MAP_BLOB brings it back.
+    pub fn share_moved(&mut self, uuid: &Uuid) -> Vec<ShmemRequest> {
+        let Some(share) = self.share.as_ref() else {
+            return Vec::new();
+        };
+        let ids: Vec<u32> = (share.imported.iter())
+            .filter(|(_, u)| *u == uuid)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut unmaps = Vec::new();
+        for id in ids {
+            if let Ok(Some(unmap)) = self.take_mapping(id) {
+                unmaps.push(unmap);
+                if let Some(share) = self.share.as_mut() {
+                    share.push_event(ShareEvent {
+                        kind: event::MOVED,
+                        resource_id: id,
+                        subject: *uuid,
+                    });
+                }
+            }
+        }
+        unmaps
     }
 
     fn share_export(&mut self, id: u32) -> std::result::Result<Vec<u8>, Status> {
@@ -299,7 +392,8 @@ impl<R: Renderer> Device<R> {
             None => random_uuid().ok_or(Status::NoSpace)?,
         };
         let share = self.share.as_ref().ok_or(Status::Unsupported)?;
-        let uuid = share.hub.export(share.vm, id, uuid, storage)?;
+        let movable = self.renderer.host_blobs_movable();
+        let uuid = share.hub.export(share.vm, id, uuid, storage, movable)?;
         if let Ok(res) = self.resource_mut(id) {
             res.uuid = Some(uuid);
         }
@@ -309,12 +403,24 @@ impl<R: Renderer> Device<R> {
         Ok(uuid.to_vec())
     }
 
-    fn share_import(&mut self, uuid: &Uuid) -> std::result::Result<Vec<u8>, Status> {
+    fn share_import(&mut self, uuid: &Uuid, dynamic: bool) -> std::result::Result<Vec<u8>, Status> {
         let share = self.share.as_mut().ok_or(Status::Unsupported)?;
         if share.imports.len() >= MAX_PENDING_IMPORTS {
             return Err(Status::NoSpace);
         }
-        let storage = share.hub.import(share.vm, uuid)?;
+        let (storage, exporter) = match share.hub.import(share.vm, uuid, dynamic) {
+            Ok(got) => got,
+            Err(status) => {
+                if status == Status::Denied {
+                    self.log
+                        .warn(format_args!("may not import that buffer (policy)"));
+                }
+                return Err(status);
+            }
+        };
+        self.log
+            .info(format_args!("imports a buffer of {exporter} (share)"));
+        let share = self.share.as_mut().ok_or(Status::Unsupported)?;
         let blob_id = share.next_blob_id;
         share.next_blob_id += 1;
         let size = storage.size;
@@ -397,6 +503,7 @@ impl<R: Renderer> Device<R> {
             let still_used = share.imported.values().any(|u| *u == uuid)
                 || share.imports.values().any(|i| i.uuid == uuid);
             if !still_used {
+                share.unpin_all(&uuid);
                 share.hub.unimport(share.vm, &uuid);
             }
         }

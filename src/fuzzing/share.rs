@@ -1,10 +1,11 @@
 //! Share-context sequences between two VMs' devices and one share registry, for the fuzz target
 //! `share` and tests/device_sequences.rs: arbitrary bytes become blob creations, share-context
 //! command streams (well-formed or garbage), imports, maps, frees, fenced submissions and resets
-//! on either VM. Revocations and fence signals are carried out as the transport would (outside
-//! the device locks). Checked after every step: nothing panics, resource counts stay within
+//! on either VM, under a one-page budget for shared memory. Revocations, moves and fence signals
+//! are carried out as the transport would (outside the device locks). Checked after every step: nothing panics, resource counts stay within
 //! quota, a reset VM holds nothing, and what is pending in the registry stays bounded.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use vgpud_protocol::share::{ShareCommand, Uuid, CAPSET_SHARE, NO_REPLY};
@@ -17,6 +18,7 @@ use vm_memory::GuestMemoryMmap;
 use super::input::Input;
 use crate::device::{Device, DeviceConfig};
 use crate::fences::Timeline;
+use crate::hub::residency::Budget;
 use crate::hub::share::{Policy, Rule, ShareClient, ShareRegistry};
 use crate::ids::{FenceId, VmId};
 use crate::render::Soft2d;
@@ -31,6 +33,7 @@ const SHARE_CTX: u32 = 1;
 /// One VM as the registry reaches it.
 struct Client {
     dev: Weak<Mutex<Dev>>,
+    moves: Arc<AtomicU64>,
 }
 
 impl ShareClient for Client {
@@ -49,6 +52,17 @@ impl ShareClient for Client {
             lock(&dev).share_fence_failed(handle);
         }
     }
+    fn can_move(&self, uuid: &Uuid) -> bool {
+        self.dev
+            .upgrade()
+            .is_some_and(|dev| !lock(&dev).share_busy(uuid))
+    }
+    fn moved(&self, uuid: &Uuid) {
+        self.moves.fetch_add(1, Ordering::Relaxed);
+        if let Some(dev) = self.dev.upgrade() {
+            let _ = lock(&dev).share_moved(uuid);
+        }
+    }
 }
 
 /// How deep a run got.
@@ -60,6 +74,8 @@ pub struct ShareStats {
     pub imported: u64,
     /// Revocations carried out.
     pub revoked: u64,
+    /// VMs told a buffer they use was moved out under the budget.
+    pub moved: u64,
 }
 
 /// Runs `data` against two fresh VMs, `mem` being both VMs' guest memory.
@@ -71,13 +87,18 @@ pub fn run(data: &[u8], mem: &Arc<GuestMemoryMmap>, renderer: &Arc<Soft2d>) -> S
             importers: vec!["*".into()],
         }],
     };
-    let hub = Arc::new(ShareRegistry::new(policy));
+    // A budget of one page: exports and maps push each other out.
+    let hub = Arc::new(ShareRegistry::new(policy).with_budget(Budget {
+        limit: 4096,
+        dir: std::env::temp_dir(),
+    }));
     let cfg = DeviceConfig {
         max_resources: MAX_RESOURCES,
         max_resource_bytes: 1 << 20,
         hostmem: 1 << 20,
         ..DeviceConfig::default()
     };
+    let moves = Arc::new(AtomicU64::new(0));
     let mut vms = Vec::new();
     let mut clients: Vec<Arc<dyn ShareClient>> = Vec::new();
     for i in 0..2u32 {
@@ -85,6 +106,7 @@ pub fn run(data: &[u8], mem: &Arc<GuestMemoryMmap>, renderer: &Arc<Soft2d>) -> S
         let dev = Arc::new(Mutex::new(dev));
         let client: Arc<dyn ShareClient> = Arc::new(Client {
             dev: Arc::downgrade(&dev),
+            moves: moves.clone(),
         });
         hub.join(VmId(i + 1), &format!("vm{i}"), Arc::downgrade(&client));
         clients.push(client);
@@ -135,6 +157,7 @@ pub fn run(data: &[u8], mem: &Arc<GuestMemoryMmap>, renderer: &Arc<Soft2d>) -> S
             hub.revoke(uuid);
             stats.revoked += 1;
         }
+        hub.enforce_budget();
         // What a guest would have read in its replies: the UUIDs exported so far (and now and
         // then one that names nothing).
         uuids = hub.exported_uuids();
@@ -147,6 +170,7 @@ pub fn run(data: &[u8], mem: &Arc<GuestMemoryMmap>, renderer: &Arc<Soft2d>) -> S
         lock(vm).reset();
     }
     drop(clients);
+    stats.moved = moves.load(Ordering::Relaxed);
     stats
 }
 
@@ -171,7 +195,11 @@ fn build(inp: &mut Input, uuids: &[Uuid]) -> (Option<Command>, u32, bool) {
                 BLOB_MEM_GUEST
             },
             blob_flags: BLOB_FLAG_USE_MAPPABLE,
-            blob_id: if inp.chance(128) { 0 } else { u64::from(inp.below(4)) },
+            blob_id: if inp.chance(128) {
+                0
+            } else {
+                u64::from(inp.below(4))
+            },
             size: u64::from(1 + inp.below(3)) * 4096 - u64::from(inp.chance(16) as u8),
             entries: if inp.chance(128) {
                 vec![MemEntry {
@@ -220,7 +248,7 @@ fn stream(inp: &mut Input, uuids: &[Uuid]) -> Vec<u8> {
                 } else {
                     inp.pick(uuids)
                 },
-                dynamic: inp.chance(128),
+                dynamic: inp.chance(220),
             },
             3 => ShareCommand::Pin { resource_id: id },
             4 => ShareCommand::Unpin { resource_id: id },

@@ -19,11 +19,11 @@
 //! which is taken last and never held while anything outside it runs (VMs are told after it is
 //! released).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use log::{info, warn};
+use super::residency::{pinned_bytes, Budget, Place};
 use serde::Deserialize;
 use vgpud_protocol::share::{Status, Uuid};
 
@@ -43,6 +43,10 @@ pub trait ShareClient: Send + Sync {
     fn share_fence_done(&self, fence: FenceId);
     /// A fence handle this VM waits for failed (its producer died).
     fn fence_failed(&self, handle: u64);
+    /// Whether a buffer this VM exported or imports may be moved now (it is not busy).
+    fn can_move(&self, uuid: &Uuid) -> bool;
+    /// A buffer is being moved: this VM's dynamic mappings of it go before this returns.
+    fn moved(&self, uuid: &Uuid);
 }
 
 /// Share-context fences are told apart from renderer fences by this bit.
@@ -115,17 +119,33 @@ struct Member {
     client: Weak<dyn ShareClient>,
 }
 
-struct Export {
-    exporter: VmId,
+pub(super) struct Export {
+    pub(super) exporter: VmId,
     resource_id: u32,
-    storage: SharedStorage,
-    importers: BTreeSet<VmId>,
+    pub(super) storage: SharedStorage,
+    /// Each importer, and whether its import is dynamic (accepts moves).
+    pub(super) importers: BTreeMap<VmId, bool>,
+    /// Explicit pins, by VM.
+    pub(super) pins: BTreeMap<VmId, u32>,
+    /// Whether the daemon may move its contents out (memory of its own, not a renderer's).
+    pub(super) movable: bool,
+    pub(super) place: Place,
+    /// When it was last mapped or pinned (for LRU), in `Shares::tick`s.
+    pub(super) last_use: u64,
+}
+
+impl Export {
+    /// Pinned buffers never move: explicit pins, static imports, renderer memory.
+    pub(super) fn pinned(&self) -> bool {
+        !self.movable || !self.pins.is_empty() || self.importers.values().any(|dynamic| !dynamic)
+    }
 }
 
 #[derive(Default)]
-struct Shares {
+pub(super) struct Shares {
     members: HashMap<VmId, Member>,
-    exports: HashMap<Uuid, Export>,
+    pub(super) exports: HashMap<Uuid, Export>,
+    pub(super) tick: u64,
     points: BTreeMap<u64, Point>,
     next_handle: u64,
     waits: Vec<Wait>,
@@ -136,7 +156,7 @@ struct Shares {
 type Ready = Vec<(Arc<dyn ShareClient>, FenceId, Vec<u64>)>;
 
 impl Shares {
-    fn client(&self, vm: VmId) -> Option<Arc<dyn ShareClient>> {
+    pub(super) fn client(&self, vm: VmId) -> Option<Arc<dyn ShareClient>> {
         self.members.get(&vm).and_then(|m| m.client.upgrade())
     }
 
@@ -191,7 +211,8 @@ fn signal(ready: Ready) {
 #[derive(Default)]
 pub struct ShareRegistry {
     policy: Policy,
-    shares: Mutex<Shares>,
+    pub(super) shares: Mutex<Shares>,
+    pub(super) budget: Option<Budget>,
 }
 
 impl ShareRegistry {
@@ -199,7 +220,14 @@ impl ShareRegistry {
         ShareRegistry {
             policy,
             shares: Mutex::default(),
+            budget: None,
         }
+    }
+
+    /// Keeps the daemon's own shared memory under `budget`, moving what must go to `dir`.
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// A VM that may export and import, named as the policy names it.
@@ -223,6 +251,7 @@ impl ShareRegistry {
             shares.members.remove(&vm);
             for export in shares.exports.values_mut() {
                 export.importers.remove(&vm);
+                export.pins.remove(&vm);
             }
             shares.waits.retain(|w| w.waiter != vm);
             let members = &shares.members;
@@ -288,7 +317,7 @@ impl ShareRegistry {
             };
             export
                 .importers
-                .iter()
+                .keys()
                 .filter_map(|vm| shares.members.get(vm))
                 .filter_map(|m| m.client.upgrade())
                 .collect()
@@ -336,6 +365,7 @@ impl ShareHub for ShareRegistry {
         resource_id: u32,
         uuid: Uuid,
         storage: SharedStorage,
+        movable: bool,
     ) -> Result<Uuid, Status> {
         let mut shares = lock(&self.shares);
         if !shares.members.contains_key(&vm) {
@@ -349,19 +379,34 @@ impl ShareHub for ShareRegistry {
                 Err(Status::Invalid)
             };
         }
+        shares.tick += 1;
+        let last_use = shares.tick;
         shares.exports.insert(
             uuid,
             Export {
                 exporter: vm,
                 resource_id,
                 storage,
-                importers: BTreeSet::new(),
+                importers: BTreeMap::new(),
+                pins: BTreeMap::new(),
+                movable,
+                place: Place::Resident,
+                last_use,
             },
         );
         Ok(uuid)
     }
 
-    fn import(&self, vm: VmId, uuid: &Uuid) -> Result<SharedStorage, Status> {
+    fn import(
+        &self,
+        vm: VmId,
+        uuid: &Uuid,
+        dynamic: bool,
+    ) -> Result<(SharedStorage, String), Status> {
+        if !dynamic {
+            // A static import pins it where it is: resident.
+            self.ensure_resident(uuid)?;
+        }
         let mut shares = lock(&self.shares);
         let importer = shares
             .members
@@ -377,20 +422,42 @@ impl ShareHub for ShareRegistry {
             .map(|m| m.name.clone())
             .unwrap_or_default();
         if !self.policy.allows(&exporter, &importer) {
-            // Once per refusal: a guest repeating it pays with a round trip each.
-            warn!("share: {importer} may not import from {exporter} (policy)");
+            // Logged by the importing VM's device (rate-limited): a guest can repeat this.
             return Err(Status::Denied);
         }
+        let budget = self.budget.as_ref().map(|b| b.limit);
         let export = shares.exports.get_mut(uuid).ok_or(Status::NoSuch)?;
-        export.importers.insert(vm);
-        info!("share: {importer} imports a buffer of {exporter}");
-        Ok(export.storage.clone())
+        if !dynamic && !export.pinned() {
+            // A static import pins the buffer: refused if pinned memory would exceed the budget.
+            let size = export.storage.size;
+            if budget.is_some_and(|b| pinned_bytes(&shares.exports) + size > b) {
+                return Err(Status::NoSpace);
+            }
+        }
+        let export = shares.exports.get_mut(uuid).ok_or(Status::NoSuch)?;
+        if !matches!(export.place, Place::Resident) && !dynamic {
+            return Err(Status::NoSpace);
+        }
+        export.importers.insert(vm, dynamic);
+        Ok((export.storage.clone(), exporter))
     }
 
     fn unimport(&self, vm: VmId, uuid: &Uuid) {
         if let Some(export) = lock(&self.shares).exports.get_mut(uuid) {
             export.importers.remove(&vm);
         }
+    }
+
+    fn pin(&self, vm: VmId, uuid: &Uuid) -> Result<(), Status> {
+        self.pin_export(vm, uuid)
+    }
+
+    fn unpin(&self, vm: VmId, uuid: &Uuid) {
+        self.unpin_export(vm, uuid)
+    }
+
+    fn ensure_resident(&self, uuid: &Uuid) -> Result<(), Status> {
+        ShareRegistry::ensure_resident(self, uuid)
     }
 
     fn export_fence(&self, vm: VmId, timeline: Timeline) -> Result<u64, Status> {
@@ -515,6 +582,8 @@ mod tests {
     #[derive(Default)]
     struct Told {
         revoked: Mutex<Vec<Uuid>>,
+        moved: Mutex<Vec<Uuid>>,
+        busy: Mutex<bool>,
         last: Mutex<Option<FenceId>>,
         done: Mutex<Vec<FenceId>>,
         failed: Mutex<Vec<u64>>,
@@ -532,6 +601,12 @@ mod tests {
         }
         fn fence_failed(&self, handle: u64) {
             self.failed.lock().unwrap().push(handle);
+        }
+        fn can_move(&self, _: &Uuid) -> bool {
+            !*self.busy.lock().unwrap()
+        }
+        fn moved(&self, uuid: &Uuid) {
+            self.moved.lock().unwrap().push(*uuid);
         }
     }
 
@@ -573,16 +648,23 @@ mod tests {
         ));
         let clients = members(&hub, 4);
         let uuid = [5; 16];
-        assert_eq!(hub.export(VmId(1), 7, uuid, storage()), Ok(uuid));
-        assert_eq!(hub.export(VmId(1), 7, uuid, storage()), Ok(uuid), "again");
+        assert_eq!(hub.export(VmId(1), 7, uuid, storage(), false), Ok(uuid));
         assert_eq!(
-            hub.export(VmId(2), 3, uuid, storage()),
+            hub.export(VmId(1), 7, uuid, storage(), false),
+            Ok(uuid),
+            "again"
+        );
+        assert_eq!(
+            hub.export(VmId(2), 3, uuid, storage(), false),
             Err(Status::Invalid)
         );
-        assert!(hub.import(VmId(2), &uuid).is_ok());
-        assert!(hub.import(VmId(3), &uuid).is_ok());
-        assert_eq!(hub.import(VmId(4), &uuid).err(), Some(Status::Denied));
-        assert_eq!(hub.import(VmId(2), &[9; 16]).err(), Some(Status::NoSuch));
+        assert!(hub.import(VmId(2), &uuid, true).is_ok());
+        assert!(hub.import(VmId(3), &uuid, true).is_ok());
+        assert_eq!(hub.import(VmId(4), &uuid, true).err(), Some(Status::Denied));
+        assert_eq!(
+            hub.import(VmId(2), &[9; 16], true).err(),
+            Some(Status::NoSuch)
+        );
         assert_eq!(hub.importers(&uuid), 2);
         hub.unimport(VmId(3), &uuid);
         hub.revoke(&uuid);
@@ -591,7 +673,7 @@ mod tests {
             clients[2].revoked.lock().unwrap().is_empty(),
             "no longer imported"
         );
-        assert_eq!(hub.import(VmId(2), &uuid).err(), Some(Status::NoSuch));
+        assert_eq!(hub.import(VmId(2), &uuid, true).err(), Some(Status::NoSuch));
     }
 
     #[test]
@@ -601,9 +683,9 @@ mod tests {
         ));
         let clients = members(&hub, 2);
         for i in 0..3u8 {
-            hub.export(VmId(1), u32::from(i), [i; 16], storage())
+            hub.export(VmId(1), u32::from(i), [i; 16], storage(), false)
                 .unwrap();
-            hub.import(VmId(2), &[i; 16]).unwrap();
+            hub.import(VmId(2), &[i; 16], true).unwrap();
         }
         hub.leave(VmId(1));
         assert_eq!(clients[1].revoked.lock().unwrap().len(), 3);

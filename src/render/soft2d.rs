@@ -347,6 +347,11 @@ impl Renderer for Soft2d {
         })
     }
 
+    /// Host blobs are memfds of the daemon's, touched by no renderer work.
+    fn host_blobs_movable(&self) -> bool {
+        true
+    }
+
     /// 2D work is done when its command returns: the fence signals at once.
     fn create_fence(&self, _ctx: Ctx, _ring: Option<u8>) -> Result<Fence, RenderError> {
         Ok(Fence::Signalled)

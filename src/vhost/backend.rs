@@ -266,12 +266,15 @@ impl VmBackend {
         }
     }
 
-    /// Withdraws exports of this VM: their importers unmap them before this returns.
+    /// Withdraws exports of this VM: their importers unmap them before this returns. Then the
+    /// shared memory is brought under the budget (what this request mapped may push out
+    /// something else).
     pub(super) fn revoke(&self, uuids: &[Uuid]) {
         if let Some(hub) = &self.shares {
             for uuid in uuids {
                 hub.revoke(uuid);
             }
+            hub.enforce_budget();
         }
     }
 
@@ -394,6 +397,17 @@ impl ShareClient for VmBackend {
 
     fn fence_failed(&self, handle: u64) {
         self.device().share_fence_failed(handle);
+    }
+
+    fn can_move(&self, uuid: &Uuid) -> bool {
+        !self.device().share_busy(uuid)
+    }
+
+    /// A buffer this VM imports is moved out: its mappings go before this returns.
+    fn moved(&self, uuid: &Uuid) {
+        let _order = self.shmem_order();
+        let unmaps = self.device().share_moved(uuid);
+        self.apply_shmem(unmaps);
     }
 }
 
