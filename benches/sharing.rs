@@ -6,7 +6,9 @@
 //! - a fence wait across VMs against the same wait inside one VM: the time from the producer's
 //!   fence being answered to the dependent answer, with the scripted renderer;
 //! - revocation: the exporter's RESOURCE_UNREF round trip with 0, 1, 8 and 64 importers mapped
-//!   (each importer's mapping is removed before the exporter is answered).
+//!   (each importer's mapping is removed before the exporter is answered);
+//! - moves under the memory budget: 64 MiB buffers moved out to files and back, against memcpy;
+//! - what the budget check costs every request of a VM that shares.
 //!
 //! `cargo bench --bench sharing`; knob `VGPUD_BENCH_ROUNDS` (20). Without `--bench` (cargo test
 //! --benches) a quick smoke run.
@@ -177,6 +179,15 @@ impl Sharer {
 }
 
 fn daemon(n: usize, renderer: &str, hostmem: &str) -> (Daemon, std::path::PathBuf) {
+    daemon_with(n, renderer, hostmem, &[])
+}
+
+fn daemon_with(
+    n: usize,
+    renderer: &str,
+    hostmem: &str,
+    extra: &[&str],
+) -> (Daemon, std::path::PathBuf) {
     let policy =
         std::env::temp_dir().join(format!("vgpud-bench-share-{}.json", std::process::id()));
     std::fs::write(
@@ -186,7 +197,7 @@ fn daemon(n: usize, renderer: &str, hostmem: &str) -> (Daemon, std::path::PathBu
     .expect("policy");
     let settings: Vec<String> = (0..n).map(|i| format!("name=vm{i},share=on")).collect();
     let settings: Vec<&str> = settings.iter().map(String::as_str).collect();
-    let args = [
+    let mut args = vec![
         "--renderer",
         renderer,
         "--hostmem",
@@ -194,6 +205,7 @@ fn daemon(n: usize, renderer: &str, hostmem: &str) -> (Daemon, std::path::PathBu
         "--share-policy",
         policy.to_str().unwrap(),
     ];
+    args.extend_from_slice(extra);
     let vgpud = Path::new(env!("CARGO_BIN_EXE_vgpud"));
     let d = Daemon::spawn_with_vm_settings(vgpud, &settings, &args).expect("start vgpud");
     (d, policy)
@@ -320,6 +332,113 @@ fn revoke(rounds: usize, importers: usize) -> f64 {
     median(samples)
 }
 
+/// MB/s of moving a 64 MiB buffer out (first) and of bringing one back while moving the other
+/// out (second), against memcpy of the same size in this process.
+fn moves(rounds: usize) -> (f64, f64, f64) {
+    const SIZE: u64 = 64 * MIB;
+    let dir = std::env::var("VGPUD_BENCH_EVICT_DIR").unwrap_or("/var/tmp".into());
+    let extra = ["--share-budget", "64M", "--share-evict-dir", dir.as_str()];
+    let (d, policy) = daemon_with(2, "2d", "512M", &extra);
+    let mut a = Sharer::connect(&d, 0, 16 * MIB);
+    let mut b = Sharer::connect(&d, 1, 16 * MIB);
+    let mut uuids = Vec::new();
+    for (i, fill) in [(2u32, 0x5au8), (3, 0xa5)] {
+        host_blob(&mut a.vm, i, SIZE);
+        let map = Command::ResourceMapBlob {
+            resource_id: i,
+            offset: 0,
+        };
+        ok(&mut a.vm, 0, map);
+        assert!(a.vm.shmem().write(1, 0, &vec![fill; SIZE as usize]));
+        ok(&mut a.vm, 0, Command::ResourceUnmapBlob { resource_id: i });
+        uuids.push(a.export(i));
+    }
+    let import = |s: &mut Sharer, uuid, id| {
+        let payload = s.run(ShareCommand::Import {
+            uuid,
+            dynamic: true,
+        });
+        let mut r = Reader::new(&payload);
+        let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
+        let create = Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id,
+            size,
+            entries: vec![],
+        });
+        ok(&mut s.vm, SHARE_CTX, create);
+    };
+    import(&mut b, uuids[0], 10);
+    import(&mut b, uuids[1], 11);
+    let map = |s: &mut Sharer, id, at| {
+        let t = Instant::now();
+        ok(
+            &mut s.vm,
+            0,
+            Command::ResourceMapBlob {
+                resource_id: id,
+                offset: at,
+            },
+        );
+        t.elapsed().as_secs_f64()
+    };
+    let unmap =
+        |s: &mut Sharer, id| ok(&mut s.vm, 0, Command::ResourceUnmapBlob { resource_id: id });
+    let (mut out, mut swap) = (Vec::new(), Vec::new());
+    // Mapping 10 makes it the newest: 11 (resident too) moves out before the answer.
+    out.push(SIZE as f64 / map(&mut b, 10, 0) / 1e6);
+    for _ in 0..rounds.min(5) {
+        // 11 comes back, 10 goes out: 128 MiB moved.
+        unmap(&mut b, 10);
+        swap.push(2.0 * SIZE as f64 / map(&mut b, 11, SIZE) / 1e6);
+        unmap(&mut b, 11);
+        swap.push(2.0 * SIZE as f64 / map(&mut b, 10, 0) / 1e6);
+    }
+    let back = b.vm.shmem().read(1, 0, 4096).unwrap();
+    assert!(back.iter().all(|&x| x == 0x5a), "moved back bit-exact");
+    let _ = std::fs::remove_file(policy);
+    // memcpy of the same size, same run.
+    let src = vec![0x11u8; SIZE as usize];
+    let mut dst = vec![0u8; SIZE as usize];
+    let t = Instant::now();
+    dst.copy_from_slice(&src);
+    std::hint::black_box(&dst);
+    let memcpy = SIZE as f64 / t.elapsed().as_secs_f64() / 1e6;
+    (median(out), median(swap), memcpy)
+}
+
+/// µs per GET_DISPLAY_INFO round trip: a VM without sharing, and one that shares under a budget
+/// (whose every request ends with the budget check).
+fn budget_check(n: usize) -> (f64, f64) {
+    let extra = ["--share-budget", "64M"];
+    let (d, policy) = daemon_with(1, "2d", "16M", &extra);
+    let mut shared = Sharer::connect(&d, 0, 16 * MIB);
+    host_blob(&mut shared.vm, 5, MIB);
+    shared.export(5);
+    let (d2, policy2) = daemon_with(1, "2d", "16M", &[]);
+    let mut alone = Vm::connect(&d2.socket(0), VmConfig::default()).expect("connect");
+    let req = encode(0, Command::GetDisplayInfo);
+    let time = |vm: &mut Vm| {
+        let mut xs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            vm.request(&req).expect("request");
+            xs.push(t.elapsed().as_secs_f64() * 1e6);
+        }
+        median(xs)
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        a.push(time(&mut alone));
+        b.push(time(&mut shared.vm));
+    }
+    let _ = std::fs::remove_file(policy);
+    let _ = std::fs::remove_file(policy2);
+    (median(a), median(b))
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rounds = knob("VGPUD_BENCH_ROUNDS", if full { 20 } else { 2 }).max(1);
@@ -344,6 +463,23 @@ fn main() {
         "  within one VM (same ring):       {within:.1}  (across / within {:.2})",
         across / within
     );
+
+    let (out, swap, memcpy) = moves(rounds);
+    println!();
+    println!("moves under the budget (64 MiB buffers, files in VGPUD_BENCH_EVICT_DIR or /var/tmp), MB/s, median");
+    println!(
+        "  move out (in the MAP round trip that needed the room): {out:.0}  ({:.2} of memcpy)",
+        out / memcpy
+    );
+    println!(
+        "  bring one back and move the other out:                 {swap:.0}  ({:.2} of memcpy)",
+        swap / memcpy
+    );
+    println!("  memcpy, same size, this process:                       {memcpy:.0}");
+
+    let (alone, checked) = budget_check(if full { 5000 } else { 200 });
+    println!();
+    println!("GET_DISPLAY_INFO round trip, µs, median: no sharing {alone:.1}, sharing under a budget {checked:.1} ({:.2}x)", checked / alone);
 
     println!();
     println!("exporter's RESOURCE_UNREF with importers mapped (all unmapped before it is answered), µs, median");
