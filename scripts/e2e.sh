@@ -816,7 +816,7 @@ case_share-buffer() {
     finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
     REASON=${reason:-$REASON}
     [[ $ok -eq 0 ]] || return 1
-    if ! grep -aq 'share: b imports a buffer of a' "$dir/vgpud.log"; then
+    if ! grep -aq 'imports a buffer of a' "$dir/vgpud.log"; then
         REASON="vgpud did not log the import"
         return 1
     fi

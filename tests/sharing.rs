@@ -97,7 +97,11 @@ struct Sharer {
 
 impl Sharer {
     fn new(d: &Daemon, i: usize) -> Sharer {
-        let mut vm = connect(d, i);
+        Sharer::with_vm(connect(d, i))
+    }
+
+    /// `vm`, given a share context and a reply blob.
+    fn with_vm(mut vm: Vm) -> Sharer {
         assert_ne!(vm.offered_features() & (1 << F_CONTEXT_INIT), 0);
         // The share capset is listed after the renderer's, as a guest kernel reads them.
         let listed = (0..4).any(|capset_index| {
@@ -820,5 +824,120 @@ fn over_the_budget_idle_buffers_move_out_and_come_back_bit_exact() {
         let seen = b.vm.shmem().read(SHM, at, PAGE as usize).unwrap();
         assert!(seen.iter().all(|&x| x == fill), "{at:#x}");
     }
+    let _ = std::fs::remove_file(policy);
+}
+
+/// A display VM on a device without a host-visible window (as on vhost-user-gpu-pci) imports a
+/// buffer and scans it out: its display shows the exporter's pixels, read from the shared pages.
+#[test]
+fn a_display_vm_without_a_window_shows_an_imported_buffer() {
+    const W: u32 = 64;
+    const H: u32 = 64;
+    let policy =
+        std::env::temp_dir().join(format!("vgpud-share-display-{}.json", std::process::id()));
+    std::fs::write(
+        &policy,
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &["name=a,share=on,hostmem=1M", "name=b,share=on,hostmem=0"],
+        &[
+            "--renderer",
+            "2d",
+            "--share-policy",
+            policy.to_str().unwrap(),
+        ],
+    )
+    .expect("start vgpud");
+    let mut a = Sharer::new(&d, 0);
+    let image = pattern(W, H, 9);
+    host_blob(&mut a.vm, 1, u64::from(W * H * 4) / PAGE, 0, 0);
+    assert!(a.vm.shmem().write(SHM, 0, &image));
+    let uuid = a.export(1);
+
+    let cfg = vgpud_harness::VmConfig {
+        display: Some(vec![(W, H)]),
+        ..vgpud_harness::VmConfig::default()
+    };
+    let vm = Vm::connect(&d.socket(1), cfg).expect("connect");
+    assert_ne!(
+        vm.offered_features() & (1 << vgpud_protocol::F_RESOURCE_BLOB),
+        0,
+        "blobs without a window"
+    );
+    assert_eq!(
+        vm.protocol_features() & 0x0040_0000,
+        0,
+        "but no window (SHMEM)"
+    );
+    let mut b = Sharer::with_vm(vm);
+    let (status, payload) = b.run(ShareCommand::Import {
+        uuid,
+        dynamic: false,
+    });
+    assert_eq!(status, Status::Ok as u32);
+    let mut r = Reader::new(&payload);
+    let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
+    let create = Command::ResourceCreateBlob(CreateBlob {
+        resource_id: 5,
+        blob_mem: BLOB_MEM_HOST3D,
+        blob_flags: 0,
+        blob_id,
+        size,
+        entries: vec![],
+    });
+    assert_eq!(
+        answer(&mut b.vm, &in_ctx(SHARE_CTX, create)).1,
+        Response::OkNodata
+    );
+    let map = Command::ResourceMapBlob {
+        resource_id: 5,
+        offset: 0,
+    };
+    assert!(
+        !matches!(call(&mut b.vm, map), Response::OkMapInfo { .. }),
+        "nothing to map into"
+    );
+    ok(
+        &mut b.vm,
+        Command::SetScanoutBlob(vgpud_protocol::ScanoutBlob {
+            rect: rect(0, 0, W, H),
+            scanout_id: 0,
+            resource_id: 5,
+            width: W,
+            height: H,
+            format: vgpud_protocol::format::B8G8R8X8_UNORM,
+            strides: [W * 4, 0, 0, 0],
+            offsets: [0; 4],
+        }),
+    );
+    ok(
+        &mut b.vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, W, H),
+            resource_id: 5,
+        },
+    );
+    let display = b.vm.display().unwrap();
+    assert!(display.wait_updates(1, Duration::from_secs(5)));
+    let frame = display.frame(0).unwrap();
+    assert!(
+        frame.pixels == image,
+        "the display VM shows the exporter's pixels"
+    );
+    // The exporter draws again: the next flush shows it, no copy in between.
+    let next = pattern(W, H, 10);
+    assert!(a.vm.shmem().write(SHM, 0, &next));
+    ok(
+        &mut b.vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, W, H),
+            resource_id: 5,
+        },
+    );
+    assert!(display.wait_updates(2, Duration::from_secs(5)));
+    assert!(display.frame(0).unwrap().pixels == next);
     let _ = std::fs::remove_file(policy);
 }

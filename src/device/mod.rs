@@ -175,9 +175,11 @@ impl<R: Renderer> Device<R> {
         self.has_3d()
     }
 
-    /// Whether blobs are offered (the RESOURCE_BLOB feature): they need a host-visible window.
+    /// Whether blobs are offered (the RESOURCE_BLOB feature).
+    /// Without a window a VM that shares still gets blobs: it can import a buffer and show it
+    /// (SET_SCANOUT_BLOB), only not map one.
     pub fn supports_blob(&self) -> bool {
-        self.window.size() > 0
+        self.window.size() > 0 || self.share.is_some()
     }
 
     pub fn hostmem(&self) -> u64 {
