@@ -4,6 +4,8 @@
  *
  * usage: share-buffer export SEED PAGES
  *        share-buffer import UUID SEED PAGES
+ *        share-buffer offer PAGES COUNT WAIT_FILE
+ *        share-buffer moves UUID1 UUID2 SEED PAGES
  *
  * export: a share context and a reply blob; on a second DRM file a Venus
  *   context and a mappable HOST3D blob (blob id 0: memory the renderer
@@ -17,6 +19,16 @@
  *   id) on the share context; MAP + mmap; every word must match the pattern
  *   for SEED (the rest of the last page's first 16 bytes aside); writes
  *   "IMPORTED <seed>" there.
+ * offer: COUNT host blobs of blob id 0 (memory the daemon owns, on a device
+ *   without a 3D renderer), made on the share context without the MAPPABLE
+ *   flag (never mapped here) and exported; prints "SHARE-UUID <hex>" for each, then
+ *   holds until WAIT_FILE exists.
+ * moves: for a daemon whose --share-budget holds one of these buffers. Imports
+ *   UUID1 dynamically, maps it and writes the pattern for SEED; imports UUID2
+ *   dynamically and maps it: the budget is exceeded, so the first buffer is
+ *   moved out, and READ_EVENTS must say MOVED for it. Lets go of that import
+ *   and imports UUID1 again: mapped, it must hold the pattern word for word
+ *   (moved back bit-exact), and now the second one must have been moved.
  *
  * Replies come back in the reply blob once the EXECBUFFER's out-fence (ring
  * 0) has signalled.
@@ -49,6 +61,8 @@ const char *const test_name = "share-buffer";
 #define OP_SET_REPLY_BLOB 1
 #define OP_EXPORT 2
 #define OP_IMPORT 3
+#define OP_READ_EVENTS 8
+#define EVENT_MOVED 1
 #define NO_REPLY 0xffffffffu
 
 struct bo {
@@ -117,6 +131,25 @@ static void map_bo(int fd, struct bo *b)
     if (ptr == MAP_FAILED)
         fail("mmap of resource %u: %m", b->res);
     b->map = ptr;
+}
+
+static struct bo create_unmapped(int fd, uint32_t blob_mem, uint64_t blob_id, size_t size,
+                                 uint32_t flags)
+{
+    struct drm_virtgpu_resource_create_blob args = {
+        .blob_mem = blob_mem,
+        .blob_flags = flags,
+        .size = size,
+        .blob_id = blob_id,
+    };
+    struct bo b = { .size = size };
+
+    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB, &args) != 0)
+        fail("RESOURCE_CREATE_BLOB (mem %u, blob id %" PRIu64 ", %zu bytes): %m", blob_mem,
+             blob_id, size);
+    b.handle = args.bo_handle;
+    b.res = args.res_handle;
+    return b;
 }
 
 static struct bo create_blob(int fd, uint32_t blob_mem, uint64_t blob_id, size_t size)
@@ -189,6 +222,20 @@ static const uint8_t *reply_ok(struct bo *r, const char *what, uint32_t len)
     return r->map + 8;
 }
 
+/* Hex UUID to bytes. */
+static void parse_uuid(const char *hex, uint8_t out[16])
+{
+    if (strlen(hex) != 32)
+        fail("UUID '%s' is not 32 hex digits", hex);
+    for (int i = 0; i < 16; i++) {
+        unsigned byte;
+
+        if (sscanf(hex + 2 * i, "%2x", &byte) != 1)
+            fail("UUID '%s' is not hex", hex);
+        out[i] = (uint8_t)byte;
+    }
+}
+
 static uint32_t pattern(uint32_t i, uint32_t seed)
 {
     uint32_t x = i * 0x9e3779b1u + seed;
@@ -255,15 +302,7 @@ static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages)
     size_t wrong = 0, first = 0, checked = 0;
     char m[MARK_LEN + 1];
 
-    if (strlen(uuid_hex) != 32)
-        fail("UUID '%s' is not 32 hex digits", uuid_hex);
-    for (int i = 0; i < 16; i++) {
-        unsigned byte;
-
-        if (sscanf(uuid_hex + 2 * i, "%2x", &byte) != 1)
-            fail("UUID '%s' is not hex", uuid_hex);
-        ((uint8_t *)&cmd[4])[i] = (uint8_t)byte;
-    }
+    parse_uuid(uuid_hex, (uint8_t *)&cmd[4]);
     memset(r.map, 0xee, 64);
     submit(fd, cmd, 10, &r.handle, 1);
     payload = reply_ok(&r, "IMPORT", 16);
@@ -294,9 +333,119 @@ static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages)
     pass();
 }
 
+static void do_offer(int fd, size_t pages, int count, const char *wait_file)
+{
+    struct bo r = replies(fd);
+
+    for (int i = 0; i < count; i++) {
+        /* Not mappable here: the guest kernel maps mappable host blobs at once,
+         * and a buffer its exporter maps is busy, never moved. */
+        struct bo b = create_unmapped(fd, VIRTGPU_BLOB_MEM_HOST3D, 0, pages * PAGE, 0);
+        uint32_t cmd[] = { OP_EXPORT, 24, 0, 0, b.res, 0 };
+        const uint8_t *uuid;
+        char hex[33];
+
+        submit(fd, cmd, 6, &r.handle, 1);
+        uuid = reply_ok(&r, "EXPORT", 16);
+        for (int k = 0; k < 16; k++)
+            snprintf(hex + 2 * k, 3, "%02x", uuid[k]);
+        note("offered resource %u, %zu pages of daemon memory", b.res, pages);
+        printf("SHARE-UUID %s\n", hex);
+        fflush(stdout);
+    }
+    for (int i = 0; i < 36000 && access(wait_file, F_OK) != 0; i++)
+        usleep(100000);
+    pass();
+}
+
+/* IMPORT (dynamic) `uuid_hex`, create and map the resource. */
+static struct bo import_mapped(int fd, struct bo *r, const char *uuid_hex, size_t size)
+{
+    uint32_t cmd[10] = { OP_IMPORT, 40, 0, 0, 0, 0, 0, 0, 1, 0 };
+    const uint8_t *payload;
+    uint64_t blob_id, got;
+
+    parse_uuid(uuid_hex, (uint8_t *)&cmd[4]);
+    submit(fd, cmd, 10, &r->handle, 1);
+    payload = reply_ok(r, "IMPORT", 16);
+    memcpy(&blob_id, payload, 8);
+    memcpy(&got, payload + 8, 8);
+    if (got != size)
+        fail("IMPORT answered %" PRIu64 " bytes, expected %zu", got, size);
+    return create_blob(fd, VIRTGPU_BLOB_MEM_HOST3D, blob_id, size);
+}
+
+/* READ_EVENTS: whether a MOVED event for `res` is among them. */
+static int moved(int fd, struct bo *r, uint32_t res)
+{
+    uint32_t cmd[] = { OP_READ_EVENTS, 24, 0, 0, 16, 0 };
+    const uint8_t *payload;
+    uint32_t count, kind, id;
+    int found = 0;
+
+    submit(fd, cmd, 6, &r->handle, 1);
+    memcpy(&count, r->map + 4, 4);
+    if (count < 8)
+        fail("READ_EVENTS: a %u-byte reply", count);
+    payload = reply_ok(r, "READ_EVENTS", count);
+    memcpy(&count, payload, 4);
+    for (uint32_t i = 0; i < count && i < 16; i++) {
+        memcpy(&kind, payload + 8 + 24 * i, 4);
+        memcpy(&id, payload + 12 + 24 * i, 4);
+        note("event %u for resource %u", kind, id);
+        found |= kind == EVENT_MOVED && id == res;
+    }
+    return found;
+}
+
+static void do_moves(int fd, const char *first, const char *second, uint32_t seed, size_t pages)
+{
+    struct bo r = replies(fd);
+    size_t size = pages * PAGE, wrong = 0;
+    struct bo a = import_mapped(fd, &r, first, size), b, again;
+    uint32_t *words = (uint32_t *)a.map;
+
+    for (size_t i = 0; i < size / 4; i++)
+        words[i] = pattern((uint32_t)i, seed);
+    note("wrote the pattern into the first buffer (resource %u)", a.res);
+    b = import_mapped(fd, &r, second, size);
+    note("mapped the second buffer (resource %u)", b.res);
+    if (!moved(fd, &r, a.res))
+        fail("no MOVED event for the first buffer after the second was mapped");
+    munmap(a.map, size);
+    struct drm_gem_close close_args = { .handle = a.handle };
+    if (drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &close_args) != 0)
+        fail("GEM_CLOSE of the moved import: %m");
+    again = import_mapped(fd, &r, first, size);
+    words = (uint32_t *)again.map;
+    for (size_t i = 0; i < size / 4; i++)
+        wrong += words[i] != pattern((uint32_t)i, seed);
+    if (wrong)
+        fail("%zu of %zu words differ after the buffer came back", wrong, size / 4);
+    note("the first buffer came back bit-exact (resource %u)", again.res);
+    if (!moved(fd, &r, b.res))
+        fail("no MOVED event for the second buffer after the first came back");
+    pass();
+}
+
 int main(int argc, char **argv)
 {
     int fd;
+
+    if (argc == 5 && strcmp(argv[1], "offer") == 0) {
+        fd = open_render_node();
+        check_device(fd);
+        context_init(fd, CAPSET_SHARE);
+        do_offer(fd, (size_t)parse_number("PAGES", argv[2], 1, 4096),
+                 (int)parse_number("COUNT", argv[3], 1, 16), argv[4]);
+    }
+    if (argc == 6 && strcmp(argv[1], "moves") == 0) {
+        fd = open_render_node();
+        check_device(fd);
+        context_init(fd, CAPSET_SHARE);
+        do_moves(fd, argv[2], argv[3], (uint32_t)parse_number("SEED", argv[4], 0, 999999),
+                 (size_t)parse_number("PAGES", argv[5], 1, 4096));
+    }
 
     if (argc == 4 && strcmp(argv[1], "export") == 0) {
         fd = open_render_node();
@@ -312,5 +461,6 @@ int main(int argc, char **argv)
         do_import(fd, argv[2], (uint32_t)parse_number("SEED", argv[3], 0, 999999),
                   (size_t)parse_number("PAGES", argv[4], 1, 4096));
     }
-    fail("usage: share-buffer export SEED PAGES | share-buffer import UUID SEED PAGES");
+    fail("usage: share-buffer export SEED PAGES | import UUID SEED PAGES | offer PAGES COUNT "
+         "WAIT_FILE | moves UUID1 UUID2 SEED PAGES");
 }

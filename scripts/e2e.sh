@@ -106,6 +106,7 @@ CASES=(
     "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
     "share-buffer|venus|one guest exports a $SHARE_PAGES-page Venus blob through the share context, another imports and maps it: every word checked, and a write seen back by the exporter"
+    "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, imports again and reads back what it wrote, bit for bit"
 )
 
 RUN_DIR=""
@@ -820,6 +821,51 @@ case_share-buffer() {
         REASON="vgpud did not log the import"
         return 1
     fi
+    check_vgpud "$dir"
+}
+# Guest 0 offers two buffers of vgpud's own memory (2D renderer); the budget
+# holds one. Guest 1 fills the first, maps the second (the first moves out),
+# then imports the first again and checks it came back bit-exact.
+case_share-moves() {
+    local dir=$1 pid0 pid1 policy=$SOCK_DIR/share-policy.json uuids i
+    printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
+    VGPUD_ARGS=(--share-policy "$policy" --share-budget "$((SHARE_PAGES * 4))K"
+        --share-evict-dir "$SOCK_DIR")
+    start_vgpud "$dir" 2 name=a,share=on,renderer=2d name=b,share=on,renderer=2d || return 1
+    VGPUD_ARGS=()
+    boot_guest "$dir/vm0" "$(guest_program share-buffer offer "$SHARE_PAGES" 2 "$DONE_FILE")"
+    pid0=$BOOT_PID
+    for ((i = 0; i < GUEST_TIMEOUT * 5; i++)); do
+        uuids=$(grep -aoE '^SHARE-UUID [0-9a-f]{32}$' "$dir/vm0/output.log" 2>/dev/null |
+            cut -d' ' -f2 | tr '\n' ' ')
+        [[ $(wc -w <<<"$uuids") -lt 2 ]] || break
+        running "$pid0" || break
+        sleep 0.2
+    done
+    if [[ $(wc -w <<<"$uuids") -lt 2 ]]; then
+        REASON="guest 0 offered fewer than two buffers (see $dir/vm0/output.log)"
+        stop_qemus
+        wait "$pid0" || true
+        untrack "$pid0"
+        return 1
+    fi
+    # shellcheck disable=SC2086 # two UUIDs
+    boot_guest "$dir/vm1" "$(guest_program share-buffer moves $uuids "$SHARE_SEED" "$SHARE_PAGES")"
+    pid1=$BOOT_PID
+    local ok=0 reason=""
+    finish_guest "$pid1" "$dir/vm1" share-buffer || ok=1
+    reason=$REASON
+    touch "$dir/vm0/${DONE_FILE##*/}"
+    finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    local moves
+    moves=$(grep -ac 'moved out a' "$dir/vgpud.log" || true)
+    if [[ $moves -lt 2 ]]; then
+        REASON="vgpud moved $moves buffer(s) out, expected 2"
+        return 1
+    fi
+    log "  vgpud moved $moves buffers out under the budget"
     check_vgpud "$dir"
 }
 case_vk-coherent() { venus_program "$1" vk-coherent; }

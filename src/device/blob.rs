@@ -162,6 +162,7 @@ impl<R: Renderer> Device<R> {
             return Err(ErrorCode::InvalidParameter);
         }
         // A shared buffer moved out under the memory budget comes back first.
+        self.forget_moved_mapping(id);
         if let Some(uuid) = self.shared_uuid(id) {
             if let Some(share) = self.share_hub() {
                 share
@@ -218,9 +219,13 @@ impl<R: Renderer> Device<R> {
         let _ = self.take_mapping(id);
     }
 
-    pub(super) fn unmap_blob(&mut self, id: u32) -> Result<(Response, ShmemRequest)> {
-        let request = self.take_mapping(id)?.ok_or(ErrorCode::InvalidParameter)?;
-        Ok((Response::OkNodata, request))
+    pub(super) fn unmap_blob(&mut self, id: u32) -> Result<(Response, Option<ShmemRequest>)> {
+        match self.take_mapping(id)? {
+            Some(request) => Ok((Response::OkNodata, Some(request))),
+            // Its mapping went when the buffer was moved out: the guest did not know yet.
+            None if self.forget_moved_mapping(id) => Ok((Response::OkNodata, None)),
+            None => Err(ErrorCode::InvalidParameter),
+        }
     }
 
     /// Removes `id`'s mapping from the window, if it has one, and says what to unmap.

@@ -386,7 +386,7 @@ impl<R: Renderer> Device<R> {
             }
             Command::ResourceUnmapBlob { resource_id } => {
                 let (response, request) = self.unmap_blob(*resource_id)?;
-                shmem.push(request);
+                shmem.extend(request);
                 Ok(response)
             }
         }

@@ -10,7 +10,7 @@ use vgpud_protocol::share::{
     decode_stream, encode_reply, event, ShareCommand, ShareEvent, Status, Uuid, MAX_EVENTS,
     REPLY_HEADER_SIZE,
 };
-use vgpud_protocol::{ErrorCode, Response, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_HOST3D};
+use vgpud_protocol::{ErrorCode, Response, BLOB_MEM_HOST3D};
 
 use super::blob::ShmemRequest;
 use super::renderer::ExportedBlob;
@@ -92,6 +92,8 @@ pub struct ShareState {
     waits: Vec<u64>,
     /// This VM's pins, by UUID (given back when it resets or lets go of the buffer).
     pins: HashMap<Uuid, u32>,
+    /// Imports whose mapping a move took away; the guest may still unmap them.
+    moved_mappings: std::collections::HashSet<u32>,
 }
 
 impl ShareState {
@@ -107,6 +109,7 @@ impl ShareState {
             imported: HashMap::new(),
             waits: Vec::new(),
             pins: HashMap::new(),
+            moved_mappings: std::collections::HashSet::new(),
         }
     }
 
@@ -142,6 +145,7 @@ impl ShareState {
         self.events.clear();
         self.exported.clear();
         self.imported.clear();
+        self.moved_mappings.clear();
     }
 }
 
@@ -351,6 +355,7 @@ impl<R: Renderer> Device<R> {
             if let Ok(Some(unmap)) = self.take_mapping(id) {
                 unmaps.push(unmap);
                 if let Some(share) = self.share.as_mut() {
+                    share.moved_mappings.insert(id);
                     share.push_event(ShareEvent {
                         kind: event::MOVED,
                         resource_id: id,
@@ -365,9 +370,6 @@ impl<R: Renderer> Device<R> {
     fn share_export(&mut self, id: u32) -> std::result::Result<Vec<u8>, Status> {
         let res = self.resource(id).map_err(|_| Status::NoSuch)?;
         let blob = res.blob.as_ref().ok_or(Status::Invalid)?;
-        if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 {
-            return Err(Status::Invalid);
-        }
         // Only host blobs: their descriptor holds that blob alone. A guest blob's descriptor is
         // the exporter's whole guest memory, which an importer's VMM must never receive.
         if blob.mem != BLOB_MEM_HOST3D {
@@ -493,10 +495,18 @@ impl<R: Renderer> Device<R> {
         Ok(Response::OkNodata)
     }
 
+    /// Whether `id` lost its mapping to a move (and forgets that).
+    pub(super) fn forget_moved_mapping(&mut self, id: u32) -> bool {
+        self.share
+            .as_mut()
+            .is_some_and(|s| s.moved_mappings.remove(&id))
+    }
+
     /// Resource `id` is going away: what it shared ends. Returns the UUID to revoke if it was
     /// exported (the caller revokes it once the device lock is released).
     pub(super) fn share_forget(&mut self, id: u32) -> Option<Uuid> {
         let share = self.share.as_mut()?;
+        share.moved_mappings.remove(&id);
         if let Some(uuid) = share.imported.remove(&id) {
             // Only once nothing of this VM uses the import any more: it may have imported the
             // same buffer twice, and the exporter must still reach the other one.
