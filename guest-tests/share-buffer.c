@@ -154,19 +154,8 @@ static struct bo create_unmapped(int fd, uint32_t blob_mem, uint64_t blob_id, si
 
 static struct bo create_blob(int fd, uint32_t blob_mem, uint64_t blob_id, size_t size)
 {
-    struct drm_virtgpu_resource_create_blob args = {
-        .blob_mem = blob_mem,
-        .blob_flags = VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
-        .size = size,
-        .blob_id = blob_id,
-    };
-    struct bo b = { .size = size };
+    struct bo b = create_unmapped(fd, blob_mem, blob_id, size, VIRTGPU_BLOB_FLAG_USE_MAPPABLE);
 
-    if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB, &args) != 0)
-        fail("RESOURCE_CREATE_BLOB (mem %u, blob id %" PRIu64 ", %zu bytes): %m", blob_mem,
-             blob_id, size);
-    b.handle = args.bo_handle;
-    b.res = args.res_handle;
     map_bo(fd, &b);
     return b;
 }
