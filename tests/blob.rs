@@ -8,9 +8,9 @@ use std::time::Duration;
 use common::*;
 use vgpud_harness::{Vm, VmConfig};
 use vgpud_protocol::{
-    format, Command, CreateBlob, ErrorCode, MemEntry, Response, ScanoutBlob,
-    BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, F_CONTEXT_INIT, F_RESOURCE_BLOB,
-    MAP_CACHE_CACHED, SHM_ID_HOST_VISIBLE,
+    format, Command, CreateBlob, ErrorCode, GpuConfig, MemEntry, Response, ScanoutBlob,
+    BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, F_BLOB_ALIGNMENT, F_CONTEXT_INIT,
+    F_RESOURCE_BLOB, MAP_CACHE_CACHED, SHM_ID_HOST_VISIBLE,
 };
 
 const SHMEM: u64 = 0x0040_0000;
@@ -89,12 +89,17 @@ fn the_window_is_offered_only_when_configured() {
         Some(vec![0, WINDOW]),
         "one region, shared memory id 1"
     );
+    // Blob sizes and map offsets go by pages, and the config space says so.
+    assert_ne!(vm.offered_features() & (1 << F_BLOB_ALIGNMENT), 0);
+    let cfg = GpuConfig::from_bytes(&vm.get_config(0, 20).unwrap()).unwrap();
+    assert_eq!(cfg.blob_alignment, PAGE as u32);
     mappable(&mut vm, 1, 1, 0);
 
     let plain = daemon(1, &[]);
     let mut vm = connect(&plain, 0);
     assert_eq!(vm.protocol_features() & SHMEM, 0);
     assert_eq!(vm.offered_features() & (1 << F_RESOURCE_BLOB), 0);
+    assert_eq!(vm.offered_features() & (1 << F_BLOB_ALIGNMENT), 0);
     let gpa = vm.alloc(PAGE, PAGE);
     let entry = MemEntry {
         addr: gpa,

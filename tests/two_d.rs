@@ -43,7 +43,7 @@ fn negotiation_and_config_space() {
     // QEMU 11 reads 20 bytes of config; the answer must be exactly that long.
     let wide = vm.get_config(0, 20).unwrap();
     assert_eq!(wide.len(), 20);
-    assert_eq!(&wide[16..], &[0; 4]);
+    assert_eq!(&wide[16..], &[0; 4], "no blobs here: no blob_alignment");
     let cfg = GpuConfig::from_bytes(&wide).unwrap();
     assert_eq!(
         cfg,
@@ -51,7 +51,8 @@ fn negotiation_and_config_space() {
             events_read: 0,
             events_clear: 0,
             num_scanouts: 3,
-            num_capsets: 0
+            num_capsets: 0,
+            blob_alignment: 0,
         }
     );
     let Response::OkDisplayInfo(modes) = call(&mut vm, Command::GetDisplayInfo) else {

@@ -6,6 +6,8 @@ pub const F_EDID: u32 = 1;
 pub const F_RESOURCE_UUID: u32 = 2;
 pub const F_RESOURCE_BLOB: u32 = 3;
 pub const F_CONTEXT_INIT: u32 = 4;
+/// The config space's blob_alignment is valid, and blob sizes and map offsets follow it.
+pub const F_BLOB_ALIGNMENT: u32 = 5;
 
 /// Header flags.
 pub const FLAG_FENCE: u32 = 1;

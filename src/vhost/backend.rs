@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use log::{debug, error};
 use vgpud_protocol::{
-    GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_CONTEXT_INIT, F_EDID, F_RESOURCE_BLOB,
-    F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
+    GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_BLOB_ALIGNMENT, F_CONTEXT_INIT, F_EDID,
+    F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
 };
 use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -49,6 +49,8 @@ pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// The epoll token of this VM's exit eventfd: it ends the queue worker.
 pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
 const MAX_QUEUE_SIZE: usize = 1024;
+/// The page size the window maps by (device::window's).
+const BLOB_ALIGNMENT: u32 = 4096;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
 /// QEMU's vhost-user-gpu-pci acks this bit whether or not the backend offers it, and an acked bit
 /// that was never offered fails SET_FEATURES. The GPU driver never resets a single queue.
@@ -87,6 +89,8 @@ pub struct VmBackend {
     event_idx: AtomicBool,
     num_scanouts: u32,
     num_capsets: u32,
+    /// What blob sizes and map offsets are aligned to (config space; 0 without blobs).
+    blob_alignment: u32,
     /// Size of the host-visible window; 0 when blobs are off.
     hostmem: u64,
 }
@@ -122,15 +126,20 @@ impl VmBackend {
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
         }
-        if device.supports_blob() {
-            features |= 1 << F_RESOURCE_BLOB;
-        }
+        // Blobs and their mappings in the window go by whole pages: say so to guests that ask.
+        let blob_alignment = if device.supports_blob() {
+            features |= 1 << F_RESOURCE_BLOB | 1 << F_BLOB_ALIGNMENT;
+            BLOB_ALIGNMENT
+        } else {
+            0
+        };
         Ok(VmBackend {
             name: name.to_string(),
             record: record.clone(),
             log,
             num_scanouts: device.num_scanouts(),
             num_capsets: device.num_capsets(),
+            blob_alignment,
             features,
             hostmem: device.hostmem(),
             device: Mutex::new(device),
@@ -312,6 +321,7 @@ impl VmBackend {
             events_clear: 0,
             num_scanouts: self.num_scanouts,
             num_capsets: self.num_capsets,
+            blob_alignment: self.blob_alignment,
         }
     }
 }
@@ -576,17 +586,17 @@ impl VhostUserBackend for VmBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::config_window;
+    use super::{config_window, CONFIG_SIZE};
 
     #[test]
     fn config_reads_are_exactly_the_size_asked() {
-        let fields: [u8; 16] = std::array::from_fn(|i| i as u8 + 1);
+        let fields: [u8; CONFIG_SIZE] = std::array::from_fn(|i| i as u8 + 1);
         assert_eq!(
-            config_window(&fields, 0, 20),
+            config_window(&fields, 0, 24),
             [&fields[..], &[0; 4]].concat()
         );
         assert_eq!(config_window(&fields, 8, 4), vec![9, 10, 11, 12]);
-        assert_eq!(config_window(&fields, 14, 4), vec![15, 16, 0, 0]);
+        assert_eq!(config_window(&fields, 18, 4), vec![19, 20, 0, 0]);
         assert_eq!(config_window(&fields, u32::MAX, 2), vec![0, 0]);
         assert_eq!(config_window(&fields, 0, u32::MAX).len(), 256);
     }
