@@ -147,6 +147,15 @@ impl<T> Timelines<T> {
         self.parked.get(&timeline)?.back().map(|p| p.fence)
     }
 
+    /// The newest fence parked on each timeline.
+    pub fn last_of_each(&self) -> Vec<(Timeline, FenceId)> {
+        let mut all: Vec<(Timeline, FenceId)> = (self.parked.iter())
+            .filter_map(|(t, q)| q.back().map(|p| (*t, p.fence)))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
     /// Drops every parked response of a context (it was destroyed) and returns them.
     pub fn drain_context(&mut self, ctx: GuestCtxId) -> Vec<T> {
         let timelines: Vec<Timeline> = self

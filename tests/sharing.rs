@@ -946,3 +946,41 @@ fn a_display_vm_without_a_window_shows_an_imported_buffer() {
     assert!(display.frame(0).unwrap().pixels == next);
     let _ = std::fs::remove_file(policy);
 }
+
+/// A guest cannot learn its contexts' ids: EXPORT_FENCE_ALL names the newest fence of every
+/// renderer timeline of the VM at once, and a wait on it holds until all of them are done.
+#[test]
+fn a_point_on_every_timeline_waits_for_all_of_them() {
+    let (d, policy) = fake_pair();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let create = Command::CtxCreate {
+        context_init: 0,
+        debug_name: b"work".to_vec(),
+    };
+    let _ = answer(&mut a.vm, &in_ctx(RENDER_CTX, create));
+    let script = |s: &str| Command::Submit3d {
+        commands: s.as_bytes().to_vec(),
+    };
+    // Two rings: the first done soon, the second later.
+    let quick =
+        a.vm.post(0, &fenced_cmd(RENDER_CTX, 0, 1, script("delay 100")), 1024)
+            .unwrap();
+    let slow =
+        a.vm.post(0, &fenced_cmd(RENDER_CTX, 1, 2, script("delay 900")), 1024)
+            .unwrap();
+    let (status, all) = export_fence(&mut a, vgpud_protocol::share::EXPORT_FENCE_ALL, 0);
+    assert_eq!(status, Status::Ok as u32);
+    let waiting = post_wait(&mut b, 0, 30, vec![all]);
+    a.vm.wait(quick).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(
+        !b.vm.is_done(waiting).unwrap(),
+        "answered before the second ring was done"
+    );
+    a.vm.wait(slow).unwrap();
+    let (hdr, resp) = Response::decode(&b.vm.wait(waiting).unwrap()).unwrap();
+    assert_eq!((hdr.fence_id, resp), (30, Response::OkNodata));
+    assert!(b.events().is_empty(), "no error");
+    let _ = std::fs::remove_file(policy);
+}

@@ -38,6 +38,10 @@ pub mod op {
     pub const READ_EVENTS: u32 = 8;
 }
 
+/// `ExportFence`'s `ctx_id` for a point on every renderer timeline of the VM at once (a guest
+/// cannot learn the ids its kernel gave its contexts).
+pub const EXPORT_FENCE_ALL: u32 = u32::MAX;
+
 /// `Import` flags.
 pub const IMPORT_DYNAMIC: u32 = 1;
 
@@ -83,8 +87,9 @@ pub enum ShareCommand {
     Unpin {
         resource_id: u32,
     },
-    /// A handle for the current last point of one of this VM's timelines: (context, ring), or
-    /// the global timeline with `ctx_id` 0. Reply: the handle.
+    /// A handle for the current last point of one of this VM's timelines: (context, ring), the
+    /// global timeline with `ctx_id` 0, or every renderer timeline with [`EXPORT_FENCE_ALL`].
+    /// Reply: the handle.
     ExportFence {
         ctx_id: u32,
         ring: u32,

@@ -7,8 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use vgpud_protocol::share::{
-    decode_stream, encode_reply, event, ShareCommand, ShareEvent, Status, Uuid, MAX_EVENTS,
-    REPLY_HEADER_SIZE,
+    decode_stream, encode_reply, event, ShareCommand, ShareEvent, Status, Uuid, EXPORT_FENCE_ALL,
+    MAX_EVENTS, REPLY_HEADER_SIZE,
 };
 use vgpud_protocol::{ErrorCode, Response, BLOB_MEM_HOST3D};
 
@@ -51,8 +51,13 @@ pub trait ShareHub: Send + Sync {
     fn ensure_resident(&self, uuid: &Uuid) -> std::result::Result<(), Status>;
     /// `vm` no longer uses its import of `uuid`.
     fn unimport(&self, vm: VmId, uuid: &Uuid);
-    /// A handle for the current last point of `timeline` of `vm`.
-    fn export_fence(&self, vm: VmId, timeline: Timeline) -> std::result::Result<u64, Status>;
+    /// A handle for the current last point of `timeline` of `vm` (None: of each of its renderer
+    /// timelines).
+    fn export_fence(
+        &self,
+        vm: VmId,
+        timeline: Option<Timeline>,
+    ) -> std::result::Result<u64, Status>;
     /// A fence of `vm`'s share context that signals once every point of `handles` has (at once
     /// if none is pending). Its signal reaches the VM like a renderer's.
     /// Points that had already failed (their producer died) are returned with it.
@@ -202,8 +207,10 @@ impl<R: Renderer> Device<R> {
     ) -> std::result::Result<Vec<u8>, Status> {
         // A point on a renderer timeline: renderer work never waits on another VM, so no wait
         // across VMs can close a cycle (share contexts' own timelines cannot be exported).
-        let timeline = if ctx_id == 0 {
-            Timeline::GLOBAL
+        let timeline = if ctx_id == EXPORT_FENCE_ALL {
+            None
+        } else if ctx_id == 0 {
+            Some(Timeline::GLOBAL)
         } else {
             let ctx = GuestCtxId(ctx_id);
             match self.contexts.get(&ctx) {
@@ -214,10 +221,10 @@ impl<R: Renderer> Device<R> {
                 .ok()
                 .filter(|r| *r < 64)
                 .ok_or(Status::Invalid)?;
-            Timeline {
+            Some(Timeline {
                 ctx,
                 ring: Some(ring),
-            }
+            })
         };
         let share = self.share.as_ref().ok_or(Status::Unsupported)?;
         let handle = share.hub.export_fence(share.vm, timeline)?;

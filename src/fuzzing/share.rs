@@ -43,8 +43,8 @@ impl ShareClient for Client {
             let _ = lock(&dev).revoke_import(uuid);
         }
     }
-    fn last_fence(&self, _: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
-        record(None);
+    fn last_fences(&self, _: Option<Timeline>, record: &mut dyn FnMut(Vec<(Timeline, FenceId)>)) {
+        record(Vec::new());
     }
     fn share_fence_done(&self, _: FenceId) {}
     fn fence_failed(&self, handle: u64) {
@@ -253,7 +253,11 @@ fn stream(inp: &mut Input, uuids: &[Uuid]) -> Vec<u8> {
             3 => ShareCommand::Pin { resource_id: id },
             4 => ShareCommand::Unpin { resource_id: id },
             5 => ShareCommand::ExportFence {
-                ctx_id: inp.below(3),
+                ctx_id: if inp.chance(40) {
+                    vgpud_protocol::share::EXPORT_FENCE_ALL
+                } else {
+                    inp.below(3)
+                },
                 ring: inp.below(70),
             },
             6 => ShareCommand::WaitFences {

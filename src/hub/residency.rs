@@ -295,8 +295,12 @@ mod tests {
 
     impl ShareClient for Vm {
         fn revoked(&self, _: &Uuid) {}
-        fn last_fence(&self, _: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
-            record(None);
+        fn last_fences(
+            &self,
+            _: Option<Timeline>,
+            record: &mut dyn FnMut(Vec<(Timeline, FenceId)>),
+        ) {
+            record(Vec::new());
         }
         fn share_fence_done(&self, _: FenceId) {}
         fn fence_failed(&self, _: u64) {}

@@ -36,9 +36,13 @@ use crate::sync::lock;
 pub trait ShareClient: Send + Sync {
     /// An import was revoked: unmap it before returning (the exporter waits for this).
     fn revoked(&self, uuid: &Uuid);
-    /// Calls `record` with the newest fence parked on `timeline`, while no answer of that
-    /// timeline can retire (so the point cannot be missed).
-    fn last_fence(&self, timeline: Timeline, record: &mut dyn FnMut(Option<FenceId>));
+    /// Calls `record` with the newest fence parked on `timeline` (None: on each timeline), while
+    /// no answer can retire (so the point cannot be missed).
+    fn last_fences(
+        &self,
+        timeline: Option<Timeline>,
+        record: &mut dyn FnMut(Vec<(Timeline, FenceId)>),
+    );
     /// A share-context fence of this VM may signal.
     fn share_fence_done(&self, fence: FenceId);
     /// A fence handle this VM waits for failed (its producer died).
@@ -66,12 +70,13 @@ enum PointState {
     Failed,
 }
 
+/// A point on the exporter's timelines: the newest fence of one timeline, or of each (EXPORT_FENCE
+/// of every timeline). Parts leave as their fences retire; none left: done.
 struct Point {
     exporter: VmId,
     /// For the policy, also once the exporter is gone.
     exporter_name: String,
-    timeline: Timeline,
-    fence: FenceId,
+    parts: Vec<(Timeline, FenceId)>,
     state: PointState,
 }
 
@@ -189,7 +194,7 @@ impl Shares {
         for p in self.points.values_mut() {
             if p.exporter == vm
                 && p.state == PointState::Pending
-                && ctx.is_none_or(|c| p.timeline.ctx == c)
+                && ctx.is_none_or(|c| p.parts.iter().any(|(t, _)| t.ctx == c))
             {
                 p.state = PointState::Failed;
             }
@@ -274,10 +279,13 @@ impl ShareRegistry {
             let mut shares = lock(&self.shares);
             let mut any = false;
             for p in shares.points.values_mut() {
-                if p.exporter == vm && p.state == PointState::Pending && retired.contains(&p.fence)
-                {
-                    p.state = PointState::Done;
-                    any = true;
+                if p.exporter == vm && p.state == PointState::Pending {
+                    let before = p.parts.len();
+                    p.parts.retain(|(_, f)| !retired.contains(f));
+                    if p.parts.len() != before && p.parts.is_empty() {
+                        p.state = PointState::Done;
+                        any = true;
+                    }
                 }
             }
             if !any {
@@ -460,7 +468,7 @@ impl ShareHub for ShareRegistry {
         ShareRegistry::ensure_resident(self, uuid)
     }
 
-    fn export_fence(&self, vm: VmId, timeline: Timeline) -> Result<u64, Status> {
+    fn export_fence(&self, vm: VmId, timeline: Option<Timeline>) -> Result<u64, Status> {
         let (client, name) = {
             let shares = lock(&self.shares);
             let name = shares.members.get(&vm).map(|m| m.name.clone());
@@ -468,7 +476,9 @@ impl ShareHub for ShareRegistry {
         };
         let (client, name) = client.zip(name).ok_or(Status::Unsupported)?;
         let mut result = Err(Status::NoSpace);
-        client.last_fence(timeline, &mut |last| {
+        client.last_fences(timeline, &mut |mut parts| {
+            // Share-context fences wait on other VMs: never part of a point (no cycles).
+            parts.retain(|(_, f)| f.0 & SHARE_FENCE_BIT == 0);
             let mut shares = lock(&self.shares);
             let mine: Vec<u64> = (shares.points.iter())
                 .filter(|(_, p)| p.exporter == vm)
@@ -492,15 +502,16 @@ impl ShareHub for ShareRegistry {
             }
             shares.next_handle += 1;
             let handle = shares.next_handle;
+            let state = if parts.is_empty() {
+                PointState::Done
+            } else {
+                PointState::Pending
+            };
             let point = Point {
                 exporter: vm,
                 exporter_name: name.clone(),
-                timeline,
-                fence: last.unwrap_or_default(),
-                state: match last {
-                    Some(_) => PointState::Pending,
-                    None => PointState::Done,
-                },
+                parts,
+                state,
             };
             shares.points.insert(handle, point);
             result = Ok(handle);
@@ -515,6 +526,7 @@ impl ShareHub for ShareRegistry {
             let waiter = shares.members.get(&vm).map(|m| m.name.clone());
             // Flat: per exporter timeline, only its highest pending point.
             let mut highest: HashMap<(VmId, Timeline), (u64, FenceId)> = HashMap::new();
+            let mut whole: Vec<u64> = Vec::new();
             let mut failed = Vec::new();
             for h in handles {
                 let p = shares.points.get(h).ok_or(Status::NoSuch)?;
@@ -528,30 +540,39 @@ impl ShareHub for ShareRegistry {
                 match p.state {
                     PointState::Done => {}
                     PointState::Failed => failed.push(*h),
-                    PointState::Pending => {
-                        let entry = highest
-                            .entry((p.exporter, p.timeline))
-                            .or_insert((*h, p.fence));
-                        if p.fence > entry.1 {
-                            *entry = (*h, p.fence);
+                    // One part: keep only the highest point per exporter timeline. A point of
+                    // every timeline is an entry of its own (its parts are a flat list).
+                    PointState::Pending => match p.parts.as_slice() {
+                        [(timeline, fence)] => {
+                            let entry = highest
+                                .entry((p.exporter, *timeline))
+                                .or_insert((*h, *fence));
+                            if *fence > entry.1 {
+                                *entry = (*h, *fence);
+                            }
                         }
-                    }
+                        _ => whole.push(*h),
+                    },
                 }
             }
             failed.dedup();
-            if !highest.is_empty()
+            whole.sort_unstable();
+            whole.dedup();
+            let mut deps: Vec<u64> = highest.into_values().map(|(h, _)| h).collect();
+            deps.extend(whole);
+            if !deps.is_empty()
                 && shares.waits.iter().filter(|w| w.waiter == vm).count() >= MAX_WAITS_PER_VM
             {
                 return Err(Status::NoSpace);
             }
             shares.next_share_fence += 1;
             let fence = FenceId(SHARE_FENCE_BIT | shares.next_share_fence);
-            let waiting = !highest.is_empty();
+            let waiting = !deps.is_empty();
             if waiting {
                 shares.waits.push(Wait {
                     waiter: vm,
                     fence,
-                    deps: highest.into_values().map(|(h, _)| h).collect(),
+                    deps,
                 });
             }
             (client, fence, failed, waiting)
@@ -593,8 +614,17 @@ mod tests {
         fn revoked(&self, uuid: &Uuid) {
             self.revoked.lock().unwrap().push(*uuid);
         }
-        fn last_fence(&self, _: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
-            record(*self.last.lock().unwrap());
+        fn last_fences(
+            &self,
+            t: Option<Timeline>,
+            record: &mut dyn FnMut(Vec<(Timeline, FenceId)>),
+        ) {
+            let last = *self.last.lock().unwrap();
+            record(
+                last.map(|f| (t.unwrap_or(Timeline::GLOBAL), f))
+                    .into_iter()
+                    .collect(),
+            );
         }
         fn share_fence_done(&self, fence: FenceId) {
             self.done.lock().unwrap().push(fence);
@@ -705,7 +735,7 @@ mod tests {
         };
         let point = |fence: u64, timeline| {
             *clients[0].last.lock().unwrap() = Some(FenceId(fence));
-            hub.export_fence(a, timeline).unwrap()
+            hub.export_fence(a, Some(timeline)).unwrap()
         };
         let (p5, p9, q3) = (point(5, ring(0)), point(9, ring(0)), point(3, ring(1)));
         let (fence, failed) = hub.share_fence(b, &[p5, p9, q3, p9]).unwrap();
@@ -721,7 +751,7 @@ mod tests {
         assert_eq!(*clients[1].done.lock().unwrap(), vec![fence]);
         // Nothing pending: a wait signals at once. A producer that dies fails its waiters.
         *clients[0].last.lock().unwrap() = None;
-        let idle = hub.export_fence(a, ring(2)).unwrap();
+        let idle = hub.export_fence(a, Some(ring(2))).unwrap();
         let (now, _) = hub.share_fence(b, &[idle]).unwrap();
         assert_eq!(clients[1].done.lock().unwrap().last(), Some(&now));
         let p11 = point(11, ring(0));
@@ -730,7 +760,7 @@ mod tests {
         assert_eq!(clients[1].done.lock().unwrap().last(), Some(&pending));
         assert_eq!(*clients[1].failed.lock().unwrap(), vec![p11]);
         // b may not wait on its own policy's wrong side: a cannot wait on b's points.
-        let mine = hub.export_fence(b, Timeline::GLOBAL).unwrap();
+        let mine = hub.export_fence(b, Some(Timeline::GLOBAL)).unwrap();
         assert_eq!(
             hub.share_fence(a, &[mine]).err(),
             Some(Status::Unsupported),

@@ -396,9 +396,17 @@ impl ShareClient for VmBackend {
         self.apply_shmem(unmaps);
     }
 
-    fn last_fence(&self, timeline: Timeline, record: &mut dyn FnMut(Option<FenceId>)) {
+    fn last_fences(
+        &self,
+        timeline: Option<Timeline>,
+        record: &mut dyn FnMut(Vec<(Timeline, FenceId)>),
+    ) {
         let parked = lock(&self.parked);
-        record(parked.last_on(timeline));
+        let parts = match timeline {
+            Some(t) => parked.last_on(t).map(|f| (t, f)).into_iter().collect(),
+            None => parked.last_of_each(),
+        };
+        record(parts);
     }
 
     fn share_fence_done(&self, fence: FenceId) {
