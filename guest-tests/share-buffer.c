@@ -3,7 +3,7 @@
  * stock virtio-gpu DRM ioctls (docs/share-protocol.md).
  *
  * usage: share-buffer export SEED PAGES
- *        share-buffer import UUID SEED PAGES
+ *        share-buffer import UUID SEED PAGES FENCE
  *        share-buffer offer PAGES COUNT WAIT_FILE
  *        share-buffer moves UUID1 UUID2 SEED PAGES
  *
@@ -11,10 +11,12 @@
  *   context and a mappable HOST3D blob (blob id 0: memory the renderer
  *   allocates) of PAGES pages, filled with a pattern made from SEED through
  *   its mapping; EXPORT of that resource from the share context; prints
- *   "SHARE-UUID <32 hex digits>". Then waits (up to 120 s) until the first
+ *   "SHARE-UUID <32 hex digits> FENCE <handle>", the handle of a fence point
+ *   on every timeline of this VM (EXPORT_FENCE_ALL). Then waits (up to 120 s) until the first
  *   16 bytes of its last page read "IMPORTED <seed>": written by the other
  *   guest through its own mapping of these very pages.
- * import: a share context and a reply blob; IMPORT the UUID; the answered
+ * import: a share context and a reply blob; WAIT_FENCES on the exporter's
+ *   fence handle (the EXECBUFFER's out-fence must signal); IMPORT the UUID; the answered
  *   size must be PAGES pages; RESOURCE_CREATE_BLOB (HOST3D, the answered blob
  *   id) on the share context; MAP + mmap; every word must match the pattern
  *   for SEED (the rest of the last page's first 16 bytes aside); writes
@@ -61,6 +63,9 @@ const char *const test_name = "share-buffer";
 #define OP_SET_REPLY_BLOB 1
 #define OP_EXPORT 2
 #define OP_IMPORT 3
+#define OP_EXPORT_FENCE 6
+#define OP_WAIT_FENCES 7
+#define EXPORT_FENCE_ALL 0xffffffffu
 #define OP_READ_EVENTS 8
 #define EVENT_MOVED 1
 #define NO_REPLY 0xffffffffu
@@ -263,7 +268,13 @@ static void do_export(int fd, uint32_t seed, size_t pages)
     for (int i = 0; i < 16; i++)
         snprintf(hex + 2 * i, 3, "%02x", uuid[i]);
     note("exported %zu pages of renderer memory (resource %u)", pages, buf.res);
-    printf("SHARE-UUID %s\n", hex);
+    /* A point on every timeline of this VM: what the importer waits for. */
+    uint32_t fence_cmd[] = { OP_EXPORT_FENCE, 24, 0, 0, EXPORT_FENCE_ALL, 0 };
+    uint64_t handle;
+
+    submit(fd, fence_cmd, 6, handles, 1);
+    memcpy(&handle, reply_ok(&r, "EXPORT_FENCE", 8), 8);
+    printf("SHARE-UUID %s FENCE %" PRIu64 "\n", hex, handle);
     fflush(stdout);
 
     mark(want, seed);
@@ -280,9 +291,16 @@ static void do_export(int fd, uint32_t seed, size_t pages)
     pass();
 }
 
-static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages)
+static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages, uint64_t fence)
 {
     struct bo r = replies(fd);
+
+    /* The exporter's fence point first: this EXECBUFFER's out-fence signals once it passed. */
+    uint32_t wait[8] = { OP_WAIT_FENCES, 32, NO_REPLY, 0, 1, 0 };
+
+    memcpy(&wait[6], &fence, 8);
+    submit(fd, wait, 8, &r.handle, 1);
+    note("waited for the exporter's fence %" PRIu64, fence);
     uint32_t cmd[10] = { OP_IMPORT, 40, 0, 0 };
     uint64_t blob_id, size;
     const uint8_t *payload;
@@ -443,13 +461,15 @@ int main(int argc, char **argv)
         do_export(fd, (uint32_t)parse_number("SEED", argv[2], 0, 999999),
                   (size_t)parse_number("PAGES", argv[3], 1, 4096));
     }
-    if (argc == 5 && strcmp(argv[1], "import") == 0) {
+    if (argc == 6 && strcmp(argv[1], "import") == 0) {
         fd = open_render_node();
         check_device(fd);
         context_init(fd, CAPSET_SHARE);
         do_import(fd, argv[2], (uint32_t)parse_number("SEED", argv[3], 0, 999999),
-                  (size_t)parse_number("PAGES", argv[4], 1, 4096));
+                  (size_t)parse_number("PAGES", argv[4], 1, 4096),
+                  (uint64_t)parse_number("FENCE", argv[5], 0, 1L << 40));
     }
-    fail("usage: share-buffer export SEED PAGES | import UUID SEED PAGES | offer PAGES COUNT "
+    fail("usage: share-buffer export SEED PAGES | import UUID SEED PAGES FENCE | offer PAGES "
+         "COUNT "
          "WAIT_FILE | moves UUID1 UUID2 SEED PAGES");
 }

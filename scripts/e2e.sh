@@ -105,7 +105,7 @@ CASES=(
     "two-venus|venus|one vgpud, two guests at once, each with its own render worker: vk-compute and vk-render in both"
     "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
-    "share-buffer|venus|one guest exports a $SHARE_PAGES-page Venus blob through the share context, another imports and maps it: every word checked, and a write seen back by the exporter"
+    "share-buffer|venus|one guest exports a $SHARE_PAGES-page Venus blob and a fence point through the share context; another waits for the fence, imports and maps the blob: every word checked, and a write seen back by the exporter"
     "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, imports again and reads back what it wrote, bit for bit"
 )
 
@@ -793,23 +793,24 @@ case_gl-beside-vk() {
 # with it, imports them (policy: b may import from a), checks every word and
 # writes a mark the exporter must see in its own pages.
 case_share-buffer() {
-    local dir=$1 pid0 pid1 uuid policy=$SOCK_DIR/share-policy.json
+    local dir=$1 pid0 pid1 uuid fence policy=$SOCK_DIR/share-policy.json
     printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
     VGPUD_ARGS=(--share-policy "$policy")
     start_vgpud "$dir" 2 name=a,share=on name=b,share=on || return 1
     VGPUD_ARGS=()
     boot_guest "$dir/vm0" "$(guest_program share-buffer export "$SHARE_SEED" "$SHARE_PAGES")"
     pid0=$BOOT_PID
-    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32}'; then
+    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32} FENCE [0-9]+'; then
         REASON="guest 0 exported nothing (see $dir/vm0/output.log)"
         stop_qemus
         wait "$pid0" || true
         untrack "$pid0"
         return 1
     fi
-    uuid=${LINE#SHARE-UUID }
-    log "  guest 0 exported $uuid"
-    boot_guest "$dir/vm1" "$(guest_program share-buffer import "$uuid" "$SHARE_SEED" "$SHARE_PAGES")"
+    read -r _ uuid _ fence <<<"$LINE"
+    log "  guest 0 exported $uuid and fence point $fence"
+    boot_guest "$dir/vm1" \
+        "$(guest_program share-buffer import "$uuid" "$SHARE_SEED" "$SHARE_PAGES" "$fence")"
     pid1=$BOOT_PID
     local ok=0 reason=""
     finish_guest "$pid1" "$dir/vm1" share-buffer || ok=1
