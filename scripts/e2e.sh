@@ -860,13 +860,7 @@ case_share-moves() {
     finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
     REASON=${reason:-$REASON}
     [[ $ok -eq 0 ]] || return 1
-    local moves
-    moves=$(grep -ac 'moved out a' "$dir/vgpud.log" || true)
-    if [[ $moves -lt 2 ]]; then
-        REASON="vgpud moved $moves buffer(s) out, expected 2"
-        return 1
-    fi
-    log "  vgpud moved $moves buffers out under the budget"
+    # The guest checked the MOVED events and the contents; vgpud must still be well.
     check_vgpud "$dir"
 }
 case_vk-coherent() { venus_program "$1" vk-coherent; }

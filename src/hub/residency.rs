@@ -29,7 +29,7 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use log::{info, warn};
+use log::{debug, warn};
 use vgpud_protocol::share::{Status, Uuid};
 
 use super::share::{Export, ShareClient, ShareRegistry};
@@ -136,7 +136,9 @@ impl ShareRegistry {
                 Ok(())
             }
             Err(e) => {
-                warn!("share: cannot restore a moved buffer: {e}");
+                if worth_logging() {
+                    warn!("share: cannot restore a moved buffer: {e}");
+                }
                 export.place = Place::Evicted(evicted);
                 Err(Status::NoSpace)
             }
@@ -224,17 +226,20 @@ impl ShareRegistry {
             }
             match self.move_out(&storage, &budget.dir) {
                 Ok(file) => {
-                    info!(
+                    // Debug only: a guest can make moves happen as often as it maps.
+                    debug!(
                         "share: moved out a {} KiB buffer (over the budget)",
                         storage.size >> 10
                     );
                     self.settle(&uuid, Place::Evicted(file));
                 }
                 Err(e) => {
-                    warn!(
-                        "share: cannot move a buffer out to {}: {e}",
-                        budget.dir.display()
-                    );
+                    if worth_logging() {
+                        warn!(
+                            "share: cannot move a buffer out to {}: {e}",
+                            budget.dir.display()
+                        );
+                    }
                     self.settle(&uuid, Place::Resident);
                     return;
                 }
@@ -265,6 +270,14 @@ impl ShareRegistry {
         release(&storage.file, storage.offset, storage.size)?;
         Ok(file)
     }
+}
+
+/// Whether to log the n-th failure to move: the 1st, 2nd, 4th, 8th... (a full eviction directory
+/// would otherwise log once per request of every VM that shares).
+fn worth_logging() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static FAILURES: AtomicU64 = AtomicU64::new(0);
+    (FAILURES.fetch_add(1, Ordering::Relaxed) + 1).is_power_of_two()
 }
 
 /// A tag that keeps concurrent moves' file names apart.
