@@ -157,12 +157,15 @@ impl Sharer {
         payload.try_into().expect("a UUID")
     }
 
-    /// Imports `uuid` as resource `id`, mapped at `offset` of the window; returns its size.
+    /// Imports `uuid` (statically) as resource `id`, mapped at `offset` of the window; returns
+    /// its size.
     fn import_and_map(&mut self, uuid: Uuid, id: u32, offset: u64) -> u64 {
-        let (status, payload) = self.run(ShareCommand::Import {
-            uuid,
-            dynamic: false,
-        });
+        self.import_mapped(uuid, id, offset, false)
+    }
+
+    /// As `import_and_map`, dynamic (the daemon may move it) or not.
+    fn import_mapped(&mut self, uuid: Uuid, id: u32, offset: u64, dynamic: bool) -> u64 {
+        let (status, payload) = self.run(ShareCommand::Import { uuid, dynamic });
         assert_eq!(status, Status::Ok as u32);
         let mut r = Reader::new(&payload);
         let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
@@ -753,30 +756,7 @@ fn over_the_budget_idle_buffers_move_out_and_come_back_bit_exact() {
         uuids.push(a.export(10 + i));
     }
     let dynamic = |s: &mut Sharer, uuid, id, at| {
-        let (status, payload) = s.run(ShareCommand::Import {
-            uuid,
-            dynamic: true,
-        });
-        assert_eq!(status, Status::Ok as u32);
-        let mut r = Reader::new(&payload);
-        let (blob_id, size) = (r.u64().unwrap(), r.u64().unwrap());
-        let create = Command::ResourceCreateBlob(CreateBlob {
-            resource_id: id,
-            blob_mem: BLOB_MEM_HOST3D,
-            blob_flags: BLOB_FLAG_USE_MAPPABLE,
-            blob_id,
-            size,
-            entries: vec![],
-        });
-        assert_eq!(
-            answer(&mut s.vm, &in_ctx(SHARE_CTX, create)).1,
-            Response::OkNodata
-        );
-        let map = Command::ResourceMapBlob {
-            resource_id: id,
-            offset: at,
-        };
-        assert!(matches!(call(&mut s.vm, map), Response::OkMapInfo { .. }));
+        s.import_mapped(uuid, id, at, true);
     };
     // b maps all three; the budget holds two: the least recently used one moves out.
     for (i, uuid) in uuids.iter().enumerate() {
