@@ -55,4 +55,4 @@ build vk-render vk-render.c vk-util.c -- "${vulkan[@]}" -lm
 build vk-coherent vk-coherent.c vk-util.c -- "${vulkan[@]}"
 build vk-churn vk-churn.c vk-util.c -- "${vulkan[@]}"
 build drm-blob drm-blob.c -- "${drm[@]}"
-build share-buffer share-buffer.c -- "${drm[@]}"
+build share-buffer share-buffer.c share-render.c vk-util.c -- "${drm[@]}" "${vulkan[@]}"

@@ -9,18 +9,19 @@
  *
  * export: a share context and a reply blob; on a second DRM file a Venus
  *   context and a mappable HOST3D blob (blob id 0: memory the renderer
- *   allocates) of PAGES pages, filled with a pattern made from SEED through
- *   its mapping; EXPORT of that resource from the share context; prints
+ *   allocates) of PAGES pages; a frame for SEED rendered with Vulkan on the
+ *   Venus device (share-render.c) and copied into the blob's mapping; EXPORT
+ *   of that resource from the share context; prints
  *   "SHARE-UUID <32 hex digits> FENCE <handle>", the handle of a fence point
- *   on every timeline of this VM (EXPORT_FENCE_ALL). Then waits (up to 120 s) until the first
- *   16 bytes of its last page read "IMPORTED <seed>": written by the other
- *   guest through its own mapping of these very pages.
+ *   on every timeline of this VM (EXPORT_FENCE_ALL). Then waits (up to 120 s)
+ *   until the first 16 bytes of its last page read "IMPORTED <seed>": written
+ *   by the other guest through its own mapping of these very pages.
  * import: a share context and a reply blob; WAIT_FENCES on the exporter's
  *   fence handle (the EXECBUFFER's out-fence must signal); IMPORT the UUID; the answered
  *   size must be PAGES pages; RESOURCE_CREATE_BLOB (HOST3D, the answered blob
- *   id) on the share context; MAP + mmap; every word must match the pattern
- *   for SEED (the rest of the last page's first 16 bytes aside); writes
- *   "IMPORTED <seed>" there.
+ *   id) on the share context; MAP + mmap; every pixel must be the frame's
+ *   for SEED (the last page's first 16 bytes aside); writes "IMPORTED <seed>"
+ *   there.
  * offer: COUNT host blobs of blob id 0 (memory the daemon owns, on a device
  *   without a 3D renderer), made on the share context without the MAPPABLE
  *   flag (never mapped here) and exported; prints "SHARE-UUID <hex>" for each, then
@@ -50,6 +51,7 @@
 #include <xf86drm.h>
 
 #include "common.h"
+#include "share-render.h"
 
 const char *const test_name = "share-buffer";
 
@@ -252,7 +254,6 @@ static void do_export(int fd, uint32_t seed, size_t pages)
 
     context_init(venus, CAPSET_VENUS);
     buf = create_blob(venus, VIRTGPU_BLOB_MEM_HOST3D, 0, pages * PAGE);
-    uint32_t *words = (uint32_t *)buf.map;
     uint32_t cmd[] = { OP_EXPORT, 24, 0, 0, buf.res, 0 };
     uint32_t handles[] = { r.handle };
     const uint8_t *uuid;
@@ -260,14 +261,14 @@ static void do_export(int fd, uint32_t seed, size_t pages)
     char want[MARK_LEN + 1], hex[33];
     struct timespec start, now;
 
-    for (size_t i = 0; i < pages * PAGE / 4; i++)
-        words[i] = pattern((uint32_t)i, seed);
+    share_render_frame(seed, pages * PAGE, buf.map);
     memset(r.map, 0xee, 64);
     submit(fd, cmd, 6, handles, 1);
     uuid = reply_ok(&r, "EXPORT", 16);
     for (int i = 0; i < 16; i++)
         snprintf(hex + 2 * i, 3, "%02x", uuid[i]);
-    note("exported %zu pages of renderer memory (resource %u)", pages, buf.res);
+    note("exported %zu pages of renderer memory holding the frame (resource %u)", pages,
+         buf.res);
     /* A point on every timeline of this VM: what the importer waits for. */
     uint32_t fence_cmd[] = { OP_EXPORT_FENCE, 24, 0, 0, EXPORT_FENCE_ALL, 0 };
     uint64_t handle;
@@ -326,14 +327,14 @@ static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages,
         if (i >= (size - PAGE) / 4 && i < (size - PAGE + MARK_LEN) / 4)
             continue;
         checked++;
-        if (words[i] != pattern((uint32_t)i, seed) && wrong++ == 0)
+        if (words[i] != share_frame_pixel((uint32_t)i, seed) && wrong++ == 0)
             first = i;
     }
     if (wrong)
-        fail("%zu of %zu words differ from the exporter's pattern; first at byte %zu: 0x%08x, "
-             "expected 0x%08x", wrong, checked, first * 4, words[first],
-             pattern((uint32_t)first, seed));
-    note("all %zu words are the exporter's (resource %u, mapped)", checked, shared.res);
+        fail("%zu of %zu pixels differ from the exporter's frame; first at (%zu, %zu): 0x%08x, "
+             "expected 0x%08x", wrong, checked, first % SHARE_FRAME_WIDTH,
+             first / SHARE_FRAME_WIDTH, words[first], share_frame_pixel((uint32_t)first, seed));
+    note("all %zu pixels are the exporter's frame (resource %u, mapped)", checked, shared.res);
     mark(m, seed);
     memcpy(shared.map + size - PAGE, m, MARK_LEN);
     note("wrote '%s' for the exporter to see", m);

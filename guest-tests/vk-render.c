@@ -161,11 +161,7 @@ int main(int argc, char **argv)
     const char *dump_path = NULL;
     struct vk vk;
     struct vk_buffer vertices, readback;
-    VkImage image;
-    VkDeviceMemory image_memory;
-    VkImageView view;
-    VkRenderPass render_pass;
-    VkFramebuffer framebuffer;
+    struct vk_target target;
     VkPipelineLayout layout;
     VkPipeline pipeline;
     VkShaderModule vert, frag;
@@ -194,91 +190,8 @@ int main(int argc, char **argv)
     vk_buffer_create(&vk, &readback, SIZE * SIZE * 4, VK_BUFFER_USAGE_TRANSFER_DST_BIT, host);
     memset(readback.map, 0x5a, SIZE * SIZE * 4);
 
-    /* The colour attachment, in whatever memory the image accepts. */
-    VkImageCreateInfo image_info = {
-        .sType = VK_STRUCTURE_TYPE_IMAGE_CREATE_INFO,
-        .imageType = VK_IMAGE_TYPE_2D,
-        .format = VK_FORMAT_R8G8B8A8_UNORM,
-        .extent = { SIZE, SIZE, 1 },
-        .mipLevels = 1,
-        .arrayLayers = 1,
-        .samples = VK_SAMPLE_COUNT_1_BIT,
-        .tiling = VK_IMAGE_TILING_OPTIMAL,
-        .usage = VK_IMAGE_USAGE_COLOR_ATTACHMENT_BIT | VK_IMAGE_USAGE_TRANSFER_SRC_BIT,
-        .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
-        .initialLayout = VK_IMAGE_LAYOUT_UNDEFINED,
-    };
-    VkMemoryRequirements req;
-    vk_check(vkCreateImage(vk.device, &image_info, NULL, &image), "vkCreateImage");
-    vkGetImageMemoryRequirements(vk.device, image, &req);
-    int type = vk_find_memory_type(&vk, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
-    if (type < 0)
-        type = vk_find_memory_type(&vk, req.memoryTypeBits, 0);
-    if (type < 0)
-        fail("no memory type for the image (allowed types 0x%x)", req.memoryTypeBits);
-    VkMemoryAllocateInfo alloc = {
-        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
-        .allocationSize = req.size,
-        .memoryTypeIndex = (uint32_t)type,
-    };
-    vk_check(vkAllocateMemory(vk.device, &alloc, NULL, &image_memory), "vkAllocateMemory");
-    vk_check(vkBindImageMemory(vk.device, image, image_memory, 0), "vkBindImageMemory");
-    VkImageViewCreateInfo view_info = {
-        .sType = VK_STRUCTURE_TYPE_IMAGE_VIEW_CREATE_INFO,
-        .image = image,
-        .viewType = VK_IMAGE_VIEW_TYPE_2D,
-        .format = VK_FORMAT_R8G8B8A8_UNORM,
-        .subresourceRange = { VK_IMAGE_ASPECT_COLOR_BIT, 0, 1, 0, 1 },
-    };
-    vk_check(vkCreateImageView(vk.device, &view_info, NULL, &view), "vkCreateImageView");
-
-    VkAttachmentDescription attachment = {
-        .format = VK_FORMAT_R8G8B8A8_UNORM,
-        .samples = VK_SAMPLE_COUNT_1_BIT,
-        .loadOp = VK_ATTACHMENT_LOAD_OP_CLEAR,
-        .storeOp = VK_ATTACHMENT_STORE_OP_STORE,
-        .stencilLoadOp = VK_ATTACHMENT_LOAD_OP_DONT_CARE,
-        .stencilStoreOp = VK_ATTACHMENT_STORE_OP_DONT_CARE,
-        .initialLayout = VK_IMAGE_LAYOUT_UNDEFINED,
-        .finalLayout = VK_IMAGE_LAYOUT_TRANSFER_SRC_OPTIMAL,
-    };
-    VkAttachmentReference colour_ref = { 0, VK_IMAGE_LAYOUT_COLOR_ATTACHMENT_OPTIMAL };
-    VkSubpassDescription subpass = {
-        .pipelineBindPoint = VK_PIPELINE_BIND_POINT_GRAPHICS,
-        .colorAttachmentCount = 1,
-        .pColorAttachments = &colour_ref,
-    };
-    /* The copy after the render pass reads what the subpass wrote. */
-    VkSubpassDependency dependency = {
-        .srcSubpass = 0,
-        .dstSubpass = VK_SUBPASS_EXTERNAL,
-        .srcStageMask = VK_PIPELINE_STAGE_COLOR_ATTACHMENT_OUTPUT_BIT,
-        .dstStageMask = VK_PIPELINE_STAGE_TRANSFER_BIT,
-        .srcAccessMask = VK_ACCESS_COLOR_ATTACHMENT_WRITE_BIT,
-        .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT,
-    };
-    VkRenderPassCreateInfo render_pass_info = {
-        .sType = VK_STRUCTURE_TYPE_RENDER_PASS_CREATE_INFO,
-        .attachmentCount = 1,
-        .pAttachments = &attachment,
-        .subpassCount = 1,
-        .pSubpasses = &subpass,
-        .dependencyCount = 1,
-        .pDependencies = &dependency,
-    };
-    vk_check(vkCreateRenderPass(vk.device, &render_pass_info, NULL, &render_pass),
-             "vkCreateRenderPass");
-    VkFramebufferCreateInfo framebuffer_info = {
-        .sType = VK_STRUCTURE_TYPE_FRAMEBUFFER_CREATE_INFO,
-        .renderPass = render_pass,
-        .attachmentCount = 1,
-        .pAttachments = &view,
-        .width = SIZE,
-        .height = SIZE,
-        .layers = 1,
-    };
-    vk_check(vkCreateFramebuffer(vk.device, &framebuffer_info, NULL, &framebuffer),
-             "vkCreateFramebuffer");
+    vk_target_create(&vk, &target, VK_FORMAT_R8G8B8A8_UNORM, SIZE, SIZE,
+                     VK_ATTACHMENT_LOAD_OP_CLEAR);
 
     VkPushConstantRange push_range = {
         .stageFlags = VK_SHADER_STAGE_VERTEX_BIT | VK_SHADER_STAGE_FRAGMENT_BIT,
@@ -352,7 +265,7 @@ int main(int argc, char **argv)
         .pMultisampleState = &multisample,
         .pColorBlendState = &blend,
         .layout = layout,
-        .renderPass = render_pass,
+        .renderPass = target.pass,
     };
     vk_check(vkCreateGraphicsPipelines(vk.device, VK_NULL_HANDLE, 1, &pipeline_info, NULL,
                                        &pipeline),
@@ -366,8 +279,8 @@ int main(int argc, char **argv)
         clear_colour.a / 255.0f } } };
     VkRenderPassBeginInfo begin = {
         .sType = VK_STRUCTURE_TYPE_RENDER_PASS_BEGIN_INFO,
-        .renderPass = render_pass,
-        .framebuffer = framebuffer,
+        .renderPass = target.pass,
+        .framebuffer = target.framebuffer,
         .renderArea = scissor,
         .clearValueCount = 1,
         .pClearValues = &clear,
@@ -393,7 +306,7 @@ int main(int argc, char **argv)
         .imageSubresource = { VK_IMAGE_ASPECT_COLOR_BIT, 0, 0, 1 },
         .imageExtent = { SIZE, SIZE, 1 },
     };
-    vkCmdCopyImageToBuffer(cmd, image, VK_IMAGE_LAYOUT_TRANSFER_SRC_OPTIMAL, readback.buffer, 1,
+    vkCmdCopyImageToBuffer(cmd, target.image, VK_IMAGE_LAYOUT_TRANSFER_SRC_OPTIMAL, readback.buffer, 1,
                            &region);
     VkMemoryBarrier to_host = {
         .sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
@@ -455,11 +368,7 @@ int main(int argc, char **argv)
     vkDestroyPipelineLayout(vk.device, layout, NULL);
     vkDestroyShaderModule(vk.device, vert, NULL);
     vkDestroyShaderModule(vk.device, frag, NULL);
-    vkDestroyFramebuffer(vk.device, framebuffer, NULL);
-    vkDestroyRenderPass(vk.device, render_pass, NULL);
-    vkDestroyImageView(vk.device, view, NULL);
-    vkDestroyImage(vk.device, image, NULL);
-    vkFreeMemory(vk.device, image_memory, NULL);
+    vk_target_destroy(&vk, &target);
     vk_buffer_destroy(&vk, &vertices);
     vk_buffer_destroy(&vk, &readback);
     vk_close(&vk);

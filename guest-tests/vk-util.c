@@ -127,6 +127,12 @@ static void select_venus(struct vk *vk)
 
 void vk_open(struct vk *vk, VkQueueFlags queue_flags)
 {
+    vk_open_with(vk, queue_flags, NULL, 0);
+}
+
+void vk_open_with(struct vk *vk, VkQueueFlags queue_flags, const char *const *extensions,
+                  uint32_t extension_count)
+{
     VkApplicationInfo app = {
         .sType = VK_STRUCTURE_TYPE_APPLICATION_INFO,
         .pApplicationName = test_name,
@@ -166,6 +172,8 @@ void vk_open(struct vk *vk, VkQueueFlags queue_flags)
         .sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO,
         .queueCreateInfoCount = 1,
         .pQueueCreateInfos = &queue_info,
+        .enabledExtensionCount = extension_count,
+        .ppEnabledExtensionNames = extensions,
     };
     vk_check(vkCreateDevice(vk->physical, &device_info, NULL, &vk->device), "vkCreateDevice");
     vkGetDeviceQueue(vk->device, vk->queue_family, 0, &vk->queue);
@@ -263,6 +271,107 @@ void vk_buffer_destroy(struct vk *vk, struct vk_buffer *buf)
     vkDestroyBuffer(vk->device, buf->buffer, NULL);
     vkFreeMemory(vk->device, buf->memory, NULL);
     memset(buf, 0, sizeof(*buf));
+}
+
+void vk_target_create(struct vk *vk, struct vk_target *t, VkFormat format, uint32_t width,
+                      uint32_t height, VkAttachmentLoadOp load)
+{
+    VkImageCreateInfo image_info = {
+        .sType = VK_STRUCTURE_TYPE_IMAGE_CREATE_INFO,
+        .imageType = VK_IMAGE_TYPE_2D,
+        .format = format,
+        .extent = { width, height, 1 },
+        .mipLevels = 1,
+        .arrayLayers = 1,
+        .samples = VK_SAMPLE_COUNT_1_BIT,
+        .tiling = VK_IMAGE_TILING_OPTIMAL,
+        .usage = VK_IMAGE_USAGE_COLOR_ATTACHMENT_BIT | VK_IMAGE_USAGE_TRANSFER_SRC_BIT,
+        .sharingMode = VK_SHARING_MODE_EXCLUSIVE,
+        .initialLayout = VK_IMAGE_LAYOUT_UNDEFINED,
+    };
+    VkMemoryRequirements req;
+    int type;
+
+    memset(t, 0, sizeof(*t));
+    vk_check(vkCreateImage(vk->device, &image_info, NULL, &t->image), "vkCreateImage");
+    vkGetImageMemoryRequirements(vk->device, t->image, &req);
+    type = vk_find_memory_type(vk, req.memoryTypeBits, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+    if (type < 0)
+        type = vk_find_memory_type(vk, req.memoryTypeBits, 0);
+    if (type < 0)
+        fail("no memory type for the image (allowed types 0x%x)", req.memoryTypeBits);
+    VkMemoryAllocateInfo alloc = {
+        .sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO,
+        .allocationSize = req.size,
+        .memoryTypeIndex = (uint32_t)type,
+    };
+    vk_check(vkAllocateMemory(vk->device, &alloc, NULL, &t->memory), "vkAllocateMemory");
+    vk_check(vkBindImageMemory(vk->device, t->image, t->memory, 0), "vkBindImageMemory");
+    VkImageViewCreateInfo view_info = {
+        .sType = VK_STRUCTURE_TYPE_IMAGE_VIEW_CREATE_INFO,
+        .image = t->image,
+        .viewType = VK_IMAGE_VIEW_TYPE_2D,
+        .format = format,
+        .subresourceRange = { VK_IMAGE_ASPECT_COLOR_BIT, 0, 1, 0, 1 },
+    };
+    vk_check(vkCreateImageView(vk->device, &view_info, NULL, &t->view), "vkCreateImageView");
+
+    VkAttachmentDescription attachment = {
+        .format = format,
+        .samples = VK_SAMPLE_COUNT_1_BIT,
+        .loadOp = load,
+        .storeOp = VK_ATTACHMENT_STORE_OP_STORE,
+        .stencilLoadOp = VK_ATTACHMENT_LOAD_OP_DONT_CARE,
+        .stencilStoreOp = VK_ATTACHMENT_STORE_OP_DONT_CARE,
+        .initialLayout = VK_IMAGE_LAYOUT_UNDEFINED,
+        .finalLayout = VK_IMAGE_LAYOUT_TRANSFER_SRC_OPTIMAL,
+    };
+    VkAttachmentReference colour_ref = { 0, VK_IMAGE_LAYOUT_COLOR_ATTACHMENT_OPTIMAL };
+    VkSubpassDescription subpass = {
+        .pipelineBindPoint = VK_PIPELINE_BIND_POINT_GRAPHICS,
+        .colorAttachmentCount = 1,
+        .pColorAttachments = &colour_ref,
+    };
+    /* The copy after the render pass reads what the subpass wrote. */
+    VkSubpassDependency dependency = {
+        .srcSubpass = 0,
+        .dstSubpass = VK_SUBPASS_EXTERNAL,
+        .srcStageMask = VK_PIPELINE_STAGE_COLOR_ATTACHMENT_OUTPUT_BIT,
+        .dstStageMask = VK_PIPELINE_STAGE_TRANSFER_BIT,
+        .srcAccessMask = VK_ACCESS_COLOR_ATTACHMENT_WRITE_BIT,
+        .dstAccessMask = VK_ACCESS_TRANSFER_READ_BIT,
+    };
+    VkRenderPassCreateInfo pass_info = {
+        .sType = VK_STRUCTURE_TYPE_RENDER_PASS_CREATE_INFO,
+        .attachmentCount = 1,
+        .pAttachments = &attachment,
+        .subpassCount = 1,
+        .pSubpasses = &subpass,
+        .dependencyCount = 1,
+        .pDependencies = &dependency,
+    };
+    vk_check(vkCreateRenderPass(vk->device, &pass_info, NULL, &t->pass), "vkCreateRenderPass");
+    VkFramebufferCreateInfo framebuffer_info = {
+        .sType = VK_STRUCTURE_TYPE_FRAMEBUFFER_CREATE_INFO,
+        .renderPass = t->pass,
+        .attachmentCount = 1,
+        .pAttachments = &t->view,
+        .width = width,
+        .height = height,
+        .layers = 1,
+    };
+    vk_check(vkCreateFramebuffer(vk->device, &framebuffer_info, NULL, &t->framebuffer),
+             "vkCreateFramebuffer");
+}
+
+void vk_target_destroy(struct vk *vk, struct vk_target *t)
+{
+    vkDestroyFramebuffer(vk->device, t->framebuffer, NULL);
+    vkDestroyRenderPass(vk->device, t->pass, NULL);
+    vkDestroyImageView(vk->device, t->view, NULL);
+    vkDestroyImage(vk->device, t->image, NULL);
+    vkFreeMemory(vk->device, t->memory, NULL);
+    memset(t, 0, sizeof(*t));
 }
 
 VkShaderModule vk_shader(struct vk *vk, const uint32_t *code, size_t size)

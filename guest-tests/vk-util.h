@@ -49,6 +49,9 @@ void vk_check(VkResult result, const char *what);
  * selects the Venus device (or fails), and creates a device with one queue
  * from the first family that has all of queue_flags, plus a command pool. */
 void vk_open(struct vk *vk, VkQueueFlags queue_flags);
+/* vk_open with these device extensions enabled (fails if one is missing). */
+void vk_open_with(struct vk *vk, VkQueueFlags queue_flags, const char *const *extensions,
+                  uint32_t extension_count);
 void vk_close(struct vk *vk);
 
 /* Is this physical device Mesa's Venus driver? Sets *why to the reason when
@@ -68,6 +71,22 @@ const char *vk_memory_flags_text(VkMemoryPropertyFlags flags, char *buf, size_t 
 void vk_buffer_create(struct vk *vk, struct vk_buffer *buf, VkDeviceSize size,
                       VkBufferUsageFlags usage, VkMemoryPropertyFlags flags);
 void vk_buffer_destroy(struct vk *vk, struct vk_buffer *buf);
+
+/* A colour attachment to render into and copy from: an image of width x
+ * height in format (in whatever memory it accepts), its view, a render pass
+ * of one subpass that ends with the image in TRANSFER_SRC_OPTIMAL, ready for
+ * a copy, and a framebuffer. */
+struct vk_target {
+    VkImage image;
+    VkDeviceMemory memory;
+    VkImageView view;
+    VkRenderPass pass;
+    VkFramebuffer framebuffer;
+};
+
+void vk_target_create(struct vk *vk, struct vk_target *t, VkFormat format, uint32_t width,
+                      uint32_t height, VkAttachmentLoadOp load);
+void vk_target_destroy(struct vk *vk, struct vk_target *t);
 
 VkShaderModule vk_shader(struct vk *vk, const uint32_t *code, size_t size);
 

@@ -105,7 +105,7 @@ CASES=(
     "two-venus|venus|one vgpud, two guests at once, each with its own render worker: vk-compute and vk-render in both"
     "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
-    "share-buffer|venus|one guest exports a $SHARE_PAGES-page Venus blob and a fence point through the share context; another waits for the fence, imports and maps the blob: every word checked, and a write seen back by the exporter"
+    "share-buffer|venus|one guest renders a frame with Vulkan (Venus) into a $SHARE_PAGES-page Venus blob and exports it and a fence point through the share context; another waits for the fence, imports and maps the blob: every pixel checked, and a write seen back by the exporter"
     "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, imports again and reads back what it wrote, bit for bit"
 )
 

@@ -61,6 +61,23 @@ fn daemon_abc() -> (Daemon, std::path::PathBuf) {
     sharing_daemon(&["a", "b", "c"], "2d")
 }
 
+/// Two 2D VMs a, b (b may import from a) under a `--share-budget` of `budget`.
+fn budget_pair(budget: &str) -> (Daemon, std::path::PathBuf) {
+    let evict_dir = std::env::temp_dir();
+    sharing_daemon_with(
+        &["a", "b"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &[
+            "--renderer",
+            "2d",
+            "--share-budget",
+            budget,
+            "--share-evict-dir",
+            evict_dir.to_str().unwrap(),
+        ],
+    )
+}
+
 /// Two VMs a, b with the scripted renderer (fences that take as long as a script says).
 fn fake_pair() -> (Daemon, std::path::PathBuf) {
     sharing_daemon(&["a", "b"], "fake")
@@ -728,19 +745,7 @@ fn a_buffer_imported_twice_is_revoked_from_both() {
 
 #[test]
 fn over_the_budget_idle_buffers_move_out_and_come_back_bit_exact() {
-    let evict_dir = std::env::temp_dir();
-    let (d, policy) = sharing_daemon_with(
-        &["a", "b"],
-        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
-        &[
-            "--renderer",
-            "2d",
-            "--share-budget",
-            "8K",
-            "--share-evict-dir",
-            evict_dir.to_str().unwrap(),
-        ],
-    );
+    let (d, policy) = budget_pair("8K");
     let mut a = Sharer::new(&d, 0);
     let mut b = Sharer::new(&d, 1);
     // Three one-page buffers, filled through a's window and unmapped there again.
@@ -924,6 +929,78 @@ fn a_display_vm_without_a_window_shows_an_imported_buffer() {
     );
     assert!(display.wait_updates(2, Duration::from_secs(5)));
     assert!(display.frame(0).unwrap().pixels == next);
+    let _ = std::fs::remove_file(policy);
+}
+
+/// A buffer moved out under the budget is brought back before a scanout shows it: the display
+/// never shows released pages, and once shown the buffer is busy and stays.
+#[test]
+fn a_moved_buffer_is_back_before_a_scanout_shows_it() {
+    const W: u32 = 64;
+    const H: u32 = 64;
+    let pages = u64::from(W * H * 4) / PAGE;
+    let budget = format!("{}K", pages * PAGE / 1024);
+    let (d, policy) = budget_pair(&budget);
+    let mut a = Sharer::new(&d, 0);
+    let image = pattern(W, H, 11);
+    let mut uuids = Vec::new();
+    for (id, fill) in [(10u32, None), (11, Some(0x5a))] {
+        host_blob(&mut a.vm, id, pages, fill.unwrap_or(0), 0);
+        if fill.is_none() {
+            assert!(a.vm.shmem().write(SHM, 0, &image));
+        }
+        ok(&mut a.vm, Command::ResourceUnmapBlob { resource_id: id });
+        uuids.push(a.export(id));
+    }
+    let mut b = Sharer::with_vm(connect_with_display(&d, 1, vec![(W, H)]));
+    // The budget holds one of the two: mapping the second moves the first out.
+    b.import_mapped(uuids[0], 20, 0, true);
+    b.import_mapped(uuids[1], 21, pages * PAGE, true);
+    let events = b.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].kind, events[0].resource_id), (event::MOVED, 20));
+    ok(
+        &mut b.vm,
+        Command::SetScanoutBlob(vgpud_protocol::ScanoutBlob {
+            rect: rect(0, 0, W, H),
+            scanout_id: 0,
+            resource_id: 20,
+            width: W,
+            height: H,
+            format: vgpud_protocol::format::B8G8R8X8_UNORM,
+            strides: [W * 4, 0, 0, 0],
+            offsets: [0; 4],
+        }),
+    );
+    let events = b.events();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| (e.kind, e.resource_id))
+            .collect::<Vec<_>>(),
+        vec![(event::MOVED, 21)],
+        "the other one made room"
+    );
+    ok(
+        &mut b.vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, W, H),
+            resource_id: 20,
+        },
+    );
+    let display = b.vm.display().unwrap();
+    assert!(display.wait_updates(1, Duration::from_secs(5)));
+    assert!(
+        display.frame(0).unwrap().pixels == image,
+        "the scanout shows the buffer's own pixels, restored"
+    );
+    // Shown, it is busy: mapping the other one back cannot move it, so nothing moves.
+    let map = Command::ResourceMapBlob {
+        resource_id: 21,
+        offset: pages * PAGE,
+    };
+    assert!(matches!(call(&mut b.vm, map), Response::OkMapInfo { .. }));
+    assert!(b.events().is_empty(), "the shown buffer stayed");
     let _ = std::fs::remove_file(policy);
 }
 

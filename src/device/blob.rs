@@ -161,15 +161,8 @@ impl<R: Renderer> Device<R> {
         if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 || blob.mapped.is_some() {
             return Err(ErrorCode::InvalidParameter);
         }
-        // A shared buffer moved out under the memory budget comes back first.
         self.forget_moved_mapping(id);
-        if let Some(uuid) = self.shared_uuid(id) {
-            if let Some(share) = self.share_hub() {
-                share
-                    .ensure_resident(&uuid)
-                    .map_err(|_| ErrorCode::OutOfMemory)?;
-            }
-        }
+        self.bring_back(id)?;
         let export = self.export(id)?;
         let len = self.window.reserve(offset, export.size, id)?;
         let access = export.map_info & MAP_ACCESS_MASK;
@@ -277,6 +270,8 @@ impl<R: Renderer> Device<R> {
         if stride < row || end.is_none_or(|end| end > blob_size(res)) {
             return Err(ErrorCode::InvalidParameter);
         }
+        // Shown, the buffer is busy and stays; it must be back before it is shown.
+        self.bring_back(s.resource_id)?;
         let slot = self
             .scanouts
             .get_mut(s.scanout_id as usize)
@@ -292,6 +287,16 @@ impl<R: Renderer> Device<R> {
             height: rect.height,
         });
         Ok(Response::OkNodata)
+    }
+
+    /// A shared buffer moved out under the memory budget comes back before anything uses it.
+    fn bring_back(&self, id: u32) -> Result<()> {
+        if let (Some(uuid), Some(share)) = (self.shared_uuid(id), self.share_hub()) {
+            share
+                .ensure_resident(&uuid)
+                .map_err(|_| ErrorCode::OutOfMemory)?;
+        }
+        Ok(())
     }
 
     /// The pixels of `area` of a blob scanout, rows packed: read from guest pages, or from the
