@@ -707,7 +707,7 @@ two_guests() {
     finish_guest "$pid1" "$dir/vm1" $5 || ok=1
     REASON=${reason:-$REASON}
     [[ $ok -eq 0 ]] || return 1
-    workers=$(grep -ac 'render worker started' "$dir/vgpud.log" || true)
+    workers=$(grep -ac 'event=worker-start ' "$dir/vgpud.log" || true)
     if [[ $workers -lt 2 ]]; then
         REASON="$workers render worker(s) started for two guests"
         return 1
@@ -766,18 +766,18 @@ case_worker-kill() {
     kill -KILL "$worker"
     log "  killed render worker $worker of guest 0"
     for ((i = 0; i < 20; i++)); do
-        grep -aq "render worker $worker ended" "$dir/vgpud.log" && break
+        grep -aq "event=worker-end pid=$worker " "$dir/vgpud.log" && break
         sleep 0.5
     done
     stop_qemu "$TB_ROOT$SOCK_DIR/$(vm_tag "$dir/vm0").qemu.pid"
     wait "$pid0" || true
     untrack "$pid0"
     finish_guest "$pid1" "$dir/vm1" vk-compute vk-render || return 1
-    if ! grep -aq "render worker $worker ended" "$dir/vgpud.log"; then
+    if ! grep -aq "event=worker-end pid=$worker " "$dir/vgpud.log"; then
         REASON="vgpud did not log the end of worker $worker"
         return 1
     fi
-    log "  $(grep -a -m1 "render worker $worker ended" "$dir/vgpud.log" | sed 's/^\[[^ ]* //')"
+    log "  $(grep -a -m1 "event=worker-end pid=$worker " "$dir/vgpud.log" | sed 's/^\[[^ ]* //')"
     check_vgpud "$dir"
 }
 

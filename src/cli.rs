@@ -1,6 +1,7 @@
 //! Command-line options and what they turn into.
 
 use std::os::fd::{FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::device::{
     DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_RESOURCE_BYTES,
 };
 use crate::render::RendererKind;
-use crate::vhost::FailureLimit;
+use crate::vhost::{FailureLimit, VmmSource};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,10 +33,18 @@ pub struct Options {
     #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
     pub socket_paths: Vec<SocketArg<PathBuf>>,
 
-    /// Serve a VMM on this inherited, already-listening socket; may be repeated, and take the
-    /// same per-VM settings as --socket-path.
+    /// Serve a VMM on this inherited socket: a listening one (VMMs connect to it, one after
+    /// another), or one already connected to a VMM (as libvirt passes it; served once, and the
+    /// daemon exits when every such VMM has gone). May be repeated, and take the same per-VM
+    /// settings as --socket-path.
     #[arg(long = "fd", value_name = "N[,KEY=VALUE...]", value_parser = parse_fd_socket)]
     pub fds: Vec<SocketArg<RawFd>>,
+
+    /// Settings for the socket-activated VM whose socket systemd names NAME
+    /// (FileDescriptorName=), as --socket-path takes them: NAME,KEY=VALUE... Sockets systemd
+    /// passes (LISTEN_FDS) are served as VMs named by their socket's name.
+    #[arg(long = "vm", value_name = "NAME,KEY=VALUE...", value_parser = parse_named_vm)]
+    pub vms: Vec<SocketArg<String>>,
 
     /// Print the backend's capabilities as JSON (vhost-user backend convention) and exit.
     #[arg(long)]
@@ -44,6 +53,16 @@ pub struct Options {
     /// Which renderer draws.
     #[arg(long, value_enum, default_value = "auto")]
     pub renderer: RendererKind,
+
+    /// 3D on: OpenGL through virglrenderer (`--renderer virgl` unless --renderer names a 3D
+    /// renderer already); what libvirt passes for `accel3d='yes'`.
+    #[arg(long)]
+    pub virgl: bool,
+
+    /// The GPU's DRM render node for 3D renderers (e.g. /dev/dri/renderD128); by default the
+    /// renderer picks one, or renders in software when there is none.
+    #[arg(long, value_name = "PATH")]
+    pub render_node: Option<PathBuf>,
 
     /// Size of each VM's host-visible window (virtio-gpu shared memory region 1) that blobs are
     /// mapped into, e.g. 256M; 0 turns blobs off. Needs a frontend with vhost-user shared memory
@@ -96,6 +115,19 @@ pub struct Options {
     #[arg(long, value_name = "PATH")]
     pub control_socket: Option<PathBuf>,
 
+    /// Let this group use the control and metrics sockets too (mode 0660).
+    #[arg(long, value_name = "GROUP")]
+    pub control_group: Option<String>,
+
+    /// Serve Prometheus metrics (`GET /metrics`, OpenMetrics text) on this UNIX socket,
+    /// created like the control socket.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_socket: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this loopback address, e.g. 127.0.0.1:9477.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_address)]
+    pub metrics_address: Option<std::net::SocketAddr>,
+
     /// Which VMs may import which VMs' buffers, by name: a JSON file
     /// `{"allow": [{"exporter": "a", "importers": ["b", "*"]}]}`. Without it, none may.
     #[arg(long, value_name = "FILE")]
@@ -122,7 +154,13 @@ pub enum Subcommand {
         /// The VM it renders for, for logs.
         #[arg(long)]
         vm: String,
+        /// The daemon's --render-node.
+        #[arg(long)]
+        render_node: Option<PathBuf>,
     },
+    /// Print the manual page (roff, from this command-line definition) and exit.
+    #[command(hide = true)]
+    Manpage,
     /// Show the VMs a running daemon serves (asks its --control-socket).
     Status {
         /// The daemon's --control-socket.
@@ -143,12 +181,21 @@ impl Options {
         }
     }
 
+    /// The renderer VMs get unless their socket says otherwise.
+    pub fn renderer(&self) -> RendererKind {
+        #[cfg(feature = "virgl")]
+        if self.virgl && matches!(self.renderer, RendererKind::Auto | RendererKind::TwoD) {
+            return RendererKind::Virgl;
+        }
+        self.renderer
+    }
+
     /// What every VM gets unless its socket says otherwise.
     pub fn vm_defaults(&self) -> VmSettings {
         VmSettings {
             name: None,
             share: false,
-            renderer: self.renderer,
+            renderer: self.renderer(),
             hostmem: self.hostmem,
             device: DeviceConfig {
                 num_scanouts: self.scanouts,
@@ -162,11 +209,17 @@ impl Options {
         }
     }
 
-    /// One listener per VM, with its socket's name and its settings. A socket named twice would
-    /// have two servers (and the second --socket-path would unlink the first's socket): refused,
-    /// and so are two VMs of one name.
-    pub fn listeners(&self) -> Result<Vec<(String, Listener, VmSettings)>, String> {
-        let mut fds: Vec<RawFd> = self.fds.iter().map(|s| s.target).collect();
+    /// Where each VM's VMM comes from, with its socket's name and its settings: the sockets
+    /// given, then those systemd passed (`activated`). A socket named twice would have two
+    /// servers (and the second --socket-path would unlink the first's socket): refused, and so
+    /// are two VMs of one name.
+    pub fn listeners(
+        &self,
+        activated: &[(RawFd, String)],
+    ) -> Result<Vec<(String, VmmSource, VmSettings)>, String> {
+        let mut fds: Vec<RawFd> = (self.fds.iter().map(|s| s.target))
+            .chain(activated.iter().map(|(fd, _)| *fd))
+            .collect();
         fds.sort_unstable();
         if let Some(fd) = fds.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
             return Err(format!("--fd {fd} given twice"));
@@ -180,6 +233,7 @@ impl Options {
         let mut names: Vec<&str> = (self.socket_paths.iter().map(|s| s.name()))
             .chain(self.fds.iter().map(|s| s.name()))
             .flatten()
+            .chain(activated.iter().map(|(_, name)| name.as_str()))
             .collect();
         names.sort_unstable();
         if let Some(n) = names.windows(2).find(|w| w[0] == w[1]).map(|w| w[0]) {
@@ -190,20 +244,28 @@ impl Options {
             let path = &arg.target;
             let settings = arg.apply(&defaults)?;
             let l = Listener::new(path, true).map_err(|e| format!("{}: {e}", path.display()))?;
-            out.push((path.display().to_string(), l, settings));
+            out.push((path.display().to_string(), VmmSource::Listener(l), settings));
         }
         for arg in &self.fds {
             let fd = arg.target;
-            if fd < 3 {
-                return Err(format!("--fd {fd}: not an inherited socket"));
+            let source = inherited(fd).map_err(|e| format!("--fd {fd}: {e}"))?;
+            out.push((format!("fd{fd}"), source, arg.apply(&defaults)?));
+        }
+        for name in self.vms.iter().map(|v| &v.target) {
+            if !activated.iter().any(|(_, n)| n == name) {
+                return Err(format!(
+                    "--vm {name}: systemd passed no socket of that name"
+                ));
             }
-            let settings = arg.apply(&defaults)?;
-            // SAFETY: the caller handed us this fd as a listening socket for us alone, and it
-            // is named once (checked above), so it gets one owner.
-            let l = unsafe { Listener::from_raw_fd(fd) };
-            l.set_nonblocking(false)
-                .map_err(|e| format!("--fd {fd}: {e}"))?;
-            out.push((format!("fd{fd}"), l, settings));
+        }
+        for (fd, name) in activated {
+            let source = inherited(*fd).map_err(|e| format!("socket {name}: {e}"))?;
+            let mut settings = match self.vms.iter().rev().find(|v| v.target == *name) {
+                Some(arg) => arg.apply(&defaults)?,
+                None => defaults.clone(),
+            };
+            settings.name = Some(name.clone());
+            out.push((format!("systemd:{name}"), source, settings));
         }
         Ok(out)
     }
@@ -252,13 +314,7 @@ fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
     let bad = |e: String| format!("{key}={value}: {e}");
     match key {
         "name" => {
-            let ok = (1..=64).contains(&value.len())
-                && value
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-            if !ok {
-                return Err(bad("1 to 64 of A-Z a-z 0-9 - _ .".into()));
-            }
+            check_name(value).map_err(bad)?;
             vm.name = Some(value.to_string());
         }
         "share" => {
@@ -311,6 +367,90 @@ fn parse_path_socket(s: &str) -> Result<SocketArg<PathBuf>, String> {
     parse_socket(s, |p| Ok(PathBuf::from(p)))
 }
 
+fn parse_named_vm(s: &str) -> Result<SocketArg<String>, String> {
+    parse_socket(s, |name| {
+        check_name(name)?;
+        Ok(name.to_string())
+    })
+}
+
+/// A VM name: what logs, the status command and the share policy call it.
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("name '{name}': 1 to 64 of A-Z a-z 0-9 - _ ."))
+    }
+}
+
+/// An inherited UNIX stream socket: a listener, or a connection to one VMM.
+fn inherited(fd: RawFd) -> Result<VmmSource, String> {
+    if fd < 3 {
+        return Err("not an inherited socket".into());
+    }
+    let int = |opt| {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `value`.
+        let rc = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&raw mut value).cast(), &mut len)
+        };
+        (rc == 0).then_some(value)
+    };
+    if int(libc::SO_DOMAIN) != Some(libc::AF_UNIX) || int(libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+    {
+        return Err("not a UNIX stream socket".into());
+    }
+    // SAFETY (both): the fd was handed to us for this VM alone and is named once (checked by
+    // the caller), so it gets one owner.
+    if int(libc::SO_ACCEPTCONN) == Some(1) {
+        let l = unsafe { Listener::from_raw_fd(fd) };
+        l.set_nonblocking(false).map_err(|e| e.to_string())?;
+        Ok(VmmSource::Listener(l))
+    } else {
+        let s = unsafe { UnixStream::from_raw_fd(fd) };
+        s.set_nonblocking(false).map_err(|e| e.to_string())?;
+        Ok(VmmSource::Connected(s))
+    }
+}
+
+/// The sockets systemd passed this process (socket activation: LISTEN_PID, LISTEN_FDS,
+/// LISTEN_FDNAMES), with their names; the variables are cleared so that no child sees them.
+/// Sockets without a name are called after their descriptor.
+pub fn take_activated_sockets() -> Result<Vec<(RawFd, String)>, String> {
+    const FIRST: RawFd = 3;
+    let var = |k| std::env::var(k).ok();
+    let (pid, count, names) = (var("LISTEN_PID"), var("LISTEN_FDS"), var("LISTEN_FDNAMES"));
+    for k in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(k);
+    }
+    if pid.and_then(|p| p.parse::<u32>().ok()) != Some(std::process::id()) {
+        return Ok(Vec::new());
+    }
+    let count: RawFd = count
+        .and_then(|n| n.parse().ok())
+        .filter(|n| (0..=1024).contains(n))
+        .ok_or("LISTEN_FDS: not a count of sockets")?;
+    let names: Vec<String> = names
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .unwrap_or_default();
+    (0..count)
+        .map(|i| {
+            let fd = FIRST + i;
+            let name = names
+                .get(i as usize)
+                .filter(|n| !n.is_empty() && n.as_str() != "unknown")
+                .cloned()
+                .unwrap_or_else(|| format!("fd{fd}"));
+            check_name(&name).map(|()| (fd, name))
+        })
+        .collect()
+}
+
 fn parse_fd_socket(s: &str) -> Result<SocketArg<RawFd>, String> {
     parse_socket(s, |n| {
         n.parse().map_err(|_| format!("--fd {n}: not a number"))
@@ -324,13 +464,30 @@ struct Capabilities {
     features: Vec<&'static str>,
 }
 
-/// The JSON that `--print-capabilities` prints.
+/// The JSON that `--print-capabilities` prints. libvirt reads it to decide what it may ask
+/// for: `virgl` (3D, `--virgl`) when this build has a 3D renderer, and `render-node`
+/// (`--render-node`) only when this host has a render node too, because libvirt, told a backend
+/// takes one, insists on finding one for every VM and refuses to start them where there is none.
 pub fn capabilities_json() -> String {
+    let mut features = Vec::new();
+    if cfg!(feature = "virgl") {
+        features.push("virgl");
+        if host_has_render_node() {
+            features.push("render-node");
+        }
+    }
     let caps = Capabilities {
         kind: "gpu",
-        features: Vec::new(),
+        features,
     };
     serde_json::to_string(&caps).unwrap_or_default()
+}
+
+fn host_has_render_node() -> bool {
+    std::fs::read_dir("/dev/dri").is_ok_and(|dir| {
+        dir.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    })
 }
 
 fn parse_resolution(s: &str) -> Result<(u32, u32), String> {
@@ -399,10 +556,10 @@ mod tests {
     #[test]
     fn a_socket_named_twice_is_refused() {
         let twice = Options::parse_from(["vgpud", "--fd", "7", "--fd", "7"]);
-        assert_eq!(twice.listeners().err().unwrap(), "--fd 7 given twice");
+        assert_eq!(twice.listeners(&[]).err().unwrap(), "--fd 7 given twice");
         let twice = Options::parse_from(["vgpud", "--socket-path", "/x", "--socket-path", "/x"]);
         assert_eq!(
-            twice.listeners().err().unwrap(),
+            twice.listeners(&[]).err().unwrap(),
             "--socket-path /x given twice"
         );
     }
@@ -458,7 +615,7 @@ mod tests {
             "--fd",
             "9,name=desk",
         ]);
-        assert_eq!(o.listeners().err().unwrap(), "two VMs named desk");
+        assert_eq!(o.listeners(&[]).err().unwrap(), "two VMs named desk");
     }
 
     #[test]

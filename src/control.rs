@@ -26,9 +26,10 @@ pub struct StatusReply {
     pub vms: Vec<VmStatus>,
 }
 
-/// Listens on `path` and answers status requests on a thread of its own. A stale socket left by
-/// an earlier daemon is replaced; any other file there is an error.
-pub fn serve(path: &Path, registry: Arc<Registry>) -> io::Result<()> {
+/// A listening socket at `path` for operators only: owner-only, or with `group` (a gid) also
+/// for that group. A stale socket left by an earlier daemon is replaced; any other file there
+/// is an error.
+pub fn bind_private(path: &Path, group: Option<u32>) -> io::Result<UnixListener> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
             return Err(io::Error::other(format!(
@@ -39,7 +40,31 @@ pub fn serve(path: &Path, registry: Arc<Registry>) -> io::Result<()> {
         std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
+    // Owner-only at once; the group is let in only once it is the right group.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    }
+    Ok(listener)
+}
+
+/// The gid of group `name`.
+pub fn group_id(name: &str) -> io::Result<u32> {
+    let c = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: getgrnam reads the NUL-terminated name; the entry it returns is read at once,
+    // before any other call could reuse it (this runs once, at start, on the main thread).
+    let entry = unsafe { libc::getgrnam(c.as_ptr()) };
+    if entry.is_null() {
+        return Err(io::Error::other(format!("no group named {name}")));
+    }
+    // SAFETY: a non-null entry from getgrnam points to a valid struct group.
+    Ok(unsafe { (*entry).gr_gid })
+}
+
+/// Listens on `path` (see `bind_private`) and answers status requests on a thread of its own.
+pub fn serve(path: &Path, registry: Arc<Registry>, group: Option<u32>) -> io::Result<()> {
+    let listener = bind_private(path, group)?;
     thread::Builder::new()
         .name("control".into())
         .spawn(move || {
@@ -93,7 +118,7 @@ pub fn query(path: &Path) -> io::Result<StatusReply> {
 /// The VMs as a table, one line each.
 pub fn table(reply: &StatusReply) -> String {
     let mut out = format!(
-        "{:<4} {:<16} {:<8} {:>8} {:<13} {:>8} {:>10} {:>7} {:>7} {:>9} {:>10}  {}\n",
+        "{:<4} {:<16} {:<8} {:>8} {:<13} {:>8} {:>10} {:>7} {:>7} {:>9} {:>10} {:>5} {:>11}  {}\n",
         "ID",
         "NAME",
         "RENDERER",
@@ -105,6 +130,8 @@ pub fn table(reply: &StatusReply) -> String {
         "FENCES",
         "RESOURCES",
         "MEMORY",
+        "MAPS",
+        "SHARES",
         "SOCKET"
     );
     for vm in &reply.vms {
@@ -113,8 +140,9 @@ pub fn table(reply: &StatusReply) -> String {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default();
+        let shares = format!("{}/{}/{}", vm.exports, vm.imports, vm.pins);
         out += &format!(
-            "{:<4} {:<16} {:<8} {:>8} {:<13} {:>7}s {:>10} {:>7} {:>7} {:>9} {:>9}K  {}\n",
+            "{:<4} {:<16} {:<8} {:>8} {:<13} {:>7}s {:>10} {:>7} {:>7} {:>9} {:>9}K {:>5} {:>11}  {}\n",
             vm.id,
             vm.name,
             vm.renderer,
@@ -126,6 +154,8 @@ pub fn table(reply: &StatusReply) -> String {
             vm.fences_pending,
             vm.resources,
             vm.resource_bytes / 1024,
+            vm.blob_mappings,
+            shares,
             vm.socket
         );
     }

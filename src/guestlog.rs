@@ -21,7 +21,8 @@ struct Bucket {
 }
 
 /// One VM's warning channel: lines carry the VM's name; past the budget they are counted, and the
-/// count is reported with the next line that gets through.
+/// count is reported with the next line that gets through. Clones share the budget: a socket
+/// keeps one for all the VMs it serves in turn.
 #[derive(Clone)]
 pub struct GuestLog {
     name: Arc<str>,
@@ -61,6 +62,17 @@ impl GuestLog {
                 log::warn!("{}: {suppressed} earlier warnings suppressed", self.name);
             }
             log::info!("{}: {args}", self.name);
+        }
+    }
+
+    /// One lifecycle line, `vm=NAME event=EVENT DETAILS`, at info level from the same budget
+    /// (a VMM can connect and go as often as it likes).
+    pub fn event(&self, event: &str, details: fmt::Arguments) {
+        if let Some(suppressed) = self.take() {
+            if suppressed > 0 {
+                log::warn!("{}: {suppressed} earlier warnings suppressed", self.name);
+            }
+            log::info!("vm={} event={event} {details}", self.name);
         }
     }
 

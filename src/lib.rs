@@ -2,8 +2,9 @@
 //!
 //! Layers, each depending only on the ones below: `vhost` (transport) -> `hub` (what crosses VMs)
 //! and `device` (one VM's device model) -> `render` (renderers: 2D in place, 3D in a worker
-//! process per VM), the wire formats in the `vgpud-protocol` crate. `ids`, `fences`, `sync` and
-//! `guestlog` are shared by all of them.
+//! process per VM), the wire formats in the `vgpud-protocol` crate. `ids`, `fences`, `sync`,
+//! `stats` and `guestlog` are shared by all of them. For operators, beside them: `cli`,
+//! `control` (the status command), `metrics` (Prometheus) and `signals` (stop and reload).
 
 pub mod cli;
 pub mod control;
@@ -14,6 +15,9 @@ pub mod fuzzing;
 pub mod guestlog;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
 pub mod render;
+pub mod signals;
+pub mod stats;
 pub mod sync;
 pub mod vhost;

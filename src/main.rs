@@ -5,13 +5,16 @@ use std::thread;
 
 use clap::Parser;
 use log::{error, info};
-use vgpud::cli::{capabilities_json, Options, Subcommand};
+use vgpud::cli::{capabilities_json, take_activated_sockets, Options, Subcommand};
 use vgpud::control;
+use vgpud::guestlog::GuestLog;
 use vgpud::hub::registry::Registry;
 use vgpud::hub::residency::Budget;
 use vgpud::hub::share::{Policy, ShareRegistry};
+use vgpud::metrics::{self, Endpoint, Metrics};
 use vgpud::render::{remote, worker, RendererKind, Soft2d};
-use vgpud::vhost::{serve, RendererSpec, VmTemplate};
+use vgpud::signals;
+use vgpud::vhost::{serve, RendererSpec, VmTemplate, VmmSource};
 
 /// Renderers started so far (or found not to start), by kind: VMs with the same kind share
 /// one 2D renderer, or one probe of a worker's capsets.
@@ -114,7 +117,20 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     raise_fd_limit();
     let opts = Options::parse();
-    if let Some(Subcommand::RenderWorker { renderer, vm }) = &opts.command {
+    // Before any thread starts, so that every thread inherits the mask.
+    if let Err(e) = signals::block() {
+        error!("cannot block the stop and reload signals: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(Subcommand::RenderWorker {
+        renderer,
+        vm,
+        render_node,
+    }) = &opts.command
+    {
+        if let Some(node) = render_node {
+            vgpud::render::use_render_node(node.clone());
+        }
         let code = worker::run(*renderer, vm);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
@@ -125,14 +141,39 @@ fn main() -> ExitCode {
     {
         return status(control_socket, *json);
     }
+    if let Some(Subcommand::Manpage) = &opts.command {
+        // The package's man page is made from the command-line definition, so it never drifts.
+        let page = clap_mangen::Man::new(<Options as clap::CommandFactory>::command());
+        let mut out = std::io::stdout().lock();
+        return match page.render(&mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("vgpud manpage: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if opts.print_capabilities {
         println!("{}", capabilities_json());
         return ExitCode::SUCCESS;
     }
-    let listeners = match opts.listeners() {
+    if opts.virgl && !cfg!(feature = "virgl") {
+        error!("--virgl: this vgpud was built without 3D renderers");
+        return ExitCode::from(2);
+    }
+    if let Some(node) = &opts.render_node {
+        if let Err(e) = std::fs::metadata(node) {
+            error!("--render-node {}: {e}", node.display());
+            return ExitCode::from(2);
+        }
+        vgpud::render::use_render_node(node.clone());
+    }
+    let listeners = match take_activated_sockets().and_then(|a| opts.listeners(&a)) {
         Ok(l) if !l.is_empty() => l,
         Ok(_) => {
-            error!("nothing to serve: give --socket-path or --fd");
+            error!(
+                "nothing to serve: give --socket-path or --fd, or start it by socket activation"
+            );
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -159,14 +200,52 @@ fn main() -> ExitCode {
         });
     }
     let shares = Arc::new(shares);
+    let group = match opts.control_group.as_deref().map(control::group_id) {
+        Some(Ok(gid)) => Some(gid),
+        Some(Err(e)) => {
+            error!("--control-group: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
     if let Some(path) = &opts.control_socket {
-        if let Err(e) = control::serve(path, registry.clone()) {
+        if let Err(e) = control::serve(path, registry.clone(), group) {
             error!("control socket {}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     }
+    let metrics = Arc::new(Metrics::new(registry.clone(), Some(shares.clone())));
+    let endpoints = (opts.metrics_socket.clone().map(Endpoint::Unix))
+        .into_iter()
+        .chain(opts.metrics_address.map(Endpoint::Tcp));
+    for endpoint in endpoints {
+        if let Err(e) = metrics::serve(&endpoint, metrics.clone(), group) {
+            error!("metrics endpoint {endpoint:?}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let reload_shares = shares.clone();
+    let policy_file = opts.share_policy.clone();
+    let reload = move || match &policy_file {
+        Some(path) => match Policy::load(path) {
+            Ok(p) => {
+                reload_shares.set_policy(p);
+                info!("share policy {} read again", path.display());
+            }
+            Err(e) => error!("--share-policy {e}; the policy in force stays"),
+        },
+        None => info!("nothing to reload (no --share-policy)"),
+    };
+    if let Err(e) = signals::handle(registry.clone(), reload) {
+        error!("cannot start the signal thread: {e}");
+        return ExitCode::FAILURE;
+    }
     let mut started = Started::new();
     let mut servers = Vec::new();
+    // Served once each: with only such VMMs, the daemon is done when they are.
+    let one_shot = listeners
+        .iter()
+        .all(|(_, source, _)| matches!(source, VmmSource::Connected(_)));
     for (socket, listener, vm) in listeners {
         let name = vm.name.clone().unwrap_or_else(|| socket.clone());
         let Some(renderer) = start_renderer(&opts, vm.renderer, vm.hostmem, &mut started) else {
@@ -182,6 +261,7 @@ fn main() -> ExitCode {
             device: vm.device,
             vmm_timeout: opts.vmm_timeout,
             failure_limit: opts.failure_limit(),
+            log: GuestLog::new(&name),
         };
         servers.push(
             thread::Builder::new()
@@ -197,5 +277,9 @@ fn main() -> ExitCode {
             Err(e) => error!("cannot start a server thread: {e}"),
         }
     }
-    ExitCode::FAILURE
+    if one_shot {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }

@@ -1,10 +1,12 @@
-//! The command line: capabilities JSON, inherited listening sockets, and bad options.
+//! The command line: capabilities JSON, inherited sockets (listening ones, a connection handed
+//! over as libvirt does it, sockets systemd passes), and bad options.
 
 mod common;
 
-use std::os::fd::AsRawFd;
-use std::os::unix::net::UnixListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::process::Command as Process;
+use std::time::{Duration, Instant};
 
 use common::*;
 use vgpud_harness::{Daemon, Vm, VmConfig};
@@ -19,7 +21,133 @@ fn print_capabilities_is_the_gpu_backend_json() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.starts_with("{\"type\":\"gpu\""), "{text}");
-    assert!(text.contains("\"features\":["), "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let features: Vec<&str> = v["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    // libvirt passes --virgl only to a backend that lists it.
+    assert_eq!(
+        features.contains(&"virgl"),
+        cfg!(feature = "virgl"),
+        "{text}"
+    );
+    // ... and, told a backend takes a render node, wants one for every VM.
+    let render_nodes = std::fs::read_dir("/dev/dri").is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("renderD"))
+    });
+    assert_eq!(
+        features.contains(&"render-node"),
+        cfg!(feature = "virgl") && render_nodes,
+        "{text}"
+    );
+}
+
+/// Waits (at most 10 s) for the daemon to exit; its exit status.
+fn exit_of(d: &mut Daemon) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Some(status) = d.exit_status() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// libvirt starts a GPU backend with `--fd=N`, one end of a socketpair whose other end QEMU
+/// gets: a connection, not a listener. It is served (memory table, rings and all) and the
+/// daemon exits once that VMM has gone.
+#[test]
+fn serves_a_vmm_handed_over_as_a_connected_socket_then_exits() {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut d = Daemon::spawn_inheriting(
+        vgpud(),
+        &["--fd=3".into(), "--renderer".into(), "2d".into()],
+        vec![OwnedFd::from(theirs)],
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let cfg = VmConfig {
+        display: Some(vec![(64, 48)]),
+        ..VmConfig::default()
+    };
+    let mut vm = Vm::over(ours, cfg).unwrap();
+    // Guest memory and the display socket, both handed over as descriptors through the relay:
+    // the picture uploaded from guest memory is the one the display shows.
+    let image = pattern(64, 48, 3);
+    upload(&mut vm, 1, 64, 48, &image);
+    show(&mut vm, 1, 64, 48);
+    let display = vm.display().unwrap();
+    assert!(display.wait_updates(1, Duration::from_secs(5)));
+    assert!(display.frame(0).unwrap().pixels == image);
+    assert!(d.is_running(), "still serving");
+    vm.disconnect();
+    let status = exit_of(&mut d).expect("the daemon exits after its only VMM");
+    assert!(status.success(), "{status:?}\n{}", d.stderr_log());
+}
+
+/// systemd socket activation: the listening sockets systemd passes (LISTEN_FDS) are VMs named
+/// after their sockets (LISTEN_FDNAMES), with --vm NAME,... settings of their own.
+#[test]
+fn serves_the_sockets_systemd_passes_under_their_names() {
+    let dir = std::env::temp_dir().join(format!("vgpud-activation-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths = [dir.join("alpha.sock"), dir.join("beta.sock")];
+    let fds: Vec<OwnedFd> = paths
+        .iter()
+        .map(|p| OwnedFd::from(UnixListener::bind(p).unwrap()))
+        .collect();
+    let control = dir.join("control.sock");
+    let args: Vec<String> = [
+        "--renderer",
+        "2d",
+        "--vm",
+        "beta,scanouts=2",
+        "--control-socket",
+        control.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _d =
+        Daemon::spawn_inheriting(vgpud(), &args, fds, paths.to_vec(), Some("alpha:beta")).unwrap();
+    let mut vms: Vec<Vm> = paths
+        .iter()
+        .map(|p| Vm::connect(p, VmConfig::default()).unwrap())
+        .collect();
+    let scanouts = |vm: &mut Vm| {
+        let config = vm.get_config(0, 20).unwrap();
+        vgpud_protocol::GpuConfig::from_bytes(&config)
+            .unwrap()
+            .num_scanouts
+    };
+    assert_eq!(scanouts(&mut vms[0]), 1, "alpha: the daemon's default");
+    assert_eq!(scanouts(&mut vms[1]), 2, "beta: its --vm settings");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let names = loop {
+        let out = Process::new(vgpud())
+            .args(["status", "--json", "--control-socket"])
+            .arg(&control)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let mut names: Vec<String> = (v["vms"].as_array().into_iter().flatten())
+            .map(|vm| format!("{}@{}", vm["name"], vm["socket"]).replace('"', ""))
+            .collect();
+        names.sort();
+        if names.len() == 2 || Instant::now() >= deadline {
+            break names;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(names, ["alpha@systemd:alpha", "beta@systemd:beta"]);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -54,6 +182,8 @@ fn refuses_to_start_without_work_or_with_bad_options() {
         ["--resolution", "0x5"],
         ["--max-resource-memory", "lots"],
         ["--fd", "1"],
+        // Settings for a socket systemd did not pass.
+        ["--vm", "ghost,scanouts=2"],
     ] {
         let out = Process::new(vgpud()).args(bad).output().unwrap();
         assert!(!out.status.success(), "{bad:?} accepted");

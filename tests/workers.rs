@@ -197,7 +197,7 @@ fn a_killed_worker_costs_only_its_vm() {
     assert_eq!((hdr.fence_id, r), (9, Response::OkNodata));
     assert!(d
         .stderr_log()
-        .contains(&format!("render worker {victim_worker} ended")));
+        .contains(&format!("event=worker-end pid={victim_worker} ")));
     // The socket takes the next VM, with a worker of its own.
     drop(victim);
     let mut next = connect(&d, 0);

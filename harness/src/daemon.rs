@@ -56,6 +56,77 @@ impl Daemon {
         Self::spawn_in(dir, program, &args, None)
     }
 
+    /// Runs `program` with `args` and `fds` as its descriptors 3, 4, ... The sockets are the
+    /// test's own (`sockets` names those that listen, for `socket(i)`). With `activation` set
+    /// to the sockets' names (colon-separated), they are passed as systemd does it:
+    /// LISTEN_FDS, LISTEN_FDNAMES and LISTEN_PID (the program's own pid, so it starts through
+    /// `sh -c 'LISTEN_PID=$$ exec ...'`).
+    pub fn spawn_inheriting(
+        program: &Path,
+        args: &[String],
+        fds: Vec<std::os::fd::OwnedFd>,
+        sockets: Vec<PathBuf>,
+        activation: Option<&str>,
+    ) -> io::Result<Daemon> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = make_temp_dir("vgpud-harness")?;
+        let mut cmd = match activation {
+            Some(names) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c")
+                    .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+                    .arg(program)
+                    .env("LISTEN_FDS", fds.len().to_string())
+                    .env("LISTEN_FDNAMES", names);
+                c
+            }
+            None => Command::new(program),
+        };
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(File::create(dir.join("stdout.log"))?)
+            .stderr(File::create(dir.join("stderr.log"))?);
+        let raw: Vec<i32> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        // SAFETY: only fcntl and dup2 (async-signal-safe) between fork and exec. Each fd is
+        // first moved above the target range, so no dup2 overwrites a source still needed.
+        unsafe {
+            cmd.pre_exec(move || {
+                // No allocation after fork: a fixed array.
+                let mut high = [-1i32; 16];
+                if raw.len() > high.len() {
+                    return Err(io::Error::other("too many descriptors"));
+                }
+                for (h, &fd) in high.iter_mut().zip(&raw) {
+                    *h = libc::fcntl(fd, libc::F_DUPFD, 100);
+                    if *h < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                for (i, &h) in high.iter().take(raw.len()).enumerate() {
+                    if libc::dup2(h, 3 + i as i32) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn();
+        drop(fds);
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        Ok(Daemon {
+            child,
+            dir,
+            sockets,
+        })
+    }
+
     /// As `spawn_with_sockets`, with at most `max_fds` open descriptors (RLIMIT_NOFILE) if given.
     pub fn spawn_with_sockets_limited(
         program: &Path,

@@ -227,8 +227,14 @@ fn serve_backend_channel(
 impl Vm {
     /// Full vhost-user bring-up as QEMU does it; see the crate docs for the sequence.
     pub fn connect(socket: &Path, cfg: VmConfig) -> io::Result<Vm> {
+        let stream = connect_socket(socket, cfg.timeout)?;
+        Vm::over(stream, cfg)
+    }
+
+    /// As `connect`, over a socket already connected to the backend (as libvirt hands one end
+    /// of a socketpair to the backend and the other to QEMU).
+    pub fn over(stream: UnixStream, cfg: VmConfig) -> io::Result<Vm> {
         let t = cfg.timeout;
-        let stream = connect_socket(socket, t)?;
         let main = stream.try_clone()?;
         let watchdog = crate::watchdog::Watchdog::new(stream.try_clone()?)?;
         let mut mem = GuestMem::new(&cfg.regions)?;

@@ -50,6 +50,42 @@ pub mod cmd {
     pub const MOVE_CURSOR: u32 = 0x301;
 }
 
+/// Every command type with a name for metrics and logs, in a fixed order: a command's index
+/// here (`command_index`) is where per-command counters keep it.
+pub const COMMAND_NAMES: [(u32, &str); 26] = [
+    (cmd::GET_DISPLAY_INFO, "get_display_info"),
+    (cmd::RESOURCE_CREATE_2D, "resource_create_2d"),
+    (cmd::RESOURCE_UNREF, "resource_unref"),
+    (cmd::SET_SCANOUT, "set_scanout"),
+    (cmd::RESOURCE_FLUSH, "resource_flush"),
+    (cmd::TRANSFER_TO_HOST_2D, "transfer_to_host_2d"),
+    (cmd::RESOURCE_ATTACH_BACKING, "resource_attach_backing"),
+    (cmd::RESOURCE_DETACH_BACKING, "resource_detach_backing"),
+    (cmd::GET_CAPSET_INFO, "get_capset_info"),
+    (cmd::GET_CAPSET, "get_capset"),
+    (cmd::GET_EDID, "get_edid"),
+    (cmd::RESOURCE_ASSIGN_UUID, "resource_assign_uuid"),
+    (cmd::RESOURCE_CREATE_BLOB, "resource_create_blob"),
+    (cmd::SET_SCANOUT_BLOB, "set_scanout_blob"),
+    (cmd::CTX_CREATE, "ctx_create"),
+    (cmd::CTX_DESTROY, "ctx_destroy"),
+    (cmd::CTX_ATTACH_RESOURCE, "ctx_attach_resource"),
+    (cmd::CTX_DETACH_RESOURCE, "ctx_detach_resource"),
+    (cmd::RESOURCE_CREATE_3D, "resource_create_3d"),
+    (cmd::TRANSFER_TO_HOST_3D, "transfer_to_host_3d"),
+    (cmd::TRANSFER_FROM_HOST_3D, "transfer_from_host_3d"),
+    (cmd::SUBMIT_3D, "submit_3d"),
+    (cmd::RESOURCE_MAP_BLOB, "resource_map_blob"),
+    (cmd::RESOURCE_UNMAP_BLOB, "resource_unmap_blob"),
+    (cmd::UPDATE_CURSOR, "update_cursor"),
+    (cmd::MOVE_CURSOR, "move_cursor"),
+];
+
+/// Where `code` is in `COMMAND_NAMES`.
+pub fn command_index(code: u32) -> Option<usize> {
+    COMMAND_NAMES.iter().position(|(c, _)| *c == code)
+}
+
 /// Response type codes.
 pub mod resp {
     pub const OK_NODATA: u32 = 0x1100;

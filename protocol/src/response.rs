@@ -19,6 +19,33 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every error code, in the order of their wire codes.
+    pub const ALL: [ErrorCode; 6] = [
+        ErrorCode::Unspec,
+        ErrorCode::OutOfMemory,
+        ErrorCode::InvalidScanoutId,
+        ErrorCode::InvalidResourceId,
+        ErrorCode::InvalidContextId,
+        ErrorCode::InvalidParameter,
+    ];
+
+    /// Its place in `ALL`.
+    pub fn index(self) -> usize {
+        (self.code() - resp::ERR_UNSPEC) as usize
+    }
+
+    /// Its name for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorCode::Unspec => "unspec",
+            ErrorCode::OutOfMemory => "out_of_memory",
+            ErrorCode::InvalidScanoutId => "invalid_scanout_id",
+            ErrorCode::InvalidResourceId => "invalid_resource_id",
+            ErrorCode::InvalidContextId => "invalid_context_id",
+            ErrorCode::InvalidParameter => "invalid_parameter",
+        }
+    }
+
     pub fn code(self) -> u32 {
         match self {
             ErrorCode::Unspec => resp::ERR_UNSPEC,

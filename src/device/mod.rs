@@ -38,6 +38,18 @@ use crate::ids::VmId;
 use crate::ids::{FenceId, GuestCtxId, RendererCtxId, RendererResId};
 use vgpud_protocol::share::{Uuid, CAPSET_SHARE, SHARE_VERSION};
 
+/// Counts of what a device holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    pub resources: usize,
+    pub resource_bytes: u64,
+    pub blob_mappings: usize,
+    /// Buffers exported, resources made from imports, pins held.
+    pub exports: usize,
+    pub imports: usize,
+    pub pins: usize,
+}
+
 /// Per-VM limits and the initial display layout.
 #[derive(Clone, Debug)]
 pub struct DeviceConfig {
@@ -815,6 +827,19 @@ impl<R: Renderer> Device<R> {
 
     pub fn resource_count(&self) -> usize {
         self.resources.len()
+    }
+
+    /// What the device holds now, for the VM's counters.
+    pub fn gauges(&self) -> Gauges {
+        let (exports, imports, pins) = self.share.as_ref().map_or((0, 0, 0), |s| s.counts());
+        Gauges {
+            resources: self.resources.len(),
+            resource_bytes: self.resource_bytes,
+            blob_mappings: self.window.len(),
+            exports,
+            imports,
+            pins,
+        }
     }
 
     /// Host bytes charged to the VM's memory quota (`DeviceConfig::max_resource_bytes`).

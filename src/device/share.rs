@@ -102,6 +102,12 @@ pub struct ShareState {
 }
 
 impl ShareState {
+    /// Exports, resources made from imports, and pins held now.
+    pub(super) fn counts(&self) -> (usize, usize, usize) {
+        let pins = self.pins.values().map(|n| *n as usize).sum();
+        (self.exported.len(), self.imported.len(), pins)
+    }
+
     pub fn new(hub: Arc<dyn ShareHub>, vm: VmId) -> Self {
         ShareState {
             hub,

@@ -70,7 +70,7 @@ impl HostWindow {
             .collect()
     }
 
-    #[cfg(test)]
+    /// Mappings in the window now.
     pub fn len(&self) -> usize {
         self.live.len()
     }

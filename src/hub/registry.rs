@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::{Deserialize, Serialize};
+use vgpud_protocol::{ErrorCode, COMMAND_NAMES};
 
 use crate::ids::VmId;
 use crate::sync::lock;
@@ -47,15 +49,35 @@ pub struct VmRecord {
     /// The pid of the VM's render worker; 0 while it has none.
     pub worker_pid: Arc<AtomicU32>,
     pub counters: VmCounters,
+    /// Ends the VM's connection when the daemon stops (set by its transport).
+    stop: Mutex<Option<StopFn>>,
 }
+
+/// How the daemon ends a VM's connection when it stops.
+pub type StopFn = Box<dyn Fn() + Send + Sync>;
 
 /// What a VM did, counted as it happens.
 #[derive(Default)]
 pub struct VmCounters {
     /// Control and cursor requests handled.
     pub commands: AtomicU64,
+    /// The same by command type (`vgpud_protocol::COMMAND_NAMES` order).
+    pub by_command: [AtomicU64; COMMAND_NAMES.len()],
     /// Requests answered with an error.
     pub errors: AtomicU64,
+    /// The same by error (`ErrorCode::ALL` order); requests that did not even decode count
+    /// under their decoding error's code.
+    pub by_error: [AtomicU64; ErrorCode::ALL.len()],
+    /// From a fenced request to its answer.
+    pub fence_latency: FenceLatency,
+    /// Bytes TRANSFER_TO_HOST_2D copied from guest memory.
+    pub transfer_2d_bytes: AtomicU64,
+    /// Blobs mapped into the VM's host-visible window now.
+    pub blob_mappings: AtomicU64,
+    /// Buffers the VM exports, imports (resources made from imports) and pins now.
+    pub exports: AtomicU64,
+    pub imports: AtomicU64,
+    pub pins: AtomicU64,
     /// Fenced requests answered after their fence signalled.
     pub fences_signalled: AtomicU64,
     /// Fenced requests waiting for their fence now.
@@ -65,7 +87,30 @@ pub struct VmCounters {
     pub resource_bytes: AtomicU64,
 }
 
+/// A histogram of fence latencies, in seconds.
+#[derive(Debug)]
+pub struct FenceLatency(pub Histogram);
+
+impl Default for FenceLatency {
+    fn default() -> Self {
+        // 50 us to ~13 s, four per decade-ish: TCG guests are slow, GPUs are not.
+        FenceLatency(Histogram::new(exponential_buckets(50e-6, 4.0, 10)))
+    }
+}
+
 impl VmRecord {
+    pub fn on_stop(&self, stop: StopFn) {
+        *lock(&self.stop) = Some(stop);
+    }
+
+    /// Ends the VM's connection (the daemon is stopping).
+    pub fn stop(&self) {
+        let stop = lock(&self.stop).take();
+        if let Some(stop) = stop {
+            stop();
+        }
+    }
+
     pub fn state(&self) -> VmState {
         *lock(&self.state)
     }
@@ -97,6 +142,10 @@ impl VmRecord {
             fences_pending: get(&c.fences_pending),
             resources: get(&c.resources),
             resource_bytes: get(&c.resource_bytes),
+            blob_mappings: get(&c.blob_mappings),
+            exports: get(&c.exports),
+            imports: get(&c.imports),
+            pins: get(&c.pins),
         }
     }
 }
@@ -119,6 +168,17 @@ pub struct VmStatus {
     pub fences_pending: u64,
     pub resources: u64,
     pub resource_bytes: u64,
+    /// Blobs mapped into its host-visible window now.
+    #[serde(default)]
+    pub blob_mappings: u64,
+    /// Buffers it exports, resources it made from imports, pins it holds (SHARES in the table:
+    /// exports/imports/pins).
+    #[serde(default)]
+    pub exports: u64,
+    #[serde(default)]
+    pub imports: u64,
+    #[serde(default)]
+    pub pins: u64,
 }
 
 /// A VM's place in the registry; dropping it removes the VM.
@@ -157,6 +217,7 @@ impl Registry {
             state: Mutex::new(VmState::Connected),
             worker_pid: Arc::default(),
             counters: VmCounters::default(),
+            stop: Mutex::new(None),
         });
         Registration {
             registry: self.clone(),
@@ -166,8 +227,12 @@ impl Registry {
 
     /// Every VM served now, by id.
     pub fn status(&self) -> Vec<VmStatus> {
-        let records: Vec<Arc<VmRecord>> = lock(&self.vms).values().cloned().collect();
-        records.iter().map(|r| r.status()).collect()
+        self.records().iter().map(|r| r.status()).collect()
+    }
+
+    /// The records of every VM served now, by id.
+    pub fn records(&self) -> Vec<Arc<VmRecord>> {
+        lock(&self.vms).values().cloned().collect()
     }
 }
 

@@ -27,6 +27,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use log::{debug, warn};
@@ -42,6 +43,25 @@ use crate::sync::lock;
 pub struct Budget {
     pub limit: u64,
     pub dir: PathBuf,
+}
+
+/// Buffers moved out and brought back so far.
+#[derive(Default)]
+pub struct MoveCounts {
+    pub evictions: std::sync::atomic::AtomicU64,
+    pub restores: std::sync::atomic::AtomicU64,
+}
+
+/// Sharing as a whole: exported buffers, the daemon's own shared memory that is resident and
+/// pinned, the budget, moves so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShareStats {
+    pub exports: u64,
+    pub resident_bytes: u64,
+    pub pinned_bytes: u64,
+    pub budget_bytes: Option<u64>,
+    pub evictions: u64,
+    pub restores: u64,
 }
 
 pub enum Place {
@@ -107,6 +127,19 @@ fn release(file: &File, offset: u64, len: u64) -> io::Result<()> {
 }
 
 impl ShareRegistry {
+    /// Sharing as a whole, for operators.
+    pub fn stats(&self) -> ShareStats {
+        let shares = lock(&self.shares);
+        ShareStats {
+            exports: shares.exports.len() as u64,
+            resident_bytes: resident_bytes(shares.exports.iter()),
+            pinned_bytes: pinned_bytes(shares.exports.iter()),
+            budget_bytes: self.budget.as_ref().map(|b| b.limit),
+            evictions: self.moves.evictions.load(Ordering::Relaxed),
+            restores: self.moves.restores.load(Ordering::Relaxed),
+        }
+    }
+
     /// Makes `uuid`'s contents resident (restoring them if they were moved out) and marks it
     /// used now. Fails while it is being moved.
     pub fn ensure_resident(&self, uuid: &Uuid) -> Result<(), Status> {
@@ -133,6 +166,7 @@ impl ShareRegistry {
         match restored {
             Ok(()) => {
                 export.place = Place::Resident;
+                self.moves.restores.fetch_add(1, Ordering::Relaxed);
                 Ok(())
             }
             Err(e) => {
@@ -231,6 +265,7 @@ impl ShareRegistry {
                         "share: moved out a {} KiB buffer (over the budget)",
                         storage.size >> 10
                     );
+                    self.moves.evictions.fetch_add(1, Ordering::Relaxed);
                     self.settle(&uuid, Place::Evicted(file));
                 }
                 Err(e) => {

@@ -17,13 +17,13 @@
 //!
 //! Lock order: a VM's device lock, then its parked-answers lock, then this registry's lock,
 //! which is taken last and never held while anything outside it runs (VMs are told after it is
-//! released).
+//! released). The policy's own lock is a leaf: held only to copy the policy out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, Weak};
 
-use super::residency::{pinned_bytes, Budget, Place};
+use super::residency::{pinned_bytes, Budget, MoveCounts, Place};
 pub use super::waits::SHARE_FENCE_BIT;
 use super::waits::{signal, Point, Wait};
 use serde::Deserialize;
@@ -133,18 +133,31 @@ impl Shares {
 
 #[derive(Default)]
 pub struct ShareRegistry {
-    pub(super) policy: Policy,
+    /// Replaced whole on reload; imports made before stay.
+    policy: Mutex<Arc<Policy>>,
     pub(super) shares: Mutex<Shares>,
     pub(super) budget: Option<Budget>,
+    pub(super) moves: MoveCounts,
 }
 
 impl ShareRegistry {
     pub fn new(policy: Policy) -> Self {
         ShareRegistry {
-            policy,
+            policy: Mutex::new(Arc::new(policy)),
             shares: Mutex::default(),
             budget: None,
+            moves: MoveCounts::default(),
         }
+    }
+
+    /// A new policy for imports from now on (a reload); imports already made are kept.
+    pub fn set_policy(&self, policy: Policy) {
+        *lock(&self.policy) = Arc::new(policy);
+    }
+
+    /// The policy now (its lock is taken alone, never with another).
+    pub(super) fn policy(&self) -> Arc<Policy> {
+        lock(&self.policy).clone()
     }
 
     /// Keeps the daemon's own shared memory under `budget`, moving what must go to `dir`.
@@ -308,7 +321,7 @@ impl ShareHub for ShareRegistry {
             .get(&export.exporter)
             .map(|m| m.name.clone())
             .unwrap_or_default();
-        if !self.policy.allows(&exporter, &importer) {
+        if !self.policy().allows(&exporter, &importer) {
             // Logged by the importing VM's device (rate-limited): a guest can repeat this.
             return Err(Status::Denied);
         }
@@ -476,6 +489,24 @@ mod tests {
             "no longer imported"
         );
         assert_eq!(hub.import(VmId(2), &uuid, true).err(), Some(Status::NoSuch));
+    }
+
+    #[test]
+    fn a_new_policy_governs_imports_from_then_on_and_keeps_earlier_ones() {
+        let hub = ShareRegistry::new(policy(
+            r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        ));
+        let _clients = members(&hub, 3);
+        let uuid = [6; 16];
+        hub.export(VmId(1), 7, uuid, storage(), false).unwrap();
+        assert!(hub.import(VmId(2), &uuid, true).is_ok());
+        assert_eq!(hub.import(VmId(3), &uuid, true).err(), Some(Status::Denied));
+        hub.set_policy(policy(
+            r#"{"allow": [{"exporter": "a", "importers": ["c"]}]}"#,
+        ));
+        assert!(hub.import(VmId(3), &uuid, true).is_ok(), "c may now");
+        assert_eq!(hub.importers(&uuid), 2, "b's import stays");
+        assert_eq!(hub.import(VmId(2), &uuid, true).err(), Some(Status::Denied));
     }
 
     #[test]

@@ -202,6 +202,7 @@ impl ShareRegistry {
         vm: VmId,
         handles: &[u64],
     ) -> Result<(FenceId, Vec<u64>), Status> {
+        let policy = self.policy();
         let (client, fence, failed, waiting) = {
             let mut shares = lock(&self.shares);
             let client = shares.client(vm).ok_or(Status::Unsupported)?;
@@ -213,8 +214,8 @@ impl ShareRegistry {
             for h in handles {
                 let p = shares.points.get(h).ok_or(Status::NoSuch)?;
                 if p.exporter != vm {
-                    let allowed = (waiter.as_deref())
-                        .is_some_and(|w| self.policy.allows(&p.exporter_name, w));
+                    let allowed =
+                        (waiter.as_deref()).is_some_and(|w| policy.allows(&p.exporter_name, w));
                     if !allowed {
                         return Err(Status::Denied);
                     }

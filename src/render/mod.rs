@@ -13,9 +13,10 @@ mod rutabaga;
 mod soft2d;
 pub mod worker;
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread;
 
 use ::rutabaga_gfx::Rutabaga;
@@ -26,6 +27,18 @@ pub use self::rutabaga::RendererKind;
 pub use self::soft2d::Soft2d;
 use crate::device::Renderer;
 use crate::fences::FenceSink;
+
+/// The GPU render node 3D renderers use (--render-node), if one was named: set once at start,
+/// by the broker for the workers it starts and by each worker for its renderer.
+static RENDER_NODE: OnceLock<PathBuf> = OnceLock::new();
+
+pub fn use_render_node(path: PathBuf) {
+    let _ = RENDER_NODE.set(path);
+}
+
+fn render_node() -> Option<&'static Path> {
+    RENDER_NODE.get().map(PathBuf::as_path)
+}
 
 /// A renderer the devices of several VMs share.
 pub type SharedRenderer = Arc<dyn Renderer + Sync>;

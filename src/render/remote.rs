@@ -30,6 +30,7 @@ use crate::device::memory::HostRange;
 use crate::device::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
 use crate::fences::{Fence, FenceSink};
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
+use crate::stats;
 use crate::sync::lock;
 
 pub struct RemoteRenderer {
@@ -116,6 +117,9 @@ fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, U
     let mut cmd = Command::new("/proc/self/exe");
     cmd.args(["render-worker", "--renderer", &kind_name, "--vm", vm])
         .stdin(Stdio::null());
+    if let Some(node) = super::render_node() {
+        cmd.arg("--render-node").arg(node);
+    }
     let fds = [
         theirs_req.as_raw_fd(),
         theirs_ev.as_raw_fd(),
@@ -157,6 +161,18 @@ fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
     let closed = unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
     if closed != 0 {
         return Err(io::Error::last_os_error());
+    }
+    // The broker blocks its stop and reload signals (they are taken by a thread of its own,
+    // crate::signals); a blocked mask survives exec, and the worker must die of them as usual.
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and touch only `none`.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut(),
+        ))?;
     }
     Ok(())
 }
@@ -215,7 +231,12 @@ impl Drop for RemoteRenderer {
         if let Some(worker) = lock(&self.inner.state).worker.take() {
             *lock(&self.inner.killable) = 0;
             self.inner.shown_pid.store(0, Ordering::Relaxed);
+            let pid = worker.child.id();
             end(worker);
+            info!(
+                "vm={} event=worker-end pid={pid} reason=vm-gone",
+                self.inner.vm
+            );
         }
     }
 }
@@ -256,6 +277,12 @@ impl Inner {
             Ok(answer) => Ok(answer),
             Err(e) => {
                 let why = format!("render worker of {} failed: {e}", self.vm);
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+                ) {
+                    stats::bump(&stats::DAEMON.watchdog_kills);
+                }
                 drop(state);
                 self.die(&why);
                 Err(RenderError::Gone)
@@ -271,10 +298,12 @@ impl Inner {
         }
         if state.worker.is_none() {
             let (worker, events) = spawn(self.kind, &self.vm, self.limit)?;
+            stats::bump(&stats::DAEMON.worker_starts);
             info!(
-                "{}: render worker started, pid {}",
+                "vm={} event=worker-start pid={} renderer={:?}",
                 self.vm,
-                worker.child.id()
+                worker.child.id(),
+                self.kind
             );
             if let Some((regions, files)) = &state.table {
                 let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
@@ -303,6 +332,7 @@ impl Inner {
         if self.dead.swap(true, Ordering::AcqRel) {
             return;
         }
+        stats::bump(&stats::DAEMON.worker_failures);
         *lock(&self.teller) = Some(thread::current().id());
         // Killed first: a call may hold the state lock while it waits on this worker.
         {
@@ -324,7 +354,10 @@ impl Inner {
                 Ok(status) => status.to_string(),
                 Err(e) => e.to_string(),
             };
-            error!("{}: render worker {pid} ended ({status}): {why}", self.vm);
+            error!(
+                "vm={} event=worker-end pid={pid} status=\"{status}\" reason=\"{why}\"",
+                self.vm
+            );
         }
         // Out of the lock first: the notice may drop the VM, and with it this renderer, whose
         // Drop takes that lock.

@@ -112,7 +112,15 @@ fn virglrenderer(venus: bool, fences: RutabagaFenceHandler) -> Result<Rutabaga, 
     if venus {
         capsets |= 1 << RUTABAGA_CAPSET_VENUS;
     }
+    // virglrenderer opens the render node it is given, or finds one (or none: software).
+    let paths = super::render_node().map(|path| {
+        vec![rutabaga_gfx::RutabagaPath {
+            path: path.to_path_buf(),
+            path_type: rutabaga_gfx::RUTABAGA_PATH_TYPE_GPU,
+        }]
+    });
     let r = RutabagaBuilder::new(capsets, fences)
+        .set_rutabaga_paths(paths)
         .set_use_egl(true)
         .set_use_gles(true)
         .set_use_surfaceless(true)

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use vhost_user_backend::VringRwLock;
 
@@ -18,7 +19,7 @@ pub type Answer = (u16, u32);
 
 impl VmBackend {
     pub(super) fn park(&self, timeline: Timeline, fence: FenceId, answer: Answer) {
-        lock(&self.parked).park(timeline, fence, answer);
+        lock(&self.parked).park(timeline, fence, (answer, Instant::now()));
         self.record
             .counters
             .fences_pending
@@ -31,13 +32,18 @@ impl VmBackend {
         if signalled.is_empty() {
             return Ok(());
         }
-        let (retired, ready): (Vec<FenceId>, Vec<Answer>) = {
+        let (retired, ready): (Vec<FenceId>, Vec<(Answer, Instant)>) = {
             let mut parked = lock(&self.parked);
             signalled
                 .into_iter()
                 .flat_map(|id| parked.retire_with_ids(id))
                 .unzip()
         };
+        let latency = &self.record.counters.fence_latency.0;
+        for (_, parked_at) in &ready {
+            latency.observe(parked_at.elapsed().as_secs_f64());
+        }
+        let ready: Vec<Answer> = ready.into_iter().map(|(answer, _)| answer).collect();
         let n = ready.len() as u64;
         self.record
             .counters
@@ -58,7 +64,9 @@ impl VmBackend {
         control: &VringRwLock,
         ctx: GuestCtxId,
     ) -> io::Result<()> {
-        let ready = lock(&self.parked).drain_context(ctx);
+        let ready: Vec<Answer> = (lock(&self.parked).drain_context(ctx).into_iter())
+            .map(|(answer, _)| answer)
+            .collect();
         self.unpark(ready.len() as u64);
         if let Some(hub) = self.shares() {
             hub.fences_dropped(self.record.id, Some(ctx));

@@ -5,11 +5,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
-use log::{debug, error};
+use log::{debug, error, info};
 use vgpud_protocol::{
-    GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_BLOB_ALIGNMENT, F_CONTEXT_INIT, F_EDID,
-    F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
+    Command, GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_BLOB_ALIGNMENT, F_CONTEXT_INIT,
+    F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
 };
 use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -30,7 +31,7 @@ use super::queue;
 use super::RendererSpec;
 use super::VmTemplate;
 use crate::device::memory::check_region;
-use crate::device::{Device, ShmemRequest};
+use crate::device::{Device, Gauges, ShmemRequest};
 use crate::fences::{FenceInbox, FenceSink, Timeline, Timelines};
 use crate::guestlog::GuestLog;
 use crate::hub::registry::{VmRecord, VmState};
@@ -83,7 +84,8 @@ pub struct VmBackend {
     shmem_order: Mutex<()>,
     /// The daemon's share registry, when this VM may share.
     shares: Option<Arc<ShareRegistry>>,
-    pub(super) parked: Mutex<Timelines<Answer>>,
+    /// Answers waiting for their fence, with when they were parked.
+    pub(super) parked: Mutex<Timelines<(Answer, Instant)>>,
     features: u64,
     events_read: Mutex<u32>,
     event_idx: AtomicBool,
@@ -101,7 +103,7 @@ impl VmBackend {
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
         let sink = Arc::downgrade(&sink);
-        let log = GuestLog::new(name);
+        let log = template.log.clone();
         let renderer: SharedRenderer = match template.renderer {
             RendererSpec::Shared(r) => r,
             RendererSpec::Worker {
@@ -188,6 +190,21 @@ impl VmBackend {
         }
     }
 
+    /// Ends the connection because the daemon is stopping (not the VM's fault).
+    pub fn stop(&self) {
+        if self.gone.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.record.set_state(VmState::Disconnecting);
+        info!(
+            "{}: disconnecting the VMM: the daemon is stopping",
+            self.name
+        );
+        if let Some(handle) = lock(&self.shutdown).as_ref() {
+            handle.shutdown();
+        }
+    }
+
     /// Whether the queue is not served: the guest broke its rings (until they are set up again),
     /// or the VMM is being disconnected.
     pub(super) fn is_broken(&self, queue: u16) -> bool {
@@ -209,17 +226,44 @@ impl VmBackend {
             }
         }
     }
-    /// Counts a handled control request, and the resources the VM holds after it.
-    pub(super) fn count(&self, response: &Response, resources: usize, bytes: u64) {
+    /// Counts a handled control request (`command` None: one that did not decode), and what
+    /// the VM holds after it.
+    pub(super) fn count(&self, command: Option<&Command>, response: &Response, now: Gauges) {
         let c = &self.record.counters;
+        let bump = |a: Option<&std::sync::atomic::AtomicU64>, n: u64| {
+            if let Some(a) = a {
+                a.fetch_add(n, Ordering::Relaxed);
+            }
+        };
         if c.commands.fetch_add(1, Ordering::Relaxed) == 0 {
             self.record.set_state(VmState::Running);
         }
-        if matches!(response, Response::Err(_)) {
-            c.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(cmd) = command {
+            bump(
+                vgpud_protocol::command_index(cmd.type_code()).and_then(|i| c.by_command.get(i)),
+                1,
+            );
         }
-        c.resources.store(resources as u64, Ordering::Relaxed);
-        c.resource_bytes.store(bytes, Ordering::Relaxed);
+        match (command, response) {
+            (_, Response::Err(e)) => {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+                bump(c.by_error.get(e.index()), 1);
+            }
+            (Some(Command::TransferToHost2d { rect, .. }), _) => {
+                // 2D resources hold 4 bytes a pixel.
+                let bytes = u64::from(rect.width) * u64::from(rect.height) * 4;
+                bump(Some(&c.transfer_2d_bytes), bytes);
+            }
+            _ => {}
+        }
+        let set = |a: &std::sync::atomic::AtomicU64, v: usize| a.store(v as u64, Ordering::Relaxed);
+        set(&c.resources, now.resources);
+        c.resource_bytes
+            .store(now.resource_bytes, Ordering::Relaxed);
+        set(&c.blob_mappings, now.blob_mappings);
+        set(&c.exports, now.exports);
+        set(&c.imports, now.imports);
+        set(&c.pins, now.pins);
     }
 
     pub(super) fn event_idx(&self) -> bool {
@@ -443,6 +487,25 @@ impl VhostUserBackend for VmBackend {
 
     fn features(&self) -> u64 {
         self.features
+    }
+
+    fn acked_features(&self, features: u64) {
+        let named = [
+            (F_VIRGL, "virgl"),
+            (F_EDID, "edid"),
+            (F_RESOURCE_UUID, "resource_uuid"),
+            (F_RESOURCE_BLOB, "resource_blob"),
+            (F_CONTEXT_INIT, "context_init"),
+            (F_BLOB_ALIGNMENT, "blob_alignment"),
+        ];
+        let on: Vec<&str> = (named.iter())
+            .filter(|(bit, _)| features & (1 << bit) != 0)
+            .map(|(_, name)| *name)
+            .collect();
+        self.log.event(
+            "features",
+            format_args!("acked={features:#x} gpu={}", on.join(",")),
+        );
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {

@@ -5,14 +5,17 @@ mod backend;
 mod display;
 mod peer;
 mod queue;
+pub mod relay;
 
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{error, info, warn};
+use log::{error, info};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -21,7 +24,8 @@ use vmm_sys_util::epoll::EventSet;
 pub use self::backend::VmBackend;
 use crate::device::CapsetInfo;
 use crate::device::DeviceConfig;
-use crate::hub::registry::Registry;
+use crate::guestlog::GuestLog;
+use crate::hub::registry::{Registry, VmState};
 use crate::hub::share::ShareRegistry;
 use crate::render::{RendererKind, SharedRenderer};
 
@@ -63,6 +67,8 @@ pub struct VmTemplate {
     /// The longest the daemon waits on a VMM's answer (display socket, backend channel).
     pub vmm_timeout: Duration,
     pub failure_limit: FailureLimit,
+    /// The socket's rate-limited log, shared by the VMs it serves one after another.
+    pub log: GuestLog,
 }
 
 /// Pause after a failure to set up or accept a connection (out of fds, say), doubling up to
@@ -85,9 +91,54 @@ pub struct FailureLimit {
     pub cooldown: Duration,
 }
 
-/// Serves VMs on `listener` one connection at a time, forever. Each connection gets a fresh device;
-/// when the frontend goes away, that VM's state is torn down before the next one is accepted.
-pub fn serve(name: &str, mut listener: Listener, template: VmTemplate) {
+/// Where a VM's VMM comes from.
+pub enum VmmSource {
+    /// A listening socket: one VMM after another (a VM that restarts connects again).
+    Listener(Listener),
+    /// A socket already connected to one VMM (libvirt's `--fd`): served once.
+    Connected(UnixStream),
+}
+
+/// Serves the VMM(s) of `source`: a listener one connection at a time, forever; a connected
+/// socket once. Each connection gets a fresh device; when the frontend goes away, that VM's
+/// state is torn down before the next one is accepted.
+pub fn serve(name: &str, source: VmmSource, template: VmTemplate) {
+    match source {
+        VmmSource::Listener(listener) => serve_listener(name, listener, template),
+        VmmSource::Connected(vmm) => {
+            let served = relayed(name, vmm).and_then(|mut l| serve_one(name, &mut l, &template));
+            if let Err(e) = served {
+                error!("{name}: cannot serve the VM: {e}");
+            }
+        }
+    }
+}
+
+/// A private listener with `vmm` relayed to the one connection waiting on it (see relay.rs).
+fn relayed(name: &str, vmm: UnixStream) -> io::Result<Listener> {
+    use std::os::unix::fs::DirBuilderExt;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir: PathBuf = std::env::temp_dir().join(format!(
+        "vgpud-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    // Owner-only, and created here (fails if something is already there).
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let path = dir.join("vmm.sock");
+    let made = Listener::new(&path, true)
+        .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+        .and_then(|l| UnixStream::connect(&path).map(|inner| (l, inner)));
+    // Connected (or not), the path has done its job.
+    let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_dir(&dir);
+    let (listener, inner) = made?;
+    relay::spawn(name, vmm, inner)?;
+    Ok(listener)
+}
+
+fn serve_listener(name: &str, mut listener: Listener, template: VmTemplate) {
     let mut pause = RETRY_MIN;
     let mut failures: std::collections::VecDeque<Instant> = Default::default();
     loop {
@@ -156,6 +207,12 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         template.clone(),
     )?);
     backend.join_shares();
+    let stopping = Arc::downgrade(&backend);
+    registration.record.on_stop(Box::new(move || {
+        if let Some(vm) = stopping.upgrade() {
+            vm.stop();
+        }
+    }));
     // A renderer that dies costs its VM the connection, nothing more.
     let vm = Arc::downgrade(&backend);
     backend.device().renderer().on_death(Box::new(move |why| {
@@ -183,25 +240,42 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         return Err(io::Error::other("cannot watch the exit eventfd"));
     }
     let mut result = accept(&mut daemon, &backend, listener);
+    let mut disconnected = None;
     if result.is_ok() {
         if let Err(e) = fd_room() {
             daemon.request_shutdown();
             result = Err(e);
         }
     }
+    let log = &template.log;
     if result.is_ok() {
         registration.publish();
-        info!("{name}: frontend connected");
+        crate::stats::bump(&crate::stats::DAEMON.connects);
+        log.event(
+            "connect",
+            format_args!(
+                "id={} socket={} renderer={}",
+                registration.record.id.0,
+                template.socket,
+                template.renderer.name()
+            ),
+        );
         use vhost::vhost_user::Error as Protocol;
         use vhost_user_backend::Error as Daemon;
-        match daemon.wait() {
+        let why = match daemon.wait() {
             // A VMM that closes its socket, between messages or in the middle of one, has left.
             Ok(())
             | Err(Daemon::HandleRequest(Protocol::Disconnected | Protocol::PartialMessage)) => {
-                info!("{name}: frontend disconnected")
+                "vmm-closed".to_string()
             }
-            Err(e) => warn!("{name}: connection ended: {e}"),
-        }
+            Err(e) => format!("\"{e}\""),
+        };
+        let why = match registration.record.state() {
+            VmState::Disconnecting => format!("{why} disconnected-by-daemon"),
+            _ => why,
+        };
+        // Torn down below; counted and logged once it is.
+        disconnected = Some(why);
     }
     // Stop the queue worker, then free what the VM held in the renderer.
     let _ = backend.exit.write(1);
@@ -210,7 +284,13 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     let renderer_failed = backend
         .renderer_failed
         .load(std::sync::atomic::Ordering::Acquire);
+    // The last reference: the renderer (and its worker) goes with it.
+    drop(backend);
     drop(registration);
+    if let Some(why) = disconnected {
+        crate::stats::bump(&crate::stats::DAEMON.disconnects);
+        log.event("disconnect", format_args!("reason={why}"));
+    }
     result.map(|()| renderer_failed)
 }
 

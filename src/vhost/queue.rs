@@ -181,8 +181,9 @@ fn control_chain(
         Err(e) => {
             vm.log.warn(format_args!("bad request: {e}"));
             let hdr = CtrlHeader::decode(&bytes).unwrap_or_default();
-            let response = Response::Err(e.error_code()).encode(&hdr);
-            return Some(write_response(vm, &mut writer, &response));
+            let response = Response::Err(e.error_code());
+            vm.count(None, &response, vm.device().gauges());
+            return Some(write_response(vm, &mut writer, &response.encode(&hdr)));
         }
     };
     vm.refresh_display(&req.cmd);
@@ -193,8 +194,7 @@ fn control_chain(
         let mut outcome = {
             let mut device = vm.device();
             let outcome = device.handle(&req, mem);
-            let (resources, bytes) = (device.resource_count(), device.resource_bytes());
-            vm.count(&outcome.response, resources, bytes);
+            vm.count(Some(&req.cmd), &outcome.response, device.gauges());
             outcome
         };
         // The device lock is released: the frontend may now be asked to change the window.

@@ -232,3 +232,15 @@ fn error_code_table() {
         assert_eq!(ErrorCode::from_code(code), None);
     }
 }
+
+#[test]
+fn error_codes_and_command_names_index_their_tables() {
+    for (i, e) in ErrorCode::ALL.iter().enumerate() {
+        assert_eq!(e.index(), i);
+        assert_eq!(ErrorCode::from_code(e.code()), Some(*e));
+    }
+    for (i, (code, _)) in crate::COMMAND_NAMES.iter().enumerate() {
+        assert_eq!(crate::command_index(*code), Some(i));
+    }
+    assert_eq!(crate::command_index(0x1100), None);
+}
