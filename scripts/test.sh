@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit and harness tests (against vgpud and against QEMU's own C backend), the
 # protocol's randomized decode test, then the real-guest end-to-end suite (2D, GL, Vulkan) on the
-# Debian sid testbed. Installs what the tests need on a fresh machine; needs root for the testbed.
+# Debian sid testbed, then the Debian package's install test with libvirt (package-test.sh). Installs what the tests need on a fresh machine; needs root for the testbed.
 # VGPUD_TEST_HOST_ONLY=1 skips the guest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +28,5 @@ scripts/testbed/root.sh
 scripts/testbed/run.sh cargo build --release --locked --features virgl
 scripts/testbed/run.sh cargo test --release --locked --features virgl --test venus
 VGPUD_BIN=$PWD/target/testbed/release/vgpud VGPUD_E2E_VIRGL=1 VGPUD_E2E_VENUS=1 scripts/e2e.sh
+# The Debian package on a fresh root, and domains that libvirt starts (it starts vgpud itself).
+scripts/package-test.sh

@@ -72,10 +72,57 @@ def qmp_screendump(sock_path, filename, fmt=None):
         command("screendump", filename=filename, **extra)
 
 
+def read_png(data, path):
+    """(width, height, RGB bytes) of an 8-bit RGB or RGBA, non-interlaced PNG (what QEMU's
+    screendump writes, e.g. for `virsh screenshot`)."""
+    pos, idat, header = 8, b"", None
+    while pos + 8 <= len(data):
+        length, tag = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if tag == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif tag == b"IDAT":
+            idat += body
+        pos += 12 + length
+    if header is None:
+        raise RuntimeError(f"{path}: a PNG without IHDR")
+    width, height, depth, colour, _, _, interlace = header
+    channels = {2: 3, 6: 4}.get(colour)
+    if depth != 8 or channels is None or interlace != 0:
+        raise RuntimeError(f"{path}: PNG depth {depth}, colour type {colour}, interlace {interlace}")
+    raw, stride = zlib.decompress(idat), width * channels
+    rows, prev = [], bytearray(stride)
+    for y in range(height):
+        kind, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - channels] if i >= channels else 0
+            b, c = prev[i], prev[i - channels] if i >= channels else 0
+            if kind == 1:
+                line[i] = (line[i] + a) & 255
+            elif kind == 2:
+                line[i] = (line[i] + b) & 255
+            elif kind == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif kind == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+                line[i] = (line[i] + pred) & 255
+        rows.append(bytes(line))
+        prev = line
+    pixels = b"".join(rows)
+    if channels == 4:
+        pixels = b"".join(pixels[i:i + 3] for i in range(0, len(pixels), 4))
+    return width, height, pixels
+
+
 def read_ppm(path):
-    """Returns (width, height, RGB bytes) of a binary (P6) 8-bit PPM."""
+    """Returns (width, height, RGB bytes) of a binary (P6) 8-bit PPM, or of a PNG (QEMU writes
+    either, whatever the file is called)."""
     with open(path, "rb") as f:
         data = f.read()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return read_png(data, path)
     fields, pos = [], 0
     while len(fields) < 4:
         while data[pos:pos + 1].isspace():

@@ -29,8 +29,9 @@ GUEST_PKGS=(
     libvulkan-dev glslang-tools
     busybox-static linux-image-amd64
 )
-# Used by guest-image.sh (run inside the root) and handy in the guest.
-TOOL_PKGS=(cpio gzip xz-utils zstd kmod procps)
+# Used by guest-image.sh (run inside the root) and handy in the guest; dpkg-dev
+# for the Debian package (scripts/package.sh).
+TOOL_PKGS=(cpio gzip xz-utils zstd kmod procps dpkg-dev)
 # Installed when the archive has them (names have moved before).
 OPTIONAL_PKGS=(qemu-system-modules-opengl libdrm-tests)
 
