@@ -245,3 +245,52 @@ fn sighup_reads_the_share_policy_again() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--control-group`: the control and metrics sockets let that group in too (mode 0660).
+#[test]
+fn a_control_group_may_use_the_control_and_metrics_sockets() {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: getgid has no preconditions; getgrgid's entry is read at once, on this thread.
+    let (gid, name) = unsafe {
+        let gid = libc::getgid();
+        let entry = libc::getgrgid(gid);
+        assert!(!entry.is_null(), "no name for group {gid}");
+        let name = std::ffi::CStr::from_ptr((*entry).gr_name)
+            .to_string_lossy()
+            .into_owned();
+        (gid, name)
+    };
+    let dir = std::env::temp_dir().join(format!("vgpud-group-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (control, metrics) = (dir.join("control.sock"), dir.join("metrics.sock"));
+    let d = Daemon::spawn_with_vm_settings(
+        vgpud(),
+        &[""],
+        &[
+            "--renderer",
+            "2d",
+            "--control-group",
+            &name,
+            "--control-socket",
+            control.to_str().unwrap(),
+            "--metrics-socket",
+            metrics.to_str().unwrap(),
+        ],
+    )
+    .expect("start vgpud");
+    for socket in [&control, &metrics] {
+        let meta = std::fs::metadata(socket).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o660, "{socket:?}");
+        assert_eq!(meta.gid(), gid, "{socket:?}");
+    }
+    assert!(scrape(&metrics).contains_key("vgpud_vms"));
+    // A group that does not exist stops the daemon before it serves anything.
+    let out = std::process::Command::new(vgpud())
+        .args(["--control-group", "no-such-group-vgpud", "--socket-path"])
+        .arg(dir.join("x.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
