@@ -484,10 +484,13 @@ EOF
 # kmscube prints "Rendered N frames ..." every 2 s and once at the end, where
 # N counts the frames after the first. On its way it holds a frame on the
 # screen for the host's screendump: the first framebuffer kmscube puts on the
-# plane (debugfs state) is a blank one, set before its first draw, which
-# under TCG takes seconds; once another one replaces it (the first page
-# flip), a cube is on the screen. kmscube is stopped there (SIGSTOP) until
-# the host has its screendump ($done_file), then goes on to the end.
+# plane (debugfs state) is a blank one, set before its first draw; once
+# another one replaces it (the first page flip), a cube is on the screen.
+# kmscube runs in short slices (SIGCONT, 50 ms, SIGSTOP) and the plane is
+# looked at while it is stopped, so however fast it renders (virgl draws all
+# its frames in under a second) the flip is seen before it ends; it stays
+# stopped until the host has its screendump ($done_file), then goes on to
+# the end.
 KMSCUBE_GUEST_CODE=$(cat <<'EOF'
 deadline=$((SECONDS + 150))
 # kmscube quits ("user interrupted!") once its stdin is readable, and a
@@ -495,16 +498,19 @@ deadline=$((SECONDS + 150))
 mkfifo /tmp/kmscube.in
 kmscube --count="$want" >/tmp/kmscube.log 2>&1 <>/tmp/kmscube.in &
 pid=$!
+kill -STOP $pid
 state=/sys/kernel/debug/dri/0/state
 held=0 first=""
 while [ $SECONDS -lt $deadline ] && kill -0 $pid 2>/dev/null; do
     fb=$(awk '/allocated by = kmscube/ { print prev } { prev = $1 }' $state 2>/dev/null)
     [ -n "$first" ] || first=$fb
     if [ -n "$fb" ] && [ "$fb" != "$first" ]; then
-        kill -STOP $pid 2>/dev/null && held=1
+        held=1
         break
     fi
+    kill -CONT $pid 2>/dev/null
     sleep 0.05
+    kill -STOP $pid 2>/dev/null
 done
 if [ $held = 1 ]; then
     echo "kmscube: holding a frame ($first, then $fb on the plane)"
