@@ -37,6 +37,15 @@ fn samples(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// The operator sockets are made next to the VM sockets the harness waits for, maybe a moment
+/// after them.
+fn wait_for(socket: &Path) {
+    assert!(
+        eventually(Duration::from_secs(10), || socket.exists()),
+        "{socket:?} never appeared"
+    );
+}
+
 fn scrape(socket: &Path) -> HashMap<String, f64> {
     let (status, body) = http_get(socket, "/metrics");
     assert!(status.contains(" 200 "), "{status}");
@@ -76,6 +85,7 @@ fn metrics_count_each_vms_commands_errors_fences_and_resources() {
         ],
     )
     .expect("start vgpud");
+    wait_for(&socket);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "owner-only");
     let mut a = connect(&d, 0);
@@ -202,6 +212,12 @@ fn sigterm_ends_every_vm_and_its_worker_then_the_daemon() {
         "{log}"
     );
     assert_eq!(log.matches("event=worker-end").count(), 2, "{log}");
+    assert_eq!(
+        log.matches("event=disconnect reason=disconnected-by-vgpud")
+            .count(),
+        2,
+        "{log}"
+    );
 }
 
 /// SIGHUP reads the share policy again (what a new policy then allows is checked in
@@ -279,6 +295,7 @@ fn a_control_group_may_use_the_control_and_metrics_sockets() {
     )
     .expect("start vgpud");
     for socket in [&control, &metrics] {
+        wait_for(socket);
         let meta = std::fs::metadata(socket).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o660, "{socket:?}");
         assert_eq!(meta.gid(), gid, "{socket:?}");

@@ -5,7 +5,7 @@ mod backend;
 mod display;
 mod peer;
 mod queue;
-pub mod relay;
+mod relay;
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -262,17 +262,18 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         );
         use vhost::vhost_user::Error as Protocol;
         use vhost_user_backend::Error as Daemon;
-        let why = match daemon.wait() {
+        let ended = daemon.wait();
+        let why = match ended {
+            // vgpud ended it (and logged why when it did).
+            _ if registration.record.state() == VmState::Disconnecting => {
+                "disconnected-by-vgpud".to_string()
+            }
             // A VMM that closes its socket, between messages or in the middle of one, has left.
             Ok(())
             | Err(Daemon::HandleRequest(Protocol::Disconnected | Protocol::PartialMessage)) => {
                 "vmm-closed".to_string()
             }
             Err(e) => format!("\"{e}\""),
-        };
-        let why = match registration.record.state() {
-            VmState::Disconnecting => format!("{why} disconnected-by-daemon"),
-            _ => why,
         };
         // Torn down below; counted and logged once it is.
         disconnected = Some(why);
