@@ -255,16 +255,23 @@ fn imports_the_policy_does_not_allow_are_refused() {
     let mut c = Sharer::new(&d, 2);
     host_blob(&mut a.vm, 1, 1, 1, 0);
     let uuid = a.export(1);
-    let (status, _) = c.run(ShareCommand::Import {
-        uuid,
-        dynamic: false,
-    });
-    assert_eq!(status, Status::Denied as u32);
-    let (status, _) = c.run(ShareCommand::Import {
-        uuid: [0x42; 16],
-        dynamic: false,
-    });
-    assert_eq!(status, Status::NoSuch as u32);
+    // A real UUID c may not import answers like one that does not exist, statically or not:
+    // c learns nothing of what a exports (issue 15, item 6). The operator's log tells why.
+    for dynamic in [false, true] {
+        let (status, payload) = c.run(ShareCommand::Import { uuid, dynamic });
+        assert_eq!((status, payload.len()), (Status::NoSuch as u32, 0));
+        let (status, _) = c.run(ShareCommand::Import {
+            uuid: [0x42; 16],
+            dynamic,
+        });
+        assert_eq!(status, Status::NoSuch as u32);
+    }
+    assert!(
+        d.stderr_log()
+            .contains("c: may not import that buffer (policy)"),
+        "{}",
+        d.stderr_log()
+    );
     // Nothing to create a resource from either.
     let create = Command::ResourceCreateBlob(CreateBlob {
         resource_id: 9,
@@ -1039,5 +1046,349 @@ fn a_point_on_every_timeline_waits_for_all_of_them() {
     let (hdr, resp) = Response::decode(&b.vm.wait(waiting).unwrap()).unwrap();
     assert_eq!((hdr.fence_id, resp), (30, Response::OkNodata));
     assert!(b.events().is_empty(), "no error");
+    let _ = std::fs::remove_file(policy);
+}
+
+/// `vgpud status --json` against a control socket: the VM named `name`.
+fn vm_status(control: &std::path::Path, name: &str) -> serde_json::Value {
+    let out = std::process::Command::new(vgpud())
+        .args(["status", "--json", "--control-socket"])
+        .arg(control)
+        .output()
+        .expect("run vgpud status");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let vms = v["vms"].as_array().expect("a list of VMs");
+    (vms.iter().find(|vm| vm["name"] == name))
+        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+        .clone()
+}
+
+/// Issue 15, item 1: a static import pins its buffer for as long as it lasts, also when the same
+/// VM imports the same buffer dynamically besides (before, the dynamic import replaced the
+/// static one, and the buffer moved out from under the static mapping), and status counts it
+/// as a pin.
+#[test]
+fn a_static_import_pins_its_buffer_whatever_else_the_vm_imports() {
+    let control = std::env::temp_dir().join(format!(
+        "vgpud-share-control-{}-{:?}.sock",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let evict_dir = std::env::temp_dir();
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b", "c"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b", "c"]}]}"#,
+        &[
+            "--renderer",
+            "2d",
+            "--share-budget",
+            "16K",
+            "--share-evict-dir",
+            evict_dir.to_str().unwrap(),
+            "--control-socket",
+            control.to_str().unwrap(),
+        ],
+    );
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let mut c = Sharer::new(&d, 2);
+    // a's 8 KiB buffer, filled and unmapped again: not busy, so only a pin keeps it.
+    host_blob(&mut a.vm, 1, 2, 0x5c, 0);
+    ok(&mut a.vm, Command::ResourceUnmapBlob { resource_id: 1 });
+    let uuid = a.export(1);
+    // c imports it statically, then dynamically too, and maps both.
+    c.import_mapped(uuid, 7, 0, false);
+    c.import_mapped(uuid, 8, 2 * PAGE, true);
+    assert!(eventually(Duration::from_secs(5), || control.exists()));
+    assert_eq!(
+        vm_status(&control, "c")["pins"],
+        1,
+        "the static import is a pin"
+    );
+    // a and b export and map one-page buffers: far over the budget, and each is busy (its
+    // exporter maps it), so only c's buffer could make room. It must not.
+    let mut next = 10;
+    let mut round = |a: &mut Sharer, b: &mut Sharer| {
+        for s in [a, b] {
+            host_blob(&mut s.vm, next, 1, 0x77, 8 * PAGE + u64::from(next) * PAGE);
+            s.export(next);
+            next += 1;
+        }
+    };
+    let intact = |c: &mut Sharer| {
+        let seen = c.vm.shmem().read(SHM, 0, 2 * PAGE as usize);
+        seen.is_some_and(|bytes| bytes.iter().all(|&x| x == 0x5c))
+    };
+    for _ in 0..3 {
+        round(&mut a, &mut b);
+        assert!(intact(&mut c), "c's static mapping lost its pages");
+    }
+    // Freeing the dynamic import leaves the static one, and its pin.
+    ok(&mut c.vm, Command::ResourceUnref { resource_id: 8 });
+    for _ in 0..2 {
+        round(&mut a, &mut b);
+        assert!(intact(&mut c), "c's static mapping lost its pages");
+    }
+    assert!(
+        c.events().iter().all(|e| e.kind != event::MOVED),
+        "nothing of c moved"
+    );
+    assert_eq!(vm_status(&control, "c")["pins"], 1);
+    // Once the static import ends, the pin is gone and the buffer may move.
+    ok(&mut c.vm, Command::ResourceUnref { resource_id: 7 });
+    assert_eq!(vm_status(&control, "c")["pins"], 0);
+    let _ = std::fs::remove_file(policy);
+}
+
+/// A raw share-context stream; the device's response.
+fn submit_raw(s: &mut Sharer, stream: Vec<u8>) -> Response {
+    answer(
+        &mut s.vm,
+        &in_ctx(SHARE_CTX, Command::Submit3d { commands: stream }),
+    )
+    .1
+}
+
+/// The reply at `offset` of `s`'s reply blob: status and payload length.
+fn slot(s: &Sharer, offset: u64) -> (u32, u32) {
+    let bytes = s.vm.read_mem(s.replies + offset, 8);
+    let word = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    (word(0), word(4))
+}
+
+/// Issue 15, item 6: a stream is checked whole before any command runs, reply offsets
+/// included (inside the reply blob, room for the largest reply, 4-byte aligned) and reserved
+/// fields; a refused stream runs nothing, and every reply slot it names that lies in the reply
+/// blob reads INVALID (a guest kernel does not pass the error response on).
+#[test]
+fn a_stream_is_checked_whole_before_anything_runs_and_its_refusal_is_readable() {
+    let control = std::env::temp_dir().join(format!(
+        "vgpud-share-control-{}-{:?}.sock",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &[
+            "--renderer",
+            "2d",
+            "--control-socket",
+            control.to_str().unwrap(),
+        ],
+    );
+    let mut a = Sharer::new(&d, 0);
+    host_blob(&mut a.vm, 1, 1, 0x21, 0);
+    let export = |at: u32| ShareCommand::Export { resource_id: 1 }.encode(at);
+    let refused = |a: &mut Sharer, stream: Vec<u8>| {
+        a.vm.write_mem(a.replies, &vec![0xee; PAGE as usize]);
+        assert_ne!(submit_raw(a, stream), Response::OkNodata);
+    };
+    // The second command's reply would not fit in the one-page reply blob: before, the
+    // EXPORT ran (and stayed) while the stream was refused.
+    let mut stream = export(0);
+    stream.extend(ShareCommand::ExportFence { ctx_id: 0, ring: 0 }.encode(PAGE as u32 - 8));
+    refused(&mut a, stream);
+    assert_eq!(
+        slot(&a, 0),
+        (Status::Invalid as u32, 0),
+        "told, in its slot"
+    );
+    // READ_EVENTS's slot must hold as many events as it asks for.
+    let mut stream = export(0);
+    stream.extend(ShareCommand::ReadEvents { max: 64 }.encode(PAGE as u32 - 64));
+    refused(&mut a, stream);
+    assert_eq!(slot(&a, 0), (Status::Invalid as u32, 0));
+    // A misaligned reply offset, a reserved word that is not 0, a pad that is not 0, an
+    // unknown import flag: each refuses the stream; the other slots read INVALID.
+    let mut stream = export(0);
+    stream.extend(ShareCommand::Pin { resource_id: 1 }.encode(34));
+    refused(&mut a, stream);
+    assert_eq!(slot(&a, 0), (Status::Invalid as u32, 0));
+    assert_eq!(
+        slot(&a, 32).0,
+        0xeeee_eeee,
+        "a misaligned slot is not written"
+    );
+    for at in [12, 20] {
+        let mut stream = export(0);
+        stream.extend(export(64));
+        stream[24 + at] = 1;
+        refused(&mut a, stream);
+        assert_eq!(slot(&a, 0), (Status::Invalid as u32, 0), "byte {at}");
+        assert_eq!(slot(&a, 64), (Status::Invalid as u32, 0), "byte {at}");
+    }
+    let mut import = ShareCommand::Import {
+        uuid: [1; 16],
+        dynamic: false,
+    }
+    .encode(128);
+    import[32] = 2;
+    let mut stream = export(0);
+    stream.extend(import);
+    refused(&mut a, stream);
+    assert_eq!(slot(&a, 128), (Status::Invalid as u32, 0));
+    // A SET_REPLY_BLOB in a refused stream does not take effect either.
+    mappable_blob(&mut a.vm, 5, 1, 0);
+    let mut stream = ShareCommand::SetReplyBlob { resource_id: 5 }.encode(NO_REPLY);
+    stream.extend(export(3));
+    refused(&mut a, stream);
+    // Nothing of all that ran: a exports nothing yet.
+    assert!(eventually(Duration::from_secs(5), || control.exists()));
+    assert_eq!(vm_status(&control, "a")["exports"], 0);
+    // The same commands, well formed, run and answer where they were told to.
+    a.vm.write_mem(a.replies, &vec![0xee; PAGE as usize]);
+    let mut stream = export(0);
+    stream.extend(ShareCommand::ReadEvents { max: 64 }.encode(PAGE as u32 - 16 - 64 * 24));
+    assert_eq!(submit_raw(&mut a, stream), Response::OkNodata);
+    assert_eq!(slot(&a, 0), (Status::Ok as u32, 16));
+    assert_eq!(slot(&a, PAGE - 16 - 64 * 24), (Status::Ok as u32, 8));
+    assert_eq!(vm_status(&control, "a")["exports"], 1);
+    let _ = std::fs::remove_file(policy);
+}
+
+/// Issue 15, item 6: WAIT_FENCES answers NO_SUCH for a handle that was never given out, and
+/// alike for a point of a VM the policy does not let the waiter import from.
+#[test]
+fn waiting_for_a_fence_that_never_existed_answers_no_such() {
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b", "c"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &["--renderer", "fake"],
+    );
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let mut c = Sharer::new(&d, 2);
+    let (status, handle) = export_fence(&mut a, 0, 0);
+    assert_eq!(status, Status::Ok as u32);
+    let wait = |handles: Vec<u64>| ShareCommand::WaitFences { handles };
+    assert_eq!(b.run(wait(vec![handle])).0, Status::Ok as u32);
+    assert_eq!(a.run(wait(vec![handle])).0, Status::Ok as u32, "its own");
+    for never in [0, handle + 1000, u64::MAX] {
+        assert_eq!(b.run(wait(vec![handle, never])).0, Status::NoSuch as u32);
+    }
+    // c may not import from a: a's real handle answers as an unknown one does.
+    assert_eq!(c.run(wait(vec![handle])).0, Status::NoSuch as u32);
+    assert_eq!(c.run(wait(vec![handle + 1000])).0, Status::NoSuch as u32);
+    let _ = std::fs::remove_file(policy);
+}
+
+/// Issue 15, item 6: an import's blob id stays valid while the import lasts (until its last
+/// resource is freed), so a guest whose mapping a move took away creates a new resource on the
+/// same blob id, which maps it again (a guest kernel maps a blob only when it creates it), and
+/// then frees the old one.
+#[test]
+fn after_moved_a_new_resource_on_the_same_blob_id_maps_the_buffer_again() {
+    let (d, policy) = budget_pair("4K");
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let mut uuids = Vec::new();
+    for i in 0..2u32 {
+        host_blob(&mut a.vm, 10 + i, 1, 0x60 + i as u8, 64 * PAGE);
+        ok(
+            &mut a.vm,
+            Command::ResourceUnmapBlob {
+                resource_id: 10 + i,
+            },
+        );
+        uuids.push(a.export(10 + i));
+    }
+    let import = |s: &mut Sharer, uuid| {
+        let (status, payload) = s.run(ShareCommand::Import {
+            uuid,
+            dynamic: true,
+        });
+        assert_eq!(status, Status::Ok as u32);
+        u64::from_le_bytes(payload[..8].try_into().unwrap())
+    };
+    let create = |s: &mut Sharer, id: u32, blob_id: u64| {
+        let create = Command::ResourceCreateBlob(CreateBlob {
+            resource_id: id,
+            blob_mem: BLOB_MEM_HOST3D,
+            blob_flags: BLOB_FLAG_USE_MAPPABLE,
+            blob_id,
+            size: PAGE,
+            entries: vec![],
+        });
+        answer(&mut s.vm, &in_ctx(SHARE_CTX, create)).1
+    };
+    let map = |s: &mut Sharer, id: u32, offset: u64| {
+        let map = Command::ResourceMapBlob {
+            resource_id: id,
+            offset,
+        };
+        matches!(call(&mut s.vm, map), Response::OkMapInfo { .. })
+    };
+    let first = import(&mut b, uuids[0]);
+    assert_eq!(create(&mut b, 20, first), Response::OkNodata);
+    assert!(map(&mut b, 20, 0));
+    assert!(b.vm.shmem().write(SHM, 0, &[0x99; 64]));
+    // The second buffer mapped: the one-page budget moves the first out.
+    let second = import(&mut b, uuids[1]);
+    assert_eq!(create(&mut b, 21, second), Response::OkNodata);
+    assert!(map(&mut b, 21, PAGE));
+    let events = b.events();
+    assert_eq!(
+        (events.len(), events[0].kind, events[0].resource_id),
+        (1, event::MOVED, 20)
+    );
+    // What the guest programmer's guide says: a new resource on the same blob id, mapped,
+    // then the old one freed.
+    assert_eq!(create(&mut b, 22, first), Response::OkNodata);
+    assert!(map(&mut b, 22, 2 * PAGE));
+    ok(&mut b.vm, Command::ResourceUnref { resource_id: 20 });
+    let back = b.vm.shmem().read(SHM, 2 * PAGE, PAGE as usize).unwrap();
+    assert_eq!(&back[..64], &[0x99; 64], "what b wrote, back");
+    assert!(back[64..].iter().all(|&x| x == 0x60), "and a's bytes");
+    // The import ends with its last resource: then its blob id names nothing.
+    ok(&mut b.vm, Command::ResourceUnref { resource_id: 22 });
+    assert_ne!(create(&mut b, 23, first), Response::OkNodata);
+    let _ = std::fs::remove_file(policy);
+}
+
+/// Each share context of a VM has its own reply blob: two programs of one guest, each with its
+/// own share context, do not write their replies into each other's memory.
+#[test]
+fn each_share_context_has_its_own_reply_blob() {
+    let (d, policy) = daemon_abc();
+    let mut a = Sharer::new(&d, 0);
+    host_blob(&mut a.vm, 1, 1, 0x31, 0);
+    // A second share context (another open of the DRM device) with its own reply blob.
+    const OTHER_CTX: u32 = 5;
+    let other_replies = mappable_blob(&mut a.vm, 6, 1, 0);
+    let create = Command::CtxCreate {
+        context_init: CAPSET_SHARE,
+        debug_name: b"share2".to_vec(),
+    };
+    assert_eq!(
+        answer(&mut a.vm, &in_ctx(OTHER_CTX, create)).1,
+        Response::OkNodata
+    );
+    let set = ShareCommand::SetReplyBlob { resource_id: 6 }.encode(NO_REPLY);
+    let cmd = Command::Submit3d { commands: set };
+    assert_eq!(
+        answer(&mut a.vm, &in_ctx(OTHER_CTX, cmd)).1,
+        Response::OkNodata
+    );
+    a.vm.write_mem(other_replies, &[0xee; 64]);
+    // The first context's replies still go to its own blob.
+    let uuid = a.export(1);
+    assert_eq!(a.vm.read_mem(other_replies, 64), vec![0xee; 64]);
+    let fence = ShareCommand::Export { resource_id: 1 }.encode(0);
+    let cmd = Command::Submit3d { commands: fence };
+    assert_eq!(
+        answer(&mut a.vm, &in_ctx(OTHER_CTX, cmd)).1,
+        Response::OkNodata
+    );
+    let reply = a.vm.read_mem(other_replies, 24);
+    assert_eq!(
+        decode_reply(&reply).unwrap(),
+        (Status::Ok as u32, &uuid[..])
+    );
     let _ = std::fs::remove_file(policy);
 }

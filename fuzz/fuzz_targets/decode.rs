@@ -27,12 +27,14 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 
-    // The share context's command streams: what decodes re-encodes to the same commands.
+    // The share context's command streams: what decodes re-encodes to the very same bytes
+    // (reserved fields are 0, so the encoding is canonical).
     if let Ok(cmds) = decode_stream(data) {
         let again: Vec<u8> = cmds
             .iter()
             .flat_map(|c| c.command.encode(c.reply_offset.unwrap_or(NO_REPLY)))
             .collect();
+        assert_eq!(again, data);
         assert_eq!(decode_stream(&again).expect("re-decode"), cmds);
     }
 });

@@ -142,13 +142,19 @@ pub enum Status {
 }
 
 impl CommandHeader {
+    /// A header; its reserved word must be 0 and its reply offset 4-byte aligned.
     pub fn decode(r: &mut Reader) -> Result<Self, DecodeError> {
         let h = CommandHeader {
             op: r.u32()?,
             len: r.u32()?,
             reply_offset: r.u32()?,
         };
-        r.u32()?;
+        reserved(r)?;
+        if h.reply_offset != NO_REPLY && !h.reply_offset.is_multiple_of(4) {
+            return Err(DecodeError::Misaligned {
+                offset: h.reply_offset,
+            });
+        }
         Ok(h)
     }
 
@@ -174,6 +180,24 @@ impl ShareCommand {
         }
     }
 
+    /// The most reply bytes (header and payload) this command can answer: its reply slot must
+    /// hold that many.
+    pub fn max_reply_len(&self) -> usize {
+        let payload = match self {
+            ShareCommand::SetReplyBlob { .. }
+            | ShareCommand::Pin { .. }
+            | ShareCommand::Unpin { .. }
+            | ShareCommand::WaitFences { .. } => 0,
+            ShareCommand::Export { .. } => 16,
+            ShareCommand::Import { .. } => 16,
+            ShareCommand::ExportFence { .. } => 8,
+            ShareCommand::ReadEvents { max } => {
+                8 + (*max).min(MAX_EVENTS) as usize * ShareEvent::SIZE
+            }
+        };
+        REPLY_HEADER_SIZE + payload
+    }
+
     fn decode_body(op: u32, r: &mut Reader) -> Result<Self, DecodeError> {
         Ok(match op {
             op::SET_REPLY_BLOB => ShareCommand::SetReplyBlob {
@@ -184,8 +208,12 @@ impl ShareCommand {
             },
             op::IMPORT => {
                 let uuid = r.array()?;
+                let at = r.position();
                 let flags = r.u32()?;
-                r.u32()?;
+                if flags & !IMPORT_DYNAMIC != 0 {
+                    return Err(DecodeError::Reserved { at });
+                }
+                reserved(r)?;
                 ShareCommand::Import {
                     uuid,
                     dynamic: flags & IMPORT_DYNAMIC != 0,
@@ -203,7 +231,7 @@ impl ShareCommand {
             },
             op::WAIT_FENCES => {
                 let count = r.u32()?;
-                r.u32()?;
+                reserved(r)?;
                 if count > MAX_WAIT_HANDLES {
                     return Err(DecodeError::TooManyEntries {
                         count,
@@ -265,8 +293,17 @@ impl ShareCommand {
 
 fn id_and_pad(r: &mut Reader) -> Result<u32, DecodeError> {
     let id = r.u32()?;
-    r.u32()?;
+    reserved(r)?;
     Ok(id)
+}
+
+/// A reserved word: it must be 0, so that a later version can give it a meaning.
+fn reserved(r: &mut Reader) -> Result<(), DecodeError> {
+    let at = r.position();
+    match r.u32()? {
+        0 => Ok(()),
+        _ => Err(DecodeError::Reserved { at }),
+    }
 }
 
 /// One command of a stream, with where its reply goes.
@@ -278,7 +315,10 @@ pub struct Addressed {
 }
 
 /// Decodes a whole stream, or refuses it whole: a command whose body does not fill exactly its
-/// `len` (a multiple of 8, at least the header), an unknown op, or more than [`MAX_COMMANDS`].
+/// `len` (a multiple of 8, at least the header), an unknown op, a reserved field or flag that is
+/// not 0, a reply offset that is not 4-byte aligned, or more than [`MAX_COMMANDS`] commands.
+/// (Whether each reply fits in the reply blob is for the device to check, before any command
+/// runs: [`ShareCommand::max_reply_len`].)
 pub fn decode_stream(stream: &[u8]) -> Result<Vec<Addressed>, DecodeError> {
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -305,12 +345,13 @@ pub fn decode_stream(stream: &[u8]) -> Result<Vec<Addressed>, DecodeError> {
                     need: at.saturating_add(len),
                     have: stream.len(),
                 })?;
-        let body = stream.get(at + HEADER_SIZE..end).unwrap_or(&[]);
-        let mut br = Reader::new(body);
+        // The body is read in place, so errors name positions in the stream.
+        let command_bytes = stream.get(..end).unwrap_or(&[]);
+        let mut br = Reader::at(command_bytes, at + HEADER_SIZE);
         let command = ShareCommand::decode_body(header.op, &mut br)?;
         if !br.remaining().is_empty() {
             return Err(DecodeError::Truncated {
-                need: at + HEADER_SIZE + br.position(),
+                need: br.position(),
                 have: end,
             });
         }
@@ -321,6 +362,32 @@ pub fn decode_stream(stream: &[u8]) -> Result<Vec<Addressed>, DecodeError> {
         at = end;
     }
     Ok(out)
+}
+
+/// The reply offsets a stream names, as far as its headers can be found (a command whose `len`
+/// is malformed ends the walk), for at most [`MAX_COMMANDS`] commands: where a device writes
+/// `INVALID` when it refuses the stream, so that the guest learns of it.
+pub fn reply_slots(stream: &[u8]) -> Vec<u32> {
+    let mut slots = Vec::new();
+    let mut at = 0usize;
+    for _ in 0..MAX_COMMANDS {
+        let mut r = Reader::at(stream, at);
+        let (Ok(_op), Ok(len), Ok(offset)) = (r.u32(), r.u32(), r.u32()) else {
+            break;
+        };
+        if offset != NO_REPLY {
+            slots.push(offset);
+        }
+        let len = len as usize;
+        if len < HEADER_SIZE || !len.is_multiple_of(8) {
+            break;
+        }
+        match at.checked_add(len) {
+            Some(next) if next < stream.len() => at = next,
+            _ => break,
+        }
+    }
+    slots
 }
 
 /// A reply's bytes: status, payload length, payload.
@@ -440,6 +507,80 @@ mod tests {
         let many: Vec<u8> = (0..=MAX_COMMANDS).flat_map(|_| good.clone()).collect();
         assert!(decode_stream(&many).is_err());
         assert_eq!(decode_stream(&[]), Ok(vec![]));
+    }
+
+    #[test]
+    fn reserved_fields_and_misaligned_reply_offsets_refuse_the_stream() {
+        let export = ShareCommand::Export { resource_id: 1 }.encode(8);
+        assert!(decode_stream(&export).is_ok());
+        // The header's reserved word, and the body's pad.
+        for at in [12, 20] {
+            let mut bad = export.clone();
+            bad[at] = 1;
+            assert_eq!(decode_stream(&bad), Err(DecodeError::Reserved { at }));
+        }
+        // Behind a good command, positions are the stream's.
+        let mut two = ShareCommand::ReadEvents { max: 1 }.encode(NO_REPLY);
+        two.extend_from_slice(&export);
+        two[24 + 20] = 1;
+        assert_eq!(decode_stream(&two), Err(DecodeError::Reserved { at: 44 }));
+        // Import flags other than DYNAMIC, and its pad.
+        let import = ShareCommand::Import {
+            uuid: [1; 16],
+            dynamic: true,
+        }
+        .encode(0);
+        for (at, byte) in [(32, 3u8), (36, 1)] {
+            let mut bad = import.clone();
+            bad[at] = byte;
+            assert!(decode_stream(&bad).is_err(), "byte {at}");
+        }
+        // WAIT_FENCES's pad.
+        let mut wait = ShareCommand::WaitFences { handles: vec![5] }.encode(0);
+        wait[20] = 1;
+        assert_eq!(decode_stream(&wait), Err(DecodeError::Reserved { at: 20 }));
+        // Reply offsets are 4-byte aligned (NO_REPLY aside).
+        for offset in [1u32, 2, 6, 0xffff_fffe] {
+            let bad = ShareCommand::Export { resource_id: 1 }.encode(offset);
+            assert_eq!(decode_stream(&bad), Err(DecodeError::Misaligned { offset }));
+        }
+    }
+
+    #[test]
+    fn reply_slots_are_found_in_streams_that_do_not_decode() {
+        let mut stream = ShareCommand::Export { resource_id: 1 }.encode(16);
+        stream.extend(ShareCommand::Pin { resource_id: 1 }.encode(NO_REPLY));
+        stream.extend(ShareCommand::ReadEvents { max: 2 }.encode(64));
+        // An unknown op with a sane length: the walk goes on past it.
+        let mut unknown = ShareCommand::Unpin { resource_id: 1 }.encode(40);
+        unknown[0] = 99;
+        stream.extend(unknown);
+        // A length that is not a multiple of 8: the walk stops after this one.
+        let mut bad = ShareCommand::Unpin { resource_id: 1 }.encode(80);
+        bad[4] = 23;
+        stream.extend(bad);
+        stream.extend(ShareCommand::Unpin { resource_id: 1 }.encode(96));
+        assert!(decode_stream(&stream).is_err());
+        assert_eq!(reply_slots(&stream), vec![16, 64, 40, 80]);
+        assert_eq!(reply_slots(&[]), Vec::<u32>::new());
+        assert_eq!(reply_slots(&stream[..10]), Vec::<u32>::new());
+        let many: Vec<u8> = (0..MAX_COMMANDS as u32 + 5)
+            .flat_map(|i| ShareCommand::Pin { resource_id: 1 }.encode(8 * i))
+            .collect();
+        assert_eq!(reply_slots(&many).len(), MAX_COMMANDS);
+    }
+
+    #[test]
+    fn the_largest_reply_of_each_command() {
+        let len = |c: ShareCommand| c.max_reply_len();
+        assert_eq!(len(ShareCommand::Pin { resource_id: 1 }), 8);
+        assert_eq!(len(ShareCommand::Export { resource_id: 1 }), 24);
+        assert_eq!(len(ShareCommand::ExportFence { ctx_id: 0, ring: 0 }), 16);
+        assert_eq!(len(ShareCommand::ReadEvents { max: 2 }), 16 + 48);
+        assert_eq!(
+            len(ShareCommand::ReadEvents { max: u32::MAX }),
+            16 + MAX_EVENTS as usize * ShareEvent::SIZE
+        );
     }
 
     #[test]

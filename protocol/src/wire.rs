@@ -13,6 +13,12 @@ pub enum DecodeError {
     TooManyEntries { count: u32, max: u32 },
     #[error("submit too large: {size} bytes (max {max})")]
     SubmitTooLarge { size: u32, max: u32 },
+    /// A field the format reserves (must be zero) is not, at byte `at` of the message.
+    #[error("reserved field not zero at byte {at}")]
+    Reserved { at: usize },
+    /// An offset that must be 4-byte aligned is not.
+    #[error("offset {offset:#x} not 4-byte aligned")]
+    Misaligned { offset: u32 },
 }
 
 impl DecodeError {

@@ -94,7 +94,9 @@ impl<R: Renderer> Device<R> {
             .contexts
             .remove(&guest)
             .ok_or(ErrorCode::InvalidContextId)?;
-        if !ctx.share {
+        if ctx.share {
+            self.share_context_gone(guest);
+        } else {
             self.renderer.destroy_context(ctx.renderer);
         }
         Ok(Response::OkNodata)
@@ -171,7 +173,7 @@ impl<R: Renderer> Device<R> {
 
     pub(super) fn submit_3d(&mut self, guest: GuestCtxId, commands: &[u8]) -> Result<Response> {
         if self.is_share_ctx(guest) {
-            return self.share_submit(commands);
+            return self.share_submit(guest, commands);
         }
         let ctx = self.renderer_ctx(guest)?;
         // Guests submit empty streams only to get a fence on a ring; the fence is created after

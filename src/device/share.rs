@@ -7,8 +7,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use vgpud_protocol::share::{
-    decode_stream, encode_reply, event, ShareCommand, ShareEvent, Status, Uuid, EXPORT_FENCE_ALL,
-    MAX_EVENTS, REPLY_HEADER_SIZE,
+    decode_stream, encode_reply, event, reply_slots, ShareCommand, ShareEvent, Status, Uuid,
+    EXPORT_FENCE_ALL, MAX_EVENTS, REPLY_HEADER_SIZE,
 };
 use vgpud_protocol::{ErrorCode, Response, BLOB_MEM_HOST3D};
 
@@ -49,8 +49,11 @@ pub trait ShareHub: Send + Sync {
     fn unpin(&self, vm: VmId, uuid: &Uuid);
     /// Brings `uuid`'s contents back if they were moved out; before any mapping of it.
     fn ensure_resident(&self, uuid: &Uuid) -> std::result::Result<(), Status>;
-    /// `vm` no longer uses its import of `uuid`.
-    fn unimport(&self, vm: VmId, uuid: &Uuid);
+    /// One import of `uuid` by `vm` (static or `dynamic`, as it was made) has ended.
+    fn unimport(&self, vm: VmId, uuid: &Uuid, dynamic: bool);
+    /// Whether `vm` may wait for the fence points `handles` (WAIT_FENCES): NO_SUCH for a handle
+    /// never given out and, alike, for one of a VM the policy does not let `vm` import from.
+    fn fences_usable(&self, vm: VmId, handles: &[u64]) -> std::result::Result<(), Status>;
     /// A handle for the current last point of `timeline` of `vm` (None: of each of its renderer
     /// timelines).
     fn export_fence(
@@ -68,31 +71,39 @@ pub trait ShareHub: Send + Sync {
     ) -> std::result::Result<(FenceId, Vec<u64>), Status>;
 }
 
-/// Imports waiting for their RESOURCE_CREATE_BLOB, and events waiting to be read: bounded, so a
-/// guest cannot grow them without limit.
+/// Imports no resource was made from yet, and events waiting to be read: bounded, so a guest
+/// cannot grow them without limit (imports with resources are bounded by the resource quota).
 const MAX_PENDING_IMPORTS: usize = 256;
 const MAX_QUEUED_EVENTS: usize = 256;
 /// Most fence handles one stream's fence may wait for.
 const MAX_STREAM_WAITS: usize = 256;
 
+/// One IMPORT: its blob id stays valid while it lasts, from IMPORT until the last resource
+/// made from it is freed, so that a guest whose mapping a move took away can make a new
+/// resource on it (a guest kernel maps a blob only when it creates the resource).
 struct Import {
     uuid: Uuid,
     storage: SharedStorage,
+    /// A dynamic import accepts moves; a static one pins the buffer while it lasts.
+    dynamic: bool,
+    /// Resources made from it now (0: none made yet).
+    resources: u32,
 }
 
-/// One VM's sharing state.
+/// One VM's sharing state. Events and imports belong to the VM (any of its share contexts reads
+/// them); each share context has its own reply blob.
 pub struct ShareState {
     hub: Arc<dyn ShareHub>,
     vm: VmId,
-    reply_blob: Option<u32>,
+    reply_blobs: HashMap<GuestCtxId, u32>,
     /// By the blob id IMPORT answered.
     imports: HashMap<u64, Import>,
     next_blob_id: u64,
     events: VecDeque<ShareEvent>,
     /// Resource id -> the UUID it is exported under.
     exported: HashMap<u32, Uuid>,
-    /// Resource id -> the UUID of the import it is made from.
-    imported: HashMap<u32, Uuid>,
+    /// Resource id -> the blob id of the import it is made from.
+    imported: HashMap<u32, u64>,
     /// Fence handles the stream being handled waits for (WAIT_FENCES), flat.
     waits: Vec<u64>,
     /// This VM's pins, by UUID (given back when it resets or lets go of the buffer).
@@ -102,17 +113,25 @@ pub struct ShareState {
 }
 
 impl ShareState {
-    /// Exports, resources made from imports, and pins held now.
+    /// Exports, resources made from imports, and pins held now: explicit pins and static
+    /// imports (each pins its buffer).
     pub(super) fn counts(&self) -> (usize, usize, usize) {
-        let pins = self.pins.values().map(|n| *n as usize).sum();
-        (self.exported.len(), self.imported.len(), pins)
+        let pins: usize = self.pins.values().map(|n| *n as usize).sum();
+        let statics = self.imports.values().filter(|i| !i.dynamic).count();
+        (self.exported.len(), self.imported.len(), pins + statics)
+    }
+
+    /// The UUID resource `id` was imported from.
+    fn imported_uuid(&self, id: u32) -> Option<Uuid> {
+        let blob_id = self.imported.get(&id)?;
+        self.imports.get(blob_id).map(|i| i.uuid)
     }
 
     pub fn new(hub: Arc<dyn ShareHub>, vm: VmId) -> Self {
         ShareState {
             hub,
             vm,
-            reply_blob: None,
+            reply_blobs: HashMap::new(),
             imports: HashMap::new(),
             next_blob_id: 1,
             events: VecDeque::new(),
@@ -140,18 +159,14 @@ impl ShareState {
 
     /// Forgets everything (device reset); the hub revokes this VM's exports itself.
     pub fn reset(&mut self) {
-        for uuid in self
-            .imported
-            .values()
-            .chain(self.imports.values().map(|i| &i.uuid))
-        {
-            self.hub.unimport(self.vm, uuid);
+        for import in self.imports.values() {
+            self.hub.unimport(self.vm, &import.uuid, import.dynamic);
         }
         let pinned: Vec<Uuid> = self.pins.keys().copied().collect();
         for uuid in pinned {
             self.unpin_all(&uuid);
         }
-        self.reply_blob = None;
+        self.reply_blobs.clear();
         self.imports.clear();
         self.events.clear();
         self.exported.clear();
@@ -164,29 +179,98 @@ type Reply = (Status, Vec<u8>);
 
 impl<R: Renderer> Device<R> {
     /// Runs a share context's command stream: every command that asks for a reply gets one in
-    /// the reply blob. A malformed stream is refused whole, before anything runs.
-    pub(super) fn share_submit(&mut self, stream: &[u8]) -> Result<Response> {
-        match self.share.as_mut() {
+    /// the context's reply blob. The whole stream is checked before anything runs (its
+    /// encoding, and that each reply fits where it goes); a stream that fails is refused whole:
+    /// nothing runs, and each reply slot it names that lies in the reply blob reads INVALID.
+    pub(super) fn share_submit(&mut self, ctx: GuestCtxId, stream: &[u8]) -> Result<Response> {
+        let current = match self.share.as_mut() {
             None => return Err(ErrorCode::InvalidContextId),
-            Some(share) => share.waits.clear(),
-        }
-        let commands = decode_stream(stream).map_err(|_| ErrorCode::InvalidParameter)?;
-        for c in commands {
-            let (status, payload) = self.share_command(&c.command);
+            Some(share) => {
+                share.waits.clear();
+                share.reply_blobs.get(&ctx).copied()
+            }
+        };
+        let commands = match decode_stream(stream) {
+            Ok(commands) => commands,
+            Err(e) => return self.refuse_stream(current, stream, format_args!("{e}")),
+        };
+        // Where each reply goes: a SET_REPLY_BLOB that will succeed moves later ones.
+        let mut blob = current;
+        for c in &commands {
+            if let ShareCommand::SetReplyBlob { resource_id } = c.command {
+                if self.reply_blob_size(resource_id).is_some() {
+                    blob = Some(resource_id);
+                }
+            }
             if let Some(offset) = c.reply_offset {
-                self.write_reply(offset, &encode_reply(status, &payload))?;
+                let end = u64::from(offset) + c.command.max_reply_len() as u64;
+                let size = blob.and_then(|b| self.reply_blob_size(b));
+                if size.is_none_or(|size| end > size) {
+                    return self.refuse_stream(
+                        current,
+                        stream,
+                        format_args!(
+                            "a reply at {offset:#x} ({end:#x}) lies outside the reply blob"
+                        ),
+                    );
+                }
+            }
+        }
+        for c in commands {
+            let (status, payload) = self.share_command(ctx, &c.command);
+            if let Some(offset) = c.reply_offset {
+                // Checked above; only a guest memory table changed meanwhile can fail it.
+                if self
+                    .write_reply(ctx, offset, &encode_reply(status, &payload))
+                    .is_err()
+                {
+                    self.log
+                        .warn(format_args!("share: cannot write a reply at {offset:#x}"));
+                }
             }
         }
         Ok(Response::OkNodata)
     }
 
-    fn share_command(&mut self, command: &ShareCommand) -> Reply {
+    /// A stream refused whole: nothing of it runs (its SET_REPLY_BLOB neither); every reply slot
+    /// it names that lies in the reply blob (`current`, set before it), 4-byte aligned, reads
+    /// INVALID, so that a guest whose kernel does not report the error response learns of it.
+    fn refuse_stream(
+        &mut self,
+        current: Option<u32>,
+        stream: &[u8],
+        why: std::fmt::Arguments,
+    ) -> Result<Response> {
+        self.log
+            .warn(format_args!("share: stream refused, nothing run: {why}"));
+        if let Some(blob) = current {
+            let invalid = encode_reply(Status::Invalid, &[]);
+            for offset in reply_slots(stream) {
+                if offset.is_multiple_of(4) {
+                    // Slots outside the blob are left alone (write_reply checks).
+                    let _ = self.write_reply_to(blob, offset, &invalid);
+                }
+            }
+        }
+        Err(ErrorCode::InvalidParameter)
+    }
+
+    /// The share context `ctx` is gone: its reply blob is forgotten.
+    pub(super) fn share_context_gone(&mut self, ctx: GuestCtxId) {
+        if let Some(share) = self.share.as_mut() {
+            share.reply_blobs.remove(&ctx);
+        }
+    }
+
+    fn share_command(&mut self, ctx: GuestCtxId, command: &ShareCommand) -> Reply {
         let done = |r: std::result::Result<Vec<u8>, Status>| match r {
             Ok(payload) => (Status::Ok, payload),
             Err(status) => (status, Vec::new()),
         };
         match command {
-            ShareCommand::SetReplyBlob { resource_id } => done(self.set_reply_blob(*resource_id)),
+            ShareCommand::SetReplyBlob { resource_id } => {
+                done(self.set_reply_blob(ctx, *resource_id))
+            }
             ShareCommand::Export { resource_id } => done(self.share_export(*resource_id)),
             ShareCommand::Import { uuid, dynamic } => done(self.share_import(uuid, *dynamic)),
             ShareCommand::Pin { resource_id } => done(self.share_pin(*resource_id, true)),
@@ -194,14 +278,7 @@ impl<R: Renderer> Device<R> {
             ShareCommand::ExportFence { ctx_id, ring } => {
                 done(self.share_export_fence(*ctx_id, *ring))
             }
-            ShareCommand::WaitFences { handles } => {
-                if let Some(share) = self.share.as_mut() {
-                    share.waits.extend_from_slice(handles);
-                    // Bounded like one command's: a stream cannot pile up more.
-                    share.waits.truncate(MAX_STREAM_WAITS);
-                }
-                (Status::Ok, Vec::new())
-            }
+            ShareCommand::WaitFences { handles } => done(self.share_wait_fences(handles)),
             ShareCommand::ReadEvents { max } => (Status::Ok, self.read_events(*max)),
         }
     }
@@ -235,6 +312,19 @@ impl<R: Renderer> Device<R> {
         let share = self.share.as_ref().ok_or(Status::Unsupported)?;
         let handle = share.hub.export_fence(share.vm, timeline)?;
         Ok(handle.to_le_bytes().to_vec())
+    }
+
+    /// WAIT_FENCES: the stream's fence will wait for `handles` too, if this VM may wait for
+    /// every one of them (none is added otherwise).
+    fn share_wait_fences(&mut self, handles: &[u64]) -> std::result::Result<Vec<u8>, Status> {
+        let share = self.share.as_mut().ok_or(Status::Unsupported)?;
+        share.hub.fences_usable(share.vm, handles)?;
+        if share.waits.len() + handles.len() > MAX_STREAM_WAITS {
+            // Never dropped silently: the fence would signal before what it should wait for.
+            return Err(Status::NoSpace);
+        }
+        share.waits.extend_from_slice(handles);
+        Ok(Vec::new())
     }
 
     /// The fence of a fenced share-context request, waiting for what its stream named.
@@ -271,24 +361,33 @@ impl<R: Renderer> Device<R> {
         }
     }
 
-    fn set_reply_blob(&mut self, id: u32) -> std::result::Result<Vec<u8>, Status> {
-        let res = self.resource(id).map_err(|_| Status::NoSuch)?;
-        match &res.backing {
-            Some(b) if b.bytes >= REPLY_HEADER_SIZE as u64 => {}
-            _ => return Err(Status::Invalid),
+    fn set_reply_blob(&mut self, ctx: GuestCtxId, id: u32) -> std::result::Result<Vec<u8>, Status> {
+        self.resource(id).map_err(|_| Status::NoSuch)?;
+        if self.reply_blob_size(id).is_none() {
+            return Err(Status::Invalid);
         }
         if let Some(share) = self.share.as_mut() {
-            share.reply_blob = Some(id);
+            share.reply_blobs.insert(ctx, id);
         }
         Ok(Vec::new())
     }
 
-    fn write_reply(&self, offset: u32, reply: &[u8]) -> Result<()> {
+    /// The size of resource `id` if it can be a reply blob: guest pages, room for a reply.
+    fn reply_blob_size(&self, id: u32) -> Option<u64> {
+        let backing = self.resource(id).ok()?.backing.as_ref()?;
+        (backing.bytes >= REPLY_HEADER_SIZE as u64).then_some(backing.bytes)
+    }
+
+    fn write_reply(&self, ctx: GuestCtxId, offset: u32, reply: &[u8]) -> Result<()> {
         let blob = self
             .share
             .as_ref()
-            .and_then(|s| s.reply_blob)
+            .and_then(|s| s.reply_blobs.get(&ctx).copied())
             .ok_or(ErrorCode::InvalidParameter)?;
+        self.write_reply_to(blob, offset, reply)
+    }
+
+    fn write_reply_to(&self, blob: u32, offset: u32, reply: &[u8]) -> Result<()> {
         let backing = self
             .resource(blob)?
             .backing
@@ -311,8 +410,8 @@ impl<R: Renderer> Device<R> {
         share
             .exported
             .get(&id)
-            .or_else(|| share.imported.get(&id))
             .copied()
+            .or_else(|| share.imported_uuid(id))
     }
 
     fn share_pin(&mut self, id: u32, pin: bool) -> std::result::Result<Vec<u8>, Status> {
@@ -350,7 +449,8 @@ impl<R: Renderer> Device<R> {
             .exported
             .iter()
             .any(|(id, u)| u == uuid && (mapped(id) || shown(id)))
-            || share.imported.iter().any(|(id, u)| u == uuid && shown(id))
+            || (share.imported.keys())
+                .any(|id| share.imported_uuid(*id).as_ref() == Some(uuid) && shown(id))
     }
 
     /// `uuid` is being moved out: this VM's mappings of imports of it go (returned, to unmap
@@ -359,9 +459,9 @@ impl<R: Renderer> Device<R> {
         let Some(share) = self.share.as_ref() else {
             return Vec::new();
         };
-        let ids: Vec<u32> = (share.imported.iter())
-            .filter(|(_, u)| *u == uuid)
-            .map(|(id, _)| *id)
+        let ids: Vec<u32> = (share.imported.keys())
+            .filter(|id| share.imported_uuid(**id).as_ref() == Some(uuid))
+            .copied()
             .collect();
         let mut unmaps = Vec::new();
         for id in ids {
@@ -420,18 +520,18 @@ impl<R: Renderer> Device<R> {
 
     fn share_import(&mut self, uuid: &Uuid, dynamic: bool) -> std::result::Result<Vec<u8>, Status> {
         let share = self.share.as_mut().ok_or(Status::Unsupported)?;
-        if share.imports.len() >= MAX_PENDING_IMPORTS {
+        if share.imports.values().filter(|i| i.resources == 0).count() >= MAX_PENDING_IMPORTS {
             return Err(Status::NoSpace);
         }
         let (storage, exporter) = match share.hub.import(share.vm, uuid, dynamic) {
             Ok(got) => got,
-            Err(status) => {
-                if status == Status::Denied {
-                    self.log
-                        .warn(format_args!("may not import that buffer (policy)"));
-                }
-                return Err(status);
+            Err(Status::Denied) => {
+                self.log
+                    .warn(format_args!("may not import that buffer (policy)"));
+                // Answered like an unknown UUID: the guest learns nothing of what exists.
+                return Err(Status::NoSuch);
             }
+            Err(status) => return Err(status),
         };
         self.log
             .info(format_args!("imports a buffer of {exporter} (share)"));
@@ -444,6 +544,8 @@ impl<R: Renderer> Device<R> {
             Import {
                 uuid: *uuid,
                 storage,
+                dynamic,
+                resources: 0,
             },
         );
         let mut payload = blob_id.to_le_bytes().to_vec();
@@ -486,15 +588,17 @@ impl<R: Renderer> Device<R> {
         if self.resources.len() >= self.cfg.max_resources {
             return Err(ErrorCode::OutOfMemory);
         }
+        // The import stays: its blob id makes more resources while one of them lives.
         let import = share
             .imports
-            .remove(&blob_id)
+            .get_mut(&blob_id)
             .ok_or(ErrorCode::InvalidParameter)?;
-        share.imported.insert(id, import.uuid);
+        import.resources += 1;
         let storage = SharedStorage {
             size,
-            ..import.storage
+            ..import.storage.clone()
         };
+        share.imported.insert(id, blob_id);
         // The renderer never sees it: its id 0 names nothing there.
         let mut res = Resource::new(RendererResId(0), 0, 0, 0);
         res.imported = true;
@@ -520,14 +624,20 @@ impl<R: Renderer> Device<R> {
     pub(super) fn share_forget(&mut self, id: u32) -> Option<Uuid> {
         let share = self.share.as_mut()?;
         share.moved_mappings.remove(&id);
-        if let Some(uuid) = share.imported.remove(&id) {
-            // Only once nothing of this VM uses the import any more: it may have imported the
-            // same buffer twice, and the exporter must still reach the other one.
-            let still_used = share.imported.values().any(|u| *u == uuid)
-                || share.imports.values().any(|i| i.uuid == uuid);
-            if !still_used {
-                share.unpin_all(&uuid);
-                share.hub.unimport(share.vm, &uuid);
+        if let Some(blob_id) = share.imported.remove(&id) {
+            let ended = share.imports.get_mut(&blob_id).and_then(|import| {
+                import.resources = import.resources.saturating_sub(1);
+                (import.resources == 0).then_some((import.uuid, import.dynamic))
+            });
+            // The import ends with its last resource (and its pin, if static).
+            if let Some((uuid, dynamic)) = ended {
+                share.imports.remove(&blob_id);
+                share.hub.unimport(share.vm, &uuid, dynamic);
+                // This VM's explicit pins go once nothing of it uses the buffer: it may have
+                // imported the same buffer twice.
+                if !share.imports.values().any(|i| i.uuid == uuid) {
+                    share.unpin_all(&uuid);
+                }
             }
         }
         share.exported.remove(&id)
@@ -539,13 +649,13 @@ impl<R: Renderer> Device<R> {
         let Some(share) = self.share.as_mut() else {
             return Vec::new();
         };
-        share.imports.retain(|_, i| &i.uuid != uuid);
-        let ids: Vec<u32> = share
-            .imported
-            .iter()
-            .filter(|(_, u)| *u == uuid)
-            .map(|(id, _)| *id)
+        let ids: Vec<u32> = (share.imported.keys())
+            .filter(|id| share.imported_uuid(**id).as_ref() == Some(uuid))
+            .copied()
             .collect();
+        // The export is gone, and with it these imports and this VM's pins on it.
+        share.imports.retain(|_, i| &i.uuid != uuid);
+        share.pins.remove(uuid);
         let mut unmaps = Vec::new();
         for id in &ids {
             if let Ok(Some(unmap)) = self.take_mapping(*id) {

@@ -267,10 +267,14 @@ fn stream(inp: &mut Input, uuids: &[Uuid]) -> Vec<u8> {
                 max: inp.wild_u32(),
             },
         };
-        let reply = if inp.chance(200) {
+        // Mostly 4-byte aligned, and now and then past the reply blob or misaligned: a stream
+        // with any such reply is refused whole.
+        let reply = if !inp.chance(80) {
+            NO_REPLY
+        } else if inp.chance(16) {
             inp.below(4096 + 64)
         } else {
-            NO_REPLY
+            4 * inp.below(512)
         };
         out.extend_from_slice(&c.encode(reply));
     }

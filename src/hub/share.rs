@@ -96,8 +96,8 @@ pub(super) struct Export {
     pub(super) exporter: VmId,
     resource_id: u32,
     pub(super) storage: SharedStorage,
-    /// Each importer, and whether its import is dynamic (accepts moves).
-    pub(super) importers: BTreeMap<VmId, bool>,
+    /// Each importing VM's imports of it (one VM may import a buffer more than once).
+    pub(super) importers: BTreeMap<VmId, Imports>,
     /// Explicit pins, by VM.
     pub(super) pins: BTreeMap<VmId, u32>,
     /// Whether the daemon may move its contents out (memory of its own, not a renderer's).
@@ -107,10 +107,18 @@ pub(super) struct Export {
     pub(super) last_use: u64,
 }
 
+/// One VM's live imports of one buffer: static ones pin it, dynamic ones accept moves. Counted
+/// apart, so that a dynamic import never hides a static one of the same VM.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Imports {
+    pub(super) statics: u32,
+    pub(super) dynamics: u32,
+}
+
 impl Export {
     /// Pinned buffers never move: explicit pins, static imports, renderer memory.
     pub(super) fn pinned(&self) -> bool {
-        !self.movable || !self.pins.is_empty() || self.importers.values().any(|dynamic| !dynamic)
+        !self.movable || !self.pins.is_empty() || self.importers.values().any(|i| i.statics > 0)
     }
 }
 
@@ -249,6 +257,24 @@ impl ShareRegistry {
         uuids
     }
 
+    /// The exporter's name, if `vm` may import `uuid`. An export the policy does not let it
+    /// import answers like one that does not exist (NO_SUCH), so that no VM can learn which
+    /// UUIDs exist; the refusal is told apart (DENIED) only for the importer's log line.
+    fn may_import(&self, vm: VmId, uuid: &Uuid) -> Result<String, Status> {
+        let shares = lock(&self.shares);
+        let importer = shares.members.get(&vm).ok_or(Status::Unsupported)?;
+        let export = shares.exports.get(uuid).ok_or(Status::NoSuch)?;
+        let exporter = shares
+            .members
+            .get(&export.exporter)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        if !self.policy().allows(&exporter, &importer.name) {
+            return Err(Status::Denied);
+        }
+        Ok(exporter)
+    }
+
     /// How many VMs import `uuid` now (for tests and status).
     pub fn importers(&self, uuid: &Uuid) -> usize {
         lock(&self.shares)
@@ -303,28 +329,14 @@ impl ShareHub for ShareRegistry {
         uuid: &Uuid,
         dynamic: bool,
     ) -> Result<(SharedStorage, String), Status> {
+        // The policy first: a VM it refuses must not touch the buffer (restore it, make it
+        // recently used) nor learn anything from the answer.
+        let exporter = self.may_import(vm, uuid)?;
         if !dynamic {
             // A static import pins it where it is: resident.
             self.ensure_resident(uuid)?;
         }
         let mut shares = lock(&self.shares);
-        let importer = shares
-            .members
-            .get(&vm)
-            .map(|m| m.name.clone())
-            .ok_or(Status::Unsupported)?;
-        let Some(export) = shares.exports.get(uuid) else {
-            return Err(Status::NoSuch);
-        };
-        let exporter = shares
-            .members
-            .get(&export.exporter)
-            .map(|m| m.name.clone())
-            .unwrap_or_default();
-        if !self.policy().allows(&exporter, &importer) {
-            // Logged by the importing VM's device (rate-limited): a guest can repeat this.
-            return Err(Status::Denied);
-        }
         let budget = self.budget.as_ref().map(|b| b.limit);
         let export = shares.exports.get_mut(uuid).ok_or(Status::NoSuch)?;
         if !dynamic && !export.pinned() {
@@ -336,16 +348,39 @@ impl ShareHub for ShareRegistry {
         }
         let export = shares.exports.get_mut(uuid).ok_or(Status::NoSuch)?;
         if !matches!(export.place, Place::Resident) && !dynamic {
+            // Moved out again since it was made resident above.
             return Err(Status::NoSpace);
         }
-        export.importers.insert(vm, dynamic);
+        let imports = export.importers.entry(vm).or_default();
+        if dynamic {
+            imports.dynamics += 1;
+        } else {
+            imports.statics += 1;
+        }
         Ok((export.storage.clone(), exporter))
     }
 
-    fn unimport(&self, vm: VmId, uuid: &Uuid) {
-        if let Some(export) = lock(&self.shares).exports.get_mut(uuid) {
+    fn unimport(&self, vm: VmId, uuid: &Uuid, dynamic: bool) {
+        let mut shares = lock(&self.shares);
+        let Some(export) = shares.exports.get_mut(uuid) else {
+            return;
+        };
+        let Some(imports) = export.importers.get_mut(&vm) else {
+            return;
+        };
+        let count = if dynamic {
+            &mut imports.dynamics
+        } else {
+            &mut imports.statics
+        };
+        *count = count.saturating_sub(1);
+        if *imports == Imports::default() {
             export.importers.remove(&vm);
         }
+    }
+
+    fn fences_usable(&self, vm: VmId, handles: &[u64]) -> Result<(), Status> {
+        self.usable_points(vm, handles)
     }
 
     fn pin(&self, vm: VmId, uuid: &Uuid) -> Result<(), Status> {
@@ -475,13 +510,15 @@ mod tests {
         );
         assert!(hub.import(VmId(2), &uuid, true).is_ok());
         assert!(hub.import(VmId(3), &uuid, true).is_ok());
+        // Refused by the policy: told apart (for the log) from an unknown UUID here; the
+        // device answers both NO_SUCH.
         assert_eq!(hub.import(VmId(4), &uuid, true).err(), Some(Status::Denied));
         assert_eq!(
             hub.import(VmId(2), &[9; 16], true).err(),
             Some(Status::NoSuch)
         );
         assert_eq!(hub.importers(&uuid), 2);
-        hub.unimport(VmId(3), &uuid);
+        hub.unimport(VmId(3), &uuid, true);
         hub.revoke(&uuid);
         assert_eq!(*clients[1].revoked.lock().unwrap(), vec![uuid]);
         assert!(
@@ -569,6 +606,54 @@ mod tests {
             Some(Status::Unsupported),
             "a left"
         );
-        assert_eq!(hub.share_fence(b, &[12345]).err(), Some(Status::NoSuch));
+        // A handle never given out cannot be waited for; one that was, and was forgotten
+        // (only passed points are), is fine, and left out of the wait.
+        assert_eq!(hub.fences_usable(b, &[12345]), Err(Status::NoSuch));
+        assert_eq!(hub.fences_usable(b, &[0]), Err(Status::NoSuch));
+        assert_eq!(hub.fences_usable(b, &[mine, p11]), Ok(()));
+        lock(&hub.shares).points.remove(&idle);
+        assert_eq!(hub.fences_usable(b, &[idle]), Ok(()));
+        let (forgotten, _) = hub.share_fence(b, &[idle]).unwrap();
+        assert_eq!(clients[1].done.lock().unwrap().last(), Some(&forgotten));
+    }
+
+    #[test]
+    fn points_of_a_vm_the_policy_refuses_answer_like_unknown_handles() {
+        let hub = ShareRegistry::new(policy(
+            r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        ));
+        let clients = members(&hub, 3);
+        *clients[0].last.lock().unwrap() = Some(FenceId(4));
+        let point = hub.export_fence(VmId(1), Some(Timeline::GLOBAL)).unwrap();
+        assert_eq!(hub.fences_usable(VmId(2), &[point]), Ok(()));
+        assert_eq!(hub.fences_usable(VmId(1), &[point]), Ok(()), "its own");
+        assert_eq!(
+            hub.fences_usable(VmId(3), &[point]),
+            hub.fences_usable(VmId(3), &[point + 1000]),
+            "c learns nothing of a's points"
+        );
+        assert_eq!(hub.fences_usable(VmId(3), &[point]), Err(Status::NoSuch));
+    }
+
+    #[test]
+    fn a_dynamic_import_never_hides_a_static_import_of_the_same_vm() {
+        let hub = ShareRegistry::new(policy(
+            r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        ));
+        let _clients = members(&hub, 2);
+        let uuid = [8; 16];
+        hub.export(VmId(1), 7, uuid, storage(), true).unwrap();
+        let pinned = |hub: &ShareRegistry| lock(&hub.shares).exports[&uuid].pinned();
+        hub.import(VmId(2), &uuid, false).unwrap();
+        hub.import(VmId(2), &uuid, true).unwrap();
+        assert!(pinned(&hub), "the static import pins it");
+        hub.unimport(VmId(2), &uuid, true);
+        assert!(pinned(&hub), "still, without the dynamic one");
+        hub.import(VmId(2), &uuid, true).unwrap();
+        hub.unimport(VmId(2), &uuid, false);
+        assert!(!pinned(&hub), "the static one ended");
+        assert_eq!(hub.importers(&uuid), 1);
+        hub.unimport(VmId(2), &uuid, true);
+        assert_eq!(hub.importers(&uuid), 0);
     }
 }

@@ -196,7 +196,30 @@ impl ShareRegistry {
         result
     }
 
+    /// Whether `vm` may wait for every point of `handles` (WAIT_FENCES checks this when it
+    /// runs). A handle never given out, or a point of a VM the policy does not let `vm` import
+    /// from, answers NO_SUCH, alike, so that no VM learns of other VMs' points. A handle that
+    /// was given out and is forgotten since is fine: only points that passed are forgotten.
+    pub(super) fn usable_points(&self, vm: VmId, handles: &[u64]) -> Result<(), Status> {
+        let policy = self.policy();
+        let shares = lock(&self.shares);
+        let waiter = shares.members.get(&vm).ok_or(Status::Unsupported)?;
+        for h in handles {
+            match shares.points.get(h) {
+                Some(p) if p.exporter != vm && !policy.allows(&p.exporter_name, &waiter.name) => {
+                    return Err(Status::NoSuch)
+                }
+                Some(_) => {}
+                None if *h == 0 || *h > shares.next_handle => return Err(Status::NoSuch),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A share-context fence of `vm` that signals once every point of `handles` has passed.
+    /// Handles it cannot wait for (forgotten because they passed, or refused when WAIT_FENCES
+    /// ran) are left out; the others are still waited for.
     pub(super) fn wait_points(
         &self,
         vm: VmId,
@@ -212,12 +235,15 @@ impl ShareRegistry {
             let mut whole: Vec<u64> = Vec::new();
             let mut failed = Vec::new();
             for h in handles {
-                let p = shares.points.get(h).ok_or(Status::NoSuch)?;
+                let Some(p) = shares.points.get(h) else {
+                    continue;
+                };
                 if p.exporter != vm {
                     let allowed =
                         (waiter.as_deref()).is_some_and(|w| policy.allows(&p.exporter_name, w));
                     if !allowed {
-                        return Err(Status::Denied);
+                        // The policy changed since WAIT_FENCES ran: not waited for.
+                        continue;
                     }
                 }
                 match p.state {
