@@ -215,9 +215,12 @@ impl Collector for Metrics {
                 Gauge,
                 |vm| &vm.counters.imports,
             ),
-            ("vgpud_pins", "pins the VM holds now", Gauge, |vm| {
-                &vm.counters.pins
-            }),
+            (
+                "vgpud_pins",
+                "pins the VM holds now (static imports included)",
+                Gauge,
+                |vm| &vm.counters.pins,
+            ),
         ];
         for (name, help, kind, field) in gauges {
             family(e, name, help, kind, per_vm(&vms, move |vm| get(field(vm))))?;

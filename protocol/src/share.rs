@@ -131,9 +131,10 @@ pub enum Status {
     Ok = 0,
     /// A malformed command or an argument out of range.
     Invalid = 1,
-    /// No such resource, export or fence.
+    /// No such resource, export or fence (or none this VM may use).
     NoSuch = 2,
-    /// The daemon's policy does not allow it.
+    /// The daemon's policy does not allow it. Not answered to guests: what the policy refuses
+    /// answers `NoSuch`, as if it did not exist, so that no VM learns what other VMs offer.
     Denied = 3,
     /// Over a quota or the memory budget.
     NoSpace = 4,

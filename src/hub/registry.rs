@@ -74,7 +74,8 @@ pub struct VmCounters {
     pub transfer_2d_bytes: AtomicU64,
     /// Blobs mapped into the VM's host-visible window now.
     pub blob_mappings: AtomicU64,
-    /// Buffers the VM exports, imports (resources made from imports) and pins now.
+    /// Buffers the VM exports, imports (resources made from imports) and pins now (explicit
+    /// pins and static imports).
     pub exports: AtomicU64,
     pub imports: AtomicU64,
     pub pins: AtomicU64,
