@@ -24,14 +24,23 @@
  *   there.
  * offer: COUNT host blobs of blob id 0 (memory the daemon owns, on a device
  *   without a 3D renderer), made on the share context without the MAPPABLE
- *   flag (never mapped here) and exported; prints "SHARE-UUID <hex>" for each, then
- *   holds until WAIT_FILE exists.
+ *   flag (never mapped here) and exported; prints "SHARE-UUID <hex>" for each.
+ *   Its own first UUID it may not import (the policy never lets a VM import
+ *   from itself): IMPORT must answer NO_SUCH, as for a UUID that names nothing.
+ *   Then holds until WAIT_FILE exists.
  * moves: for a daemon whose --share-budget holds one of these buffers. Imports
  *   UUID1 dynamically, maps it and writes the pattern for SEED; imports UUID2
  *   dynamically and maps it: the budget is exceeded, so the first buffer is
- *   moved out, and READ_EVENTS must say MOVED for it. Lets go of that import
- *   and imports UUID1 again: mapped, it must hold the pattern word for word
- *   (moved back bit-exact), and now the second one must have been moved.
+ *   moved out. Before reading the events, a stream the daemon must refuse
+ *   whole (a READ_EVENTS, then a command with a reserved word that is not 0):
+ *   the ioctl succeeds and the fence signals, both reply slots inside the
+ *   reply blob read INVALID, one outside it stays untouched, and the
+ *   READ_EVENTS did not run: READ_EVENTS must then say MOVED for the first
+ *   buffer. Its old mapping reads zeros now, and a write to it is dropped.
+ *   As docs/share-protocol.md says: a new resource on the same blob id,
+ *   mapped, must hold the pattern word for word (moved back bit-exact); then
+ *   the old handle is closed, and now the second buffer must have been moved.
+ *   WAIT_FENCES on a handle never given out answers NO_SUCH.
  *
  * Replies come back in the reply blob once the EXECBUFFER's out-fence (ring
  * 0) has signalled.
@@ -71,6 +80,10 @@ const char *const test_name = "share-buffer";
 #define OP_READ_EVENTS 8
 #define EVENT_MOVED 1
 #define NO_REPLY 0xffffffffu
+#define STATUS_INVALID 1
+#define STATUS_NO_SUCH 2
+/* A reply slot's status before the daemon writes it: no status has this value. */
+#define UNWRITTEN 0xffffffffu
 
 struct bo {
     uint32_t handle, res;
@@ -218,6 +231,13 @@ static const uint8_t *reply_ok(struct bo *r, const char *what, uint32_t len)
     return r->map + 8;
 }
 
+/* The status and length of the reply at `offset` of the reply blob. */
+static void reply_at(struct bo *r, size_t offset, uint32_t *status, uint32_t *len)
+{
+    memcpy(status, r->map + offset, 4);
+    memcpy(len, r->map + offset + 4, 4);
+}
+
 /* Hex UUID to bytes. */
 static void parse_uuid(const char *hex, uint8_t out[16])
 {
@@ -360,14 +380,29 @@ static void do_offer(int fd, size_t pages, int count, const char *wait_file)
         note("offered resource %u, %zu pages of daemon memory", b.res, pages);
         printf("SHARE-UUID %s\n", hex);
         fflush(stdout);
+        if (i == 0) {
+            /* Never from oneself: refused by the policy, answered as an unknown UUID. */
+            uint32_t imp[10] = { OP_IMPORT, 40, 0, 0 };
+            uint32_t status, len;
+
+            memcpy(&imp[4], uuid, 16);
+            memset(r.map, 0xee, 64);
+            submit(fd, imp, 10, &r.handle, 1);
+            reply_at(&r, 0, &status, &len);
+            if (status != STATUS_NO_SUCH || len != 0)
+                fail("IMPORT of its own buffer: status %u (%u bytes), expected NO_SUCH", status,
+                     len);
+            note("IMPORT of its own buffer answered NO_SUCH (the policy refuses it)");
+        }
     }
     for (int i = 0; i < 36000 && access(wait_file, F_OK) != 0; i++)
         usleep(100000);
     pass();
 }
 
-/* IMPORT (dynamic) `uuid_hex`, create and map the resource. */
-static struct bo import_mapped(int fd, struct bo *r, const char *uuid_hex, size_t size)
+/* IMPORT (dynamic) `uuid_hex`, create and map the resource; its blob id in `blob`. */
+static struct bo import_mapped(int fd, struct bo *r, const char *uuid_hex, size_t size,
+                               uint64_t *blob)
 {
     uint32_t cmd[10] = { OP_IMPORT, 40, 0, 0, 0, 0, 0, 0, 1, 0 };
     const uint8_t *payload;
@@ -380,7 +415,37 @@ static struct bo import_mapped(int fd, struct bo *r, const char *uuid_hex, size_
     memcpy(&got, payload + 8, 8);
     if (got != size)
         fail("IMPORT answered %" PRIu64 " bytes, expected %zu", got, size);
+    *blob = blob_id;
     return create_blob(fd, VIRTGPU_BLOB_MEM_HOST3D, blob_id, size);
+}
+
+/* A stream the daemon must refuse whole: READ_EVENTS (reply at 0), then an
+ * UNPIN whose reserved word is 1 (reply at 64), then a PIN whose reply would
+ * lie past the reply blob. The ioctl succeeds and its fence signals (a stock
+ * kernel does not pass the error on); the slots inside the blob read INVALID,
+ * the one outside is not written, and nothing ran (checked by the caller: the
+ * events are still there). */
+static void refused_stream(int fd, struct bo *r, uint32_t res)
+{
+    uint32_t cmd[] = {
+        OP_READ_EVENTS, 24, 0, 0, 16, 0,
+        5 /* UNPIN */, 24, 64, 1 /* reserved: must be 0 */, res, 0,
+        4 /* PIN */, 24, (uint32_t)r->size - 4, 0, res, 0,
+    };
+    uint32_t status, len, last;
+
+    memset(r->map, 0xff, r->size);
+    submit(fd, cmd, 18, &r->handle, 1);
+    for (size_t at = 0; at <= 64; at += 64) {
+        reply_at(r, at, &status, &len);
+        if (status != STATUS_INVALID || len != 0)
+            fail("refused stream: the slot at %zu reads status %u (%u bytes), expected INVALID",
+                 at, status, len);
+    }
+    memcpy(&last, r->map + r->size - 4, 4);
+    if (last != UNWRITTEN)
+        fail("refused stream: the slot past the reply blob's end was written (0x%08x)", last);
+    note("a malformed stream: the ioctl and its fence succeeded, its slots read INVALID");
 }
 
 /* READ_EVENTS: whether a MOVED event for `res` is among them. */
@@ -409,30 +474,52 @@ static int moved(int fd, struct bo *r, uint32_t res)
 static void do_moves(int fd, const char *first, const char *second, uint32_t seed, size_t pages)
 {
     struct bo r = replies(fd);
-    size_t size = pages * PAGE, wrong = 0;
-    struct bo a = import_mapped(fd, &r, first, size), b, again;
-    uint32_t *words = (uint32_t *)a.map;
+    size_t size = pages * PAGE, wrong = 0, nonzero = 0;
+    uint64_t first_blob, second_blob;
+    struct bo a = import_mapped(fd, &r, first, size, &first_blob), b, again;
+    volatile uint32_t *words = (uint32_t *)a.map;
 
     for (size_t i = 0; i < size / 4; i++)
         words[i] = pattern((uint32_t)i, seed);
     note("wrote the pattern into the first buffer (resource %u)", a.res);
-    b = import_mapped(fd, &r, second, size);
+    b = import_mapped(fd, &r, second, size, &second_blob);
     note("mapped the second buffer (resource %u)", b.res);
+    refused_stream(fd, &r, b.res);
     if (!moved(fd, &r, a.res))
         fail("no MOVED event for the first buffer after the second was mapped");
+    /* The mapping a move took away reads zeros, and writes to it go nowhere. */
+    for (size_t i = 0; i < size / 4; i++)
+        nonzero += words[i] != 0;
+    words[1] = 0x5eed;
+    if (nonzero || words[1] != 0)
+        fail("the moved-out mapping reads %zu nonzero words, and 0x%x after a write", nonzero,
+             words[1]);
+    note("the moved-out mapping reads zeros, and a write to it is dropped");
+    /* docs/share-protocol.md: a new resource on the same blob id maps it again. */
+    again = create_blob(fd, VIRTGPU_BLOB_MEM_HOST3D, first_blob, size);
     munmap(a.map, size);
     struct drm_gem_close close_args = { .handle = a.handle };
     if (drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &close_args) != 0)
         fail("GEM_CLOSE of the moved import: %m");
-    again = import_mapped(fd, &r, first, size);
     words = (uint32_t *)again.map;
     for (size_t i = 0; i < size / 4; i++)
         wrong += words[i] != pattern((uint32_t)i, seed);
     if (wrong)
         fail("%zu of %zu words differ after the buffer came back", wrong, size / 4);
-    note("the first buffer came back bit-exact (resource %u)", again.res);
+    note("the first buffer came back bit-exact (resource %u, blob id %" PRIu64 " again)",
+         again.res, first_blob);
     if (!moved(fd, &r, b.res))
         fail("no MOVED event for the second buffer after the first came back");
+
+    uint32_t wait[8] = { OP_WAIT_FENCES, 32, 0, 0, 1, 0, 0x7fffffff, 0 };
+    uint32_t status, len;
+
+    memset(r.map, 0xee, 64);
+    submit(fd, wait, 8, &r.handle, 1);
+    reply_at(&r, 0, &status, &len);
+    if (status != STATUS_NO_SUCH)
+        fail("WAIT_FENCES on a handle never given out: status %u, expected NO_SUCH", status);
+    note("WAIT_FENCES on a handle never given out answered NO_SUCH");
     pass();
 }
 

@@ -106,7 +106,7 @@ CASES=(
     "worker-kill|venus|two guests at once; one's render worker is killed mid-workload: the other's vk-compute and vk-render pass"
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
     "share-buffer|venus|one guest renders a frame with Vulkan (Venus) into a $SHARE_PAGES-page Venus blob and exports it and a fence point through the share context; another waits for the fence, imports and maps the blob: every pixel checked, and a write seen back by the exporter"
-    "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, imports again and reads back what it wrote, bit for bit"
+    "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, maps it again on a new resource of the same blob id and reads back what it wrote, bit for bit; a malformed stream reads INVALID and runs nothing"
 )
 
 RUN_DIR=""
@@ -831,8 +831,11 @@ case_share-buffer() {
     check_vgpud "$dir"
 }
 # Guest 0 offers two buffers of vgpud's own memory (2D renderer); the budget
-# holds one. Guest 1 fills the first, maps the second (the first moves out),
-# then imports the first again and checks it came back bit-exact.
+# holds one; its import of its own buffer is refused. Guest 1 fills the first,
+# maps the second (the first moves out), checks that a malformed stream is
+# refused visibly and runs nothing, that the moved-out mapping reads zeros,
+# maps the first again on a new resource of the same blob id (the guide's
+# way) and checks it came back bit-exact.
 case_share-moves() {
     local dir=$1 pid0 pid1 policy=$SOCK_DIR/share-policy.json uuids i
     printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
@@ -866,7 +869,16 @@ case_share-moves() {
     finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
     REASON=${reason:-$REASON}
     [[ $ok -eq 0 ]] || return 1
-    # The guest checked the MOVED events and the contents; vgpud must still be well.
+    # The guests checked the MOVED events, the contents and the answers; the refusals are in
+    # vgpud's log as docs/share-protocol.md quotes them, and vgpud must still be well.
+    local line
+    for line in 'a: may not import that buffer (policy)' \
+        'b: share: stream refused, nothing run: reserved field not zero'; do
+        if ! grep -aqF "$line" "$dir/vgpud.log"; then
+            REASON="vgpud did not log '$line'"
+            return 1
+        fi
+    done
     check_vgpud "$dir"
 }
 case_vk-coherent() { venus_program "$1" vk-coherent; }
