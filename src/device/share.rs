@@ -593,7 +593,7 @@ impl<R: Renderer> Device<R> {
             .imports
             .get_mut(&blob_id)
             .ok_or(ErrorCode::InvalidParameter)?;
-        import.resources += 1;
+        import.resources = import.resources.saturating_add(1);
         let storage = SharedStorage {
             size,
             ..import.storage.clone()
