@@ -263,21 +263,27 @@ fn main() -> ExitCode {
             failure_limit: opts.failure_limit(),
             log: GuestLog::new(&name),
         };
-        servers.push(
-            thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || serve(&name, listener, template)),
-        );
+        let thread_name = name.clone();
+        let server = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || serve(&thread_name, listener, template));
+        servers.push((name, server));
     }
-    for server in servers {
-        match server {
-            Ok(handle) => {
-                let _ = handle.join();
-            }
-            Err(e) => error!("cannot start a server thread: {e}"),
+    // A listener is served until the daemon stops; a VMM handed over connected is served once,
+    // and one that could not be served at all makes the exit status a failure.
+    let mut unserved = 0;
+    for (name, server) in servers {
+        let served = server.and_then(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("its thread panicked")))
+        });
+        if let Err(e) = served {
+            error!("{name}: cannot serve the VM: {e}");
+            unserved += 1;
         }
     }
-    if one_shot {
+    if one_shot && unserved == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
