@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use log::{debug, error, info};
+use log::{error, info};
 use vgpud_protocol::{
     Command, GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_BLOB_ALIGNMENT, F_CONTEXT_INIT,
     F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
@@ -28,6 +28,7 @@ use super::answers::Answer;
 use super::display::DisplayLink;
 use super::peer::PeerWatch;
 use super::queue;
+use super::relay::{self, BackendChannel};
 use super::RendererSpec;
 use super::VmTemplate;
 use crate::device::memory::check_region;
@@ -67,6 +68,8 @@ pub struct VmBackend {
     mem: Mutex<Arc<GuestMemoryMmap>>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
+    /// The same channel, for what the vhost crate cannot send (CONFIG_CHANGE_MSG).
+    backend_channel: BackendChannel,
     /// Bounds every request to the VMM (display socket, backend channel).
     pub(super) peer: PeerWatch,
     /// Ends the connection, once the daemon has accepted one.
@@ -98,7 +101,11 @@ pub struct VmBackend {
 }
 
 impl VmBackend {
-    pub fn new(record: Arc<VmRecord>, template: VmTemplate) -> io::Result<Self> {
+    pub fn new(
+        record: Arc<VmRecord>,
+        template: VmTemplate,
+        backend_channel: BackendChannel,
+    ) -> io::Result<Self> {
         let name = record.name.as_str();
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
@@ -148,6 +155,7 @@ impl VmBackend {
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
+            backend_channel,
             peer: PeerWatch::new(template.vmm_timeout),
             shutdown: Mutex::new(None),
             exit: EventFd::new(EFD_NONBLOCK)?,
@@ -288,17 +296,18 @@ impl VmBackend {
     /// Sets EVENT_DISPLAY and tells the driver to re-read the config space.
     pub(super) fn raise_display_event(&self) {
         *lock(&self.events_read) |= EVENT_DISPLAY;
-        let backend = lock(&self.backend_req).clone();
-        if let Some(backend) = backend {
-            let sent = self.peer.call("CONFIG_CHANGE_MSG", backend.clone(), || {
-                backend.handle_config_change().map_err(io::Error::other)
-            });
-            match sent {
-                Err(e) if self.peer.is_stalled() => self.disconnect(&e),
-                // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
-                Err(e) => debug!("{}: config change notification not taken: {e}", self.name),
-                Ok(_) => {}
-            }
+        let channel = match self.backend_channel.stream() {
+            Ok(Some(channel)) => channel,
+            // No channel: the driver sees the event when it next reads the config space.
+            Ok(None) => return,
+            Err(e) => return self.disconnect(&e),
+        };
+        // `channel` outlives the call, so the descriptor the watchdog may shut down is this one.
+        let sent = self.peer.call("CONFIG_CHANGE_MSG", (), || {
+            relay::notify_config_change(&channel)
+        });
+        if let Err(e) = sent {
+            self.disconnect(&e);
         }
     }
 

@@ -109,16 +109,22 @@ pub fn serve(name: &str, source: VmmSource, template: VmTemplate) -> io::Result<
             serve_listener(name, listener, template);
             Ok(())
         }
-        VmmSource::Connected(vmm) => relayed(name, vmm)
-            .and_then(|mut l| serve_one(name, &mut l, &template))
-            .map(|_| ()),
+        VmmSource::Connected(vmm) => serve_connection(name, vmm, &template).map(|_| ()),
     }
+}
+
+/// Serves one VMM (relayed, see relay.rs) until it goes away. Returns whether the VM's
+/// renderer failed (its worker died or hung).
+fn serve_connection(name: &str, vmm: UnixStream, template: &VmTemplate) -> io::Result<bool> {
+    let channel = relay::BackendChannel::default();
+    let mut listener = relayed(name, vmm, channel.clone())?;
+    serve_one(name, &mut listener, template, channel)
 }
 
 /// A private listener with `vmm` relayed to the one connection waiting on it (see relay.rs).
 /// Its path is in a fresh owner-only directory with an unguessable name (mkdtemp), so no other
 /// user can take the path first or connect in the VMM's place.
-fn relayed(name: &str, vmm: UnixStream) -> io::Result<Listener> {
+fn relayed(name: &str, vmm: UnixStream, channel: relay::BackendChannel) -> io::Result<Listener> {
     let dir = private_dir()?;
     let path = dir.join("vmm.sock");
     let made = Listener::new(&path, true)
@@ -128,7 +134,7 @@ fn relayed(name: &str, vmm: UnixStream) -> io::Result<Listener> {
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);
     let (listener, inner) = made?;
-    relay::spawn(name, vmm, inner)?;
+    relay::spawn(name, vmm, inner, channel)?;
     Ok(listener)
 }
 
@@ -167,11 +173,19 @@ fn private_dir() -> io::Result<PathBuf> {
     Ok(PathBuf::from(OsString::from_vec(bytes)))
 }
 
-fn serve_listener(name: &str, mut listener: Listener, template: VmTemplate) {
+fn serve_listener(name: &str, listener: Listener, template: VmTemplate) {
     let mut pause = RETRY_MIN;
     let mut failures: std::collections::VecDeque<Instant> = Default::default();
     loop {
-        match serve_one(name, &mut listener, &template) {
+        let served = listener
+            .accept()
+            .map_err(|e| io::Error::other(format!("accepting a VMM: {e}")))
+            .and_then(|vmm| match vmm {
+                Some(vmm) => serve_connection(name, vmm, &template),
+                // It left before it was accepted.
+                None => Ok(false),
+            });
+        match served {
             Ok(renderer_failed) => {
                 pause = RETRY_MIN;
                 if renderer_failed {
@@ -224,7 +238,12 @@ fn refuse_for(name: &str, listener: &Listener, cooldown: Duration) {
 
 /// Accepts one connection and serves it until the frontend goes away. Returns whether the VM's
 /// renderer failed (its worker died or hung).
-fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<bool> {
+fn serve_one(
+    name: &str,
+    listener: &mut Listener,
+    template: &VmTemplate,
+    channel: relay::BackendChannel,
+) -> io::Result<bool> {
     // Listed in the registry once its VMM connects; it leaves when this returns, after its
     // teardown.
     let registration =
@@ -234,6 +253,7 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     let backend = Arc::new(VmBackend::new(
         registration.record.clone(),
         template.clone(),
+        channel,
     )?);
     backend.join_shares();
     let stopping = Arc::downgrade(&backend);
