@@ -8,7 +8,7 @@
 //! and fit in `MAX_REQUEST_BYTES`; every connection ends `CONNECTION_TIMEOUT` after it was
 //! taken, answered or not; and there is no thread per connection.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,15 +222,33 @@ async fn accept_loop(listener: Listener, service: Arc<Service>, log: GuestLog) {
 }
 
 /// Tells a client past the cap why it is closed, if the socket takes it at once; never waits.
+/// What the client sent already is read first (as much as is there): a socket closed with
+/// unread data is reset, and the client would lose the answer.
 fn refuse(conn: Conn, service: &Service) {
     let busy = match service {
         Service::Metrics(_) => metrics::BUSY,
         Service::Status(_) => control::BUSY,
     };
-    let _ = match &conn {
-        Conn::Unix(s) => s.try_write(busy.as_bytes()),
-        Conn::Tcp(s) => s.try_write(busy.as_bytes()),
-    };
+    // On the socket itself (non-blocking, as tokio keeps it): tokio's own try_read and
+    // try_write do nothing on a socket its driver has not polled yet.
+    match conn {
+        Conn::Unix(s) => {
+            if let Ok(s) = s.into_std() {
+                tell(s, busy);
+            }
+        }
+        Conn::Tcp(s) => {
+            if let Ok(s) = s.into_std() {
+                tell(s, busy);
+            }
+        }
+    }
+}
+
+fn tell(mut socket: impl Read + Write, busy: &str) {
+    let mut sent = [0u8; MAX_REQUEST_BYTES];
+    let _ = socket.read(&mut sent);
+    let _ = socket.write(busy.as_bytes());
 }
 
 async fn serve<S>(stream: S, service: &Service) -> io::Result<()>
