@@ -369,8 +369,11 @@ fn idle_clients(socket: &Path, n: usize) -> Vec<UnixStream> {
         }
     });
     let mut clients = Vec::new();
-    while let Ok(s) = rx.recv_timeout(Duration::from_secs(5)) {
-        clients.push(s);
+    while clients.len() < n {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(s) => clients.push(s),
+            Err(_) => break,
+        }
     }
     clients
 }
@@ -481,7 +484,10 @@ fn idle_operator_clients_cost_bounded_threads_and_descriptors_and_never_refuse_a
     assert!(held.threads <= base.threads + 2, "{base:?} -> {held:?}");
     assert!(held.fds <= base.fds + 2 * 8 + 4, "{base:?} -> {held:?}");
 
-    // A VM still connects and draws while they are all there.
+    // A VM still connects and draws while the endpoints are full (fresh clients, in case the
+    // first ones timed out already).
+    clients.extend(idle_clients(&metrics, 20));
+    clients.extend(idle_clients(&control, 20));
     let mut vm = Vm::connect(
         &d.socket(0),
         vgpud_harness::VmConfig {
