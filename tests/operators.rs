@@ -511,12 +511,13 @@ fn idle_operator_clients_cost_bounded_threads_and_descriptors_and_never_refuse_a
         .count();
     assert_eq!(open, 0, "of {} idle connections", clients.len());
     drop(clients);
-    let after = quiet_stats(&d);
-    assert!(after.threads <= base.threads + 2, "{base:?} -> {after:?}");
     // Then the endpoints answer as before.
     assert!(scrape(&metrics).contains_key("vgpud_vms"));
     assert_eq!(status(&control).map(|v| v.len()), Ok(1));
-    drop(vm);
+    // And once the VM has gone too, nothing of theirs is left.
+    vm.disconnect();
+    let after = quiet_stats(&d);
+    assert!(after.threads <= base.threads + 2, "{base:?} -> {after:?}");
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
