@@ -753,6 +753,12 @@ impl Vm {
             .unwrap_or_else(|| panic!("region {region} exhausted allocating {size} bytes"))
     }
 
+    /// Hostile VMM: shrinks the file behind memory region `region` to `len` bytes (see
+    /// `GuestMem::shrink_region`); the daemon's next access past that faults.
+    pub fn shrink_region(&self, region: usize, len: u64) -> io::Result<()> {
+        self.mem.shrink_region(region, len)
+    }
+
     pub fn write_mem(&self, gpa: u64, data: &[u8]) {
         self.mem.write(gpa, data);
     }
