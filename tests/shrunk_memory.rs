@@ -145,6 +145,34 @@ fn a_backing_in_memory_that_shrank_costs_only_its_vm() {
 }
 
 #[test]
+fn rings_in_memory_that_shrank_cost_only_their_vm() {
+    let mut d = daemon(2, &[]);
+    let mut other = connect_with_display(&d, 1, vec![(SIDE, SIDE)]);
+    draws(&mut other, 1, 1);
+    let mut victim = connect(&d, 0);
+    ok(&mut victim, create(1, SIDE, SIDE));
+    // Region 0 holds the rings: the daemon faults reading the avail ring. (The harness must not
+    // touch that memory any more either, so the disconnect is seen in the log.)
+    victim.shrink_region(0, 0).unwrap();
+    victim.kick(0).unwrap();
+    let disconnected = eventually(Duration::from_secs(8), || {
+        d.stderr_log()
+            .contains("disconnecting the VMM: its guest memory at 0x0 shrank")
+    });
+    assert!(
+        disconnected,
+        "not disconnected for the fault ({:?}):\n{}",
+        d.exit_status(),
+        d.stderr_log()
+    );
+    assert!(d.is_running(), "the daemon died:\n{}", d.stderr_log());
+    draws(&mut other, 2, 2);
+    drop(victim);
+    let mut next = connect_with_display(&d, 0, vec![(SIDE, SIDE)]);
+    draws(&mut next, 1, 3);
+}
+
+#[test]
 fn a_backing_that_shrank_under_a_render_worker_costs_only_that_worker() {
     // A 3D VM's worker maps its guest memory itself: the fault ends that worker, which the
     // daemon reports as a renderer failure of that VM.
