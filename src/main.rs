@@ -183,6 +183,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any VM's memory is mapped: a VMM that shrinks its guest memory file costs only
+    // its own VM. Render workers go without: a fault there ends only that VM's worker.
+    if let Err(e) = vgpud::memfault::install() {
+        error!("cannot install the SIGBUS handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let registry = Arc::new(Registry::default());
     let policy = match &opts.share_policy {
         Some(path) => match Policy::load(path) {

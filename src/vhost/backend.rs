@@ -38,6 +38,7 @@ use crate::guestlog::GuestLog;
 use crate::hub::registry::{VmRecord, VmState};
 use crate::hub::share::{ShareClient, ShareRegistry};
 use crate::ids::FenceId;
+use crate::memfault;
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 use crate::sync::lock;
@@ -66,6 +67,8 @@ pub struct VmBackend {
     pub(super) device: Mutex<Device<SharedRenderer>>,
     /// The guest memory the queues use: only tables whose regions all lie inside their files.
     mem: Mutex<Arc<GuestMemoryMmap>>,
+    /// Whose guest memory the SIGBUS handler repairs: see `lost_memory`.
+    memory_owner: memfault::Owner,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
     /// The same channel, for what the vhost crate cannot send (CONFIG_CHANGE_MSG).
@@ -153,6 +156,7 @@ impl VmBackend {
             hostmem: device.hostmem(),
             device: Mutex::new(device),
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
+            memory_owner: memfault::Owner::new(),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
             backend_channel,
@@ -211,6 +215,19 @@ impl VmBackend {
         if let Some(handle) = lock(&self.shutdown).as_ref() {
             handle.shutdown();
         }
+    }
+
+    /// Disconnects the VM if its VMM shrank a file of its guest memory under a request (the
+    /// daemon's access faulted; the mapping reads as zeros since). Returns whether it did.
+    pub(super) fn lost_memory(&self) -> bool {
+        let Some(lost) = self.memory_owner.lost() else {
+            return false;
+        };
+        self.disconnect(&format_args!(
+            "its guest memory at {:#x} shrank under a request (SIGBUS); it reads as zeros now",
+            lost.gpa
+        ));
+        true
     }
 
     /// Whether the queue is not served: the guest broke its rings (until they are set up again),
@@ -591,7 +608,12 @@ impl VhostUserBackend for VmBackend {
         // The library has mapped the table and published it to its own users already; the queues
         // only ever use `self.mem`, which takes a table only once every region checked out.
         let table = mem.memory().into_inner();
-        if let Err(why) = table.iter().try_for_each(check_region) {
+        // Watched before the queues can use it: a file shrunk from now on costs this VM only.
+        let checked = table
+            .iter()
+            .try_for_each(check_region)
+            .and_then(|()| memfault::watch(&table, &self.memory_owner));
+        if let Err(why) = checked {
             // Also withdraw it from the library, which reads the used ring itself on
             // SET_VRING_ADDR. Refusing the message ends the connection.
             mem.lock()
@@ -645,6 +667,7 @@ impl VhostUserBackend for VmBackend {
                         .warn(format_args!("answering fenced requests: {e}"));
                 }
             }
+            self.lost_memory();
             return Ok(());
         }
         let vring = vrings
@@ -660,6 +683,8 @@ impl VhostUserBackend for VmBackend {
         if let Err(e) = queue::drain(self, vring, kind) {
             self.mark_broken(device_event, &e);
         }
+        // Also a fault outside a request (the rings, a fence's answer).
+        self.lost_memory();
         Ok(())
     }
 }

@@ -336,6 +336,8 @@ fn serve_one(
         .load(std::sync::atomic::Ordering::Acquire);
     // The last reference: the renderer (and its worker) goes with it.
     drop(backend);
+    // Its guest memory is unmapped now that nothing holds it.
+    crate::memfault::sweep();
     drop(registration);
     if let Some(why) = disconnected {
         crate::stats::bump(&crate::stats::DAEMON.disconnects);
