@@ -1,23 +1,22 @@
 //! The control socket: `vgpud status` asks a running daemon what its VMs are doing. Read-only: the
-//! one request is `status`, answered with the registry as JSON. The socket is created owner-only.
+//! one request is `status`, answered with the registry as JSON. The socket is created owner-only;
+//! `operators` serves it, with its limits.
 
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
-use std::sync::Arc;
-use std::thread;
 use std::time::Duration;
 
-use log::warn;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::hub::registry::{Registry, VmStatus};
 
-/// A client gets this long to ask, and to take the answer.
+/// `vgpud status` waits this long for each part of the answer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The longest request line read.
-const MAX_REQUEST: u64 = 64;
+const MAX_REQUEST: usize = 64;
 /// The longest answer a status client accepts.
 const MAX_ANSWER: u64 = 64 << 20;
 
@@ -62,46 +61,39 @@ pub fn group_id(name: &str) -> io::Result<u32> {
     Ok(unsafe { (*entry).gr_gid })
 }
 
-/// Listens on `path` (see `bind_private`) and answers status requests on a thread of its own.
-pub fn serve(path: &Path, registry: Arc<Registry>, group: Option<u32>) -> io::Result<()> {
-    let listener = bind_private(path, group)?;
-    thread::Builder::new()
-        .name("control".into())
-        .spawn(move || {
-            for conn in listener.incoming() {
-                match conn {
-                    Ok(conn) => {
-                        if let Err(e) = answer(conn, &registry) {
-                            warn!("control socket: {e}");
-                        }
-                    }
-                    Err(e) => {
-                        warn!("control socket: {e}");
-                        thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        })?;
-    Ok(())
+/// What a client past the socket's connection cap gets before it is closed.
+pub const BUSY: &str = "{\"error\": \"busy: too many status clients connected\"}\n";
+
+/// Reads a request: up to its newline, the end of the stream, or `MAX_REQUEST` bytes, whichever
+/// comes first. The caller bounds the wait (`operators`).
+pub async fn read_request<S: AsyncRead + Unpin>(conn: &mut S) -> io::Result<Vec<u8>> {
+    let mut request = Vec::new();
+    let mut buf = [0u8; MAX_REQUEST];
+    while request.len() < MAX_REQUEST && !request.contains(&b'\n') {
+        let room = MAX_REQUEST - request.len();
+        let n = conn.read(buf.get_mut(..room).unwrap_or_default()).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(buf.get(..n).unwrap_or_default());
+    }
+    Ok(request)
 }
 
-fn answer(conn: UnixStream, registry: &Registry) -> io::Result<()> {
-    conn.set_read_timeout(Some(CLIENT_TIMEOUT))?;
-    conn.set_write_timeout(Some(CLIENT_TIMEOUT))?;
-    let mut line = String::new();
-    BufReader::new((&conn).take(MAX_REQUEST)).read_line(&mut line)?;
+/// The answer to `request`, a line of JSON.
+pub fn reply(request: &[u8], registry: &Registry) -> String {
+    let line = String::from_utf8_lossy(request.split(|&b| b == b'\n').next().unwrap_or_default());
     let reply = match line.trim() {
         "status" => serde_json::to_string(&StatusReply {
             vms: registry.status(),
         })
-        .map_err(io::Error::other)?,
+        .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string()),
         other => {
             let other: String = other.chars().take(32).collect();
             serde_json::json!({ "error": format!("unknown request '{other}'") }).to_string()
         }
     };
-    (&conn).write_all(reply.as_bytes())?;
-    (&conn).write_all(b"\n")
+    reply + "\n"
 }
 
 /// Asks the daemon at `path` for its VMs.
@@ -112,7 +104,15 @@ pub fn query(path: &Path) -> io::Result<StatusReply> {
     conn.write_all(b"status\n")?;
     let mut text = String::new();
     conn.take(MAX_ANSWER).read_to_string(&mut text)?;
-    serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad answer: {e}")))
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| io::Error::other(format!("bad answer: {e}")))?;
+    if let Some(error) = answer.get("error") {
+        return Err(io::Error::other(format!(
+            "the daemon says: {}",
+            error.as_str().unwrap_or_default()
+        )));
+    }
+    serde_json::from_value(answer).map_err(|e| io::Error::other(format!("bad answer: {e}")))
 }
 
 /// The VMs as a table, one line each.

@@ -11,7 +11,8 @@ use vgpud::guestlog::GuestLog;
 use vgpud::hub::registry::Registry;
 use vgpud::hub::residency::Budget;
 use vgpud::hub::share::{Policy, ShareRegistry};
-use vgpud::metrics::{self, Endpoint, Metrics};
+use vgpud::metrics::{Endpoint, Metrics};
+use vgpud::operators::{self, Listening};
 use vgpud::render::{remote, worker, RendererKind, Soft2d};
 use vgpud::signals;
 use vgpud::vhost::{serve, RendererSpec, VmTemplate, VmmSource};
@@ -95,7 +96,8 @@ fn status(socket: &std::path::Path, json: bool) -> ExitCode {
 }
 
 /// Raises the soft descriptor limit to the hard one: every VM takes a few dozen descriptors, and
-/// the usual soft limit (1024) would cap a daemon at a few dozen VMs.
+/// the usual soft limit (1024) would cap a daemon at a few dozen VMs. (Operator clients take a
+/// few at most: see `operators`.)
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -181,6 +183,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Before any VM's memory is mapped: a VMM that shrinks its guest memory file costs only
+    // its own VM. Render workers go without: a fault there ends only that VM's worker.
+    if let Err(e) = vgpud::memfault::install() {
+        error!("cannot install the SIGBUS handler: {e}");
+        return ExitCode::FAILURE;
+    }
     let registry = Arc::new(Registry::default());
     let policy = match &opts.share_policy {
         Some(path) => match Policy::load(path) {
@@ -208,10 +216,14 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    let mut operators = Vec::new();
     if let Some(path) = &opts.control_socket {
-        if let Err(e) = control::serve(path, registry.clone(), group) {
-            error!("control socket {}: {e}", path.display());
-            return ExitCode::FAILURE;
+        match Listening::control(path, registry.clone(), group) {
+            Ok(l) => operators.push(l),
+            Err(e) => {
+                error!("control socket {}: {e}", path.display());
+                return ExitCode::FAILURE;
+            }
         }
     }
     let metrics = Arc::new(Metrics::new(registry.clone(), Some(shares.clone())));
@@ -219,10 +231,17 @@ fn main() -> ExitCode {
         .into_iter()
         .chain(opts.metrics_address.map(Endpoint::Tcp));
     for endpoint in endpoints {
-        if let Err(e) = metrics::serve(&endpoint, metrics.clone(), group) {
-            error!("metrics endpoint {endpoint:?}: {e}");
-            return ExitCode::FAILURE;
+        match Listening::metrics(&endpoint, metrics.clone(), group) {
+            Ok(l) => operators.push(l),
+            Err(e) => {
+                error!("metrics endpoint {endpoint:?}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
+    }
+    if let Err(e) = operators::spawn(operators) {
+        error!("cannot start the operator endpoints: {e}");
+        return ExitCode::FAILURE;
     }
     let reload_shares = shares.clone();
     let policy_file = opts.share_policy.clone();
@@ -263,21 +282,27 @@ fn main() -> ExitCode {
             failure_limit: opts.failure_limit(),
             log: GuestLog::new(&name),
         };
-        servers.push(
-            thread::Builder::new()
-                .name(name.clone())
-                .spawn(move || serve(&name, listener, template)),
-        );
+        let thread_name = name.clone();
+        let server = thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || serve(&thread_name, listener, template));
+        servers.push((name, server));
     }
-    for server in servers {
-        match server {
-            Ok(handle) => {
-                let _ = handle.join();
-            }
-            Err(e) => error!("cannot start a server thread: {e}"),
+    // A listener is served until the daemon stops; a VMM handed over connected is served once,
+    // and one that could not be served at all makes the exit status a failure.
+    let mut unserved = 0;
+    for (name, server) in servers {
+        let served = server.and_then(|handle| {
+            handle
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("its thread panicked")))
+        });
+        if let Err(e) = served {
+            error!("{name}: cannot serve the VM: {e}");
+            unserved += 1;
         }
     }
-    if one_shot {
+    if one_shot && unserved == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -2,14 +2,15 @@
 //! 127.0.0.1:PORT`): `GET /metrics` answers prometheus-client's OpenMetrics text, made on each
 //! scrape from the VM registry (per-VM counters), the share registry and the daemon's counters.
 //! VMs come and go, so the per-VM families are collected from whoever is there at the time.
+//! `operators` serves it, with its limits.
 
 use std::fmt;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread;
 
-use log::warn;
+use hyper::header::{HeaderValue, CONTENT_TYPE as CONTENT_TYPE_HEADER};
+use hyper::{Method, Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -283,57 +284,29 @@ pub enum Endpoint {
     Tcp(SocketAddr),
 }
 
-/// Serves `GET /metrics` at `endpoint` on a thread of its own. A TCP address must be a loopback
-/// one (expose it further through a proxy that authenticates); a UNIX socket is created like
-/// the control socket.
-pub fn serve(
-    endpoint: &Endpoint,
-    metrics: Arc<Metrics>,
-    group: Option<u32>,
-) -> std::io::Result<()> {
-    let server = match endpoint {
-        Endpoint::Tcp(addr) => {
-            if !addr.ip().is_loopback() {
-                return Err(std::io::Error::other(format!(
-                    "{addr}: metrics listen on loopback addresses only"
-                )));
-            }
-            tiny_http::Server::from_listener(TcpListener::bind(addr)?, None)
-        }
-        Endpoint::Unix(path) => {
-            let listener = crate::control::bind_private(path, group)?;
-            tiny_http::Server::from_listener(listener, None)
-        }
-    }
-    .map_err(std::io::Error::other)?;
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for request in server.incoming_requests() {
-                answer(request, &metrics);
-            }
-        })?;
-    Ok(())
-}
+/// What a client past the endpoint's connection cap gets before it is closed.
+pub const BUSY: &str =
+    "HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
 
-fn answer(request: tiny_http::Request, metrics: &Arc<Metrics>) {
-    let path = request.url().split('?').next().unwrap_or_default();
-    let response = match (request.method(), path) {
-        (tiny_http::Method::Get, "/metrics") => match metrics.render() {
-            Ok(text) => {
-                let mut r = tiny_http::Response::from_string(text);
-                if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
-                    r.add_header(h);
-                }
-                r
-            }
-            Err(_) => tiny_http::Response::from_string("encoding failed").with_status_code(500),
+/// The answer to `method path`: the exposition for `GET /metrics`, 404 for anything else.
+pub fn respond(metrics: &Arc<Metrics>, method: &Method, path: &str) -> Response<String> {
+    let (status, content_type, body) = match (method, path) {
+        (&Method::GET, "/metrics") => match metrics.render() {
+            Ok(text) => (StatusCode::OK, CONTENT_TYPE, text),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                "encoding failed\n".into(),
+            ),
         },
-        _ => tiny_http::Response::from_string("GET /metrics\n").with_status_code(404),
+        _ => (StatusCode::NOT_FOUND, "text/plain", "GET /metrics\n".into()),
     };
-    if let Err(e) = request.respond(response) {
-        warn!("metrics: {e}");
-    }
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE_HEADER, HeaderValue::from_static(content_type));
+    response
 }
 
 /// Parses `--metrics-address`.

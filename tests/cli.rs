@@ -91,6 +91,73 @@ fn serves_a_vmm_handed_over_as_a_connected_socket_then_exits() {
     assert!(status.success(), "{status:?}\n{}", d.stderr_log());
 }
 
+/// Starts the daemon on a connected `--fd=3` through `sh -c SCRIPT` (the script ends by
+/// exec'ing the daemon, so `$$` is the daemon's pid), with TMPDIR as the script sets it.
+fn spawn_handed_over(script: &str, theirs: UnixStream) -> Daemon {
+    let args: Vec<String> = ["-c", script, vgpud().to_str().unwrap(), "--fd=3"]
+        .iter()
+        .chain(&["--renderer", "2d"])
+        .map(|s| s.to_string())
+        .collect();
+    Daemon::spawn_inheriting(
+        std::path::Path::new("/bin/sh"),
+        &args,
+        vec![OwnedFd::from(theirs)],
+        Vec::new(),
+        None,
+    )
+    .unwrap()
+}
+
+/// The relay's private socket cannot be taken first: another user who creates the path the
+/// daemon would use (once `$TMPDIR/vgpud-PID-0`) does not stop the VM being served.
+#[test]
+fn a_squatted_relay_path_does_not_stop_a_handed_over_vmm() {
+    let dir = std::env::temp_dir().join(format!("vgpud-squat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let script = format!(
+        "export TMPDIR='{}'; unset RUNTIME_DIRECTORY XDG_RUNTIME_DIR; \
+         mkdir -m 0777 \"$TMPDIR/vgpud-$$-0\" \"$TMPDIR/vgpud-relay-XXXXXX\" && exec \"$0\" \"$@\"",
+        dir.display()
+    );
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let mut d = spawn_handed_over(&script, theirs);
+    let mut vm = Vm::over(ours, VmConfig::default()).unwrap();
+    assert!(
+        matches!(
+            call(&mut vm, Command::GetDisplayInfo),
+            Response::OkDisplayInfo(_)
+        ),
+        "{}",
+        d.stderr_log()
+    );
+    vm.disconnect();
+    let status = exit_of(&mut d).expect("the daemon exits after its only VMM");
+    assert!(status.success(), "{status:?}\n{}", d.stderr_log());
+    // Nothing of the relay is left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A VMM handed over that the daemon cannot serve is a failure its supervisor (libvirt) sees:
+/// a non-zero exit and a line that says why, never a clean exit.
+#[test]
+fn a_handed_over_vmm_that_cannot_be_served_fails_the_exit_status() {
+    let script = "export TMPDIR=/nonexistent/vgpud; unset RUNTIME_DIRECTORY XDG_RUNTIME_DIR; \
+                  exec \"$0\" \"$@\"";
+    let (_ours, theirs) = UnixStream::pair().unwrap();
+    let mut d = spawn_handed_over(script, theirs);
+    let status = exit_of(&mut d).expect("the daemon exits");
+    assert!(!status.success(), "{status:?}\n{}", d.stderr_log());
+    assert!(
+        d.stderr_log().contains("cannot serve the VM"),
+        "{}",
+        d.stderr_log()
+    );
+}
+
 /// systemd socket activation: the listening sockets systemd passes (LISTEN_FDS) are VMs named
 /// after their sockets (LISTEN_FDNAMES), with --vm NAME,... settings of their own.
 #[test]

@@ -311,3 +311,236 @@ fn a_control_group_may_use_the_control_and_metrics_sockets() {
     drop(d);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A daemon with one 2D VM socket, a control socket and a metrics socket (in `dir`), at most
+/// `max_fds` descriptors if given.
+fn operator_daemon(dir: &Path, max_fds: Option<u64>, extra: &[&str]) -> Daemon {
+    std::fs::create_dir_all(dir).unwrap();
+    let (control, metrics) = (dir.join("control.sock"), dir.join("metrics.sock"));
+    let mut args = vec![
+        "--renderer",
+        "2d",
+        "--control-socket",
+        control.to_str().unwrap(),
+        "--metrics-socket",
+        metrics.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::spawn_with_sockets_limited(vgpud(), 1, &args, max_fds).expect("start vgpud");
+    wait_for(&control);
+    wait_for(&metrics);
+    d
+}
+
+fn test_dir(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("vgpud-{name}-{}", std::process::id()))
+}
+
+/// `vgpud status --json`: the VMs, or why it failed.
+fn status(control: &Path) -> Result<Vec<serde_json::Value>, String> {
+    let out = std::process::Command::new(vgpud())
+        .args(["status", "--json", "--control-socket"])
+        .arg(control)
+        .output()
+        .expect("run vgpud status");
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+    Ok(v["vms"].as_array().cloned().unwrap_or_default())
+}
+
+/// `n` connections to `socket` that send nothing. They are made on a thread of their own, since
+/// a daemon that stops accepting leaves a connect waiting once the listen backlog is full: what
+/// did not connect within a few seconds is left out.
+fn idle_clients(socket: &Path, n: usize) -> Vec<UnixStream> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let socket = socket.to_path_buf();
+    std::thread::spawn(move || {
+        for _ in 0..n {
+            match UnixStream::connect(&socket) {
+                Ok(s) => {
+                    if tx.send(s).is_err() {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+        }
+    });
+    let mut clients = Vec::new();
+    while clients.len() < n {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(s) => clients.push(s),
+            Err(_) => break,
+        }
+    }
+    clients
+}
+
+/// Whether the daemon ends `conn` (EOF or reset) within `limit`, whatever it answers first.
+fn closed_within(mut conn: &UnixStream, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        conn.set_read_timeout(Some(left)).unwrap();
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            }
+        }
+    }
+}
+
+/// A metrics client that sends header lines and never ends its request is cut off after a
+/// bounded number of bytes, and what it sent costs the daemon no memory that stays.
+#[test]
+fn a_metrics_client_that_never_ends_its_headers_is_cut_off() {
+    // Over TCP, as a local user would: a free loopback port, found by binding it first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let dir = test_dir("header-flood");
+    let d = operator_daemon(&dir, None, &["--metrics-address", &address]);
+    let mut conn = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            conn = std::net::TcpStream::connect(&address).ok();
+            conn.is_some()
+        }),
+        "nothing listens on {address}"
+    );
+    let mut conn = conn.unwrap();
+    let before = quiet_stats(&d);
+    conn.set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: vgpud\r\n")
+        .unwrap();
+    let line = format!("X-Padding: {}\r\n", "a".repeat(1000));
+    let chunk = line.repeat(64);
+    // What the client may send, at most, before it sees the cut: the daemon's limit plus what
+    // the kernel's socket buffers take (a loopback TCP send buffer grows to a few MiB).
+    const CUT_OFF_BY: usize = 16 << 20;
+    let mut sent = 0;
+    let cut = loop {
+        if sent > 64 << 20 {
+            break None;
+        }
+        match conn.write_all(chunk.as_bytes()) {
+            Ok(()) => sent += chunk.len(),
+            Err(e) => break Some(e),
+        }
+    };
+    let after = stats(&d);
+    assert!(
+        matches!(&cut, Some(e) if e.kind() != std::io::ErrorKind::WouldBlock
+            && e.kind() != std::io::ErrorKind::TimedOut),
+        "never cut off: {sent} bytes of headers sent ({cut:?}); {before:?} -> {after:?}"
+    );
+    assert!(sent < CUT_OFF_BY, "cut off only after {sent} bytes");
+    assert!(
+        after.hwm_kib < before.hwm_kib + 16 * 1024,
+        "{before:?} -> {after:?}"
+    );
+    // It cost no one else anything.
+    assert!(scrape(&dir.join("metrics.sock")).contains_key("vgpud_vms"));
+    let mut vm = connect(&d, 0);
+    upload(&mut vm, 1, 16, 16, &pattern(16, 16, 1));
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Hundreds of operator clients that connect and say nothing: the daemon keeps its threads and
+/// descriptors bounded, ends the connections it took, and under a low descriptor limit a VM still
+/// connects and draws.
+#[test]
+fn idle_operator_clients_cost_bounded_threads_and_descriptors_and_never_refuse_a_vm() {
+    let dir = test_dir("idle-clients");
+    let d = operator_daemon(&dir, Some(256), &[]);
+    let (control, metrics) = (dir.join("control.sock"), dir.join("metrics.sock"));
+    let base = quiet_stats(&d);
+    let mut clients = idle_clients(&metrics, 300);
+    clients.extend(idle_clients(&control, 60));
+    // A few that start a request and never finish it.
+    let mut partial = idle_clients(&metrics, 20);
+    for c in &mut partial {
+        let _ = c.write_all(b"GET /metrics HTTP/1.1\r\nHost: vg");
+    }
+    clients.extend(partial);
+    let held = quiet_stats(&d);
+    // Two endpoints, each with its own small cap of connections (8) and no thread per
+    // connection.
+    assert!(held.threads <= base.threads + 2, "{base:?} -> {held:?}");
+    assert!(held.fds <= base.fds + 2 * 8 + 4, "{base:?} -> {held:?}");
+
+    // A VM still connects and draws while the endpoints are full (fresh clients, in case the
+    // first ones timed out already).
+    clients.extend(idle_clients(&metrics, 20));
+    clients.extend(idle_clients(&control, 20));
+    let mut vm = Vm::connect(
+        &d.socket(0),
+        vgpud_harness::VmConfig {
+            display: Some(vec![(16, 16)]),
+            timeout: Duration::from_secs(10),
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("the VM was refused: {e}\n{}", d.stderr_log()));
+    let image = pattern(16, 16, 7);
+    upload(&mut vm, 1, 16, 16, &image);
+    show(&mut vm, 1, 16, 16);
+    let display = vm.display().unwrap();
+    assert!(display.wait_updates(1, Duration::from_secs(10)));
+    assert!(display.frame(0).unwrap().pixels == image);
+
+    // Every connection ends: those past the cap at once, the others when they time out.
+    let open = clients
+        .iter()
+        .filter(|c| !closed_within(c, Duration::from_secs(60)))
+        .count();
+    assert_eq!(open, 0, "of {} idle connections", clients.len());
+    drop(clients);
+    // Then the endpoints answer as before.
+    assert!(scrape(&metrics).contains_key("vgpud_vms"));
+    assert_eq!(status(&control).map(|v| v.len()), Ok(1));
+    // And once the VM has gone too, nothing of theirs is left.
+    vm.disconnect();
+    let after = quiet_stats(&d);
+    assert!(after.threads <= base.threads + 2, "{base:?} -> {after:?}");
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Clients of the control socket that say nothing, or ask slowly, do not hold up `vgpud status`
+/// for anyone else.
+#[test]
+fn a_silent_status_client_does_not_hold_up_vgpud_status() {
+    let dir = test_dir("silent-status");
+    let d = operator_daemon(&dir, None, &[]);
+    let control = dir.join("control.sock");
+    let _vm = connect(&d, 0);
+    let mut silent = idle_clients(&control, 3);
+    assert_eq!(silent.len(), 3);
+    // One sends a byte now and then, which never ends its request either.
+    let _ = silent[0].write_all(b"s");
+    let vms = status(&control).unwrap_or_else(|e| panic!("vgpud status: {e}"));
+    assert_eq!(vms.len(), 1, "{vms:?}");
+    let _ = silent[0].write_all(b"t");
+    assert_eq!(status(&control).map(|v| v.len()), Ok(1));
+    // A normal scrape too.
+    assert!(scrape(&dir.join("metrics.sock")).contains_key("vgpud_vms"));
+    drop(silent);
+    drop(d);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,8 +17,8 @@ fn stats(d: &Daemon) -> ProcStats {
     d.stats().expect("daemon stats")
 }
 
-/// One VM's life: set up, drawing, a blob mapped into the window, hostile input, requests left
-/// in flight, and an abrupt end.
+/// One VM's life: set up, drawing, a blob mapped into the window, hostile input (a broken ring
+/// or guest memory shrunk under a request), requests left in flight, and an abrupt end.
 fn cycle(d: &Daemon, n: usize) {
     let socket = d.socket(n % 2);
     let cfg = VmConfig {
@@ -49,6 +49,15 @@ fn cycle(d: &Daemon, n: usize) {
     if n.is_multiple_of(4) {
         // A ring the guest broke: the avail index far ahead.
         let _ = vm.corrupt_avail_idx(0, 1000);
+    } else if n % 4 == 1 {
+        // A VMM that shrinks the guest memory under a transfer (resource 1's backing is half in
+        // region 1): the daemon faults there and disconnects the VM.
+        vm.shrink_region(1, 0).expect("shrink");
+        let _ = vm.request(&encode(Command::TransferToHost2d {
+            rect: rect(0, 0, 64, 64),
+            offset: 0,
+            resource_id: 1,
+        }));
     }
     drop(vm);
 }
@@ -107,6 +116,13 @@ fn hundreds_of_hostile_vms_leave_nothing_behind() {
     assert!(
         end.rss_kib <= base.rss_kib + 16 * 1024,
         "memory grew: {base:?} -> {end:?}"
+    );
+    // Every VM whose memory shrank under a transfer was disconnected for it.
+    let faulted = (WARM_UP..WARM_UP + CYCLES).filter(|n| n % 4 == 1).count();
+    let log = d.stderr_log();
+    assert!(
+        log.matches("shrank under a request (SIGBUS)").count() >= faulted,
+        "fewer than {faulted} VMs disconnected for a shrunk memory file"
     );
     let mut d = d;
     assert!(d.is_running());

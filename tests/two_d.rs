@@ -228,6 +228,50 @@ fn edid_comes_from_the_display_or_is_generated() {
     );
 }
 
+/// A display resized behind the guest's back: the device sets EVENT_DISPLAY and tells the VMM
+/// (CONFIG_CHANGE_MSG on the backend channel), which raises the config interrupt that makes the
+/// driver ask for the new layout. Once read and cleared, the next resize does it again.
+#[test]
+fn a_resized_display_raises_the_config_change_event() {
+    let d = daemon(1, &[]);
+    let mut vm = connect_with_display(&d, 0, vec![(800, 600)]);
+    let events_read = |vm: &mut vgpud_harness::Vm| {
+        GpuConfig::from_bytes(&vm.get_config(0, 20).unwrap())
+            .unwrap()
+            .events_read
+    };
+    assert!(matches!(
+        call(&mut vm, Command::GetDisplayInfo),
+        Response::OkDisplayInfo(_)
+    ));
+    assert!(matches!(
+        call(&mut vm, Command::GetEdid { scanout: 0 }),
+        Response::OkEdid(_)
+    ));
+    assert_eq!(vm.config_change_count(), 0, "nothing changed yet");
+    assert_eq!(events_read(&mut vm), 0);
+    let display = vm.display().unwrap();
+    for (round, mode) in [(1, (1024, 768)), (2, (640, 480))] {
+        display.set_modes(vec![mode]);
+        assert!(matches!(
+            call(&mut vm, Command::GetEdid { scanout: 0 }),
+            Response::OkEdid(_)
+        ));
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while vm.config_change_count() < round && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(vm.config_change_count(), round, "one message per change");
+        assert_eq!(events_read(&mut vm), 1, "EVENT_DISPLAY set");
+        let Response::OkDisplayInfo(modes) = call(&mut vm, Command::GetDisplayInfo) else {
+            panic!()
+        };
+        assert_eq!((modes[0].rect.width, modes[0].rect.height), mode);
+        vm.set_config(4, &1u32.to_le_bytes()).unwrap();
+        assert_eq!(events_read(&mut vm), 0, "cleared by the driver");
+    }
+}
+
 #[test]
 fn uuid_capsets_and_unsupported_commands() {
     let d = daemon(1, &[]);

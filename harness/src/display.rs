@@ -94,7 +94,7 @@ struct State {
 
 /// See the module docs. Shared between the test and the thread serving the socket.
 pub struct DisplayPeer {
-    modes: Vec<(u32, u32)>,
+    modes: Mutex<Vec<(u32, u32)>>,
     state: Mutex<State>,
     cond: Condvar,
     stall: crate::util::Stall,
@@ -103,7 +103,7 @@ pub struct DisplayPeer {
 impl DisplayPeer {
     pub(crate) fn new(modes: Vec<(u32, u32)>) -> DisplayPeer {
         DisplayPeer {
-            modes,
+            modes: Mutex::new(modes),
             state: Mutex::new(State::default()),
             cond: Condvar::new(),
             stall: crate::util::Stall::default(),
@@ -114,6 +114,12 @@ impl DisplayPeer {
     /// socket buffer is full, the backend's writes block.
     pub fn stall(&self, on: bool) {
         self.stall.set(on);
+    }
+
+    /// Resizes the display, as a user resizing QEMU's window does; the backend learns of it the
+    /// next time it asks (GET_DISPLAY_INFO, GET_EDID).
+    pub fn set_modes(&self, modes: Vec<(u32, u32)>) {
+        *self.modes.lock().unwrap() = modes;
     }
 
     pub fn frame(&self, scanout: u32) -> Option<Frame> {
@@ -364,7 +370,8 @@ impl DisplayPeer {
         // virtio_gpu_resp_display_info: 24-byte header + 16 x (rect x,y,w,h, enabled, flags).
         let mut r = vec![0u8; 24 + MAX_SCANOUTS * 24];
         r[0..4].copy_from_slice(&RESP_OK_DISPLAY_INFO.to_le_bytes());
-        for (i, &(w, h)) in self.modes.iter().take(MAX_SCANOUTS).enumerate() {
+        let modes = self.modes.lock().unwrap().clone();
+        for (i, &(w, h)) in modes.iter().take(MAX_SCANOUTS).enumerate() {
             let o = 24 + i * 24;
             r[o + 8..o + 12].copy_from_slice(&w.to_le_bytes());
             r[o + 12..o + 16].copy_from_slice(&h.to_le_bytes());
@@ -376,8 +383,9 @@ impl DisplayPeer {
     fn edid_reply(&self, scanout: u32) -> Vec<u8> {
         // virtio_gpu_resp_edid: 24-byte header, size u32, padding u32, edid[1024].
         let mut r = vec![0u8; 24 + 8 + 1024];
-        match self.modes.get(scanout as usize) {
-            Some(&(w, h)) => {
+        let mode = self.modes.lock().unwrap().get(scanout as usize).copied();
+        match mode {
+            Some((w, h)) => {
                 r[0..4].copy_from_slice(&RESP_OK_EDID.to_le_bytes());
                 r[24..28].copy_from_slice(&128u32.to_le_bytes());
                 r[32..160].copy_from_slice(&edid_for_mode(w, h, b"vgpud-harness"));

@@ -73,6 +73,18 @@ impl GuestMem {
             .collect()
     }
 
+    /// Hostile VMM: shrinks the file behind region `i` to `len` bytes, as a VMM whose guest
+    /// memory is an unsealed file can at any time. This process must not touch the region past
+    /// `len` afterwards (it would fault here too).
+    pub fn shrink_region(&self, i: usize, len: u64) -> io::Result<()> {
+        let gpa = self.regions.get(i).map(|r| r.0);
+        let file = gpa
+            .and_then(|gpa| self.mem.find_region(GuestAddress(gpa)))
+            .and_then(|r| r.file_offset())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no such region"))?;
+        file.file().set_len(len)
+    }
+
     /// Bytes not yet allocated in region `i`.
     pub fn free_in(&self, i: usize) -> u64 {
         let (start, len) = self.regions[i];

@@ -753,6 +753,20 @@ impl Vm {
             .unwrap_or_else(|| panic!("region {region} exhausted allocating {size} bytes"))
     }
 
+    /// Kicks `queue` without touching guest memory (for when the rings' memory is gone).
+    pub fn kick(&self, queue: usize) -> io::Result<()> {
+        self.queues
+            .get(queue)
+            .ok_or_else(|| err(io::ErrorKind::InvalidInput, format!("no queue {queue}")))?
+            .kick()
+    }
+
+    /// Hostile VMM: shrinks the file behind memory region `region` to `len` bytes (see
+    /// `GuestMem::shrink_region`); the daemon's next access past that faults.
+    pub fn shrink_region(&self, region: usize, len: u64) -> io::Result<()> {
+        self.mem.shrink_region(region, len)
+    }
+
     pub fn write_mem(&self, gpa: u64, data: &[u8]) {
         self.mem.write(gpa, data);
     }

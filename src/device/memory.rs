@@ -144,7 +144,8 @@ pub fn file_range(mem: &GuestMemoryMmap, entries: &[MemEntry]) -> Option<(Arc<Fi
 }
 
 /// Why a memory table cannot be used: a region that runs past the end of its file would fault
-/// (SIGBUS, the whole daemon) on the first access there; one without a file is not guest RAM.
+/// (SIGBUS) on the first access there, so it is refused up front (a file shrunk later is
+/// src/memfault.rs's); one without a file is not guest RAM.
 pub fn check_region(region: &GuestRegionMmap) -> Result<(), String> {
     let at = region.start_addr().0;
     let fo = region

@@ -90,16 +90,27 @@ unsafe impl Send for Mailbox {}
 unsafe impl Sync for Mailbox {}
 
 impl Mailbox {
-    /// A fresh, zeroed mailbox.
+    /// A fresh, zeroed mailbox, sealed at its size: a worker (trusted no more than a guest)
+    /// that could shrink it would make the broker's next copy fault (SIGBUS, every VM).
     pub fn create() -> io::Result<Mailbox> {
         // SAFETY: a valid C string; the result is checked, then owned by the File.
-        let fd = unsafe { libc::memfd_create(c"vgpud-mailbox".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe {
+            libc::memfd_create(
+                c"vgpud-mailbox".as_ptr(),
+                libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+            )
+        };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
         file.set_len(MAILBOX_BYTES)?;
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: F_ADD_SEALS on a memfd we own; no memory is passed.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         Self::map(file)
     }
 
@@ -182,6 +193,17 @@ mod tests {
         assert!(theirs.read(MAILBOX_BYTES + 1).is_err());
         b.send(&Reply::Data { len: 5 }, &[]).unwrap();
         assert_eq!(a.recv::<Reply>().unwrap().0, Reply::Data { len: 5 });
+    }
+
+    #[test]
+    fn the_worker_cannot_resize_the_mailbox() {
+        let mailbox = Mailbox::create().unwrap();
+        // What a worker gets: the same file, by descriptor.
+        let theirs = mailbox.file().try_clone().unwrap();
+        assert!(theirs.set_len(0).is_err(), "shrunk");
+        assert!(theirs.set_len(MAILBOX_BYTES + 4096).is_err(), "grown");
+        mailbox.write(b"still here").unwrap();
+        assert_eq!(mailbox.read(10).unwrap(), b"still here");
     }
 
     #[test]

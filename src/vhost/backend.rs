@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use log::{debug, error, info};
+use log::{error, info};
 use vgpud_protocol::{
     Command, GpuConfig, Response, CONFIG_SIZE, EVENT_DISPLAY, F_BLOB_ALIGNMENT, F_CONTEXT_INIT,
     F_EDID, F_RESOURCE_BLOB, F_RESOURCE_UUID, F_VIRGL, SHM_ID_HOST_VISIBLE,
@@ -28,6 +28,7 @@ use super::answers::Answer;
 use super::display::DisplayLink;
 use super::peer::PeerWatch;
 use super::queue;
+use super::relay::{self, BackendChannel};
 use super::RendererSpec;
 use super::VmTemplate;
 use crate::device::memory::check_region;
@@ -37,6 +38,7 @@ use crate::guestlog::GuestLog;
 use crate::hub::registry::{VmRecord, VmState};
 use crate::hub::share::{ShareClient, ShareRegistry};
 use crate::ids::FenceId;
+use crate::memfault;
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 use crate::sync::lock;
@@ -65,8 +67,12 @@ pub struct VmBackend {
     pub(super) device: Mutex<Device<SharedRenderer>>,
     /// The guest memory the queues use: only tables whose regions all lie inside their files.
     mem: Mutex<Arc<GuestMemoryMmap>>,
+    /// Whose guest memory the SIGBUS handler repairs: see `lost_memory`.
+    memory_owner: memfault::Owner,
     pub(super) display: Mutex<Option<DisplayLink>>,
     backend_req: Mutex<Option<Backend>>,
+    /// The same channel, for what the vhost crate cannot send (CONFIG_CHANGE_MSG).
+    backend_channel: BackendChannel,
     /// Bounds every request to the VMM (display socket, backend channel).
     pub(super) peer: PeerWatch,
     /// Ends the connection, once the daemon has accepted one.
@@ -98,7 +104,11 @@ pub struct VmBackend {
 }
 
 impl VmBackend {
-    pub fn new(record: Arc<VmRecord>, template: VmTemplate) -> io::Result<Self> {
+    pub fn new(
+        record: Arc<VmRecord>,
+        template: VmTemplate,
+        backend_channel: BackendChannel,
+    ) -> io::Result<Self> {
         let name = record.name.as_str();
         let fence_inbox = Arc::new(FenceInbox::new()?);
         let sink: Arc<dyn FenceSink> = fence_inbox.clone();
@@ -146,8 +156,10 @@ impl VmBackend {
             hostmem: device.hostmem(),
             device: Mutex::new(device),
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
+            memory_owner: memfault::Owner::new(),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
+            backend_channel,
             peer: PeerWatch::new(template.vmm_timeout),
             shutdown: Mutex::new(None),
             exit: EventFd::new(EFD_NONBLOCK)?,
@@ -203,6 +215,19 @@ impl VmBackend {
         if let Some(handle) = lock(&self.shutdown).as_ref() {
             handle.shutdown();
         }
+    }
+
+    /// Disconnects the VM if its VMM shrank a file of its guest memory under a request (the
+    /// daemon's access faulted; the mapping reads as zeros since). Returns whether it did.
+    pub(super) fn lost_memory(&self) -> bool {
+        let Some(lost) = self.memory_owner.lost() else {
+            return false;
+        };
+        self.disconnect(&format_args!(
+            "its guest memory at {:#x} shrank under a request (SIGBUS); it reads as zeros now",
+            lost.gpa
+        ));
+        true
     }
 
     /// Whether the queue is not served: the guest broke its rings (until they are set up again),
@@ -288,17 +313,18 @@ impl VmBackend {
     /// Sets EVENT_DISPLAY and tells the driver to re-read the config space.
     pub(super) fn raise_display_event(&self) {
         *lock(&self.events_read) |= EVENT_DISPLAY;
-        let backend = lock(&self.backend_req).clone();
-        if let Some(backend) = backend {
-            let sent = self.peer.call("CONFIG_CHANGE_MSG", backend.clone(), || {
-                backend.handle_config_change().map_err(io::Error::other)
-            });
-            match sent {
-                Err(e) if self.peer.is_stalled() => self.disconnect(&e),
-                // QEMU's vhost-user-gpu-pci manages display events itself and refuses this message.
-                Err(e) => debug!("{}: config change notification not taken: {e}", self.name),
-                Ok(_) => {}
-            }
+        let channel = match self.backend_channel.stream() {
+            Ok(Some(channel)) => channel,
+            // No channel: the driver sees the event when it next reads the config space.
+            Ok(None) => return,
+            Err(e) => return self.disconnect(&e),
+        };
+        // `channel` outlives the call, so the descriptor the watchdog may shut down is this one.
+        let sent = self.peer.call("CONFIG_CHANGE_MSG", (), || {
+            relay::notify_config_change(&channel)
+        });
+        if let Err(e) = sent {
+            self.disconnect(&e);
         }
     }
 
@@ -582,7 +608,12 @@ impl VhostUserBackend for VmBackend {
         // The library has mapped the table and published it to its own users already; the queues
         // only ever use `self.mem`, which takes a table only once every region checked out.
         let table = mem.memory().into_inner();
-        if let Err(why) = table.iter().try_for_each(check_region) {
+        // Watched before the queues can use it: a file shrunk from now on costs this VM only.
+        let checked = table
+            .iter()
+            .try_for_each(check_region)
+            .and_then(|()| memfault::watch(&table, &self.memory_owner));
+        if let Err(why) = checked {
             // Also withdraw it from the library, which reads the used ring itself on
             // SET_VRING_ADDR. Refusing the message ends the connection.
             mem.lock()
@@ -636,6 +667,7 @@ impl VhostUserBackend for VmBackend {
                         .warn(format_args!("answering fenced requests: {e}"));
                 }
             }
+            self.lost_memory();
             return Ok(());
         }
         let vring = vrings
@@ -651,6 +683,8 @@ impl VhostUserBackend for VmBackend {
         if let Err(e) = queue::drain(self, vring, kind) {
             self.mark_broken(device_event, &e);
         }
+        // Also a fault outside a request (the rings, a fence's answer).
+        self.lost_memory();
         Ok(())
     }
 }

@@ -101,31 +101,31 @@ pub enum VmmSource {
 
 /// Serves the VMM(s) of `source`: a listener one connection at a time, forever; a connected
 /// socket once. Each connection gets a fresh device; when the frontend goes away, that VM's
-/// state is torn down before the next one is accepted.
-pub fn serve(name: &str, source: VmmSource, template: VmTemplate) {
+/// state is torn down before the next one is accepted. Returns an error when a connected VMM
+/// could not be served at all (the daemon then exits non-zero, so its supervisor sees it).
+pub fn serve(name: &str, source: VmmSource, template: VmTemplate) -> io::Result<()> {
     match source {
-        VmmSource::Listener(listener) => serve_listener(name, listener, template),
-        VmmSource::Connected(vmm) => {
-            let served = relayed(name, vmm).and_then(|mut l| serve_one(name, &mut l, &template));
-            if let Err(e) = served {
-                error!("{name}: cannot serve the VM: {e}");
-            }
+        VmmSource::Listener(listener) => {
+            serve_listener(name, listener, template);
+            Ok(())
         }
+        VmmSource::Connected(vmm) => serve_connection(name, vmm, &template).map(|_| ()),
     }
 }
 
+/// Serves one VMM (relayed, see relay.rs) until it goes away. Returns whether the VM's
+/// renderer failed (its worker died or hung).
+fn serve_connection(name: &str, vmm: UnixStream, template: &VmTemplate) -> io::Result<bool> {
+    let channel = relay::BackendChannel::default();
+    let mut listener = relayed(name, vmm, channel.clone())?;
+    serve_one(name, &mut listener, template, channel)
+}
+
 /// A private listener with `vmm` relayed to the one connection waiting on it (see relay.rs).
-fn relayed(name: &str, vmm: UnixStream) -> io::Result<Listener> {
-    use std::os::unix::fs::DirBuilderExt;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "vgpud-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    // Owner-only, and created here (fails if something is already there).
-    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+/// Its path is in a fresh owner-only directory with an unguessable name (mkdtemp), so no other
+/// user can take the path first or connect in the VMM's place.
+fn relayed(name: &str, vmm: UnixStream, channel: relay::BackendChannel) -> io::Result<Listener> {
+    let dir = private_dir()?;
     let path = dir.join("vmm.sock");
     let made = Listener::new(&path, true)
         .map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
@@ -134,15 +134,58 @@ fn relayed(name: &str, vmm: UnixStream) -> io::Result<Listener> {
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_dir(&dir);
     let (listener, inner) = made?;
-    relay::spawn(name, vmm, inner)?;
+    relay::spawn(name, vmm, inner, channel)?;
     Ok(listener)
 }
 
-fn serve_listener(name: &str, mut listener: Listener, template: VmTemplate) {
+/// A new directory, mode 0700, under the runtime directory systemd gives the service
+/// (`$RUNTIME_DIRECTORY`), else `$XDG_RUNTIME_DIR`, else the temporary directory.
+fn private_dir() -> io::Result<PathBuf> {
+    use std::ffi::{CString, OsString};
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let base = ["RUNTIME_DIRECTORY", "XDG_RUNTIME_DIR"]
+        .iter()
+        .filter_map(std::env::var_os)
+        // systemd may list several runtime directories, separated by ':'.
+        .filter_map(|v| {
+            v.as_bytes()
+                .split(|&b| b == b':')
+                .next()
+                .map(<[u8]>::to_vec)
+        })
+        .map(|v| PathBuf::from(OsString::from_vec(v)))
+        .find(|p| p.is_absolute())
+        .unwrap_or_else(std::env::temp_dir);
+    let template = base.join("vgpud-relay-XXXXXX");
+    let template = CString::new(template.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a runtime directory path with a NUL byte"))?;
+    let mut bytes = template.into_bytes_with_nul();
+    // SAFETY: `bytes` is a NUL-terminated template that mkdtemp rewrites in place.
+    let made = unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) };
+    if made.is_null() {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot make a private directory in {}: {e}", base.display()),
+        ));
+    }
+    bytes.pop();
+    Ok(PathBuf::from(OsString::from_vec(bytes)))
+}
+
+fn serve_listener(name: &str, listener: Listener, template: VmTemplate) {
     let mut pause = RETRY_MIN;
     let mut failures: std::collections::VecDeque<Instant> = Default::default();
     loop {
-        match serve_one(name, &mut listener, &template) {
+        let served = listener
+            .accept()
+            .map_err(|e| io::Error::other(format!("accepting a VMM: {e}")))
+            .and_then(|vmm| match vmm {
+                Some(vmm) => serve_connection(name, vmm, &template),
+                // It left before it was accepted.
+                None => Ok(false),
+            });
+        match served {
             Ok(renderer_failed) => {
                 pause = RETRY_MIN;
                 if renderer_failed {
@@ -195,7 +238,12 @@ fn refuse_for(name: &str, listener: &Listener, cooldown: Duration) {
 
 /// Accepts one connection and serves it until the frontend goes away. Returns whether the VM's
 /// renderer failed (its worker died or hung).
-fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::Result<bool> {
+fn serve_one(
+    name: &str,
+    listener: &mut Listener,
+    template: &VmTemplate,
+    channel: relay::BackendChannel,
+) -> io::Result<bool> {
     // Listed in the registry once its VMM connects; it leaves when this returns, after its
     // teardown.
     let registration =
@@ -205,6 +253,7 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
     let backend = Arc::new(VmBackend::new(
         registration.record.clone(),
         template.clone(),
+        channel,
     )?);
     backend.join_shares();
     let stopping = Arc::downgrade(&backend);
@@ -287,6 +336,8 @@ fn serve_one(name: &str, listener: &mut Listener, template: &VmTemplate) -> io::
         .load(std::sync::atomic::Ordering::Acquire);
     // The last reference: the renderer (and its worker) goes with it.
     drop(backend);
+    // Its guest memory is unmapped now that nothing holds it.
+    crate::memfault::sweep();
     drop(registration);
     if let Some(why) = disconnected {
         crate::stats::bump(&crate::stats::DAEMON.disconnects);

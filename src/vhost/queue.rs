@@ -147,8 +147,9 @@ fn process_available(
             Kind::Control => control_chain(vm, ring.vring, mem, chain, head),
             Kind::Cursor => Some(cursor_chain(vm, mem, chain)),
         };
-        // A VMM disconnected meanwhile (it stalled) gets nothing more.
-        if vm.is_broken(kind.index()) {
+        // A VMM disconnected meanwhile (it stalled, or shrank the guest memory under this
+        // request) gets nothing more.
+        if vm.lost_memory() || vm.is_broken(kind.index()) {
             return Ok(taken);
         }
         if let Some(written) = written {

@@ -1,49 +1,98 @@
-//! A VMM handed over as an already-connected socket (libvirt starts a GPU backend with
-//! `--fd=N`, one end of a socketpair whose other end is QEMU's).
+//! Every VMM connection is relayed, one whole message at a time, to a private connection the
+//! daemon accepts as usual, for two reasons:
+//! - vhost-user-backend 0.24 serves a connection only from a listener it accepts on or a path
+//!   it connects to (the handler that could take a stream is private to the crate), and libvirt
+//!   hands a GPU backend a socket already connected to QEMU (`--fd=N`);
+//! - vhost 0.18's `Backend` cannot send CONFIG_CHANGE_MSG (its `handle_config_change` is the
+//!   trait's default, which fails locally) and exposes no descriptor, so the relay keeps a
+//!   duplicate of the backend channel the VMM hands over (SET_BACKEND_REQ_FD) and the daemon
+//!   writes that message itself (see `BackendChannel`).
 //!
-//! vhost-user-backend 0.24 serves a connection only from a listener it accepts on or a path it
-//! connects to; the handler that could take a stream is private to the crate. So such a VMM is
-//! relayed, one whole message at a time, to a private connection the daemon accepts as usual.
 //! Whole messages, because descriptors travel with a message's header: a relay that copied
 //! bytes could deliver one message's descriptors with another's. The relay carries only the
 //! control socket (the rings' eventfds and the backend channel are handed over as descriptors
 //! and used directly), so it costs nothing per virtqueue request.
 
 use std::io;
+use std::io::Write;
 use std::net::Shutdown;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use log::warn;
+use vhost::vhost_user::message::{BackendReq, FrontendReq};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::sync::lock;
 
 /// A vhost-user message header: request, flags, payload size (all u32, little-endian).
 const HEADER: usize = 12;
+/// The protocol version in a header's flags (no reply asked for).
+const VERSION: u32 = 1;
 /// Largest payload a vhost-user message may carry (the vhost crate's own limit).
 const MAX_PAYLOAD: usize = vhost::vhost_user::message::MAX_MSG_SIZE;
 /// Most descriptors one message may carry (the vhost crate's own limit).
 const MAX_FDS: usize = vhost::vhost_user::message::MAX_ATTACHED_FD_ENTRIES;
 
+/// The backend channel a VMM handed over (SET_BACKEND_REQ_FD), duplicated from the message
+/// the relay passed on: the same socket the vhost crate's `Backend` writes its requests to.
+#[derive(Clone, Default)]
+pub struct BackendChannel(Arc<Mutex<Option<UnixStream>>>);
+
+impl BackendChannel {
+    /// The channel, once the VMM has handed one over.
+    pub fn stream(&self) -> io::Result<Option<UnixStream>> {
+        lock(&self.0)
+            .as_ref()
+            .map(UnixStream::try_clone)
+            .transpose()
+    }
+
+    fn set(&self, channel: UnixStream) {
+        *lock(&self.0) = Some(channel);
+    }
+}
+
+/// Tells the VMM to read the device's config space again (CONFIG_CHANGE_MSG). Sent without
+/// NEED_REPLY, so no answer comes back on a socket whose answers the vhost crate reads; a
+/// header-only message goes out in one write, which stream sockets do not interleave with the
+/// crate's own (each of its messages is one write too). Blocks while the VMM does not read:
+/// callers bound it (`PeerWatch`).
+pub fn notify_config_change(channel: &UnixStream) -> io::Result<()> {
+    let mut header = [0u8; HEADER];
+    header[..4].copy_from_slice(&u32::from(BackendReq::CONFIG_CHANGE_MSG).to_le_bytes());
+    header[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    let mut writer = channel;
+    writer.write_all(&header)
+}
+
 /// Relays between `vmm` and `inner` in both directions on two threads, until either side
 /// closes or breaks the protocol; then both are shut down, so each side sees the other leave.
-pub fn spawn(name: &str, vmm: UnixStream, inner: UnixStream) -> io::Result<()> {
+/// A backend channel the VMM hands over is kept in `channel` before the daemon receives it.
+pub fn spawn(
+    name: &str,
+    vmm: UnixStream,
+    inner: UnixStream,
+    channel: BackendChannel,
+) -> io::Result<()> {
     let (vmm2, inner2) = (vmm.try_clone()?, inner.try_clone()?);
     let to_daemon = name.to_string();
     thread::Builder::new()
         .name(format!("{name}-relay-in"))
-        .spawn(move || pump(&to_daemon, &vmm, &inner))?;
+        .spawn(move || pump(&to_daemon, &vmm, &inner, Some(&channel)))?;
     let to_vmm = name.to_string();
     thread::Builder::new()
         .name(format!("{name}-relay-out"))
-        .spawn(move || pump(&to_vmm, &inner2, &vmm2))?;
+        .spawn(move || pump(&to_vmm, &inner2, &vmm2, None))?;
     Ok(())
 }
 
-fn pump(name: &str, from: &UnixStream, to: &UnixStream) {
+fn pump(name: &str, from: &UnixStream, to: &UnixStream, channel: Option<&BackendChannel>) {
     let mut payload = vec![0u8; MAX_PAYLOAD];
     loop {
-        match relay_one(from, to, &mut payload) {
+        match relay_one(from, to, &mut payload, channel) {
             Ok(true) => {}
             Ok(false) => break,
             Err(e) => {
@@ -58,7 +107,12 @@ fn pump(name: &str, from: &UnixStream, to: &UnixStream) {
 }
 
 /// Moves one message with its descriptors; false once `from` has closed between messages.
-fn relay_one(from: &UnixStream, to: &UnixStream, payload: &mut [u8]) -> io::Result<bool> {
+fn relay_one(
+    from: &UnixStream,
+    to: &UnixStream,
+    payload: &mut [u8],
+    channel: Option<&BackendChannel>,
+) -> io::Result<bool> {
     let mut header = [0u8; HEADER];
     let mut fds = Vec::new();
     if !recv_exact(from, &mut header, &mut fds, true)? {
@@ -69,6 +123,12 @@ fn relay_one(from: &UnixStream, to: &UnixStream, payload: &mut [u8]) -> io::Resu
         .get_mut(..size)
         .ok_or_else(|| io::Error::other(format!("a {size}-byte message")))?;
     recv_exact(from, body, &mut fds, false)?;
+    let request = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+    if let (Some(channel), [fd]) = (channel, &fds[..]) {
+        if request == u32::from(FrontendReq::SET_BACKEND_REQ_FD) {
+            channel.set(UnixStream::from(fd.try_clone()?));
+        }
+    }
     let raw: Vec<RawFd> = fds.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
     let sent = to
         .send_with_fds(&[&header[..], &body[..]], &raw)
@@ -135,7 +195,7 @@ mod tests {
     fn messages_and_their_descriptors_arrive_together_and_in_order() {
         let (vmm, relay_outer) = UnixStream::pair().unwrap();
         let (relay_inner, daemon) = UnixStream::pair().unwrap();
-        spawn("t", relay_outer, relay_inner).unwrap();
+        spawn("t", relay_outer, relay_inner, BackendChannel::default()).unwrap();
         // One message without descriptors, then one with two, written back to back.
         let (a, b) = UnixStream::pair().unwrap();
         let first = message(1, b"hello");
@@ -164,7 +224,7 @@ mod tests {
     fn an_oversized_message_ends_the_connection() {
         let (vmm, relay_outer) = UnixStream::pair().unwrap();
         let (relay_inner, daemon) = UnixStream::pair().unwrap();
-        spawn("t", relay_outer, relay_inner).unwrap();
+        spawn("t", relay_outer, relay_inner, BackendChannel::default()).unwrap();
         let mut m = message(1, &[]);
         m[8..12].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         (&vmm).write_all(&m).unwrap();
