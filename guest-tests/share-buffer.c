@@ -22,9 +22,9 @@
  *   id) on the share context; MAP + mmap; every pixel must be the frame's
  *   for SEED (the last page's first 16 bytes aside); writes "IMPORTED <seed>"
  *   there.
- * offer: COUNT host blobs of blob id 0 (memory the daemon owns, on a device
- *   without a 3D renderer), made on the share context without the MAPPABLE
- *   flag (never mapped here) and exported; prints "SHARE-UUID <hex>" for each.
+ * offer: COUNT host blobs of blob id 0 (memory the daemon owns, whatever the
+ *   device's renderer), made on the share context without the MAPPABLE flag
+ *   (never mapped here) and exported; prints "SHARE-UUID <hex>" for each.
  *   Its own first UUID it may not import (the policy never lets a VM import
  *   from itself): IMPORT must answer NO_SUCH, as for a UUID that names nothing.
  *   Then holds until WAIT_FILE exists.

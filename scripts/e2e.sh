@@ -107,6 +107,8 @@ CASES=(
     "gl-beside-vk|venus|one vgpud, a GL guest (virgl, vhost-user-gpu-pci) beside a Vulkan guest (Venus), per-socket settings, a render worker each"
     "share-buffer|venus|one guest renders a frame with Vulkan (Venus) into a $SHARE_PAGES-page Venus blob and exports it and a fence point through the share context; another waits for the fence, imports and maps the blob: every pixel checked, and a write seen back by the exporter"
     "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, maps it again on a new resource of the same blob id and reads back what it wrote, bit for bit; a malformed stream reads INVALID and runs nothing"
+    "share-moves-virgl|virgl|share-moves with two virgl guests (generic device, $VENUS_HOSTMEM window): the buffers made on the share context are daemon memory whatever the renderer"
+    "share-moves-venus|venus|share-moves with two Venus guests"
 )
 
 RUN_DIR=""
@@ -830,20 +832,23 @@ case_share-buffer() {
     fi
     check_vgpud "$dir"
 }
-# Guest 0 offers two buffers of vgpud's own memory (2D renderer); the budget
-# holds one; its import of its own buffer is refused. Guest 1 fills the first,
-# maps the second (the first moves out), checks that a malformed stream is
-# refused visibly and runs nothing, that the moved-out mapping reads zeros,
-# maps the first again on a new resource of the same blob id (the guide's
-# way) and checks it came back bit-exact.
+# Guest 0 offers two buffers of vgpud's own memory, made on its share context;
+# the budget holds one; its import of its own buffer is refused. Guest 1 fills
+# the first, maps the second (the first moves out), checks that a malformed
+# stream is refused visibly and runs nothing, that the moved-out mapping reads
+# zeros, maps the first again on a new resource of the same blob id (the
+# guide's way) and checks it came back bit-exact. Both guests' renderer is
+# SHARE_RENDERER (2d unless set), on the generic device with a window.
 case_share-moves() {
-    local dir=$1 pid0 pid1 policy=$SOCK_DIR/share-policy.json uuids i
+    local dir=$1 pid0 pid1 policy=$SOCK_DIR/share-policy.json uuids i r=${SHARE_RENDERER:-2d}
     printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
     VGPUD_ARGS=(--share-policy "$policy" --share-budget "$((SHARE_PAGES * 4))K"
         --share-evict-dir "$SOCK_DIR")
-    start_vgpud "$dir" 2 name=a,share=on,renderer=2d name=b,share=on,renderer=2d || return 1
+    if [[ $RENDERER != venus ]]; then VGPUD_ARGS+=(--hostmem "$VENUS_HOSTMEM"); fi
+    start_vgpud "$dir" 2 "name=a,share=on,renderer=$r" "name=b,share=on,renderer=$r" || return 1
     VGPUD_ARGS=()
-    boot_guest "$dir/vm0" "$(guest_program share-buffer offer "$SHARE_PAGES" 2 "$DONE_FILE")"
+    GUEST_DEVICE=$VENUS_DEVICE boot_guest "$dir/vm0" \
+        "$(guest_program share-buffer offer "$SHARE_PAGES" 2 "$DONE_FILE")"
     pid0=$BOOT_PID
     for ((i = 0; i < GUEST_TIMEOUT * 5; i++)); do
         uuids=$(grep -aoE '^SHARE-UUID [0-9a-f]{32}$' "$dir/vm0/output.log" 2>/dev/null |
@@ -860,7 +865,8 @@ case_share-moves() {
         return 1
     fi
     # shellcheck disable=SC2086 # two UUIDs
-    boot_guest "$dir/vm1" "$(guest_program share-buffer moves $uuids "$SHARE_SEED" "$SHARE_PAGES")"
+    GUEST_DEVICE=$VENUS_DEVICE boot_guest "$dir/vm1" \
+        "$(guest_program share-buffer moves $uuids "$SHARE_SEED" "$SHARE_PAGES")"
     pid1=$BOOT_PID
     local ok=0 reason=""
     finish_guest "$pid1" "$dir/vm1" share-buffer || ok=1
@@ -873,7 +879,7 @@ case_share-moves() {
     # vgpud's log as docs/share-protocol.md quotes them, and vgpud must still be well.
     local line
     for line in 'a: may not import that buffer (policy)' \
-        'b: share: stream refused, nothing run: reserved field not zero'; do
+        '(share: stream refused, nothing run: reserved field not zero)'; do
         if ! grep -aqF "$line" "$dir/vgpud.log"; then
             REASON="vgpud did not log '$line'"
             return 1
@@ -881,6 +887,8 @@ case_share-moves() {
     done
     check_vgpud "$dir"
 }
+case_share-moves-virgl() { SHARE_RENDERER=virgl case_share-moves "$@"; }
+case_share-moves-venus() { SHARE_RENDERER=venus case_share-moves "$@"; }
 case_vk-coherent() { venus_program "$1" vk-coherent; }
 case_drm-blob() { venus_program "$1" drm-blob; }
 

@@ -15,6 +15,7 @@ pub mod fences;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guestlog;
+pub mod hostmem;
 pub mod hub;
 pub mod ids;
 pub mod memfault;

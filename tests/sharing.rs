@@ -106,6 +106,31 @@ fn host_blob(vm: &mut Vm, id: u32, pages: u64, fill: u8, offset: u64) {
     assert!(vm.shmem().write(SHM, offset, &vec![fill; size as usize]));
 }
 
+/// As `host_blob`, made on the share context (as a guest program makes it: the DRM file's
+/// context).
+fn share_ctx_host_blob(s: &mut Sharer, id: u32, pages: u64, fill: u8, offset: u64) {
+    let create = Command::ResourceCreateBlob(CreateBlob {
+        resource_id: id,
+        blob_mem: BLOB_MEM_HOST3D,
+        blob_flags: BLOB_FLAG_USE_MAPPABLE,
+        blob_id: 0,
+        size: pages * PAGE,
+        entries: vec![],
+    });
+    assert_eq!(
+        answer(&mut s.vm, &in_ctx(SHARE_CTX, create)).1,
+        Response::OkNodata,
+        "RESOURCE_CREATE_BLOB of a host blob of blob id 0 on the share context"
+    );
+    let map = Command::ResourceMapBlob {
+        resource_id: id,
+        offset,
+    };
+    assert!(matches!(call(&mut s.vm, map), Response::OkMapInfo { .. }));
+    let bytes = vec![fill; (pages * PAGE) as usize];
+    assert!(s.vm.shmem().write(SHM, offset, &bytes));
+}
+
 /// A VM with a share context and its reply blob; returns where the replies land.
 struct Sharer {
     vm: Vm,
@@ -245,6 +270,74 @@ fn an_imported_buffer_is_the_exporters_memory_both_ways() {
     );
     assert!(b.vm.shmem().write(SHM, 4 * PAGE + PAGE, b"from b"));
     assert_eq!(a.vm.shmem().read(SHM, A_AT + PAGE, 6).unwrap(), b"from b");
+    let _ = std::fs::remove_file(policy);
+}
+
+/// A buffer made on the share context is memory of the daemon's own whatever the VM's renderer.
+/// On a 3D VM (the scripted renderer, which makes host blobs only for contexts of its own, as
+/// virglrenderer does) it is made, exported, imported and shared both ways as on a 2D VM, and
+/// its exporter's unref takes it from the importer.
+#[test]
+fn a_3d_vm_shares_a_host_blob_made_on_its_share_context() {
+    let (d, policy) = fake_pair();
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    const A_AT: u64 = 8 * PAGE;
+    share_ctx_host_blob(&mut a, 1, 2, 0x3c, A_AT);
+    let uuid = a.export(1);
+    let size = b.import_and_map(uuid, 7, 4 * PAGE);
+    assert_eq!(size, 2 * PAGE);
+    let seen = b.vm.shmem().read(SHM, 4 * PAGE, size as usize).unwrap();
+    assert!(seen.iter().all(|&x| x == 0x3c), "the exporter's pages");
+    assert!(b.vm.shmem().write(SHM, 4 * PAGE + PAGE, b"from b"));
+    assert_eq!(a.vm.shmem().read(SHM, A_AT + PAGE, 6).unwrap(), b"from b");
+    ok(&mut a.vm, Command::ResourceUnref { resource_id: 1 });
+    assert!(b.vm.shmem().mappings().is_empty(), "revoked from b");
+    let _ = std::fs::remove_file(policy);
+}
+
+/// Memory of the daemon's own on a 3D VM is moved out under the budget like on a 2D VM.
+#[test]
+fn a_3d_vms_share_context_buffers_move_under_the_budget() {
+    let evict_dir = std::env::temp_dir();
+    let (d, policy) = sharing_daemon_with(
+        &["a", "b"],
+        r#"{"allow": [{"exporter": "a", "importers": ["b"]}]}"#,
+        &[
+            "--renderer",
+            "fake",
+            "--share-budget",
+            "4K",
+            "--share-evict-dir",
+            evict_dir.to_str().unwrap(),
+        ],
+    );
+    let mut a = Sharer::new(&d, 0);
+    let mut b = Sharer::new(&d, 1);
+    let mut uuids = Vec::new();
+    for i in 0..2u32 {
+        share_ctx_host_blob(&mut a, 10 + i, 1, 0x60 + i as u8, 64 * PAGE);
+        ok(
+            &mut a.vm,
+            Command::ResourceUnmapBlob {
+                resource_id: 10 + i,
+            },
+        );
+        uuids.push(a.export(10 + i));
+    }
+    b.import_mapped(uuids[0], 20, 0, true);
+    b.import_mapped(uuids[1], 21, PAGE, true);
+    let events = b.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!((events[0].kind, events[0].resource_id), (event::MOVED, 20));
+    ok(&mut b.vm, Command::ResourceUnmapBlob { resource_id: 20 });
+    let map = Command::ResourceMapBlob {
+        resource_id: 20,
+        offset: 0,
+    };
+    assert!(matches!(call(&mut b.vm, map), Response::OkMapInfo { .. }));
+    let back = b.vm.shmem().read(SHM, 0, PAGE as usize).unwrap();
+    assert!(back.iter().all(|&x| x == 0x60), "restored bit-exact");
     let _ = std::fs::remove_file(policy);
 }
 

@@ -137,6 +137,46 @@ fn vms_with_the_same_ids_each_get_their_own_worker_and_content() {
     );
 }
 
+/// Every failed command's log line says why: the renderer's words (from the worker), or the
+/// check that refused it.
+#[test]
+fn a_failed_commands_log_line_names_its_cause() {
+    let d = fake(1, &["--hostmem", "1M"]);
+    let mut vm = connect(&d, 0);
+    // A host blob outside any context of the renderer: the fake refuses it, as virglrenderer.
+    let blob = Command::ResourceCreateBlob(vgpud_protocol::CreateBlob {
+        resource_id: 5,
+        blob_mem: vgpud_protocol::BLOB_MEM_HOST3D,
+        blob_flags: 0,
+        blob_id: 0,
+        size: 4096,
+        entries: vec![],
+    });
+    assert!(matches!(call(&mut vm, blob), Response::Err(_)));
+    let map = Command::ResourceMapBlob {
+        resource_id: 99,
+        offset: 0,
+    };
+    assert!(matches!(call(&mut vm, map), Response::Err(_)));
+    let lines = [
+        "command 0x10c (fence 0) failed: Unspec (renderer rejected the request: a host blob \
+         needs a context of the renderer)",
+        "command 0x208 (fence 0) failed: InvalidResourceId (no resource 99)",
+    ];
+    // The daemon writes its log before it answers; give the file a moment all the same.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = d.stderr_log();
+        if lines.iter().all(|l| log.contains(l)) || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    for line in lines {
+        assert!(log.contains(line), "no {line:?} in:\n{log}");
+    }
+}
+
 #[test]
 fn rings_complete_out_of_order_and_each_answers_in_order() {
     let d = fake(1, &[]);

@@ -10,8 +10,8 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use vgpud_protocol::{
-    format, CreateBlob, ErrorCode, Rect, Response, ScanoutBlob, BLOB_FLAG_USE_MAPPABLE,
-    BLOB_MEM_GUEST, BLOB_MEM_HOST3D, BLOB_MEM_HOST3D_GUEST, MAP_CACHE_CACHED, MAP_CACHE_MASK,
+    format, CreateBlob, Rect, Response, ScanoutBlob, BLOB_FLAG_USE_MAPPABLE, BLOB_MEM_GUEST,
+    BLOB_MEM_HOST3D, BLOB_MEM_HOST3D_GUEST, MAP_CACHE_CACHED, MAP_CACHE_MASK,
 };
 use vm_memory::GuestMemoryMmap;
 
@@ -19,8 +19,11 @@ use super::memory::{file_range, resolve_backing};
 use super::renderer::{BlobArgs, ExportedBlob};
 use super::resource::{Blob, Resource};
 use super::scanout::{rect_within, BlobLayout, Scanout};
-use super::{render_error, Device, DisplayCmd, Renderer, Result};
-use crate::ids::{GuestCtxId, RendererCtxId};
+use super::{
+    invalid, no_scanout, out_of_memory, render_error, Device, DisplayCmd, Failure, Renderer, Result,
+};
+use crate::hostmem::sealed_memfd;
+use crate::ids::{GuestCtxId, RendererCtxId, RendererResId};
 
 /// What the transport must ask of the frontend, after releasing the device lock.
 #[derive(Clone, Debug)]
@@ -54,17 +57,15 @@ impl<R: Renderer> Device<R> {
         mem: &Arc<GuestMemoryMmap>,
     ) -> Result<Response> {
         let id = args.resource_id;
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(ErrorCode::InvalidResourceId);
-        }
+        self.check_new_id(id)?;
         if args.size == 0 {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid("a blob of 0 bytes"));
         }
         let uses_guest_pages = match args.blob_mem {
             BLOB_MEM_GUEST => true,
             BLOB_MEM_HOST3D_GUEST => true,
             BLOB_MEM_HOST3D => false,
-            _ => return Err(ErrorCode::InvalidParameter),
+            other => return Err(invalid(format!("unknown blob_mem {other}"))),
         };
         let share_ctx = self.is_share_ctx(guest_ctx);
         // On a share context, a blob id names an import (IMPORT answered it).
@@ -77,11 +78,16 @@ impl<R: Renderer> Device<R> {
                 args.size,
             );
         }
-        if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
-            return Err(ErrorCode::InvalidParameter);
+        // A host blob of blob id 0 made on a share context (a buffer to export) is memory of the
+        // daemon's own, whatever the VM's renderer: a 3D renderer makes host blobs only for a
+        // context of its own, and the share context is none of its.
+        if share_ctx && args.blob_mem == BLOB_MEM_HOST3D && args.blob_id == 0 {
+            return self.create_daemon_blob(id, args);
         }
-        // A blob made on a share context (a reply blob, a buffer to export) belongs to no
-        // renderer context.
+        if args.blob_mem != BLOB_MEM_GUEST && !self.has_3d() {
+            return Err(invalid("a host blob needs a 3D renderer"));
+        }
+        // A blob made on a share context (a reply blob) belongs to no renderer context.
         let ctx = if guest_ctx.0 == 0 || share_ctx {
             RendererCtxId::NONE
         } else {
@@ -90,12 +96,15 @@ impl<R: Renderer> Device<R> {
         let backing = if uses_guest_pages {
             let b = resolve_backing(mem, &args.entries)?;
             if b.bytes < args.size {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(invalid(format!(
+                    "{} bytes of pages for a {}-byte blob",
+                    b.bytes, args.size
+                )));
             }
             Some(b)
         } else {
             if !args.entries.is_empty() {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(invalid("guest pages for a host blob"));
             }
             None
         };
@@ -106,10 +115,7 @@ impl<R: Renderer> Device<R> {
             0
         };
         self.charge(charged)?;
-        let renderer_id = self
-            .renderer
-            .resource_id_for(id)
-            .ok_or(ErrorCode::OutOfMemory)?;
+        let renderer_id = self.renderer_id_for(id)?;
         let blob_args = BlobArgs {
             mem: args.blob_mem,
             flags: args.blob_flags,
@@ -151,15 +157,45 @@ impl<R: Renderer> Device<R> {
         Ok(Response::OkNodata)
     }
 
+    /// A host blob backed by a sealed memfd of the daemon's (`hostmem`), charged to the VM like
+    /// any host blob; the renderer never sees it.
+    fn create_daemon_blob(&mut self, id: u32, args: &CreateBlob) -> Result<Response> {
+        if !args.entries.is_empty() {
+            return Err(invalid("guest pages for a host blob"));
+        }
+        self.charge(args.size)?;
+        let file = sealed_memfd(args.size)
+            .map_err(|e| out_of_memory(format!("no memfd of {} bytes: {e}", args.size)))?;
+        let mut res = Resource::new(RendererResId(0), 0, 0, args.size);
+        res.daemon_memory = true;
+        res.blob = Some(Blob {
+            mem: args.blob_mem,
+            flags: args.blob_flags,
+            mapped: None,
+            export: Some(ExportedBlob {
+                file: Arc::new(file),
+                offset: 0,
+                size: args.size,
+                map_info: MAP_CACHE_CACHED,
+            }),
+        });
+        self.resource_bytes += args.size;
+        self.resources.insert(id, res);
+        Ok(Response::OkNodata)
+    }
+
     /// Reserves the window range and finds what to map; the transport sends the request.
     pub(super) fn map_blob(&mut self, id: u32, offset: u64) -> Result<(Response, ShmemRequest)> {
         let blob = self
             .resource(id)?
             .blob
             .as_ref()
-            .ok_or(ErrorCode::InvalidParameter)?;
-        if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 || blob.mapped.is_some() {
-            return Err(ErrorCode::InvalidParameter);
+            .ok_or_else(|| not_a_blob(id))?;
+        if blob.flags & BLOB_FLAG_USE_MAPPABLE == 0 {
+            return Err(invalid(format!("blob {id} was not made MAPPABLE")));
+        }
+        if blob.mapped.is_some() {
+            return Err(invalid(format!("blob {id} is mapped already")));
         }
         self.forget_moved_mapping(id);
         self.bring_back(id)?;
@@ -188,14 +224,19 @@ impl<R: Renderer> Device<R> {
     /// How the frontend can map blob `id`; asks the renderer the first time.
     pub(super) fn export(&mut self, id: u32) -> Result<ExportedBlob> {
         let res = self.resource(id)?;
-        let blob = res.blob.as_ref().ok_or(ErrorCode::InvalidParameter)?;
+        let blob = res.blob.as_ref().ok_or_else(|| not_a_blob(id))?;
         if let Some(export) = &blob.export {
             return Ok(export.clone());
         }
-        if blob.mem == BLOB_MEM_GUEST || res.imported {
-            // Guest pages outside one file-backed region cannot be handed to the frontend; a
-            // revoked import has nothing left to map.
-            return Err(ErrorCode::InvalidParameter);
+        // Guest pages outside one file-backed region cannot be handed to the frontend; a
+        // revoked import has nothing left to map.
+        if blob.mem == BLOB_MEM_GUEST {
+            return Err(invalid(format!(
+                "the pages of guest blob {id} are not in one file-backed region"
+            )));
+        }
+        if res.imported {
+            return Err(invalid(format!("import {id} was revoked")));
         }
         let export = self
             .renderer
@@ -217,7 +258,7 @@ impl<R: Renderer> Device<R> {
             Some(request) => Ok((Response::OkNodata, Some(request))),
             // Its mapping went when the buffer was moved out: the guest did not know yet.
             None if self.forget_moved_mapping(id) => Ok((Response::OkNodata, None)),
-            None => Err(ErrorCode::InvalidParameter),
+            None => Err(invalid(format!("blob {id} is not mapped"))),
         }
     }
 
@@ -240,25 +281,28 @@ impl<R: Renderer> Device<R> {
         display: &mut Vec<DisplayCmd>,
     ) -> Result<Response> {
         if s.scanout_id >= self.scanout_limit() {
-            return Err(ErrorCode::InvalidScanoutId);
+            return Err(no_scanout(s.scanout_id));
         }
         if s.resource_id == 0 {
             return self.set_scanout(s.scanout_id, 0, s.rect, display);
         }
         let res = self.resource(s.resource_id)?;
         if res.blob.is_none() {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(not_a_blob(s.resource_id));
         }
         let extent = 1..=MAX_SCANOUT_EXTENT;
-        if format::bytes_per_pixel(s.format) != Some(4)
-            || !extent.contains(&s.width)
-            || !extent.contains(&s.height)
-        {
-            return Err(ErrorCode::InvalidParameter);
+        if format::bytes_per_pixel(s.format) != Some(4) {
+            return Err(invalid(format!("format {} for a blob scanout", s.format)));
+        }
+        if !extent.contains(&s.width) || !extent.contains(&s.height) {
+            return Err(invalid(format!("a {}x{} blob scanout", s.width, s.height)));
         }
         let rect = s.rect;
         if rect.width == 0 || rect.height == 0 || !rect_within(&rect, s.width, s.height) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "{}x{} at ({}, {}) does not lie inside the {}x{} scanout",
+                rect.width, rect.height, rect.x, rect.y, s.width, s.height
+            )));
         }
         // The last row's last pixel must lie inside the blob.
         let stride = u64::from(s.strides[0]);
@@ -267,15 +311,23 @@ impl<R: Renderer> Device<R> {
         let end = (u64::from(s.height) - 1)
             .checked_mul(stride)
             .and_then(|rows| rows.checked_add(row + offset));
-        if stride < row || end.is_none_or(|end| end > blob_size(res)) {
-            return Err(ErrorCode::InvalidParameter);
+        if stride < row {
+            return Err(invalid(format!(
+                "stride {stride} under a row of {row} bytes"
+            )));
+        }
+        if end.is_none_or(|end| end > blob_size(res)) {
+            return Err(invalid(format!(
+                "the scanout runs past the {}-byte blob",
+                blob_size(res)
+            )));
         }
         // Shown, the buffer is busy and stays; it must be back before it is shown.
         self.bring_back(s.resource_id)?;
         let slot = self
             .scanouts
             .get_mut(s.scanout_id as usize)
-            .ok_or(ErrorCode::InvalidScanoutId)?;
+            .ok_or_else(|| no_scanout(s.scanout_id))?;
         *slot = Scanout {
             resource_id: s.resource_id,
             rect,
@@ -292,9 +344,11 @@ impl<R: Renderer> Device<R> {
     /// A shared buffer moved out under the memory budget comes back before anything uses it.
     fn bring_back(&self, id: u32) -> Result<()> {
         if let (Some(uuid), Some(share)) = (self.shared_uuid(id), self.share_hub()) {
-            share
-                .ensure_resident(&uuid)
-                .map_err(|_| ErrorCode::OutOfMemory)?;
+            share.ensure_resident(&uuid).map_err(|status| {
+                out_of_memory(format!(
+                    "the shared buffer cannot be brought back ({status:?})"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -318,7 +372,7 @@ impl<R: Renderer> Device<R> {
         let mut pixels = Vec::new();
         pixels
             .try_reserve_exact(total)
-            .map_err(|_| ErrorCode::OutOfMemory)?;
+            .map_err(|_| out_of_memory(format!("no {total} bytes for pixels")))?;
         pixels.resize(total, 0);
         for (y, dst) in pixels.chunks_exact_mut(row.max(1)).enumerate() {
             let at = layout.offset
@@ -330,11 +384,15 @@ impl<R: Renderer> Device<R> {
                 (None, None) => false,
             };
             if !read {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(invalid(format!("cannot read row {y} of blob {id}")));
             }
         }
         Ok(pixels)
     }
+}
+
+fn not_a_blob(id: u32) -> Failure {
+    invalid(format!("resource {id} is not a blob"))
 }
 
 fn blob_size(res: &Resource) -> u64 {

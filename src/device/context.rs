@@ -4,7 +4,7 @@ use vgpud_protocol::{
     ErrorCode, ResourceCreate3d, Response, Transfer3d, CONTEXT_INIT_CAPSET_ID_MASK,
 };
 
-use super::{render_error, Device, Renderer, Result};
+use super::{invalid, out_of_memory, render_error, Device, Failure, Renderer, Result};
 use crate::ids::{GuestCtxId, RendererCtxId};
 use vgpud_protocol::share::CAPSET_SHARE;
 
@@ -59,14 +59,20 @@ impl<R: Renderer> Device<R> {
         name: &[u8],
     ) -> Result<Response> {
         if guest.0 == 0 || self.contexts.contains_key(&guest) {
-            return Err(ErrorCode::InvalidContextId);
+            return Err(Failure::new(
+                ErrorCode::InvalidContextId,
+                format!("context id {} is 0 or in use", guest.0),
+            ));
         }
         let capset = context_init & CONTEXT_INIT_CAPSET_ID_MASK;
         if capset != 0 && !self.capsets.iter().any(|c| c.id == capset) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!("capset {capset} is not offered")));
         }
         if self.contexts.len() >= self.cfg.max_contexts {
-            return Err(ErrorCode::OutOfMemory);
+            return Err(out_of_memory(format!(
+                "the VM has {} contexts, its quota",
+                self.contexts.len()
+            )));
         }
         if capset == CAPSET_SHARE {
             let renderer = RendererCtxId::NONE;
@@ -79,7 +85,8 @@ impl<R: Renderer> Device<R> {
             );
             return Ok(Response::OkNodata);
         }
-        let renderer = self.renderer.alloc_ctx_id().ok_or(ErrorCode::OutOfMemory)?;
+        let renderer = (self.renderer.alloc_ctx_id())
+            .ok_or_else(|| out_of_memory("the renderer has no context id left"))?;
         let name = String::from_utf8_lossy(name);
         self.renderer
             .create_context(renderer, context_init, &name)
@@ -93,7 +100,7 @@ impl<R: Renderer> Device<R> {
         let ctx = self
             .contexts
             .remove(&guest)
-            .ok_or(ErrorCode::InvalidContextId)?;
+            .ok_or_else(|| no_context(guest))?;
         if ctx.share {
             self.share_context_gone(guest);
         } else {
@@ -108,7 +115,7 @@ impl<R: Renderer> Device<R> {
             .get(&guest)
             .filter(|c| !c.share)
             .map(|c| c.renderer)
-            .ok_or(ErrorCode::InvalidContextId)
+            .ok_or_else(|| no_context(guest))
     }
 
     pub(super) fn is_share_ctx(&self, guest: GuestCtxId) -> bool {
@@ -140,10 +147,13 @@ impl<R: Renderer> Device<R> {
 
     pub(super) fn create_3d(&mut self, args: &ResourceCreate3d) -> Result<Response> {
         let id = args.resource_id;
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(ErrorCode::InvalidResourceId);
-        }
-        let size = quota_size(args).ok_or(ErrorCode::InvalidParameter)?;
+        self.check_new_id(id)?;
+        let size = quota_size(args).ok_or_else(|| {
+            invalid(format!(
+                "a target {} resource of {}x{}x{}, {} layers, last level {}",
+                args.target, args.width, args.height, args.depth, args.array_size, args.last_level
+            ))
+        })?;
         self.add_resource(id, (args.width, args.height), size, |r, renderer_id| {
             r.create_3d(renderer_id, args)
         })
@@ -167,7 +177,7 @@ impl<R: Renderer> Device<R> {
         } else {
             self.renderer.transfer_from_host_3d(ctx, res.renderer_id, t)
         };
-        result.map_err(|_| ErrorCode::InvalidParameter)?;
+        result.map_err(|e| invalid(super::bounded(&e)))?;
         Ok(Response::OkNodata)
     }
 
@@ -183,12 +193,16 @@ impl<R: Renderer> Device<R> {
         }
         self.renderer
             .submit_3d(ctx, commands.to_vec())
-            .map_err(|e| {
-                log::debug!("{guest}: command stream refused: {e}");
-                ErrorCode::InvalidParameter
-            })?;
+            .map_err(|e| invalid(format!("command stream refused: {}", super::bounded(&e))))?;
         Ok(Response::OkNodata)
     }
+}
+
+fn no_context(guest: GuestCtxId) -> Failure {
+    Failure::new(
+        ErrorCode::InvalidContextId,
+        format!("no context {}", guest.0),
+    )
 }
 
 #[cfg(test)]

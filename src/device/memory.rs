@@ -3,9 +3,10 @@
 use std::fs::File;
 use std::sync::Arc;
 
-use vgpud_protocol::{ErrorCode, MemEntry};
+use vgpud_protocol::MemEntry;
 
 use super::window::PAGE_SIZE;
+use super::{invalid, out_of_memory, Failure};
 use std::os::unix::fs::FileTypeExt;
 
 use vm_memory::{
@@ -89,16 +90,21 @@ impl Backing {
 pub fn resolve_backing(
     mem: &Arc<GuestMemoryMmap>,
     entries: &[MemEntry],
-) -> Result<Backing, ErrorCode> {
+) -> Result<Backing, Failure> {
     let mut ranges = Vec::new();
     ranges
         .try_reserve_exact(entries.len())
-        .map_err(|_| ErrorCode::OutOfMemory)?;
+        .map_err(|_| out_of_memory(format!("no room for {} entries", entries.len())))?;
     let mut bytes = 0u64;
     for entry in entries.iter().filter(|e| e.length > 0) {
         let slice = mem
             .get_slice(GuestAddress(entry.addr), entry.length as usize)
-            .map_err(|_| ErrorCode::InvalidParameter)?;
+            .map_err(|_| {
+                invalid(format!(
+                    "entry {:#x}+{:#x} does not lie inside one region of guest memory",
+                    entry.addr, entry.length
+                ))
+            })?;
         ranges.push(HostRange {
             gpa: entry.addr,
             addr: slice.ptr_guard_mut().as_ptr() as usize,
@@ -106,10 +112,10 @@ pub fn resolve_backing(
         });
         bytes = bytes
             .checked_add(u64::from(entry.length))
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(|| invalid("the entries' lengths overflow"))?;
     }
     if ranges.is_empty() {
-        return Err(ErrorCode::InvalidParameter);
+        return Err(invalid("no guest pages"));
     }
     Ok(Backing {
         ranges,
@@ -231,13 +237,13 @@ mod tests {
             },
         ] {
             assert_eq!(
-                resolve_backing(&mem, &[bad]).err(),
-                Some(ErrorCode::InvalidParameter)
+                resolve_backing(&mem, &[bad]).err().map(|f| f.code),
+                Some(vgpud_protocol::ErrorCode::InvalidParameter)
             );
         }
         assert_eq!(
-            resolve_backing(&mem, &[]).err(),
-            Some(ErrorCode::InvalidParameter)
+            resolve_backing(&mem, &[]).err().map(|f| f.code),
+            Some(vgpud_protocol::ErrorCode::InvalidParameter)
         );
     }
 

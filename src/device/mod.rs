@@ -14,7 +14,9 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 
 use vgpud_protocol::{
@@ -97,7 +99,47 @@ pub struct Outcome {
     pub revoke: Vec<Uuid>,
 }
 
-type Result<T> = std::result::Result<T, ErrorCode>;
+/// Why a command failed: the error the guest is answered with, and the cause, for the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub why: Cow<'static, str>,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, why: impl Into<Cow<'static, str>>) -> Self {
+        Failure {
+            code,
+            why: why.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{:?} ({})", self.code, self.why)
+    }
+}
+
+/// ERR_INVALID_PARAMETER, because of `why`.
+fn invalid(why: impl Into<Cow<'static, str>>) -> Failure {
+    Failure::new(ErrorCode::InvalidParameter, why)
+}
+
+/// ERR_OUT_OF_MEMORY, because of `why`.
+fn out_of_memory(why: impl Into<Cow<'static, str>>) -> Failure {
+    Failure::new(ErrorCode::OutOfMemory, why)
+}
+
+fn no_resource(id: u32) -> Failure {
+    Failure::new(ErrorCode::InvalidResourceId, format!("no resource {id}"))
+}
+
+fn no_scanout(id: u32) -> Failure {
+    Failure::new(ErrorCode::InvalidScanoutId, format!("no scanout {id}"))
+}
+
+type Result<T> = std::result::Result<T, Failure>;
 
 pub struct Device<R: Renderer> {
     renderer: R,
@@ -227,10 +269,10 @@ impl<R: Renderer> Device<R> {
         let result = self.dispatch(req, mem, &mut display, &mut shmem);
         let closed_context = (matches!(req.cmd, Command::CtxDestroy) && result.is_ok())
             .then_some(GuestCtxId(req.hdr.ctx_id));
-        let response = result.unwrap_or_else(|code| {
+        let response = result.unwrap_or_else(|failure| {
             let name = command_name(&req.hdr, &req.cmd);
-            self.log.warn(format_args!("{name} failed: {code:?}"));
-            Response::Err(code)
+            self.log.warn(format_args!("{name} failed: {failure}"));
+            Response::Err(failure.code)
         });
         // Failed commands are fenced too: answering one early would signal the guest's earlier
         // fences on that timeline before their work is done.
@@ -297,10 +339,10 @@ impl<R: Renderer> Device<R> {
     ) -> Result<Response> {
         let ctx = GuestCtxId(req.hdr.ctx_id);
         if is_3d(&req.cmd) && !self.has_3d() {
-            return Err(ErrorCode::Unspec);
+            return Err(Failure::new(ErrorCode::Unspec, "3D is not offered"));
         }
         if is_blob(&req.cmd) && !self.supports_blob() {
-            return Err(ErrorCode::Unspec);
+            return Err(Failure::new(ErrorCode::Unspec, "blobs are not offered"));
         }
         match &req.cmd {
             Command::GetDisplayInfo => {
@@ -331,7 +373,7 @@ impl<R: Renderer> Device<R> {
                 let backing = resolve_backing(mem, entries)?;
                 let res = self.resource_mut(*resource_id)?;
                 if res.backing.is_some() {
-                    return Err(ErrorCode::InvalidParameter);
+                    return Err(invalid("the resource has a backing already"));
                 }
                 let renderer_id = res.renderer_id;
                 self.renderer
@@ -345,7 +387,7 @@ impl<R: Renderer> Device<R> {
                 let renderer_id = res.renderer_id;
                 // Take the backing only after the renderer let go of the pages.
                 if res.backing.is_none() {
-                    return Err(ErrorCode::InvalidParameter);
+                    return Err(invalid("the resource has no backing"));
                 }
                 self.renderer.detach_backing(renderer_id);
                 self.resource_mut(*resource_id)?.backing = None;
@@ -368,9 +410,9 @@ impl<R: Renderer> Device<R> {
                 let res = self.resource_mut(*resource_id)?;
                 let uuid = match res.uuid {
                     Some(uuid) => uuid,
-                    None => *res
-                        .uuid
-                        .insert(resource::random_uuid().ok_or(ErrorCode::Unspec)?),
+                    None => *res.uuid.insert(resource::random_uuid().ok_or_else(|| {
+                        Failure::new(ErrorCode::Unspec, "cannot read random bytes for a UUID")
+                    })?),
                 };
                 Ok(Response::OkResourceUuid(uuid))
             }
@@ -385,7 +427,10 @@ impl<R: Renderer> Device<R> {
             Command::TransferToHost3d(t) => self.transfer_3d(ctx, t, true),
             Command::TransferFromHost3d(t) => self.transfer_3d(ctx, t, false),
             Command::Submit3d { commands } => self.submit_3d(ctx, commands),
-            Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(ErrorCode::Unspec),
+            Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(Failure::new(
+                ErrorCode::Unspec,
+                "a cursor command on the control queue",
+            )),
             Command::ResourceCreateBlob(args) => self.create_blob(ctx, args, mem),
             Command::SetScanoutBlob(s) => self.set_scanout_blob(s, display),
             Command::ResourceMapBlob {
@@ -416,12 +461,12 @@ impl<R: Renderer> Device<R> {
 
     fn get_edid(&self, scanout: u32) -> Result<Response> {
         if scanout >= self.scanout_limit() {
-            return Err(ErrorCode::InvalidScanoutId);
+            return Err(no_scanout(scanout));
         }
         let mode = self
             .modes
             .get(scanout as usize)
-            .ok_or(ErrorCode::InvalidScanoutId)?;
+            .ok_or_else(|| no_scanout(scanout))?;
         let edid = match self.edids.get(scanout as usize) {
             Some(Some(edid)) => edid.clone(),
             _ => edid_for_mode(mode.rect.width, mode.rect.height, b"vgpud").to_vec(),
@@ -435,7 +480,7 @@ impl<R: Renderer> Device<R> {
             .capsets
             .get(index as usize)
             .copied()
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(|| invalid(format!("no capset of index {index}")))?;
         Ok(Response::OkCapsetInfo {
             capset_id: info.id,
             capset_max_version: info.max_version,
@@ -447,7 +492,7 @@ impl<R: Renderer> Device<R> {
     fn capset(&self, id: u32, version: u32) -> Result<Response> {
         if id == CAPSET_SHARE && self.share.is_some() {
             if version > SHARE_VERSION {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(invalid(format!("share capset version {version}")));
             }
             return Ok(Response::OkCapset(SHARE_VERSION.to_le_bytes().to_vec()));
         }
@@ -457,24 +502,27 @@ impl<R: Renderer> Device<R> {
             .iter()
             .any(|c| c.id == id && version <= c.max_version);
         if !offered {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "capset {id} version {version} is not offered"
+            )));
         }
         self.renderer
             .capset(id, version)
             .map(Response::OkCapset)
-            .map_err(|_| ErrorCode::InvalidParameter)
+            .map_err(|e| invalid(format!("capset {id}: {}", bounded(&e))))
     }
 
     fn create_2d(&mut self, id: u32, fmt: u32, width: u32, height: u32) -> Result<Response> {
-        if id == 0 || self.resources.contains_key(&id) {
-            return Err(ErrorCode::InvalidResourceId);
-        }
-        let bpp = format::bytes_per_pixel(fmt).ok_or(ErrorCode::InvalidParameter)?;
+        self.check_new_id(id)?;
+        let bpp =
+            format::bytes_per_pixel(fmt).ok_or_else(|| invalid(format!("unknown format {fmt}")))?;
         if width == 0 || height == 0 {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!("a {width}x{height} resource")));
         }
         // The renderer computes width * 4 in 32 bits: keep the stride and the size representable.
-        let stride = width.checked_mul(bpp).ok_or(ErrorCode::InvalidParameter)?;
+        let stride = width
+            .checked_mul(bpp)
+            .ok_or_else(|| invalid(format!("a {width}-pixel-wide resource")))?;
         let size = u64::from(stride) * u64::from(height);
         self.add_resource(id, (width, height), size, |r, renderer_id| {
             r.create_2d(renderer_id, width, height, fmt)
@@ -491,10 +539,7 @@ impl<R: Renderer> Device<R> {
         create: impl FnOnce(&R, RendererResId) -> std::result::Result<(), RenderError>,
     ) -> Result<Response> {
         self.charge(size)?;
-        let renderer_id = self
-            .renderer
-            .resource_id_for(id)
-            .ok_or(ErrorCode::OutOfMemory)?;
+        let renderer_id = self.renderer_id_for(id)?;
         if let Err(e) = create(&self.renderer, renderer_id) {
             // Gives the renderer id back (a 2D renderer reuses it).
             self.renderer.unref(renderer_id);
@@ -506,25 +551,44 @@ impl<R: Renderer> Device<R> {
         Ok(Response::OkNodata)
     }
 
+    /// The renderer's id for a new resource `id`.
+    fn renderer_id_for(&self, id: u32) -> Result<RendererResId> {
+        self.renderer
+            .resource_id_for(id)
+            .ok_or_else(|| out_of_memory("the renderer has no resource id left"))
+    }
+
+    /// Checks that `id` may name a new resource.
+    fn check_new_id(&self, id: u32) -> Result<()> {
+        if id == 0 || self.resources.contains_key(&id) {
+            return Err(Failure::new(
+                ErrorCode::InvalidResourceId,
+                format!("resource id {id} is 0 or in use"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks that one more resource of `size` bytes fits the VM's quotas.
     fn charge(&self, size: u64) -> Result<()> {
         if self.resources.len() >= self.cfg.max_resources {
-            return Err(ErrorCode::OutOfMemory);
+            return Err(out_of_memory(format!(
+                "the VM has {} resources, its quota",
+                self.resources.len()
+            )));
         }
-        let total = self
-            .resource_bytes
-            .checked_add(size)
-            .ok_or(ErrorCode::OutOfMemory)?;
-        if total > self.cfg.max_resource_bytes || usize::try_from(size).is_err() {
-            return Err(ErrorCode::OutOfMemory);
+        let total = self.resource_bytes.checked_add(size);
+        if total.is_none_or(|t| t > self.cfg.max_resource_bytes) || usize::try_from(size).is_err() {
+            return Err(out_of_memory(format!(
+                "{size} bytes more would pass the VM's quota of {} (it holds {})",
+                self.cfg.max_resource_bytes, self.resource_bytes
+            )));
         }
         Ok(())
     }
 
     fn unref(&mut self, id: u32, display: &mut Vec<DisplayCmd>) -> Result<Response> {
-        if !self.resources.contains_key(&id) {
-            return Err(ErrorCode::InvalidResourceId);
-        }
+        self.resource(id)?;
         // A scanout never shows freed memory: it goes dark first.
         for (i, scanout) in self.scanouts.iter_mut().enumerate() {
             if scanout.resource_id == id {
@@ -543,7 +607,7 @@ impl<R: Renderer> Device<R> {
         if let Some(uuid) = self.share_forget(id) {
             self.revoking.push(uuid);
         }
-        if !res.imported {
+        if res.in_renderer() {
             self.renderer.unref(res.renderer_id);
         }
         self.resource_bytes = self.resource_bytes.saturating_sub(res.size);
@@ -553,10 +617,10 @@ impl<R: Renderer> Device<R> {
     fn transfer_to_host_2d(&mut self, id: u32, rect: Rect, offset: u64) -> Result<Response> {
         let res = self.resource(id)?;
         let Some(backing_bytes) = res.backing.as_ref().map(|b| b.bytes) else {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!("resource {id} has no backing")));
         };
         if !rect_within(&rect, res.width, res.height) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(outside(&rect, res));
         }
         if rect.width == 0 || rect.height == 0 {
             return Ok(Response::OkNodata);
@@ -566,7 +630,9 @@ impl<R: Renderer> Device<R> {
         let stride = u64::from(res.width) * 4;
         let implied = u64::from(rect.y) * stride + u64::from(rect.x) * 4;
         if offset < implied {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "offset {offset} lies before the rect's first pixel ({implied})"
+            )));
         }
         // Copy what the backing holds, as the other virtio-gpu devices do: the guest kernel gives
         // a resource created without a size one page of backing and transfers the whole box.
@@ -615,7 +681,7 @@ impl<R: Renderer> Device<R> {
         for (part, offset) in parts {
             self.renderer
                 .transfer_to_host_2d(res.renderer_id, res.width, part, offset)
-                .map_err(|_| ErrorCode::InvalidParameter)?;
+                .map_err(|e| invalid(format!("the renderer refused: {}", bounded(&e))))?;
         }
         Ok(Response::OkNodata)
     }
@@ -628,7 +694,7 @@ impl<R: Renderer> Device<R> {
         display: &mut Vec<DisplayCmd>,
     ) -> Result<Response> {
         if scanout_id >= self.scanout_limit() {
-            return Err(ErrorCode::InvalidScanoutId);
+            return Err(no_scanout(scanout_id));
         }
         if id == 0 {
             if let Some(s) = self.scanouts.get_mut(scanout_id as usize) {
@@ -639,12 +705,12 @@ impl<R: Renderer> Device<R> {
         }
         let res = self.resource(id)?;
         if rect.width == 0 || rect.height == 0 || !rect_within(&rect, res.width, res.height) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(outside(&rect, res));
         }
         let s = self
             .scanouts
             .get_mut(scanout_id as usize)
-            .ok_or(ErrorCode::InvalidScanoutId)?;
+            .ok_or_else(|| no_scanout(scanout_id))?;
         *s = Scanout {
             resource_id: id,
             rect,
@@ -663,7 +729,7 @@ impl<R: Renderer> Device<R> {
         // A blob has no size of its own: its scanouts' rects, checked against its layout, bound
         // what is read.
         if res.blob.is_none() && !rect_within(&rect, res.width, res.height) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(outside(&rect, res));
         }
         if !self.display_attached {
             return Ok(Response::OkNodata);
@@ -706,14 +772,17 @@ impl<R: Renderer> Device<R> {
             area,
         } = *update
         else {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid("not an update"));
         };
         let shown = self
             .scanouts
             .get(scanout as usize)
             .filter(|s| s.resource_id == resource_id && resource_id != 0)
             .copied()
-            .ok_or(ErrorCode::InvalidScanoutId)?;
+            .ok_or_else(|| {
+                let why = format!("scanout {scanout} no longer shows resource {resource_id}");
+                Failure::new(ErrorCode::InvalidScanoutId, why)
+            })?;
         // Only what the scanout shows, where it showed it when flushed: its rect was checked
         // against the resource (or the blob's layout) when it was set.
         let same_place = area.x.checked_sub(rect.x) == Some(shown.rect.x)
@@ -722,7 +791,9 @@ impl<R: Renderer> Device<R> {
             && intersect(&area, &shown.rect) == Some(area)
             && intersect(&band, &area) == Some(band);
         if !current {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "scanout {scanout} no longer shows that area of resource {resource_id}"
+            )));
         }
         match shown.layout {
             Some(layout) => self.read_blob_pixels(resource_id, layout, band),
@@ -740,12 +811,15 @@ impl<R: Renderer> Device<R> {
         let result = match cmd {
             Command::UpdateCursor(c) => self.update_cursor(c),
             Command::MoveCursor(c) => self.move_cursor(c),
-            _ => Err(ErrorCode::Unspec),
+            _ => Err(Failure::new(
+                ErrorCode::Unspec,
+                "not a cursor command, on the cursor queue",
+            )),
         };
-        result.unwrap_or_else(|code| {
+        result.unwrap_or_else(|failure| {
             let what = cmd.type_code();
             self.log
-                .warn(format_args!("cursor command {what:#x} failed: {code:?}"));
+                .warn(format_args!("cursor command {what:#x} failed: {failure}"));
             Vec::new()
         })
     }
@@ -753,7 +827,7 @@ impl<R: Renderer> Device<R> {
     fn update_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
         let scanout = c.pos.scanout_id;
         if scanout >= self.scanout_limit() {
-            return Err(ErrorCode::InvalidScanoutId);
+            return Err(no_scanout(scanout));
         }
         if c.resource_id == 0 {
             return Ok(vec![DisplayCmd::CursorHide { scanout }]);
@@ -786,7 +860,7 @@ impl<R: Renderer> Device<R> {
     fn move_cursor(&mut self, c: &UpdateCursor) -> Result<Vec<DisplayCmd>> {
         let scanout = c.pos.scanout_id;
         if scanout >= self.scanout_limit() {
-            return Err(ErrorCode::InvalidScanoutId);
+            return Err(no_scanout(scanout));
         }
         Ok(vec![DisplayCmd::CursorMove {
             scanout,
@@ -848,13 +922,11 @@ impl<R: Renderer> Device<R> {
     }
 
     fn resource(&self, id: u32) -> Result<&Resource> {
-        self.resources.get(&id).ok_or(ErrorCode::InvalidResourceId)
+        self.resources.get(&id).ok_or_else(|| no_resource(id))
     }
 
     fn resource_mut(&mut self, id: u32) -> Result<&mut Resource> {
-        self.resources
-            .get_mut(&id)
-            .ok_or(ErrorCode::InvalidResourceId)
+        self.resources.get_mut(&id).ok_or_else(|| no_resource(id))
     }
 }
 
@@ -864,14 +936,41 @@ impl<R: Renderer> Drop for Device<R> {
     }
 }
 
-/// The failed command itself is logged (rate-limited) by `handle`; the renderer's words only at
-/// debug level, since a guest can make them at will.
-fn render_error(e: RenderError) -> ErrorCode {
-    log::debug!("renderer: {e}");
-    match e {
+/// A renderer's error as the command's failure: the renderer's words are the cause (logged,
+/// rate-limited, with the failed command by `handle`).
+fn render_error(e: RenderError) -> Failure {
+    let code = match e {
         RenderError::OutOfMemory => ErrorCode::OutOfMemory,
         RenderError::Rejected(_) | RenderError::Gone => ErrorCode::Unspec,
+    };
+    Failure::new(code, bounded(&e))
+}
+
+/// Longest cause a renderer may put in a log line (a worker is no more trusted than its guest).
+const MAX_CAUSE: usize = 240;
+
+/// `e`'s words on one line, cut to `MAX_CAUSE` bytes.
+fn bounded(e: &RenderError) -> String {
+    let mut s: String = (e.to_string().chars())
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if s.len() > MAX_CAUSE {
+        let mut end = MAX_CAUSE;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push_str("...");
     }
+    s
+}
+
+/// ERR_INVALID_PARAMETER: `rect` does not lie inside resource `res`.
+fn outside(rect: &Rect, res: &Resource) -> Failure {
+    invalid(format!(
+        "{}x{} at ({}, {}) does not lie inside the {}x{} resource",
+        rect.width, rect.height, rect.x, rect.y, res.width, res.height
+    ))
 }
 
 /// Commands of the RESOURCE_BLOB feature.

@@ -30,9 +30,17 @@ pub struct Resource {
     pub blob: Option<Blob>,
     /// Made from another VM's export (the share context): the renderer knows nothing of it.
     pub imported: bool,
+    /// A host blob of memory of the daemon's own, made on a share context: the renderer knows
+    /// nothing of it either, and the daemon may move it out under the share budget.
+    pub daemon_memory: bool,
 }
 
 impl Resource {
+    /// Whether the renderer holds it (and must be told when it goes).
+    pub fn in_renderer(&self) -> bool {
+        !self.imported && !self.daemon_memory
+    }
+
     pub fn new(renderer_id: RendererResId, width: u32, height: u32, size: u64) -> Self {
         Resource {
             renderer_id,
@@ -43,6 +51,7 @@ impl Resource {
             uuid: None,
             blob: None,
             imported: false,
+            daemon_memory: false,
         }
     }
 }

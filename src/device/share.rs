@@ -16,7 +16,7 @@ use super::blob::ShmemRequest;
 use super::renderer::ExportedBlob;
 use super::resource::{random_uuid, Blob, Resource};
 use super::window::PAGE_SIZE;
-use super::{Device, Renderer, Result};
+use super::{invalid, out_of_memory, Device, Failure, Renderer, Result};
 use crate::fences::Timeline;
 use crate::ids::{FenceId, GuestCtxId, RendererResId, VmId};
 
@@ -184,7 +184,12 @@ impl<R: Renderer> Device<R> {
     /// nothing runs, and each reply slot it names that lies in the reply blob reads INVALID.
     pub(super) fn share_submit(&mut self, ctx: GuestCtxId, stream: &[u8]) -> Result<Response> {
         let current = match self.share.as_mut() {
-            None => return Err(ErrorCode::InvalidContextId),
+            None => {
+                return Err(Failure::new(
+                    ErrorCode::InvalidContextId,
+                    "no share context",
+                ))
+            }
             Some(share) => {
                 share.waits.clear();
                 share.reply_blobs.get(&ctx).copied()
@@ -192,7 +197,7 @@ impl<R: Renderer> Device<R> {
         };
         let commands = match decode_stream(stream) {
             Ok(commands) => commands,
-            Err(e) => return self.refuse_stream(current, stream, format_args!("{e}")),
+            Err(e) => return self.refuse_stream(current, stream, format!("{e}")),
         };
         // Where each reply goes: a SET_REPLY_BLOB that will succeed moves later ones.
         let mut blob = current;
@@ -209,9 +214,7 @@ impl<R: Renderer> Device<R> {
                     return self.refuse_stream(
                         current,
                         stream,
-                        format_args!(
-                            "a reply at {offset:#x} ({end:#x}) lies outside the reply blob"
-                        ),
+                        format!("a reply at {offset:#x} ({end:#x}) lies outside the reply blob"),
                     );
                 }
             }
@@ -239,10 +242,8 @@ impl<R: Renderer> Device<R> {
         &mut self,
         current: Option<u32>,
         stream: &[u8],
-        why: std::fmt::Arguments,
+        why: String,
     ) -> Result<Response> {
-        self.log
-            .warn(format_args!("share: stream refused, nothing run: {why}"));
         if let Some(blob) = current {
             let invalid = encode_reply(Status::Invalid, &[]);
             for offset in reply_slots(stream) {
@@ -252,7 +253,10 @@ impl<R: Renderer> Device<R> {
                 }
             }
         }
-        Err(ErrorCode::InvalidParameter)
+        // Logged by the caller, with the command, like any failed command.
+        Err(invalid(format!(
+            "share: stream refused, nothing run: {why}"
+        )))
     }
 
     /// The share context `ctx` is gone: its reply blob is forgotten.
@@ -383,7 +387,7 @@ impl<R: Renderer> Device<R> {
             .share
             .as_ref()
             .and_then(|s| s.reply_blobs.get(&ctx).copied())
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(|| invalid("a reply but no reply blob"))?;
         self.write_reply_to(blob, offset, reply)
     }
 
@@ -392,10 +396,12 @@ impl<R: Renderer> Device<R> {
             .resource(blob)?
             .backing
             .as_ref()
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(|| invalid("the reply blob has no pages"))?;
         let end = u64::from(offset) + reply.len() as u64;
         if end > backing.bytes || !backing.write_at(u64::from(offset), reply) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "reply offset {offset} outside the reply blob"
+            )));
         }
         Ok(())
     }
@@ -497,6 +503,7 @@ impl<R: Renderer> Device<R> {
             return Err(Status::Invalid);
         }
         let existing = res.uuid;
+        let own_memory = res.daemon_memory;
         let storage = self.export(id).map_err(|_| Status::Unsupported)?;
         if !storage.size.is_multiple_of(PAGE_SIZE) {
             // Importers map whole pages: they would see what lies past the blob.
@@ -507,7 +514,7 @@ impl<R: Renderer> Device<R> {
             None => random_uuid().ok_or(Status::NoSpace)?,
         };
         let share = self.share.as_ref().ok_or(Status::Unsupported)?;
-        let movable = self.renderer.host_blobs_movable();
+        let movable = own_memory || self.renderer.host_blobs_movable();
         let uuid = share.hub.export(share.vm, id, uuid, storage, movable)?;
         if let Ok(res) = self.resource_mut(id) {
             res.uuid = Some(uuid);
@@ -577,22 +584,28 @@ impl<R: Renderer> Device<R> {
         blob_id: u64,
         size: u64,
     ) -> Result<Response> {
-        let share = self.share.as_mut().ok_or(ErrorCode::InvalidContextId)?;
+        let share = (self.share.as_mut())
+            .ok_or_else(|| Failure::new(ErrorCode::InvalidContextId, "no share context"))?;
         let fits = share
             .imports
             .get(&blob_id)
             .is_some_and(|i| size > 0 && size <= i.storage.size);
-        if blob_mem != BLOB_MEM_HOST3D || !fits {
-            return Err(ErrorCode::InvalidParameter);
+        if blob_mem != BLOB_MEM_HOST3D {
+            return Err(invalid("an import is a HOST3D blob"));
+        }
+        if !fits {
+            return Err(invalid(format!(
+                "blob id {blob_id} names no pending import of at least {size} bytes"
+            )));
         }
         if self.resources.len() >= self.cfg.max_resources {
-            return Err(ErrorCode::OutOfMemory);
+            return Err(out_of_memory("the VM has its quota of resources"));
         }
         // The import stays: its blob id makes more resources while one of them lives.
         let import = share
             .imports
             .get_mut(&blob_id)
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(|| invalid(format!("blob id {blob_id} names no pending import")))?;
         import.resources = import.resources.saturating_add(1);
         let storage = SharedStorage {
             size,

@@ -580,3 +580,16 @@ fn two_d_fences_are_done_at_once_and_there_are_no_contexts() {
     });
     assert_eq!(out.response, Response::Err(ErrorCode::Unspec));
 }
+
+/// A renderer's words reach the log on one line and bounded (a worker is not trusted).
+#[test]
+fn a_renderers_cause_is_one_bounded_line() {
+    let long = format!("line one\nline two{}", "x".repeat(1000));
+    let failure = render_error(RenderError::Rejected(long));
+    assert_eq!(failure.code, ErrorCode::Unspec);
+    assert!(!failure.why.contains('\n'), "{}", failure.why);
+    assert!(failure.why.len() <= MAX_CAUSE + 3, "{}", failure.why.len());
+    assert!(failure
+        .why
+        .starts_with("renderer rejected the request: line one line two"));
+}

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use vgpud_protocol::ErrorCode;
+use super::{invalid, Failure};
 
 /// Mappings start on a page boundary and cover whole pages.
 pub const PAGE_SIZE: u64 = 4096;
@@ -30,27 +30,38 @@ impl HostWindow {
 
     /// Reserves `[offset, offset + len)` for `resource`, rounding `len` up to whole pages.
     /// Returns the reserved length.
-    pub fn reserve(&mut self, offset: u64, len: u64, resource: u32) -> Result<u64, ErrorCode> {
+    pub fn reserve(&mut self, offset: u64, len: u64, resource: u32) -> Result<u64, Failure> {
         if len == 0 || !offset.is_multiple_of(PAGE_SIZE) {
-            return Err(ErrorCode::InvalidParameter);
+            return Err(invalid(format!(
+                "window offset {offset:#x} is not page-aligned, or the blob is empty"
+            )));
         }
-        let len = len
-            .checked_next_multiple_of(PAGE_SIZE)
-            .ok_or(ErrorCode::InvalidParameter)?;
+        let past = || {
+            invalid(format!(
+                "{len:#x} bytes at {offset:#x} run past the {:#x}-byte window",
+                self.size
+            ))
+        };
+        let len = len.checked_next_multiple_of(PAGE_SIZE).ok_or_else(past)?;
         let end = offset
             .checked_add(len)
             .filter(|&end| end <= self.size)
-            .ok_or(ErrorCode::InvalidParameter)?;
+            .ok_or_else(past)?;
         // The nearest mapping at or below `offset` must end by it; the next one must start at or
         // after `end`.
-        if let Some((&start, &(l, _))) = self.live.range(..=offset).next_back() {
+        let overlap = |other: u32| {
+            invalid(format!(
+                "{len:#x} bytes at {offset:#x} overlap the mapping of resource {other}"
+            ))
+        };
+        if let Some((&start, &(l, other))) = self.live.range(..=offset).next_back() {
             if start + l > offset {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(overlap(other));
             }
         }
-        if let Some((&start, _)) = self.live.range(offset..).next() {
+        if let Some((&start, &(_, other))) = self.live.range(offset..).next() {
             if start < end {
-                return Err(ErrorCode::InvalidParameter);
+                return Err(overlap(other));
             }
         }
         self.live.insert(offset, (len, resource));
@@ -88,14 +99,15 @@ mod tests {
     #[test]
     fn bounds_alignment_and_overflow() {
         let mut w = HostWindow::new(1 << 20);
-        let bad = Err(ErrorCode::InvalidParameter);
-        assert_eq!(w.reserve(0, 0, 1), bad, "empty");
-        assert_eq!(w.reserve(100, 4096, 1), bad, "unaligned");
-        assert_eq!(w.reserve(1 << 20, 4096, 1), bad, "past the end");
-        assert_eq!(w.reserve((1 << 20) - 4096, 4097, 1), bad, "crosses the end");
-        assert_eq!(w.reserve(4096, u64::MAX, 1), bad, "size overflows");
+        let bad = Err(vgpud_protocol::ErrorCode::InvalidParameter);
+        let mut reserve = |offset, len| w.reserve(offset, len, 1).map_err(|f| f.code);
+        assert_eq!(reserve(0, 0), bad, "empty");
+        assert_eq!(reserve(100, 4096), bad, "unaligned");
+        assert_eq!(reserve(1 << 20, 4096), bad, "past the end");
+        assert_eq!(reserve((1 << 20) - 4096, 4097), bad, "crosses the end");
+        assert_eq!(reserve(4096, u64::MAX), bad, "size overflows");
         assert_eq!(
-            w.reserve(u64::MAX - 4095, 4096, 1),
+            reserve(u64::MAX - 4095, 4096),
             bad,
             "offset + size overflows"
         );

@@ -879,10 +879,10 @@ impl<'h> Run<'h> {
                         assert_eq!(pixels.len(), want, "pixels for band {band:?}");
                         self.stats.update_bands += 1;
                     }
-                    Err(code) => {
+                    Err(failure) => {
                         assert!(
                             !(current && readable),
-                            "update of {band:?} of resource {resource_id} on scanout {scanout} failed: {code:?}"
+                            "update of {band:?} of resource {resource_id} on scanout {scanout} failed: {failure}"
                         );
                         self.stats.stale_updates += 1;
                         break;

@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
+use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST};
 
 use crate::device::memory::HostRange;
 use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
@@ -240,11 +240,15 @@ impl Renderer for Fake {
 
     fn create_blob(
         &self,
-        _ctx: Ctx,
+        ctx: Ctx,
         id: Res,
-        _args: BlobArgs,
+        args: BlobArgs,
         backing: Option<Vec<HostRange>>,
     ) -> Result<(), RenderError> {
+        // As virglrenderer: a host blob is an object of one of the renderer's contexts.
+        if args.mem != BLOB_MEM_GUEST && !lock(&self.contexts).contains_key(&ctx) {
+            return Err(rejected("a host blob needs a context of the renderer"));
+        }
         let res = Resource {
             bytes: Vec::new(),
             backing: backing.unwrap_or_default(),

@@ -11,7 +11,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
 
 use vgpud_protocol::{
     Rect, ResourceCreate3d, Transfer3d, BLOB_MEM_GUEST, BLOB_MEM_HOST3D, MAP_CACHE_CACHED,
@@ -21,6 +20,7 @@ use vm_memory::VolatileSlice;
 use crate::device::memory::HostRange;
 use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
 use crate::fences::Fence;
+use crate::hostmem::sealed_memfd;
 use crate::ids::{RendererCtxId as Ctx, RendererResId as Res};
 use crate::sync::lock;
 
@@ -63,34 +63,10 @@ struct Image {
 pub struct Soft2d {
     /// Each image has its own lock, so VMs copying at once only meet on the short map lookup.
     images: Mutex<HashMap<Res, Arc<Mutex<Image>>>>,
-    /// Host blobs: memory of the daemon's own, one sealed memfd each, so that handing one to a
-    /// VMM (to map it, or to another VM that imports it) hands over that blob and nothing else.
+    /// Host blobs: memory of the daemon's own (`hostmem`), so that handing one to a VMM (to map
+    /// it, or to another VM that imports it) hands over that blob and nothing else.
     host_blobs: Mutex<HashMap<Res, Arc<File>>>,
     ids: IdPool,
-}
-
-/// A zero-filled memfd of `size` bytes that nobody can resize: a VMM that maps it can never
-/// make a reader of it fault.
-fn sealed_memfd(size: u64) -> std::io::Result<File> {
-    // SAFETY: memfd_create reads a NUL-terminated name; the descriptor it returns is ours.
-    let fd = unsafe {
-        libc::memfd_create(
-            c"vgpud-host-blob".as_ptr(),
-            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and is owned by nobody else.
-    let file = unsafe { File::from_raw_fd(fd) };
-    file.set_len(size)?;
-    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
-    // SAFETY: F_ADD_SEALS on a memfd we own; no memory is passed.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(file)
 }
 
 fn rejected(why: &str) -> RenderError {

@@ -108,9 +108,14 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
 }
 
 fn failed(e: &RenderError) -> Reply {
+    // The broker says "renderer rejected the request" itself.
+    let why = match e {
+        RenderError::Rejected(why) => why.clone(),
+        other => other.to_string(),
+    };
     Reply::Failed {
         out_of_memory: matches!(e, RenderError::OutOfMemory),
-        why: e.to_string(),
+        why,
     }
 }
 

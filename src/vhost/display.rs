@@ -251,9 +251,9 @@ impl VmBackend {
         for (top, band) in bands(area, UPDATE_BAND_BYTES) {
             let pixels = match self.device().update_pixels(update, band) {
                 Ok(p) => p,
-                Err(code) => {
+                Err(failure) => {
                     self.log
-                        .warn(format_args!("flush of resource {resource_id}: {code:?}"));
+                        .warn(format_args!("flush of resource {resource_id}: {failure}"));
                     return Ok(());
                 }
             };
