@@ -41,6 +41,10 @@
  *  9. Every ring-0 submission must have produced one
  *     VIRTGPU_EVENT_FENCE_SIGNALED event on the DRM file (read within 10 s).
  * 10. WAIT on both blobs, unmap, close.
+ * 11. When the capset allows blob id 0: 256 HOST3D blobs of 64 KiB, all
+ *     mapped at once (each is a live mapping in the device's window, and so a
+ *     memory region of the VM to QEMU), each filled with its own pattern; all
+ *     are read back word for word while all are mapped, then freed.
  *
  * Rings 1 and up are the Venus renderer's per-queue timelines: it retires a
  * fence on such a ring only after a VkQueue has been bound to the ring, which
@@ -68,6 +72,8 @@ const char *const test_name = "drm-blob";
 #define CAPSET_VENUS 4
 #define NUM_RINGS 8
 #define BLOB_SIZE (1u << 20)
+#define MANY_BLOBS 256
+#define MANY_BLOB_SIZE (64u << 10)
 #define TIMEOUT_MS 10000
 
 /* Venus protocol constants used by the reply round trip (step 7). */
@@ -277,6 +283,57 @@ static void create_blob(int fd, struct blob *b, const char *name, uint32_t blob_
          name, b->res, BLOB_SIZE >> 10);
 }
 
+/* Step 11: MANY_BLOBS host blobs mapped at the same time. */
+static void many_blobs(int fd)
+{
+    static uint32_t handles[MANY_BLOBS];
+    static uint32_t *maps[MANY_BLOBS];
+    const size_t words = MANY_BLOB_SIZE / 4;
+
+    for (uint32_t b = 0; b < MANY_BLOBS; b++) {
+        struct drm_virtgpu_resource_create_blob args = {
+            .blob_mem = VIRTGPU_BLOB_MEM_HOST3D,
+            .blob_flags = VIRTGPU_BLOB_FLAG_USE_MAPPABLE,
+            .size = MANY_BLOB_SIZE,
+            .blob_id = 0,
+        };
+        struct drm_virtgpu_map map = { 0 };
+        void *ptr;
+
+        if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_RESOURCE_CREATE_BLOB, &args) != 0)
+            fail("RESOURCE_CREATE_BLOB %u of %d (HOST3D, %u KiB): %m", b + 1, MANY_BLOBS,
+                 MANY_BLOB_SIZE >> 10);
+        handles[b] = args.bo_handle;
+        map.handle = args.bo_handle;
+        if (drmIoctl(fd, DRM_IOCTL_VIRTGPU_MAP, &map) != 0)
+            fail("MAP of blob %u of %d: %m", b + 1, MANY_BLOBS);
+        ptr = mmap(NULL, MANY_BLOB_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                   (off_t)map.offset);
+        if (ptr == MAP_FAILED)
+            fail("mmap of blob %u of %d: %m", b + 1, MANY_BLOBS);
+        maps[b] = ptr;
+        for (size_t i = 0; i < words; i++)
+            maps[b][i] = pattern((uint32_t)i, b + 1);
+    }
+    for (uint32_t b = 0; b < MANY_BLOBS; b++) {
+        for (size_t i = 0; i < words; i++) {
+            if (maps[b][i] != pattern((uint32_t)i, b + 1))
+                fail("blob %u of %d, all mapped: byte %zu reads 0x%08x, expected 0x%08x",
+                     b + 1, MANY_BLOBS, i * 4, maps[b][i], pattern((uint32_t)i, b + 1));
+        }
+    }
+    for (uint32_t b = 0; b < MANY_BLOBS; b++) {
+        struct drm_gem_close close_args = { .handle = handles[b] };
+
+        if (munmap(maps[b], MANY_BLOB_SIZE) != 0)
+            fail("munmap of blob %u: %m", b + 1);
+        if (drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &close_args) != 0)
+            fail("GEM_CLOSE of blob %u: %m", b + 1);
+    }
+    note("%d HOST3D blobs of %u KiB mapped at once: each written, all read back while all "
+         "were mapped, all freed", MANY_BLOBS, MANY_BLOB_SIZE >> 10);
+}
+
 /* EXECBUFFER; returns the out-fence fd (-1 without FENCE_FD_OUT) or, with
  * expect_error, the errno. */
 static int execbuffer(int fd, uint32_t flags, uint32_t ring, const void *cmd, uint32_t size,
@@ -480,6 +537,8 @@ int main(int argc, char **argv)
         if (drmIoctl(fd, DRM_IOCTL_GEM_CLOSE, &close_args) != 0)
             fail("GEM_CLOSE of the %s blob: %m", b->name);
     }
+    if (blob_id_0)
+        many_blobs(fd);
     close(fd);
     pass();
 }

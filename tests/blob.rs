@@ -55,13 +55,7 @@ fn mappable(vm: &mut Vm, id: u32, pages: u64, fill: u8) -> u64 {
 }
 
 fn map(vm: &mut Vm, id: u32, offset: u64) -> Response {
-    call(
-        vm,
-        Command::ResourceMapBlob {
-            resource_id: id,
-            offset,
-        },
-    )
+    map_blob(vm, id, offset)
 }
 
 fn unmap(vm: &mut Vm, id: u32) -> Response {

@@ -32,12 +32,12 @@ fn negotiation_and_config_space() {
     }
     assert_eq!(f & (1 << F_VIRGL), 0, "the 2D renderer offers no virgl");
     assert_eq!(vm.queue_num(), 2);
-    // CONFIG, MQ, REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD: bits 9, 0, 3, 5, 10; never CONFIGURE_MEM_SLOTS (15).
+    // CONFIG, MQ, REPLY_ACK, BACKEND_REQ, BACKEND_SEND_FD: bits 9, 0, 3, 5, 10 (memory slots,
+    // which this frontend does not ask for, are tests/mem_table.rs's).
     let p = vm.protocol_features();
     for bit in [9, 0, 3, 5, 10] {
         assert_ne!(p & (1 << bit), 0, "protocol feature {bit}");
     }
-    assert_eq!(p & (1 << 15), 0);
     // QEMU 11 acks RING_RESET (bit 40) whatever is offered; it must be offered or SET_FEATURES fails.
     assert_ne!(vm.offered_features() & (1 << 40), 0, "RING_RESET offered");
     // QEMU 11 reads 20 bytes of config; the answer must be exactly that long.
@@ -232,7 +232,9 @@ fn edid_comes_from_the_display_or_is_generated() {
 /// (CONFIG_CHANGE_MSG on the backend channel), which raises the config interrupt that makes the
 /// driver ask for the new layout. Once read and cleared, the next resize does it again.
 #[test]
-fn a_resized_display_raises_the_config_change_event() {
+/// QEMU's vhost-user-gpu keeps the config's display events itself and logs an error for
+/// CONFIG_CHANGE_MSG; the harness display plays that VMM, so the event is set and nothing sent.
+fn a_resized_display_sets_the_display_event_and_sends_qemus_display_no_config_change() {
     let d = daemon(1, &[]);
     let mut vm = connect_with_display(&d, 0, vec![(800, 600)]);
     let events_read = |vm: &mut vgpud_harness::Vm| {
@@ -257,12 +259,12 @@ fn a_resized_display_raises_the_config_change_event() {
             call(&mut vm, Command::GetEdid { scanout: 0 }),
             Response::OkEdid(_)
         ));
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while vm.config_change_count() < round && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert_eq!(vm.config_change_count(), round, "one message per change");
-        assert_eq!(events_read(&mut vm), 1, "EVENT_DISPLAY set");
+        assert_eq!(events_read(&mut vm), 1, "EVENT_DISPLAY set (round {round})");
+        assert_eq!(
+            vm.config_change_count(),
+            0,
+            "no CONFIG_CHANGE_MSG to this VMM"
+        );
         let Response::OkDisplayInfo(modes) = call(&mut vm, Command::GetDisplayInfo) else {
             panic!()
         };

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
-use vhost::vhost_user::{HandlerResult, VhostUserFrontendReqHandler};
+use vhost::vhost_user::{Frontend, HandlerResult, VhostUserFrontend, VhostUserFrontendReqHandler};
+use vhost::VhostUserMemoryRegionInfo;
 
 /// One live SHMEM_MAP, as the backend requested it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,7 +110,8 @@ impl ShmemPeer {
         self.state.lock().unwrap().region_sizes = Some(sizes);
     }
 
-    fn map(&self, req: &VhostUserMMap, fd: RawFd) -> io::Result<()> {
+    /// Maps the backend's fd as asked; returns where it is mapped here.
+    fn map(&self, req: &VhostUserMMap, fd: RawFd) -> io::Result<usize> {
         let mut st = self.state.lock().unwrap();
         st.map_count += 1;
         let info = ShmemMapping {
@@ -151,7 +153,20 @@ impl ShmemPeer {
             info,
             ptr: ptr as usize,
         });
-        Ok(())
+        Ok(ptr as usize)
+    }
+
+    /// Where the mapping `req` names is mapped here, if it is live.
+    fn live(&self, req: &VhostUserMMap) -> Option<usize> {
+        let st = self.state.lock().unwrap();
+        st.maps
+            .iter()
+            .find(|m| {
+                m.info.shmid == req.shmid
+                    && m.info.shm_offset == req.shm_offset
+                    && m.info.len == req.len
+            })
+            .map(|m| m.ptr)
     }
 
     fn unmap(&self, req: &VhostUserMMap) -> io::Result<()> {
@@ -197,10 +212,88 @@ impl Drop for ShmemPeer {
     }
 }
 
+/// QEMU's way with window mappings (VmConfig::window_gpa): each one is also a RAM region of the
+/// VM at the window's guest address, so it is added to the backend's memory table while the
+/// SHMEM_MAP is handled (ADD_MEM_REG) and removed while the SHMEM_UNMAP is (REM_MEM_REG). As in
+/// QEMU, a change that would take the table past the backend's slots is not sent and counts as
+/// an error (QEMU logs "vhost_set_mem_table failed"), and the SHMEM_MAP is still answered.
+pub(crate) struct TableModel {
+    fe: Mutex<Frontend>,
+    window_gpa: u64,
+    max_slots: u64,
+    /// Regions in the backend's table now, RAM included.
+    regions: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl TableModel {
+    pub(crate) fn new(fe: Frontend, window_gpa: u64, max_slots: u64, ram: u64) -> TableModel {
+        TableModel {
+            fe: Mutex::new(fe),
+            window_gpa,
+            max_slots,
+            regions: AtomicU64::new(ram),
+            errors: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn info(&self, req: &VhostUserMMap, fd: RawFd, ptr: usize) -> VhostUserMemoryRegionInfo {
+        VhostUserMemoryRegionInfo {
+            guest_phys_addr: self.window_gpa + req.shm_offset,
+            memory_size: req.len,
+            userspace_addr: ptr as u64,
+            mmap_offset: req.fd_offset,
+            mmap_handle: fd,
+        }
+    }
+
+    fn added(&self, req: &VhostUserMMap, fd: RawFd, ptr: usize) {
+        if self.regions.load(Ordering::SeqCst) >= self.max_slots {
+            self.error(format!(
+                "no free memory slot for a mapping at {:#x} ({} of {} used)",
+                { req.shm_offset },
+                self.regions.load(Ordering::SeqCst),
+                self.max_slots
+            ));
+            return;
+        }
+        let info = self.info(req, fd, ptr);
+        match self.fe.lock().unwrap().add_mem_region(&info) {
+            Ok(_) => {
+                self.regions.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => self.error(format!("ADD_MEM_REG at {:#x}: {e}", { req.shm_offset })),
+        }
+    }
+
+    fn removed(&self, req: &VhostUserMMap, ptr: usize) {
+        let info = self.info(req, -1, ptr);
+        match self.fe.lock().unwrap().remove_mem_region(&info) {
+            Ok(()) => {
+                self.regions.fetch_sub(1, Ordering::SeqCst);
+            }
+            Err(e) => self.error(format!("REM_MEM_REG at {:#x}: {e}", { req.shm_offset })),
+        }
+    }
+
+    fn error(&self, e: String) {
+        self.errors.lock().unwrap().push(e);
+    }
+
+    pub(crate) fn errors(&self) -> Vec<String> {
+        self.errors.lock().unwrap().clone()
+    }
+
+    pub(crate) fn regions(&self) -> u64 {
+        self.regions.load(Ordering::SeqCst)
+    }
+}
+
 /// Handler plugged into vhost's `FrontendReqHandler`.
 pub(crate) struct BackendChannel {
     pub shmem: Arc<ShmemPeer>,
     pub config_changes: AtomicU64,
+    pub table: Option<TableModel>,
 }
 
 impl VhostUserFrontendReqHandler for BackendChannel {
@@ -211,11 +304,20 @@ impl VhostUserFrontendReqHandler for BackendChannel {
 
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
         self.shmem.stall.wait_while_on();
-        self.shmem.map(req, fd.as_raw_fd()).map(|_| 0)
+        let ptr = self.shmem.map(req, fd.as_raw_fd())?;
+        if let Some(table) = &self.table {
+            table.added(req, fd.as_raw_fd(), ptr);
+        }
+        Ok(0)
     }
 
     fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
         self.shmem.stall.wait_while_on();
+        if let Some(table) = &self.table {
+            if let Some(m) = self.shmem.live(req) {
+                table.removed(req, m);
+            }
+        }
         self.shmem.unmap(req).map(|_| 0)
     }
 }

@@ -20,7 +20,7 @@ use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 use crate::display::DisplayPeer;
 use crate::memory::GuestMem;
-use crate::shmem::{BackendChannel, ShmemPeer};
+use crate::shmem::{BackendChannel, ShmemPeer, TableModel};
 use crate::util::{err, poll_until, Polled};
 use crate::vring::{Desc, Vring, DESC_F_NEXT, DESC_F_WRITE, SLOT_BYTES};
 
@@ -44,6 +44,10 @@ pub struct VmConfig {
     pub feature_mask: u64,
     /// Limit for every wait on the backend.
     pub timeout: Duration,
+    /// Some(gpa): act as QEMU does with window mappings: negotiate CONFIGURE_MEM_SLOTS, send RAM
+    /// one region at a time and add each mapping to the memory table at gpa + its offset (see
+    /// `shmem::TableModel`).
+    pub window_gpa: Option<u64>,
 }
 
 impl Default for VmConfig {
@@ -54,6 +58,7 @@ impl Default for VmConfig {
             display: None,
             feature_mask: !0,
             timeout: Duration::from_secs(5),
+            window_gpa: None,
         }
     }
 }
@@ -252,7 +257,12 @@ impl Vm {
                 | VhostUserProtocolFeatures::BACKEND_REQ
                 | VhostUserProtocolFeatures::BACKEND_SEND_FD
                 | VhostUserProtocolFeatures::SHMEM;
-            proto = have & want;
+            let slots = if cfg.window_gpa.is_some() {
+                VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            } else {
+                VhostUserProtocolFeatures::empty()
+            };
+            proto = have & (want | slots);
             watchdog.run(t, "SET_PROTOCOL_FEATURES", || {
                 fe.set_protocol_features(proto)
             })?;
@@ -273,9 +283,19 @@ impl Vm {
             2
         };
 
+        let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
+        let table = match cfg.window_gpa {
+            Some(gpa) if slots => {
+                let max = watchdog.run(t, "GET_MAX_MEM_SLOTS", || fe.get_max_mem_slots())?;
+                let ram = mem.num_regions() as u64;
+                Some(TableModel::new(fe.clone(), gpa, max, ram))
+            }
+            _ => None,
+        };
         let channel = Arc::new(BackendChannel {
             shmem: Arc::new(ShmemPeer::default()),
             config_changes: AtomicU64::new(0),
+            table,
         });
         let channel_errors = Arc::new(Mutex::new(Vec::new()));
         if proto.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
@@ -319,7 +339,13 @@ impl Vm {
         ack(&fe, true);
         watchdog.run(t, "SET_FEATURES", || fe.set_features(acked))?;
         let regions = mem.region_infos()?;
-        watchdog.run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions))?;
+        if slots {
+            for r in &regions {
+                watchdog.run(t, "ADD_MEM_REG", || fe.add_mem_region(r).map(drop))?;
+            }
+        } else {
+            watchdog.run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions))?;
+        }
         if proto.contains(VhostUserProtocolFeatures::SHMEM) {
             ack(&fe, false);
             let c = watchdog.run(t, "GET_SHMEM_CONFIG", || fe.get_shmem_config())?;
@@ -803,6 +829,21 @@ impl Vm {
         });
         self.set_ack(false);
         res
+    }
+
+    /// Memory table changes that failed or could not be sent (window_gpa only): what QEMU
+    /// logs as vhost errors.
+    pub fn table_errors(&self) -> Vec<String> {
+        self.channel
+            .table
+            .as_ref()
+            .map(|t| t.errors())
+            .unwrap_or_default()
+    }
+
+    /// Regions in the backend's memory table, RAM included (window_gpa only).
+    pub fn table_regions(&self) -> Option<u64> {
+        self.channel.table.as_ref().map(|t| t.regions())
     }
 
     /// CONFIG_CHANGE_MSG requests received on the backend channel.

@@ -236,6 +236,12 @@ impl<R: Renderer> Device<R> {
         self.window.size() > 0 || self.share.is_some()
     }
 
+    /// How many blobs may be mapped at once: what the frontend's memory table can still take
+    /// (QEMU adds each mapping to it). MAP_BLOB past it answers OUT_OF_MEMORY.
+    pub fn set_mapping_limit(&mut self, limit: usize) {
+        self.window.set_limit(limit);
+    }
+
     pub fn hostmem(&self) -> u64 {
         self.window.size()
     }

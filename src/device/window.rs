@@ -4,16 +4,18 @@
 
 use std::collections::BTreeMap;
 
-use super::{invalid, Failure};
+use super::{invalid, out_of_memory, Failure};
 
 /// Mappings start on a page boundary and cover whole pages.
 pub const PAGE_SIZE: u64 = 4096;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct HostWindow {
     size: u64,
     /// Live mappings: offset -> (length, guest resource id).
     live: BTreeMap<u64, (u64, u32)>,
+    /// Most live mappings the frontend can take (see `Device::set_mapping_limit`).
+    limit: usize,
 }
 
 impl HostWindow {
@@ -21,7 +23,12 @@ impl HostWindow {
         HostWindow {
             size,
             live: BTreeMap::new(),
+            limit: usize::MAX,
         }
+    }
+
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
     }
 
     pub fn size(&self) -> u64 {
@@ -63,6 +70,12 @@ impl HostWindow {
             if start < end {
                 return Err(overlap(other));
             }
+        }
+        if self.live.len() >= self.limit {
+            return Err(out_of_memory(format!(
+                "{} blobs are mapped already, as many as the VMM can take",
+                self.live.len()
+            )));
         }
         self.live.insert(offset, (len, resource));
         Ok(len)

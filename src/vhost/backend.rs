@@ -26,6 +26,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::answers::Answer;
 use super::display::DisplayLink;
+use super::memtable::{self, WindowFiles};
 use super::peer::PeerWatch;
 use super::queue;
 use super::relay::{self, BackendChannel};
@@ -69,7 +70,12 @@ pub struct VmBackend {
     mem: Mutex<Arc<GuestMemoryMmap>>,
     /// Whose guest memory the SIGBUS handler repairs: see `lost_memory`.
     memory_owner: memfault::Owner,
+    /// The files behind the window's live mappings, which the VMM's table may carry too.
+    window_files: WindowFiles,
     pub(super) display: Mutex<Option<DisplayLink>>,
+    /// The VMM handed over a display socket: it is QEMU's vhost-user-gpu, which keeps the
+    /// config's display events itself (see `raise_display_event`).
+    vmm_owns_display_events: AtomicBool,
     backend_req: Mutex<Option<Backend>>,
     /// The same channel, for what the vhost crate cannot send (CONFIG_CHANGE_MSG).
     backend_channel: BackendChannel,
@@ -157,6 +163,7 @@ impl VmBackend {
             device: Mutex::new(device),
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             memory_owner: memfault::Owner::new(),
+            window_files: WindowFiles::default(),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
             backend_channel,
@@ -166,6 +173,7 @@ impl VmBackend {
             broken: Default::default(),
             gone: AtomicBool::new(false),
             renderer_failed: AtomicBool::new(false),
+            vmm_owns_display_events: AtomicBool::new(false),
             fence_inbox,
             shmem_order: Mutex::new(()),
             shares,
@@ -310,9 +318,17 @@ impl VmBackend {
         *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
     }
 
-    /// Sets EVENT_DISPLAY and tells the driver to re-read the config space.
+    /// Sets EVENT_DISPLAY and tells the driver to re-read the config space (CONFIG_CHANGE_MSG),
+    /// unless the VMM keeps display events itself. QEMU's vhost-user-gpu does: it answers the
+    /// config's events fields from its own state (its get_config overwrites ours), raises the
+    /// config interrupt on a resize itself, and takes CONFIG_CHANGE_MSG for an error ("vhost-user-gpu:
+    /// unhandled backend config change" in its log). Frontends without a display of their own
+    /// (QEMU's generic vhost-user device, crosvm) re-read the config and notify the guest.
     pub(super) fn raise_display_event(&self) {
         *lock(&self.events_read) |= EVENT_DISPLAY;
+        if self.vmm_owns_display_events.load(Ordering::Acquire) {
+            return;
+        }
         let channel = match self.backend_channel.stream() {
             Ok(Some(channel)) => channel,
             // No channel: the driver sees the event when it next reads the config space.
@@ -364,12 +380,33 @@ impl VmBackend {
         let backend = lock(&self.backend_req).clone();
         let mut all_mapped = true;
         for request in requests {
-            let result = match &backend {
-                None => Err(io::Error::other("no backend request channel")),
-                Some(b) => self
+            // Known before QEMU adds the mapping to the VM's memory table, while it maps.
+            let registered = match &request {
+                ShmemRequest::Map {
+                    file,
+                    file_offset,
+                    shm_offset,
+                    len,
+                    ..
+                } => self
+                    .window_files
+                    .mapping(*shm_offset, file, *file_offset, *len),
+                ShmemRequest::Unmap { .. } => Ok(()),
+            };
+            let result = match (&backend, registered) {
+                (_, Err(e)) => Err(e),
+                (None, _) => Err(io::Error::other("no backend request channel")),
+                (Some(b), Ok(())) => self
                     .peer
                     .call("SHMEM_MAP/UNMAP", b.clone(), || send_shmem(b, &request)),
             };
+            match &request {
+                ShmemRequest::Map { shm_offset, .. } if result.is_err() => {
+                    self.window_files.unmapped(*shm_offset)
+                }
+                ShmemRequest::Unmap { shm_offset, .. } => self.window_files.unmapped(*shm_offset),
+                ShmemRequest::Map { .. } => {}
+            }
             if let Err(e) = result {
                 if self.peer.is_stalled() {
                     self.disconnect(&e);
@@ -535,9 +572,10 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        // Never CONFIGURE_MEM_SLOTS: the frontend would then add every mapped blob as a memory
-        // slot one by one, and gives up past a few hundred.
+        // CONFIGURE_MEM_SLOTS: QEMU adds every window mapping to the VM's memory table, and a
+        // whole table (without it) takes only 8 regions; with it, 509 (see `memtable`).
         let base = VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             | VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::BACKEND_REQ
@@ -608,23 +646,43 @@ impl VhostUserBackend for VmBackend {
         // The library has mapped the table and published it to its own users already; the queues
         // only ever use `self.mem`, which takes a table only once every region checked out.
         let table = mem.memory().into_inner();
-        // Watched before the queues can use it: a file shrunk from now on costs this VM only.
-        let checked = table
-            .iter()
-            .try_for_each(check_region)
-            .and_then(|()| memfault::watch(&table, &self.memory_owner));
-        if let Err(why) = checked {
-            // Also withdraw it from the library, which reads the used ring itself on
-            // SET_VRING_ADDR. Refusing the message ends the connection.
+        // Window mappings are not guest memory here; the rest is checked and watched before the
+        // queues can use it: a file shrunk from now on costs this VM only.
+        let checked = memtable::split(&table, &self.window_files).and_then(|split| {
+            split.guest.iter().try_for_each(check_region)?;
+            let guest = Arc::new(split.guest);
+            memfault::watch(&guest, &self.memory_owner)?;
+            Ok((guest, split.library))
+        });
+        let (guest, library) = match checked {
+            Ok(tables) => tables,
+            Err(why) => {
+                // Also withdraw it from the library, which reads the used ring itself on
+                // SET_VRING_ADDR. Refusing the message ends the connection.
+                mem.lock()
+                    .map_err(|_| io::Error::other("memory lock poisoned"))?
+                    .replace(GuestMemoryMmap::new());
+                *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
+                error!("{}: memory table refused: {why}", self.name);
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+            }
+        };
+        if let Some(library) = library {
             mem.lock()
                 .map_err(|_| io::Error::other("memory lock poisoned"))?
-                .replace(GuestMemoryMmap::new());
-            *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
-            error!("{}: memory table refused: {why}", self.name);
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, why));
+                .replace(library);
         }
-        self.device().renderer().memory_changed(&table);
-        *lock(&self.mem) = table;
+        // Only a window mapping came or went (QEMU's every map and unmap): nothing to tell.
+        let unchanged = memtable::same_regions(&lock(&self.mem), &guest);
+        let mut device = self.device();
+        // Each RAM region takes one of the frontend's slots; each mapping, another.
+        device.set_mapping_limit(memtable::MAX_MEM_SLOTS.saturating_sub(guest.num_regions()));
+        if unchanged {
+            return Ok(());
+        }
+        device.renderer().memory_changed(&guest);
+        drop(device);
+        *lock(&self.mem) = guest;
         Ok(())
     }
 
@@ -636,6 +694,7 @@ impl VhostUserBackend for VmBackend {
         // Only store it: talking to the display now could deadlock, since the frontend may be
         // waiting for our reply to this very message. The queue worker does the handshake.
         *lock(&self.display) = Some(DisplayLink::new(gpu));
+        self.vmm_owns_display_events.store(true, Ordering::Release);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 mod answers;
 mod backend;
 mod display;
+mod memtable;
 mod peer;
 mod queue;
 mod relay;

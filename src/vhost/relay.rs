@@ -221,6 +221,31 @@ mod tests {
     }
 
     #[test]
+    fn a_config_change_reaches_the_frontends_handler_as_one() {
+        use std::os::fd::FromRawFd;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use vhost::vhost_user::{FrontendReqHandler, HandlerResult, VhostUserFrontendReqHandler};
+
+        #[derive(Default)]
+        struct Frontend(AtomicU32);
+        impl VhostUserFrontendReqHandler for Frontend {
+            fn handle_config_change(&self) -> HandlerResult<u64> {
+                self.0.fetch_add(1, Ordering::SeqCst);
+                Ok(0)
+            }
+        }
+        let frontend = Arc::new(Frontend::default());
+        let mut handler = FrontendReqHandler::new(frontend.clone()).unwrap();
+        // SAFETY: a duplicate of the handler's backend end, owned by this stream alone.
+        let channel = unsafe { UnixStream::from_raw_fd(libc::dup(handler.get_tx_raw_fd())) };
+        notify_config_change(&channel).unwrap();
+        notify_config_change(&channel).unwrap();
+        handler.handle_request().unwrap();
+        handler.handle_request().unwrap();
+        assert_eq!(frontend.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn an_oversized_message_ends_the_connection() {
         let (vmm, relay_outer) = UnixStream::pair().unwrap();
         let (relay_inner, daemon) = UnixStream::pair().unwrap();

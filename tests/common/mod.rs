@@ -197,6 +197,17 @@ pub fn mappable_blob(vm: &mut Vm, id: u32, pages: u64, fill: u8) -> u64 {
     gpa
 }
 
+/// RESOURCE_MAP_BLOB of `id` at window `offset`.
+pub fn map_blob(vm: &mut Vm, id: u32, offset: u64) -> Response {
+    call(
+        vm,
+        Command::ResourceMapBlob {
+            resource_id: id,
+            offset,
+        },
+    )
+}
+
 /// Polls `f` until it holds or `limit` passes; returns whether it held.
 pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + limit;
