@@ -10,7 +10,8 @@ use serde::Serialize;
 use vhost::vhost_user::Listener;
 
 use crate::device::{
-    DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_RESOURCES, DEFAULT_MAX_RESOURCE_BYTES,
+    DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_MAPPINGS, DEFAULT_MAX_RESOURCES,
+    DEFAULT_MAX_RESOURCE_BYTES,
 };
 use crate::render::RendererKind;
 use crate::vhost::{FailureLimit, VmmSource};
@@ -28,7 +29,8 @@ pub struct Options {
     /// Listen for a VMM on this UNIX socket; repeat to serve several VMs at once. Settings for
     /// this VM alone may follow, comma-separated: name (for logs and status; the socket
     /// otherwise), share (on: the VM may share buffers with others, see --share-policy),
-    /// renderer, hostmem, scanouts, resolution, max-resources, max-contexts, max-resource-memory
+    /// renderer, hostmem, scanouts, resolution, max-resources, max-contexts, max-mappings,
+    /// max-resource-memory
     /// (e.g. PATH,name=desk1,renderer=venus,hostmem=256M,share=on).
     #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
     pub socket_paths: Vec<SocketArg<PathBuf>>,
@@ -85,6 +87,12 @@ pub struct Options {
     /// Most rendering contexts one VM may hold at once.
     #[arg(long, default_value_t = DEFAULT_MAX_CONTEXTS)]
     pub max_contexts: usize,
+
+    /// Most blobs one VM may have mapped in its window at once. Each mapping is a memory
+    /// region to QEMU (509 in all with its RAM) and a KVM memory slot to crosvm; MAP_BLOB past
+    /// the cap answers OUT_OF_MEMORY rather than asking the VMM for more.
+    #[arg(long, default_value_t = DEFAULT_MAX_MAPPINGS)]
+    pub max_mappings: usize,
 
     /// Most host memory one VM's resources may use, in bytes (suffixes K, M, G allowed).
     #[arg(long, default_value_t = DEFAULT_MAX_RESOURCE_BYTES, value_parser = parse_size)]
@@ -205,6 +213,7 @@ impl Options {
                 max_resource_bytes: self.max_resource_memory,
                 max_contexts: self.max_contexts,
                 hostmem: self.hostmem,
+                max_mappings: self.max_mappings,
             },
         }
     }
@@ -338,6 +347,7 @@ fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
         "resolution" => (d.width, d.height) = parse_resolution(value).map_err(bad)?,
         "max-resources" => d.max_resources = value.parse().map_err(|_| bad("a number".into()))?,
         "max-contexts" => d.max_contexts = value.parse().map_err(|_| bad("a number".into()))?,
+        "max-mappings" => d.max_mappings = value.parse().map_err(|_| bad("a number".into()))?,
         "max-resource-memory" => d.max_resource_bytes = parse_size(value).map_err(bad)?,
         _ => return Err(format!("unknown per-VM setting '{key}'")),
     }

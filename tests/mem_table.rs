@@ -36,7 +36,8 @@ const MAPPED: Response = Response::OkMapInfo {
 
 #[test]
 fn hundreds_of_live_mappings_stay_in_the_vmms_memory_table() {
-    let d = daemon(1, &["--hostmem", "4M"]);
+    // A cap above the slots, so that the slots are what stops the mappings.
+    let d = daemon(1, &["--hostmem", "4M", "--max-mappings", "1000"]);
     let mut vm = qemu_like(&d);
     let ram = vm.table_regions().expect("table model");
     let n = 600u32;
@@ -106,4 +107,38 @@ fn a_window_mapping_is_not_guest_memory_to_the_daemon() {
     let refused = attached != Response::OkNodata || call(&mut vm, transfer) != Response::OkNodata;
     assert!(refused, "the window's guest address reached the blob");
     assert_eq!(vm.table_errors(), Vec::<String>::new());
+}
+
+#[test]
+fn mappings_stop_at_the_vms_cap() {
+    // The daemon-wide cap, and a VM's own.
+    for (own, extra) in [
+        ("", &["--max-mappings", "3"]),
+        ("max-mappings=3", &["--max-mappings", "256"]),
+    ] {
+        let mut args = vec!["--renderer", "2d", "--hostmem", "1M"];
+        args.extend_from_slice(extra);
+        let d = vgpud_harness::Daemon::spawn_with_vm_settings(vgpud(), &[own], &args)
+            .expect("start vgpud");
+        let mut vm = qemu_like(&d);
+        for id in 1..=4u32 {
+            mappable_page(&mut vm, id);
+            let want = match id {
+                4 => Response::Err(ErrorCode::OutOfMemory),
+                _ => MAPPED,
+            };
+            assert_eq!(
+                map_blob(&mut vm, id, u64::from(id) * PAGE),
+                want,
+                "blob {id}"
+            );
+        }
+        ok(&mut vm, Command::ResourceUnmapBlob { resource_id: 1 });
+        assert_eq!(
+            map_blob(&mut vm, 4, 4 * PAGE),
+            MAPPED,
+            "a freed place serves again"
+        );
+        assert_eq!(vm.table_errors(), Vec::<String>::new());
+    }
 }

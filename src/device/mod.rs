@@ -63,12 +63,16 @@ pub struct DeviceConfig {
     pub max_contexts: usize,
     /// Size of the host-visible window (shared memory region 1) blobs are mapped into; 0: none.
     pub hostmem: u64,
+    /// Most blobs mapped in the window at once: each is a memory region to QEMU and a KVM
+    /// memory slot to crosvm, of which a VM has a few hundred.
+    pub max_mappings: usize,
 }
 
 /// Per-VM quotas unless configured otherwise (the command line's defaults too).
 pub const DEFAULT_MAX_RESOURCES: usize = 16384;
 pub const DEFAULT_MAX_RESOURCE_BYTES: u64 = 1 << 30;
 pub const DEFAULT_MAX_CONTEXTS: usize = 64;
+pub const DEFAULT_MAX_MAPPINGS: usize = 256;
 
 impl Default for DeviceConfig {
     fn default() -> Self {
@@ -80,6 +84,7 @@ impl Default for DeviceConfig {
             max_resource_bytes: DEFAULT_MAX_RESOURCE_BYTES,
             max_contexts: DEFAULT_MAX_CONTEXTS,
             hostmem: 0,
+            max_mappings: DEFAULT_MAX_MAPPINGS,
         }
     }
 }
@@ -189,7 +194,7 @@ impl<R: Renderer> Device<R> {
             modes,
             edids: vec![None; MAX_SCANOUTS],
             display_attached: false,
-            window: HostWindow::new(cfg.hostmem),
+            window: HostWindow::new(cfg.hostmem, cfg.max_mappings),
             stale_mappings: Vec::new(),
             share: None,
             revoking: Vec::new(),
@@ -236,10 +241,11 @@ impl<R: Renderer> Device<R> {
         self.window.size() > 0 || self.share.is_some()
     }
 
-    /// How many blobs may be mapped at once: what the frontend's memory table can still take
-    /// (QEMU adds each mapping to it). MAP_BLOB past it answers OUT_OF_MEMORY.
-    pub fn set_mapping_limit(&mut self, limit: usize) {
-        self.window.set_limit(limit);
+    /// How many blobs the frontend's memory table can still take (QEMU adds each mapping to
+    /// it); the window maps no more than that, nor than `max_mappings`. MAP_BLOB past it answers
+    /// OUT_OF_MEMORY.
+    pub fn set_mapping_limit(&mut self, slots: usize) {
+        self.window.set_limit(slots.min(self.cfg.max_mappings));
     }
 
     pub fn hostmem(&self) -> u64 {

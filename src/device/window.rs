@@ -19,11 +19,11 @@ pub struct HostWindow {
 }
 
 impl HostWindow {
-    pub fn new(size: u64) -> Self {
+    pub fn new(size: u64, limit: usize) -> Self {
         HostWindow {
             size,
             live: BTreeMap::new(),
-            limit: usize::MAX,
+            limit,
         }
     }
 
@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn bounds_alignment_and_overflow() {
-        let mut w = HostWindow::new(1 << 20);
+        let mut w = HostWindow::new(1 << 20, usize::MAX);
         let bad = Err(vgpud_protocol::ErrorCode::InvalidParameter);
         let mut reserve = |offset, len| w.reserve(offset, len, 1).map_err(|f| f.code);
         assert_eq!(reserve(0, 0), bad, "empty");
@@ -134,7 +134,7 @@ mod tests {
 
     #[test]
     fn overlaps_are_refused_and_neighbours_fit() {
-        let mut w = HostWindow::new(1 << 20);
+        let mut w = HostWindow::new(1 << 20, usize::MAX);
         assert_eq!(w.reserve(0x4000, 0x2000, 1), Ok(0x2000));
         for (offset, len) in [
             (0x4000, 0x1000),

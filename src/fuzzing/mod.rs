@@ -267,6 +267,7 @@ impl<'h> Run<'h> {
             max_resource_bytes: [64 << 10, 1 << 20, 16 << 20, 16 << 20][usize::from(c1 >> 2) & 3],
             max_contexts: 4,
             hostmem: [0, 256 << 10, 1 << 20, 1 << 20][usize::from(c0 >> 3) & 3],
+            max_mappings: [2, 256][usize::from(c0 >> 5) & 1],
         };
         let mut dev = Device::new(h.renderer.clone(), cfg.clone());
         let mut limit = dev.num_scanouts();

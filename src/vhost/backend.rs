@@ -52,7 +52,11 @@ const NUM_QUEUES: usize = 2;
 pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// The epoll token of this VM's exit eventfd: it ends the queue worker.
 pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
-const MAX_QUEUE_SIZE: usize = 1024;
+/// The largest queue a split ring may have (virtio 1.x), and what crosvm offers by default
+/// (devices/src/virtio/queue.rs): Linux drivers take the size offered. Nothing here grows with
+/// the size beyond what the guest actually posts: a batch is bounded by the chains on the ring,
+/// parked answers by the fences in flight.
+const MAX_QUEUE_SIZE: usize = 32768;
 /// The page size the window maps by (device::window's).
 const BLOB_ALIGNMENT: u32 = 4096;
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
