@@ -3,7 +3,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use vhost::vhost_user::message::{VhostUserMMap, VhostUserMMapFlags};
@@ -294,17 +294,38 @@ pub(crate) struct BackendChannel {
     pub shmem: Arc<ShmemPeer>,
     pub config_changes: AtomicU64,
     pub table: Option<TableModel>,
+    /// False while the device is stopped (`Vm::stop_queues`).
+    pub active: AtomicBool,
+    /// Requests refused, or sent while the device was stopped.
+    pub refusals: Mutex<Vec<String>>,
+}
+
+impl BackendChannel {
+    fn check_active(&self, what: &str) {
+        if !self.active.load(Ordering::SeqCst) {
+            self.refuse(format!("{what} while the device is stopped"));
+        }
+    }
+
+    fn refuse(&self, why: String) {
+        self.refusals.lock().unwrap().push(why);
+    }
 }
 
 impl VhostUserFrontendReqHandler for BackendChannel {
     fn handle_config_change(&self) -> HandlerResult<u64> {
+        self.check_active("CONFIG_CHANGE_MSG");
         self.config_changes.fetch_add(1, Ordering::SeqCst);
         Ok(0)
     }
 
     fn shmem_map(&self, req: &VhostUserMMap, fd: &dyn AsRawFd) -> HandlerResult<u64> {
         self.shmem.stall.wait_while_on();
-        let ptr = self.shmem.map(req, fd.as_raw_fd())?;
+        self.check_active("SHMEM_MAP");
+        let ptr = self
+            .shmem
+            .map(req, fd.as_raw_fd())
+            .inspect_err(|e| self.refuse(format!("SHMEM_MAP: {e}")))?;
         if let Some(table) = &self.table {
             table.added(req, fd.as_raw_fd(), ptr);
         }
@@ -313,12 +334,16 @@ impl VhostUserFrontendReqHandler for BackendChannel {
 
     fn shmem_unmap(&self, req: &VhostUserMMap) -> HandlerResult<u64> {
         self.shmem.stall.wait_while_on();
+        self.check_active("SHMEM_UNMAP");
         if let Some(table) = &self.table {
             if let Some(m) = self.shmem.live(req) {
                 table.removed(req, m);
             }
         }
-        self.shmem.unmap(req).map(|_| 0)
+        self.shmem
+            .unmap(req)
+            .inspect_err(|e| self.refuse(format!("SHMEM_UNMAP: {e}")))
+            .map(|_| 0)
     }
 }
 

@@ -6,7 +6,7 @@ use std::net::Shutdown;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -48,6 +48,31 @@ pub struct VmConfig {
     /// one region at a time and add each mapping to the memory table at gpa + its offset (see
     /// `shmem::TableModel`).
     pub window_gpa: Option<u64>,
+    /// Drive the device as crosvm's vhost-user frontend does (see `VmConfig::crosvm`).
+    pub crosvm: bool,
+}
+
+impl VmConfig {
+    /// crosvm's frontend (devices/src/virtio/vhost_user_frontend/mod.rs, third_party/vmm_vhost):
+    /// protocol features CONFIG, MQ, BACKEND_REQ, SHMEM and REPLY_ACK only (REPLY_ACK so that
+    /// the backend may ask for answers; the frontend never sets NEED_REPLY); SET_BACKEND_REQ_FD
+    /// before GET_QUEUE_NUM; GET_SHMEM_CONFIG and config reads before SET_FEATURES; no display
+    /// socket; rings of 32768 entries (devices/src/virtio/queue.rs). Its backend channel counts
+    /// every refused request, and every request while the device is stopped, as a crash of the
+    /// VM (vhost_user_frontend/worker.rs ends with DeviceCrashed; the channel is served only
+    /// while the device is active). Reset and sleep: `Vm::stop_queues`, `Vm::restart_queues`.
+    pub fn crosvm() -> VmConfig {
+        VmConfig {
+            // The harness gives every two entries a 16 KiB buffer: 256 MiB per queue.
+            regions: vec![(0, 768 * MIB), (0x1_0000_0000, 64 * MIB)],
+            queue_size: 32768,
+            crosvm: true,
+            // Its tests stop and re-activate devices with 768 MiB of memory: room for a loaded
+            // machine.
+            timeout: Duration::from_secs(20),
+            ..VmConfig::default()
+        }
+    }
 }
 
 impl Default for VmConfig {
@@ -59,6 +84,7 @@ impl Default for VmConfig {
             feature_mask: !0,
             timeout: Duration::from_secs(5),
             window_gpa: None,
+            crosvm: false,
         }
     }
 }
@@ -251,12 +277,15 @@ impl Vm {
         let mut proto = VhostUserProtocolFeatures::empty();
         if offered & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
             let have = watchdog.run(t, "GET_PROTOCOL_FEATURES", || fe.get_protocol_features())?;
-            let want = VhostUserProtocolFeatures::MQ
+            let mut want = VhostUserProtocolFeatures::MQ
                 | VhostUserProtocolFeatures::REPLY_ACK
                 | VhostUserProtocolFeatures::CONFIG
                 | VhostUserProtocolFeatures::BACKEND_REQ
                 | VhostUserProtocolFeatures::BACKEND_SEND_FD
                 | VhostUserProtocolFeatures::SHMEM;
+            if cfg.crosvm {
+                want.remove(VhostUserProtocolFeatures::BACKEND_SEND_FD);
+            }
             let slots = if cfg.window_gpa.is_some() {
                 VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
             } else {
@@ -267,7 +296,8 @@ impl Vm {
                 fe.set_protocol_features(proto)
             })?;
         }
-        let reply_ack = proto.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let backend_may_ask = proto.contains(VhostUserProtocolFeatures::REPLY_ACK);
+        let reply_ack = backend_may_ask && !cfg.crosvm;
         // NEED_REPLY only on messages without a reply of their own, as QEMU does.
         let ack = |fe: &Frontend, on: bool| {
             fe.set_hdr_flags(if on && reply_ack {
@@ -277,10 +307,16 @@ impl Vm {
             })
         };
 
-        let queue_num = if proto.contains(VhostUserProtocolFeatures::MQ) {
-            watchdog.run(t, "GET_QUEUE_NUM", || fe.get_queue_num())? as usize
+        let get_queue_num = |fe: &mut Frontend| -> io::Result<usize> {
+            if !proto.contains(VhostUserProtocolFeatures::MQ) {
+                return Ok(2);
+            }
+            Ok(watchdog.run(t, "GET_QUEUE_NUM", || fe.get_queue_num())? as usize)
+        };
+        let mut queue_num = if cfg.crosvm {
+            0
         } else {
-            2
+            get_queue_num(&mut fe)?
         };
 
         let slots = proto.contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS);
@@ -296,12 +332,14 @@ impl Vm {
             shmem: Arc::new(ShmemPeer::default()),
             config_changes: AtomicU64::new(0),
             table,
+            active: AtomicBool::new(true),
+            refusals: Mutex::new(Vec::new()),
         });
         let channel_errors = Arc::new(Mutex::new(Vec::new()));
         if proto.contains(VhostUserProtocolFeatures::BACKEND_REQ) {
             let mut h = FrontendReqHandler::new(channel.clone())
                 .map_err(|e| io::Error::other(format!("backend channel: {e}")))?;
-            h.set_reply_ack_flag(reply_ack);
+            h.set_reply_ack_flag(backend_may_ask);
             let tx = h.get_tx_raw_fd();
             ack(&fe, true);
             watchdog.run(t, "SET_BACKEND_REQ_FD", || fe.set_backend_request_fd(&tx))?;
@@ -314,6 +352,20 @@ impl Vm {
                 sock,
                 thread: Some(thread),
             });
+        }
+
+        if cfg.crosvm {
+            queue_num = get_queue_num(&mut fe)?;
+            if proto.contains(VhostUserProtocolFeatures::SHMEM) {
+                let c = watchdog.run(t, "GET_SHMEM_CONFIG", || fe.get_shmem_config())?;
+                let n = (c.nregions as usize).min(c.memory_sizes.len());
+                channel.shmem.set_region_sizes(c.memory_sizes[..n].to_vec());
+            }
+            // A guest reads the config (num_scanouts first) before the device is activated.
+            let buf = [0u8; 4];
+            watchdog.run(t, "GET_CONFIG", || {
+                fe.get_config(8, 4, VhostUserConfigFlags::WRITABLE, &buf)
+            })?;
         }
 
         let mut display = None;
@@ -346,7 +398,7 @@ impl Vm {
         } else {
             watchdog.run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions))?;
         }
-        if proto.contains(VhostUserProtocolFeatures::SHMEM) {
+        if proto.contains(VhostUserProtocolFeatures::SHMEM) && !cfg.crosvm {
             ack(&fe, false);
             let c = watchdog.run(t, "GET_SHMEM_CONFIG", || fe.get_shmem_config())?;
             let n = (c.nregions as usize).min(c.memory_sizes.len());
@@ -829,6 +881,79 @@ impl Vm {
         });
         self.set_ack(false);
         res
+    }
+
+    /// A reset or sleep as crosvm does them (it never sends RESET_DEVICE): SET_VRING_ENABLE(0)
+    /// and GET_VRING_BASE on each queue. Returns each queue's base. What was in flight stays
+    /// unanswered, as for a real driver whose device stopped.
+    pub fn stop_queues(&mut self) -> io::Result<Vec<u32>> {
+        let t = self.timeout;
+        let mut fe = self.fe.clone();
+        let enable = self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
+        let mut bases = Vec::new();
+        self.channel.active.store(false, Ordering::SeqCst);
+        for q in 0..self.queues.len() {
+            if enable {
+                self.watchdog
+                    .run(t, "SET_VRING_ENABLE", || fe.set_vring_enable(q, false))?;
+            }
+            bases.push(
+                self.watchdog
+                    .run(t, "GET_VRING_BASE", || fe.get_vring_base(q))?,
+            );
+        }
+        Ok(bases)
+    }
+
+    /// Re-activation as crosvm does it: the memory table and every queue set up again, without
+    /// SET_FEATURES. `bases` None: the driver reset, and its rings are fresh (zeroed, at the same
+    /// addresses, base 0); Some: a wake, the same rings at those bases.
+    pub fn restart_queues(&mut self, bases: Option<&[u32]>) -> io::Result<()> {
+        let t = self.timeout;
+        let regions = self.mem.region_infos()?;
+        let mut fe = self.fe.clone();
+        self.watchdog
+            .run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions))?;
+        for q in 0..self.queues.len() {
+            let base = match bases {
+                Some(b) => *b
+                    .get(q)
+                    .ok_or_else(|| io::Error::other("a base per queue"))?,
+                None => {
+                    let old = &self.queues[q];
+                    let (at, len) = old.rings();
+                    self.mem.write(at, &vec![0; len as usize]);
+                    self.queues[q] = Vring::new(old.size(), at, old.event_idx())?;
+                    0
+                }
+            };
+            let vr = &self.queues[q];
+            let vc = vr.config(&self.mem);
+            let size = vr.size();
+            self.watchdog
+                .run(t, "SET_VRING_NUM", || fe.set_vring_num(q, size))?;
+            self.watchdog
+                .run(t, "SET_VRING_ADDR", || fe.set_vring_addr(q, &vc))?;
+            self.watchdog
+                .run(t, "SET_VRING_BASE", || fe.set_vring_base(q, base as u16))?;
+            self.watchdog
+                .run(t, "SET_VRING_CALL", || fe.set_vring_call(q, &vr.call))?;
+            self.watchdog
+                .run(t, "SET_VRING_KICK", || fe.set_vring_kick(q, &vr.kick))?;
+            if self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+                self.watchdog
+                    .run(t, "SET_VRING_ENABLE", || fe.set_vring_enable(q, true))?;
+            }
+        }
+        // crosvm serves its backend channel again once the device is active.
+        self.channel.active.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// What would have crashed a crosvm VM: backend requests refused, or sent while the device
+    /// was stopped.
+    pub fn crashes(&self) -> Vec<String> {
+        self.channel.refusals.lock().unwrap().clone()
     }
 
     /// Memory table changes that failed or could not be sent (window_gpa only): what QEMU

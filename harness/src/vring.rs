@@ -120,6 +120,15 @@ impl Vring {
         self.size
     }
 
+    /// Where the rings start, and how many bytes they take (the slot buffers follow).
+    pub fn rings(&self) -> (u64, u64) {
+        (self.desc, ring_bytes(self.size))
+    }
+
+    pub fn event_idx(&self) -> bool {
+        self.event_idx
+    }
+
     pub fn config(&self, mem: &GuestMem) -> VringConfigData {
         VringConfigData {
             queue_max_size: self.size,

@@ -87,8 +87,15 @@ impl VmBackend {
         });
     }
 
-    fn answer(&self, control: &VringRwLock, ready: &[Answer]) -> io::Result<()> {
+    /// Puts answers on the used ring; while the queues are stopped they wait (`held`), since
+    /// the driver's rings may be gone or replaced by the time they would land.
+    pub(super) fn answer(&self, control: &VringRwLock, ready: &[Answer]) -> io::Result<()> {
         if ready.is_empty() {
+            return Ok(());
+        }
+        if self.is_asleep() {
+            lock(&self.held).extend_from_slice(ready);
+            self.poll_for_resume();
             return Ok(());
         }
         let mem = self.memory();

@@ -5,7 +5,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{error, info};
 use vgpud_protocol::{
@@ -16,16 +16,19 @@ use vhost::vhost_user::message::{
     VhostUserMMap, VhostUserMMapFlags, VhostUserProtocolFeatures, VhostUserShMemConfig,
 };
 use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
-use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock};
+use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::answers::Answer;
 use super::display::DisplayLink;
+use super::lifecycle::{Lifecycle, Resumed, RingPlace};
 use super::memtable::{self, WindowFiles};
 use super::peer::PeerWatch;
 use super::queue;
@@ -52,6 +55,10 @@ const NUM_QUEUES: usize = 2;
 pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 /// The epoll token of this VM's exit eventfd: it ends the queue worker.
 pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
+/// The epoll token of this VM's resume timer (see `VmBackend::resume_timer`).
+pub const RESUME_EVENT: u16 = NUM_QUEUES as u16 + 3;
+/// How often a stopped VM with answers or window changes waiting looks whether it was resumed.
+const RESUME_POLL: Duration = Duration::from_millis(50);
 /// The largest queue a split ring may have (virtio 1.x), and what crosvm offers by default
 /// (devices/src/virtio/queue.rs): Linux drivers take the size offered. Nothing here grows with
 /// the size beyond what the guest actually posts: a batch is bounded by the chains on the ring,
@@ -76,6 +83,20 @@ pub struct VmBackend {
     memory_owner: memfault::Owner,
     /// The files behind the window's live mappings, which the VMM's table may carry too.
     window_files: WindowFiles,
+    /// Tells a reset from a sleep when the frontend sends no RESET_DEVICE (crosvm).
+    lifecycle: Lifecycle,
+    /// The queues were stopped (GET_VRING_BASE) and have not been served since: the VMM may not
+    /// serve the backend channel now (crosvm does not until it re-activates the device), so
+    /// window changes wait in `deferred` (see `apply_shmem`).
+    asleep: AtomicBool,
+    deferred: Mutex<Vec<ShmemRequest>>,
+    /// Answers whose fences signalled while the queues were stopped: used when they are served
+    /// again (after a wake), dropped with the rings (after a reset). At most one per ring entry.
+    pub(super) held: Mutex<Vec<Answer>>,
+    /// Ticks while something waits for the queues to be served again: re-activation itself
+    /// raises no event here (the vhost library takes the rings without telling the backend),
+    /// and a guest waiting for a fence answer may never kick.
+    pub(super) resume_timer: Mutex<TimerFd>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     /// The VMM handed over a display socket: it is QEMU's vhost-user-gpu, which keeps the
     /// config's display events itself (see `raise_display_event`).
@@ -168,6 +189,11 @@ impl VmBackend {
             mem: Mutex::new(Arc::new(GuestMemoryMmap::new())),
             memory_owner: memfault::Owner::new(),
             window_files: WindowFiles::default(),
+            lifecycle: Lifecycle::default(),
+            asleep: AtomicBool::new(false),
+            deferred: Mutex::new(Vec::new()),
+            held: Mutex::new(Vec::new()),
+            resume_timer: Mutex::new(TimerFd::new()?),
             display: Mutex::new(None),
             backend_req: Mutex::new(None),
             backend_channel,
@@ -322,6 +348,84 @@ impl VmBackend {
         *lock(&self.mem) = Arc::new(GuestMemoryMmap::new());
     }
 
+    /// The driver starts over (RESET_DEVICE, or fresh rings after a stop: see `lifecycle`): the
+    /// device forgets everything, exports are revoked, parked answers dropped.
+    fn start_over(&self, why: &str) {
+        self.log.event("reset", format_args!("by={why}"));
+        if let Some(hub) = &self.shares {
+            hub.revoke_all(self.record.id);
+        }
+        self.device().reset();
+        // The rings are re-initialised after a reset: parked answers are dropped, not used.
+        self.drop_parked();
+        lock(&self.held).clear();
+        if let Some(hub) = &self.shares {
+            hub.fences_dropped(self.record.id, None);
+        }
+        *lock(&self.events_read) = 0;
+        for b in &self.broken {
+            b.store(false, Ordering::Release);
+        }
+    }
+
+    /// The first event once every stopped queue is ready again decides: a wake keeps the
+    /// device's state, fresh rings reset it.
+    /// Window changes that waited while the queues were stopped go out then, first.
+    fn check_resumed(&self, vrings: &[VringRwLock]) {
+        let place = |i: usize| {
+            let (place, ready) = ring_place(vrings.get(i)?);
+            ready.then_some(place)
+        };
+        let now = [place(0), place(1)];
+        if now[0].is_none() {
+            return;
+        }
+        match self.lifecycle.resumed(now) {
+            Resumed::NotNow => {}
+            Resumed::Woke => self.log.event("wake", format_args!("state kept")),
+            Resumed::WasReset => self.start_over("fresh rings after a stop"),
+        }
+        if !self.asleep.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = lock(&self.resume_timer).clear() {
+            error!("{}: resume timer: {e}", self.name);
+        }
+        let _order = self.shmem_order();
+        let pending = {
+            let mut deferred = lock(&self.deferred);
+            self.asleep.store(false, Ordering::Release);
+            std::mem::take(&mut *deferred)
+        };
+        if !pending.is_empty() {
+            self.log.event(
+                "resumed",
+                format_args!("window-changes-sent={}", pending.len()),
+            );
+            self.apply_shmem(pending);
+        }
+        let held = std::mem::take(&mut *lock(&self.held));
+        if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
+            if let Err(e) = self.answer(control, &held) {
+                self.mark_broken(CONTROL_QUEUE, &e);
+            }
+        }
+    }
+
+    pub(super) fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
+    }
+
+    /// Starts the resume timer, if it is not ticking already.
+    pub(super) fn poll_for_resume(&self) {
+        let mut timer = lock(&self.resume_timer);
+        if !timer.is_armed().unwrap_or(false) {
+            if let Err(e) = timer.reset(RESUME_POLL, Some(RESUME_POLL)) {
+                error!("{}: resume timer: {e}", self.name);
+            }
+        }
+    }
+
     /// Sets EVENT_DISPLAY and tells the driver to re-read the config space (CONFIG_CHANGE_MSG),
     /// unless the VMM keeps display events itself. QEMU's vhost-user-gpu does: it answers the
     /// config's events fields from its own state (its get_config overwrites ours), raises the
@@ -380,7 +484,22 @@ impl VmBackend {
     /// Carries out window changes at the frontend. Called without the device lock: the frontend
     /// re-sends its memory table while it maps, and waits for that answer. Returns false if a
     /// mapping was refused (the device has then forgotten it).
+    ///
+    /// While the queues are stopped the requests wait, in order, and go out once the device is
+    /// served again (`check_resumed`), before anything the guest asks then. Nothing weakens
+    /// "no importer reads after the exporter's unref was answered": a guest whose device is
+    /// stopped is asleep or being reset, and each shared buffer is a file of its own whose pages
+    /// are never reused for anything else, so until the unmap arrives the importer can read only
+    /// what it could read before the unref.
     pub(super) fn apply_shmem(&self, requests: Vec<ShmemRequest>) -> bool {
+        {
+            let mut deferred = lock(&self.deferred);
+            if self.asleep.load(Ordering::Acquire) {
+                deferred.extend(requests);
+                self.poll_for_resume();
+                return true;
+            }
+        }
         let backend = lock(&self.backend_req).clone();
         let mut all_mapped = true;
         for request in requests {
@@ -450,6 +569,20 @@ fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> 
                 .unwrap_or(0)
         })
         .collect()
+}
+
+/// Where a queue's rings are and how far it was read, and whether it is ready (set up and not
+/// stopped). Its next available index moves only while it is ready.
+fn ring_place(vring: &VringRwLock) -> (RingPlace, bool) {
+    let state = vring.get_ref();
+    let q = state.get_queue();
+    let place = RingPlace {
+        desc: q.desc_table(),
+        avail: q.avail_ring(),
+        used: q.used_ring(),
+        next_avail: q.next_avail(),
+    };
+    (place, q.ready())
 }
 
 /// Asks the frontend to change the window; blocks until it acknowledged.
@@ -603,23 +736,13 @@ impl VhostUserBackend for VmBackend {
     }
 
     fn reset_device(&self) {
-        self.log.info(format_args!("device reset"));
-        if let Some(hub) = &self.shares {
-            hub.revoke_all(self.record.id);
-        }
-        self.device().reset();
-        // The rings are re-initialised after a reset: parked answers are dropped, not used.
-        self.drop_parked();
-        if let Some(hub) = &self.shares {
-            hub.fences_dropped(self.record.id, None);
-        }
-        *lock(&self.events_read) = 0;
-        for b in &self.broken {
-            b.store(false, Ordering::Release);
-        }
+        self.lifecycle.reset();
+        self.start_over("RESET_DEVICE");
     }
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        self.lifecycle.stopped(queue_index as usize);
+        self.asleep.store(true, Ordering::Release);
         // The frontend sets the queue up anew after this: serve it again then.
         if let Some(b) = self.broken.get(queue_index as usize) {
             b.store(false, Ordering::Release);
@@ -723,6 +846,12 @@ impl VhostUserBackend for VmBackend {
             // An error is the only way to end the library's event loop from here.
             return Err(io::Error::other("VM torn down"));
         }
+        self.check_resumed(vrings);
+        if device_event == RESUME_EVENT {
+            // Only read the tick: `check_resumed` did the work.
+            let _ = lock(&self.resume_timer).wait();
+            return Ok(());
+        }
         if device_event == FENCE_EVENT {
             if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
                 if let Err(e) = self.answer_signalled(control) {
@@ -746,6 +875,9 @@ impl VhostUserBackend for VmBackend {
         if let Err(e) = queue::drain(self, vring, kind) {
             self.mark_broken(device_event, &e);
         }
+        // Even if the queue was stopped meanwhile: the index then is what GET_VRING_BASE gave.
+        let (place, _) = ring_place(vring);
+        self.lifecycle.served(usize::from(device_event), place);
         // Also a fault outside a request (the rings, a fence's answer).
         self.lost_memory();
         Ok(())

@@ -3,6 +3,7 @@
 mod answers;
 mod backend;
 mod display;
+mod lifecycle;
 mod memtable;
 mod peer;
 mod queue;
@@ -359,6 +360,8 @@ fn accept(
         .ok_or_else(|| io::Error::other("no queue worker"))?;
     let fences = backend.fence_inbox.event.as_raw_fd();
     worker.register_listener(fences, EventSet::IN, u64::from(backend::FENCE_EVENT))?;
+    let resume = crate::sync::lock(&backend.resume_timer).as_raw_fd();
+    worker.register_listener(resume, EventSet::IN, u64::from(backend::RESUME_EVENT))?;
     daemon
         .start(listener)
         .map_err(|e| io::Error::other(format!("accepting a frontend: {e}")))?;

@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a vgpud process and request/response helpers.
 #![allow(dead_code)]
 
+pub mod share;
+
 use std::path::Path;
 
 use std::time::{Duration, Instant};
