@@ -86,6 +86,14 @@ pub struct Split {
 /// Leaves the window mappings out of `table`. A region without a file is a placeholder made
 /// here before (the library maps every region it is sent from a file).
 pub fn split(table: &GuestMemoryMmap, window: &WindowFiles) -> Result<Split, String> {
+    // The library takes every ADD_MEM_REG (each holds a descriptor and a mapping here) and
+    // answers GET_MAX_MEM_SLOTS with this number: a VMM that goes past it is refused.
+    if table.num_regions() > MAX_MEM_SLOTS {
+        return Err(format!(
+            "{} memory regions, more than the {MAX_MEM_SLOTS} slots offered",
+            table.num_regions()
+        ));
+    }
     let ranges = window.ranges();
     let mut guest = Vec::new();
     let mut library = Vec::new();
@@ -186,5 +194,20 @@ mod tests {
             2,
             "the guest blob's range is still left out"
         );
+    }
+
+    #[test]
+    fn a_table_past_the_slots_offered_is_refused() {
+        let file = memfd(4096 * (MAX_MEM_SLOTS as u64 + 1));
+        let regions = |n: u64| -> Vec<_> {
+            (0..n)
+                .map(|i| region(i * 0x10_0000, &file, i * 4096, 4096))
+                .collect()
+        };
+        let window = WindowFiles::default();
+        let full = GuestMemoryMmap::from_arc_regions(regions(MAX_MEM_SLOTS as u64)).unwrap();
+        assert!(split(&full, &window).is_ok());
+        let over = GuestMemoryMmap::from_arc_regions(regions(MAX_MEM_SLOTS as u64 + 1)).unwrap();
+        assert!(split(&over, &window).is_err());
     }
 }
