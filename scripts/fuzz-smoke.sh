@@ -5,7 +5,7 @@
 # input) or memory blow-up (> 2 GB). Installs cargo-fuzz if it is missing.
 #
 #   VGPUD_FUZZ_SECONDS  seconds per target (default 60)
-#   VGPUD_FUZZ_TARGETS  targets to run, space-separated (default: decode device worker share)
+#   VGPUD_FUZZ_TARGETS  targets to run, space-separated (default: decode device worker share vnc)
 #
 # Each target starts from the corpus earlier runs left in fuzz/corpus/<target> (not in git) and
 # adds to it. A failing input is saved under fuzz/artifacts/<target>/; the run's full log is
@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=${VGPUD_FUZZ_SECONDS:-60}
-targets=${VGPUD_FUZZ_TARGETS:-decode device worker share}
+targets=${VGPUD_FUZZ_TARGETS:-decode device worker share vnc}
 if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
     echo "VGPUD_FUZZ_SECONDS must be a positive number of seconds, not '$seconds'" >&2
     exit 2

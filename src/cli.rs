@@ -13,6 +13,7 @@ use crate::device::{
     DeviceConfig, DEFAULT_MAX_CONTEXTS, DEFAULT_MAX_MAPPINGS, DEFAULT_MAX_RESOURCES,
     DEFAULT_MAX_RESOURCE_BYTES,
 };
+use crate::output::{VncAddress, DEFAULT_MAX_VIEWERS, DEFAULT_VNC_MEMORY};
 use crate::render::RendererKind;
 use crate::vhost::{FailureLimit, VmmSource};
 
@@ -30,8 +31,11 @@ pub struct Options {
     /// this VM alone may follow, comma-separated: name (for logs and status; the socket
     /// otherwise), share (on: the VM may share buffers with others, see --share-policy),
     /// renderer, hostmem, scanouts, resolution, max-resources, max-contexts, max-mappings,
-    /// max-resource-memory
-    /// (e.g. PATH,name=desk1,renderer=venus,hostmem=256M,share=on).
+    /// max-resource-memory, vnc (a VNC server of vgpud's own showing the VM's scanouts: an
+    /// absolute UNIX socket path or a loopback IP:PORT; scanout N > 0 at PATH.N or PORT+N),
+    /// vnc-memory (the output's memory cap, default 128M), vnc-viewers (most viewers at once,
+    /// default 8)
+    /// (e.g. PATH,name=desk1,renderer=venus,hostmem=256M,share=on,vnc=/run/vgpud/desk1.vnc).
     #[arg(long = "socket-path", value_name = "PATH[,KEY=VALUE...]", value_parser = parse_path_socket)]
     pub socket_paths: Vec<SocketArg<PathBuf>>,
 
@@ -117,6 +121,15 @@ pub struct Options {
     /// How long a socket refuses VMs after too many renderer failures, e.g. 60s.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub renderer_cooldown: Duration,
+
+    /// Let this group connect to the VMs' VNC sockets too (mode 0660; owner-only otherwise).
+    #[arg(long, value_name = "GROUP")]
+    pub vnc_group: Option<String>,
+
+    /// Let `vnc=IP:PORT` name addresses other than loopback. VNC here has no authentication or
+    /// encryption: only for a network that is itself private.
+    #[arg(long)]
+    pub vnc_any_address: bool,
 
     /// Answer `vgpud status` on this UNIX socket (created owner-only, read-only: it only
     /// reports).
@@ -215,6 +228,9 @@ impl Options {
                 hostmem: self.hostmem,
                 max_mappings: self.max_mappings,
             },
+            vnc: None,
+            vnc_memory: DEFAULT_VNC_MEMORY,
+            vnc_viewers: DEFAULT_MAX_VIEWERS,
         }
     }
 
@@ -290,6 +306,10 @@ pub struct VmSettings {
     pub renderer: RendererKind,
     pub hostmem: u64,
     pub device: DeviceConfig,
+    /// vgpud's own VNC output for it, if any.
+    pub vnc: Option<VncAddress>,
+    pub vnc_memory: u64,
+    pub vnc_viewers: usize,
 }
 
 /// A socket from the command line and the settings its VM changes: KEY=VALUE pairs, checked
@@ -349,6 +369,15 @@ fn set(vm: &mut VmSettings, key: &str, value: &str) -> Result<(), String> {
         "max-contexts" => d.max_contexts = value.parse().map_err(|_| bad("a number".into()))?,
         "max-mappings" => d.max_mappings = value.parse().map_err(|_| bad("a number".into()))?,
         "max-resource-memory" => d.max_resource_bytes = parse_size(value).map_err(bad)?,
+        "vnc" => vm.vnc = Some(VncAddress::parse(value).map_err(bad)?),
+        "vnc-memory" => vm.vnc_memory = parse_size(value).map_err(bad)?,
+        "vnc-viewers" => {
+            vm.vnc_viewers = value
+                .parse()
+                .ok()
+                .filter(|n| (1..=64).contains(n))
+                .ok_or_else(|| bad("1 to 64".into()))?
+        }
         _ => return Err(format!("unknown per-VM setting '{key}'")),
     }
     Ok(())

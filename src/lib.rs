@@ -21,6 +21,7 @@ pub mod ids;
 pub mod memfault;
 pub mod metrics;
 pub mod operators;
+pub mod output;
 pub mod render;
 pub mod signals;
 pub mod stats;

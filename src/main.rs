@@ -5,7 +5,7 @@ use std::thread;
 
 use clap::Parser;
 use log::{error, info};
-use vgpud::cli::{capabilities_json, take_activated_sockets, Options, Subcommand};
+use vgpud::cli::{capabilities_json, take_activated_sockets, Options, Subcommand, VmSettings};
 use vgpud::control;
 use vgpud::guestlog::GuestLog;
 use vgpud::hub::registry::Registry;
@@ -13,6 +13,7 @@ use vgpud::hub::residency::Budget;
 use vgpud::hub::share::{Policy, ShareRegistry};
 use vgpud::metrics::{Endpoint, Metrics};
 use vgpud::operators::{self, Listening};
+use vgpud::output::{VncAddress, VncConfig, VncOutput};
 use vgpud::render::{remote, worker, RendererKind, Soft2d};
 use vgpud::signals;
 use vgpud::vhost::{serve, RendererSpec, VmTemplate, VmmSource};
@@ -43,6 +44,32 @@ fn start_renderer(
         }
     }
     None
+}
+
+/// A VM's own VNC output, listening from now on (before any VMM connects).
+fn start_output(
+    opts: &Options,
+    name: &str,
+    address: &VncAddress,
+    vm: &VmSettings,
+    group: Option<u32>,
+    log: &GuestLog,
+) -> std::io::Result<VncOutput> {
+    if let VncAddress::Tcp(addr) = address {
+        if !addr.ip().is_loopback() && !opts.vnc_any_address {
+            return Err(std::io::Error::other(format!(
+                "{addr} is not a loopback address (--vnc-any-address allows it)"
+            )));
+        }
+    }
+    let config = VncConfig {
+        address: address.clone(),
+        memory: vm.vnc_memory,
+        max_viewers: vm.vnc_viewers,
+        group,
+    };
+    let size = (vm.device.width, vm.device.height);
+    VncOutput::start(name, &config, vm.device.num_scanouts, size, log.clone())
 }
 
 fn try_start(opts: &Options, kind: RendererKind) -> Option<RendererSpec> {
@@ -216,6 +243,14 @@ fn main() -> ExitCode {
         }
         None => None,
     };
+    let vnc_group = match opts.vnc_group.as_deref().map(control::group_id) {
+        Some(Ok(gid)) => Some(gid),
+        Some(Err(e)) => {
+            error!("--vnc-group: {e}");
+            return ExitCode::from(2);
+        }
+        None => None,
+    };
     let mut operators = Vec::new();
     if let Some(path) = &opts.control_socket {
         match Listening::control(path, registry.clone(), group) {
@@ -271,6 +306,17 @@ fn main() -> ExitCode {
             error!("{name}: no renderer");
             return ExitCode::FAILURE;
         };
+        let log = GuestLog::new(&name);
+        let output = match &vm.vnc {
+            Some(address) => match start_output(&opts, &name, address, &vm, vnc_group, &log) {
+                Ok(o) => Some(o),
+                Err(e) => {
+                    error!("{name}: vnc: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let template = VmTemplate {
             shares: Some(shares.clone()),
             share: vm.share,
@@ -280,7 +326,8 @@ fn main() -> ExitCode {
             device: vm.device,
             vmm_timeout: opts.vmm_timeout,
             failure_limit: opts.failure_limit(),
-            log: GuestLog::new(&name),
+            log,
+            output,
         };
         let thread_name = name.clone();
         let server = thread::Builder::new()

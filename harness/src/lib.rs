@@ -18,6 +18,7 @@ mod memory;
 mod shmem;
 mod util;
 mod vm;
+pub mod vnc;
 mod vring;
 mod watchdog;
 
@@ -25,4 +26,5 @@ pub use daemon::{Daemon, ProcStats};
 pub use display::{DisplayEvent, DisplayPeer, Frame};
 pub use shmem::{ShmemMapping, ShmemPeer};
 pub use vm::{Token, Vm, VmConfig};
+pub use vnc::VncViewer;
 pub use vring::{Desc, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE};

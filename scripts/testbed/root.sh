@@ -32,6 +32,9 @@ GUEST_PKGS=(
 # Used by guest-image.sh (run inside the root) and handy in the guest; dpkg-dev
 # for the Debian package (scripts/package.sh).
 TOOL_PKGS=(cpio gzip xz-utils zstd kmod procps dpkg-dev)
+# VNC viewers nobody here wrote, for the e2e checks of vgpud's own output:
+# vncdotool (Python/Twisted) and gvnccapture (gtk-vnc, in gvncviewer).
+VIEWER_PKGS=(vncdotool gvncviewer)
 # Installed when the archive has them (names have moved before).
 OPTIONAL_PKGS=(qemu-system-modules-opengl libdrm-tests)
 
@@ -92,7 +95,7 @@ install_packages() {
     tb_log "apt-get update"
     tb_in_root_ns apt-get update -q >"$TB_DIR/apt.log" 2>&1 ||
         { tail -20 "$TB_DIR/apt.log" >&2; tb_die "apt-get update failed"; }
-    local -a pkgs=("${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+    local -a pkgs=("${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}" "${VIEWER_PKGS[@]}")
     mapfile -t -O "${#pkgs[@]}" pkgs < <(available_optional "${OPTIONAL_PKGS[@]}")
     tb_log "installing ${#pkgs[@]} packages (+ dependencies)"
     printf '%s\n' "${pkgs[@]}" >"$TB_DIR/packages.requested"
@@ -124,7 +127,7 @@ not_installed() {
 # Optional packages missing from the archive are skipped, as in a fresh build.
 top_up_packages() {
     local -a missing optional
-    mapfile -t missing < <(not_installed "${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}")
+    mapfile -t missing < <(not_installed "${HOST_PKGS[@]}" "${GUEST_PKGS[@]}" "${TOOL_PKGS[@]}" "${VIEWER_PKGS[@]}")
     mapfile -t optional < <(not_installed "${OPTIONAL_PKGS[@]}")
     if [[ ${#missing[@]} -eq 0 && ${#optional[@]} -gt 0 ]]; then
         # Only optional ones: ask the package lists the root already has

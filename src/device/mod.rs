@@ -30,8 +30,8 @@ use self::context::Context;
 use self::memory::resolve_backing;
 pub use self::renderer::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
 use self::resource::Resource;
-pub use self::scanout::{bands, CursorImage, DisplayCmd, CURSOR_SIZE};
-use self::scanout::{intersect, rect_within, Scanout};
+pub use self::scanout::{bands, intersect, CursorImage, DisplayCmd, CURSOR_SIZE};
+use self::scanout::{rect_within, Scanout};
 use self::share::{ShareHub, ShareState};
 use self::window::HostWindow;
 use crate::fences::{Fence, Timeline};
@@ -157,6 +157,8 @@ pub struct Device<R: Renderer> {
     modes: Vec<DisplayOne>,
     edids: Vec<Option<Vec<u8>>>,
     display_attached: bool,
+    /// Flushes turn into display updates: a display or an output of vgpud's own shows them.
+    showing: bool,
     window: HostWindow,
     /// Mappings a reset dropped; the frontend is told at the next request.
     stale_mappings: Vec<ShmemRequest>,
@@ -194,6 +196,7 @@ impl<R: Renderer> Device<R> {
             modes,
             edids: vec![None; MAX_SCANOUTS],
             display_attached: false,
+            showing: false,
             window: HostWindow::new(cfg.hostmem, cfg.max_mappings),
             stale_mappings: Vec::new(),
             share: None,
@@ -255,6 +258,51 @@ impl<R: Renderer> Device<R> {
     /// A display now receives scanouts and updates (pixels are read back only while attached).
     pub fn attach_display(&mut self) {
         self.display_attached = true;
+        self.showing = true;
+    }
+
+    /// vgpud's own output shows the scanouts: flushes become updates, the scanouts stay the
+    /// configured ones.
+    pub fn attach_output(&mut self) {
+        self.showing = true;
+    }
+
+    /// What it takes to show every scanout whole: its size, then all of its pixels (for an
+    /// output whose picture went stale).
+    pub fn picture(&self) -> Vec<DisplayCmd> {
+        let mut cmds = Vec::new();
+        for (i, s) in self.scanouts.iter().enumerate() {
+            if s.resource_id == 0 {
+                continue;
+            }
+            let scanout = i as u32;
+            cmds.push(DisplayCmd::Scanout {
+                scanout,
+                width: s.rect.width,
+                height: s.rect.height,
+            });
+            cmds.push(DisplayCmd::Update {
+                scanout,
+                rect: Rect {
+                    x: 0,
+                    y: 0,
+                    width: s.rect.width,
+                    height: s.rect.height,
+                },
+                resource_id: s.resource_id,
+                area: s.rect,
+            });
+        }
+        cmds
+    }
+
+    /// Scanouts that show one of `ids`, turned off for the displays (the guest's own view of
+    /// them is unchanged): what a revoked import's pages leave behind.
+    pub fn hide_scanouts_of(&self, ids: &[u32]) -> Vec<DisplayCmd> {
+        (self.scanouts.iter().enumerate())
+            .filter(|(_, s)| s.resource_id != 0 && ids.contains(&s.resource_id))
+            .map(|(i, _)| DisplayCmd::disable(i as u32))
+            .collect()
     }
 
     /// Replaces the display layout with what the frontend's display reports. Returns whether it
@@ -743,7 +791,7 @@ impl<R: Renderer> Device<R> {
         if res.blob.is_none() && !rect_within(&rect, res.width, res.height) {
             return Err(outside(&rect, res));
         }
-        if !self.display_attached {
+        if !self.showing {
             return Ok(Response::OkNodata);
         }
         let shown: Vec<(usize, Scanout)> = self

@@ -16,7 +16,7 @@ use super::blob::ShmemRequest;
 use super::renderer::ExportedBlob;
 use super::resource::{random_uuid, Blob, Resource};
 use super::window::PAGE_SIZE;
-use super::{invalid, out_of_memory, Device, Failure, Renderer, Result};
+use super::{invalid, out_of_memory, Device, DisplayCmd, Failure, Renderer, Result};
 use crate::fences::Timeline;
 use crate::ids::{FenceId, GuestCtxId, RendererResId, VmId};
 
@@ -658,9 +658,10 @@ impl<R: Renderer> Device<R> {
 
     /// The exporter withdrew `uuid`: every resource made from it loses its storage and its
     /// mapping (returned, for the transport to unmap now), and the guest gets a REVOKED event.
-    pub fn revoke_import(&mut self, uuid: &Uuid) -> Vec<ShmemRequest> {
+    /// Scanouts that showed one are turned off for the displays (also returned).
+    pub fn revoke_import(&mut self, uuid: &Uuid) -> (Vec<ShmemRequest>, Vec<DisplayCmd>) {
         let Some(share) = self.share.as_mut() else {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         };
         let ids: Vec<u32> = (share.imported.keys())
             .filter(|id| share.imported_uuid(**id).as_ref() == Some(uuid))
@@ -690,6 +691,6 @@ impl<R: Renderer> Device<R> {
                 });
             }
         }
-        unmaps
+        (unmaps, self.hide_scanouts_of(&ids))
     }
 }

@@ -19,6 +19,7 @@
 mod input;
 mod model;
 mod share;
+mod vnc;
 
 use std::fs::File;
 use std::io;
@@ -140,6 +141,8 @@ pub struct Harness {
 static SHARED: Mutex<Option<Harness>> = Mutex::new(None);
 
 /// Runs `data` on a process-wide harness, started on first use.
+pub use self::vnc::run_vnc;
+
 pub fn run(data: &[u8]) -> Stats {
     let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     let harness =

@@ -43,6 +43,7 @@ use crate::hub::registry::{VmRecord, VmState};
 use crate::hub::share::{ShareClient, ShareRegistry};
 use crate::ids::FenceId;
 use crate::memfault;
+use crate::output::VncOutput;
 use crate::render::remote::RemoteRenderer;
 use crate::render::SharedRenderer;
 use crate::sync::lock;
@@ -57,6 +58,8 @@ pub const FENCE_EVENT: u16 = NUM_QUEUES as u16 + 1;
 pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
 /// The epoll token of this VM's resume timer (see `VmBackend::resume_timer`).
 pub const RESUME_EVENT: u16 = NUM_QUEUES as u16 + 3;
+/// The epoll token of the VNC output's request for the whole picture (`VmBackend::refresh`).
+pub const REFRESH_EVENT: u16 = NUM_QUEUES as u16 + 4;
 /// How often a stopped VM with answers or window changes waiting looks whether it was resumed.
 const RESUME_POLL: Duration = Duration::from_millis(50);
 /// The largest queue a split ring may have (virtio 1.x), and what crosvm offers by default
@@ -98,6 +101,10 @@ pub struct VmBackend {
     /// and a guest waiting for a fence answer may never kick.
     pub(super) resume_timer: Mutex<TimerFd>,
     pub(super) display: Mutex<Option<DisplayLink>>,
+    /// vgpud's own output for this VM, if configured.
+    pub(super) output: Option<VncOutput>,
+    /// Written by the output when a viewer needs the whole picture: the queue thread feeds it.
+    pub(super) refresh: EventFd,
     /// The VMM handed over a display socket: it is QEMU's vhost-user-gpu, which keeps the
     /// config's display events itself (see `raise_display_event`).
     vmm_owns_display_events: AtomicBool,
@@ -165,6 +172,12 @@ impl VmBackend {
         if let Some(hub) = &shares {
             device = device.with_share(hub.clone(), record.id);
         }
+        let refresh = EventFd::new(libc::EFD_NONBLOCK)?;
+        let output = template.output.clone();
+        if let Some(out) = &output {
+            device.attach_output();
+            out.attach(refresh.try_clone()?);
+        }
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
             features |= 1 << F_VIRGL | 1 << F_CONTEXT_INIT;
@@ -195,6 +208,8 @@ impl VmBackend {
             held: Mutex::new(Vec::new()),
             resume_timer: Mutex::new(TimerFd::new()?),
             display: Mutex::new(None),
+            output,
+            refresh,
             backend_req: Mutex::new(None),
             backend_channel,
             peer: PeerWatch::new(template.vmm_timeout),
@@ -340,6 +355,9 @@ impl VmBackend {
             hub.leave(self.record.id);
         }
         self.device().reset();
+        if let Some(out) = &self.output {
+            out.detach();
+        }
         self.drop_parked();
         self.peer.stop();
         *lock(&self.shutdown) = None;
@@ -636,8 +654,10 @@ impl ShareClient for VmBackend {
     /// Another VM withdrew a buffer this one imported: its mappings go before this returns.
     fn revoked(&self, uuid: &Uuid) {
         let _order = self.shmem_order();
-        let unmaps = self.device().revoke_import(uuid);
+        let (unmaps, hidden) = self.device().revoke_import(uuid);
         self.apply_shmem(unmaps);
+        // No display keeps showing the exporter's pages.
+        self.show(&hidden);
     }
 
     fn last_fences(
@@ -850,6 +870,11 @@ impl VhostUserBackend for VmBackend {
         if device_event == RESUME_EVENT {
             // Only read the tick: `check_resumed` did the work.
             let _ = lock(&self.resume_timer).wait();
+            return Ok(());
+        }
+        if device_event == REFRESH_EVENT {
+            let _ = self.refresh.read();
+            self.refresh_output();
             return Ok(());
         }
         if device_event == FENCE_EVENT {

@@ -13,6 +13,7 @@ use vhost::vhost_user::GpuBackend;
 
 use super::backend::VmBackend;
 use crate::device::{bands, DisplayCmd};
+use crate::output::VncOutput;
 use crate::sync::lock;
 
 /// vhost-user-gpu protocol feature bit: the frontend answers GET_EDID.
@@ -217,28 +218,61 @@ impl VmBackend {
         }
     }
 
-    /// Hands display commands to the frontend's display, if there is one.
+    /// Hands display commands to the frontend's display and to vgpud's own output, whichever
+    /// the VM has. An update's pixels are read once, a band at a time, for both.
     pub(super) fn show(&self, cmds: &[DisplayCmd]) {
         if cmds.is_empty() {
             return;
         }
-        let Some(link) = self.display_link() else {
+        let mut link = self.display_link();
+        let output = self.output.as_ref();
+        if link.is_none() && output.is_none() {
+            return;
+        }
+        for cmd in cmds {
+            if let DisplayCmd::Update { .. } = cmd {
+                let output = output.filter(|o| o.watched());
+                if let Err(e) = self.send_update(link.as_ref(), output, cmd) {
+                    self.display_failed(&e);
+                    link = None;
+                }
+                continue;
+            }
+            if let Some(out) = output {
+                out.apply(cmd);
+            }
+            if let Some(l) = &link {
+                if let Err(e) = self.send(l, Message::Cmd(cmd.clone())) {
+                    self.display_failed(&e);
+                    link = None;
+                }
+            }
+        }
+    }
+
+    /// The output asked for the whole picture (a viewer came after pixels were left out).
+    pub(super) fn refresh_output(&self) {
+        let Some(out) = &self.output else {
             return;
         };
-        for cmd in cmds {
-            let sent = match cmd {
-                DisplayCmd::Update { .. } => self.send_update(&link, cmd),
-                _ => self.send(&link, Message::Cmd(cmd.clone())),
-            };
-            if let Err(e) = sent {
-                self.display_failed(&e);
-                return;
+        let cmds = self.device().picture();
+        for cmd in &cmds {
+            match cmd {
+                DisplayCmd::Update { .. } => {
+                    let _ = self.send_update(None, Some(out), cmd);
+                }
+                _ => out.apply(cmd),
             }
         }
     }
 
     /// Sends an update in bands, reading each band's pixels just before it goes.
-    fn send_update(&self, link: &DisplayLink, update: &DisplayCmd) -> io::Result<()> {
+    fn send_update(
+        &self,
+        link: Option<&DisplayLink>,
+        output: Option<&VncOutput>,
+        update: &DisplayCmd,
+    ) -> io::Result<()> {
         let DisplayCmd::Update {
             scanout,
             rect,
@@ -248,6 +282,9 @@ impl VmBackend {
         else {
             return Ok(());
         };
+        if link.is_none() && output.is_none() {
+            return Ok(());
+        }
         for (top, band) in bands(area, UPDATE_BAND_BYTES) {
             let pixels = match self.device().update_pixels(update, band) {
                 Ok(p) => p,
@@ -257,14 +294,25 @@ impl VmBackend {
                     return Ok(());
                 }
             };
-            let update = VhostUserGpuUpdate {
-                scanout_id: scanout,
+            let at = Rect {
                 x: rect.x,
                 y: rect.y + top,
                 width: band.width,
                 height: band.height,
             };
-            self.send(link, Message::Update(update, pixels))?;
+            if let Some(out) = output {
+                out.update(scanout, at, &pixels);
+            }
+            if let Some(link) = link {
+                let update = VhostUserGpuUpdate {
+                    scanout_id: scanout,
+                    x: at.x,
+                    y: at.y,
+                    width: at.width,
+                    height: at.height,
+                };
+                self.send(link, Message::Update(update, pixels))?;
+            }
         }
         Ok(())
     }

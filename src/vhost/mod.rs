@@ -29,6 +29,7 @@ use crate::device::DeviceConfig;
 use crate::guestlog::GuestLog;
 use crate::hub::registry::{Registry, VmState};
 use crate::hub::share::ShareRegistry;
+use crate::output::VncOutput;
 use crate::render::{RendererKind, SharedRenderer};
 
 /// Where a VM's renderer comes from.
@@ -71,6 +72,8 @@ pub struct VmTemplate {
     pub failure_limit: FailureLimit,
     /// The socket's rate-limited log, shared by the VMs it serves one after another.
     pub log: GuestLog,
+    /// vgpud's own display output for the socket's VMs, if configured: it outlives each VM.
+    pub output: Option<VncOutput>,
 }
 
 /// Pause after a failure to set up or accept a connection (out of fds, say), doubling up to
@@ -362,6 +365,8 @@ fn accept(
     worker.register_listener(fences, EventSet::IN, u64::from(backend::FENCE_EVENT))?;
     let resume = crate::sync::lock(&backend.resume_timer).as_raw_fd();
     worker.register_listener(resume, EventSet::IN, u64::from(backend::RESUME_EVENT))?;
+    let refresh = backend.refresh.as_raw_fd();
+    worker.register_listener(refresh, EventSet::IN, u64::from(backend::REFRESH_EVENT))?;
     daemon
         .start(listener)
         .map_err(|e| io::Error::other(format!("accepting a frontend: {e}")))?;
