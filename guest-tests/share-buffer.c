@@ -22,6 +22,10 @@
  *   id) on the share context; MAP + mmap; every pixel must be the frame's
  *   for SEED (the last page's first 16 bytes aside); writes "IMPORTED <seed>"
  *   there.
+ * show: import as above on the card node, then the frame becomes this VM's
+ *   scanout (a framebuffer on the imported resource: SET_SCANOUT_BLOB), prints
+ *   "SHOWN WxH"; once WAIT_FILE exists writes "IMPORTED <seed>" (the exporter
+ *   then frees the buffer) and holds the scanout until WAIT_FILE.gone exists.
  * offer: COUNT host blobs of blob id 0 (memory the daemon owns, whatever the
  *   device's renderer), made on the share context without the MAPPABLE flag
  *   (never mapped here) and exported; prints "SHARE-UUID <hex>" for each.
@@ -56,8 +60,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <drm_fourcc.h>
 #include <virtgpu_drm.h>
 #include <xf86drm.h>
+#include <xf86drmMode.h>
 
 #include "common.h"
 #include "share-render.h"
@@ -312,7 +318,10 @@ static void do_export(int fd, uint32_t seed, size_t pages)
     pass();
 }
 
-static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages, uint64_t fence)
+/* Waits for the exporter's fence, imports `uuid_hex`, maps it and checks every pixel is the
+ * exporter's frame for `seed`. */
+static struct bo import_frame(int fd, const char *uuid_hex, uint32_t seed, size_t pages,
+                              uint64_t fence)
 {
     struct bo r = replies(fd);
 
@@ -328,7 +337,6 @@ static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages,
     struct bo shared;
     const uint32_t *words;
     size_t wrong = 0, first = 0, checked = 0;
-    char m[MARK_LEN + 1];
 
     parse_uuid(uuid_hex, (uint8_t *)&cmd[4]);
     memset(r.map, 0xee, 64);
@@ -355,9 +363,92 @@ static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages,
              "expected 0x%08x", wrong, checked, first % SHARE_FRAME_WIDTH,
              first / SHARE_FRAME_WIDTH, words[first], share_frame_pixel((uint32_t)first, seed));
     note("all %zu pixels are the exporter's frame (resource %u, mapped)", checked, shared.res);
+    return shared;
+}
+
+/* Tells the exporter its pages were seen here: it then frees them. */
+static void write_mark(struct bo *shared, uint32_t seed)
+{
+    char m[MARK_LEN + 1];
+
     mark(m, seed);
-    memcpy(shared.map + size - PAGE, m, MARK_LEN);
+    memcpy(shared->map + shared->size - PAGE, m, MARK_LEN);
     note("wrote '%s' for the exporter to see", m);
+}
+
+static void do_import(int fd, const char *uuid_hex, uint32_t seed, size_t pages, uint64_t fence)
+{
+    struct bo shared = import_frame(fd, uuid_hex, seed, pages, fence);
+
+    write_mark(&shared, seed);
+    pass();
+}
+
+static void wait_file(const char *path)
+{
+    for (int i = 0; i < 1200 && access(path, F_OK) != 0; i++)
+        usleep(100000);
+    if (access(path, F_OK) != 0)
+        fail("%s did not appear within 120 s", path);
+}
+
+/* The imported frame as this VM's scanout: a framebuffer on the imported resource (the driver
+ * sends SET_SCANOUT_BLOB, then RESOURCE_FLUSH). The connector's mode must be the frame's size
+ * (the VM's resolution setting): a plane covers its whole CRTC. */
+static void scan_out(int fd, struct bo *shared)
+{
+    uint32_t width = SHARE_FRAME_WIDTH, height = (uint32_t)(shared->size / (SHARE_FRAME_WIDTH * 4));
+    drmModeRes *res = drmModeGetResources(fd);
+    drmModeConnector *conn = NULL;
+    drmModeModeInfo *mode = NULL;
+    uint32_t crtc, fb;
+
+    if (!res)
+        fail("drmModeGetResources: %m");
+    for (int i = 0; i < res->count_connectors && !conn; i++) {
+        conn = drmModeGetConnector(fd, res->connectors[i]);
+        if (conn && conn->connection != DRM_MODE_CONNECTED) {
+            drmModeFreeConnector(conn);
+            conn = NULL;
+        }
+    }
+    if (!conn)
+        fail("no connected connector");
+    for (int i = 0; i < conn->count_modes && !mode; i++)
+        if (conn->modes[i].hdisplay == width && conn->modes[i].vdisplay == height)
+            mode = &conn->modes[i];
+    if (!mode)
+        fail("no %ux%u mode on connector %u (resolution setting?)", width, height,
+             conn->connector_id);
+    if (res->count_crtcs < 1)
+        fail("no CRTC");
+    crtc = res->crtcs[0];
+    uint32_t handles[4] = { shared->handle }, pitches[4] = { width * 4 }, offsets[4] = { 0 };
+    if (drmModeAddFB2(fd, width, height, DRM_FORMAT_XRGB8888, handles, pitches, offsets, &fb, 0))
+        fail("drmModeAddFB2 on the imported resource: %m");
+    if (drmModeSetCrtc(fd, crtc, fb, 0, 0, &conn->connector_id, 1, mode))
+        fail("drmModeSetCrtc: %m");
+    if (drmModeDirtyFB(fd, fb, NULL, 0) != 0 && errno != ENOSYS)
+        fail("drmModeDirtyFB: %m");
+    note("the imported frame is the scanout: %ux%u, resource %u", width, height, shared->res);
+}
+
+/* show: import as above, make the frame this VM's scanout, print SHOWN, and once WAIT_FILE
+ * exists tell the exporter (which then frees the buffer); hold the scanout until
+ * WAIT_FILE.gone exists. */
+static void do_show(int fd, const char *uuid_hex, uint32_t seed, size_t pages, uint64_t fence,
+                    const char *wait)
+{
+    struct bo shared = import_frame(fd, uuid_hex, seed, pages, fence);
+    char gone[512];
+
+    scan_out(fd, &shared);
+    printf("SHOWN %ux%zu\n", SHARE_FRAME_WIDTH, shared.size / (SHARE_FRAME_WIDTH * 4));
+    fflush(stdout);
+    wait_file(wait);
+    write_mark(&shared, seed);
+    snprintf(gone, sizeof(gone), "%s.gone", wait);
+    wait_file(gone);
     pass();
 }
 
@@ -557,7 +648,19 @@ int main(int argc, char **argv)
                   (size_t)parse_number("PAGES", argv[4], 1, 4096),
                   (uint64_t)parse_number("FENCE", argv[5], 0, 1L << 40));
     }
-    fail("usage: share-buffer export SEED PAGES | import UUID SEED PAGES FENCE | offer PAGES "
+    if (argc == 7 && strcmp(argv[1], "show") == 0) {
+        /* The card node: this one also sets a mode. */
+        fd = open("/dev/dri/card0", O_RDWR | O_CLOEXEC);
+        if (fd < 0)
+            fail("cannot open /dev/dri/card0: %m");
+        check_device(fd);
+        context_init(fd, CAPSET_SHARE);
+        do_show(fd, argv[2], (uint32_t)parse_number("SEED", argv[3], 0, 999999),
+                (size_t)parse_number("PAGES", argv[4], 1, 4096),
+                (uint64_t)parse_number("FENCE", argv[5], 0, 1L << 40), argv[6]);
+    }
+    fail("usage: share-buffer export SEED PAGES | import UUID SEED PAGES FENCE | "
+         "show UUID SEED PAGES FENCE WAIT_FILE | offer PAGES "
          "COUNT "
          "WAIT_FILE | moves UUID1 UUID2 SEED PAGES");
 }

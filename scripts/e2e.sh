@@ -80,6 +80,9 @@ CHURN_FD_SLACK=2
 # share-buffer: pages shared, and the pattern's seed.
 SHARE_PAGES=256
 SHARE_SEED=4242
+# vgpud's VNC output listens on loopback port 5900 + VNC_DISPLAY inside the root
+# (the display number is what gvnccapture takes).
+VNC_DISPLAY=$((40 + $$ % 50))
 # More arguments for vgpud in the case being run (start_vgpud).
 VGPUD_ARGS=()
 
@@ -109,6 +112,9 @@ CASES=(
     "share-moves|venus|two buffers of daemon memory under a one-buffer --share-budget: the importer sees MOVED, maps it again on a new resource of the same blob id and reads back what it wrote, bit for bit; a malformed stream reads INVALID and runs nothing"
     "share-moves-virgl|virgl|share-moves with two virgl guests (generic device, $VENUS_HOSTMEM window): the buffers made on the share context are daemon memory whatever the renderer"
     "share-moves-venus|venus|share-moves with two Venus guests"
+    "vnc-pattern|2d|kms-pattern on vhost-user-gpu-pci with vgpud's own VNC output: gvnccapture's and vncdotool's pictures and QEMU's screendump all match the pattern exactly"
+    "vnc-kmscube|virgl|kmscube through virgl on the generic device (no VMM display), seen through vgpud's VNC output: both real viewers' pictures show the rendered cube (3D resources read back through the render worker)"
+    "vnc-share|venus|the sharing scene on screen: guest 0 renders a frame with Vulkan and exports it; guest 1 (generic device, no VMM display) imports it and makes it its scanout (SET_SCANOUT_BLOB): its VNC output matches the frame pixel for pixel in gvnccapture and vncdotool; guest 0 frees it and guest 1's screen goes black"
 )
 
 RUN_DIR=""
@@ -451,6 +457,48 @@ picture_check() {
         REASON="$vm: $(tail -1 "$out/screen.txt")"
         return 1
     fi
+}
+
+# vnc_capture OUT NAME DISPLAY: both real viewers, inside the root, take a
+# picture of vgpud's VNC output on display DISPLAY: OUT/NAME-gvnc.png
+# (gvnccapture, gtk-vnc) and OUT/NAME-vncdo.png (vncdotool).
+vnc_capture() {
+    local out=$1 name=$2 display=$3
+    if ! "$TB_SCRIPTS/run.sh" timeout 60 gvnccapture "127.0.0.1:$display" \
+        "$out/$name-gvnc.png" >"$out/$name-gvnc.log" 2>&1; then
+        REASON="gvnccapture failed: $(tail -1 "$out/$name-gvnc.log")"
+        return 1
+    fi
+    if ! "$TB_SCRIPTS/run.sh" timeout 60 vncdo -s "127.0.0.1::$((5900 + display))" \
+        capture "$out/$name-vncdo.png" >"$out/$name-vncdo.log" 2>&1; then
+        REASON="vncdotool failed: $(tail -1 "$out/$name-vncdo.log")"
+        return 1
+    fi
+}
+
+# vnc_check OUT NAME DISPLAY CHECK...: takes both viewers' pictures until both
+# pass `screen.py --compare-only CHECK...` (5 tries, 1 s apart: the guest may
+# still be flushing).
+vnc_check() {
+    local out=$1 name=$2 display=$3 try viewer ok
+    shift 3
+    for ((try = 1; try <= 5; try++)); do
+        vnc_capture "$out" "$name" "$display" || return 1
+        ok=1
+        for viewer in gvnc vncdo; do
+            python3 "$E2E_HELPERS/screen.py" --compare-only --out "$out/$name-$viewer.png" "$@" \
+                >"$out/$name-$viewer.txt" 2>&1 || ok=0
+        done
+        if [[ $ok -eq 1 ]]; then
+            log "  $(basename "$out") VNC: gvnccapture: $(tail -1 "$out/$name-gvnc.txt")"
+            log "  $(basename "$out") VNC: vncdotool: $(tail -1 "$out/$name-vncdo.txt")"
+            return 0
+        fi
+        sleep 1
+    done
+    REASON="$(basename "$out") VNC $name: gvnccapture: $(tail -1 "$out/$name-gvnc.txt");"
+    REASON+=" vncdotool: $(tail -1 "$out/$name-vncdo.txt")"
+    return 1
 }
 
 # Guest command lines.
@@ -835,6 +883,103 @@ case_share-buffer() {
     fi
     check_vgpud "$dir"
 }
+# kms-pattern on vhost-user-gpu-pci, with vgpud's VNC output too: both real
+# viewers' pictures must match the pattern exactly, and so must QEMU's own
+# screendump of the same guest.
+case_vnc-pattern() {
+    local dir=$1 ok=0 seed=5 reason
+    start_vgpud "$dir" 1 "vnc=127.0.0.1:$((5900 + VNC_DISPLAY))" || return 1
+    boot_guest "$dir/vm0" "$(kms_pattern_code "$seed")"
+    if ! wait_ready "$dir/vm0" "$BOOT_PID"; then
+        REASON="vm0: kms-pattern never printed READY (see $dir/vm0/output.log)"
+        stop_qemus
+        return 1
+    fi
+    vnc_check "$dir/vm0" pattern "$VNC_DISPLAY" --size "$READY_SIZE" --seed "$seed" || ok=1
+    reason=$REASON
+    screen_check "$dir/vm0" "$seed" "$BOOT_PID" || ok=1
+    reason=${reason:-$REASON}
+    finish_guest "$BOOT_PID" "$dir/vm0" kms-pattern || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    check_vgpud "$dir"
+}
+
+# kmscube through virgl on the generic device, whose VMM has no display: once
+# kmscube holds a frame, both real viewers' pictures of vgpud's VNC output
+# must show a rendered picture (screen.py --picture), read back from the
+# render worker.
+case_vnc-kmscube() {
+    local dir=$1 ok=0 reason
+    VGPUD_ARGS=(--hostmem "$VENUS_HOSTMEM")
+    start_vgpud "$dir" 1 "vnc=127.0.0.1:$((5900 + VNC_DISPLAY))" || return 1
+    VGPUD_ARGS=()
+    GUEST_DEVICE=$VENUS_DEVICE boot_guest "$dir/vm0" \
+        "want=$KMSCUBE_FRAMES done_file=$DONE_FILE"$'\n'"$KMSCUBE_GUEST_CODE"
+    if ! wait_line "$dir/vm0" "$BOOT_PID" 'KMSCUBE-HOLD'; then
+        REASON="vm0: kmscube never held a frame (see $dir/vm0/output.log)"
+        stop_qemus
+        return 1
+    fi
+    vnc_check "$dir/vm0" cube "$VNC_DISPLAY" --picture || ok=1
+    reason=$REASON
+    touch "$dir/vm0/${DONE_FILE##*/}"
+    finish_guest "$BOOT_PID" "$dir/vm0" kmscube || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    if ! grep -aq 'renderer: "virgl' "$dir/vm0/output.log"; then
+        REASON="kmscube did not render with virgl"
+        return 1
+    fi
+    check_vgpud "$dir"
+}
+
+# The sharing scene on a screen no VMM gives: guest 0 renders share-buffer's
+# frame with Vulkan and exports it; guest 1 (generic device, resolution the
+# frame's size, vgpud's VNC output) imports it and makes it its scanout. Both
+# real viewers must show the frame pixel for pixel; once guest 0 has freed it
+# (its guest ends), guest 1's screen must be black.
+case_vnc-share() {
+    local dir=$1 pid0 pid1 uuid fence policy=$SOCK_DIR/share-policy.json ok=0 reason=""
+    local rows=$((SHARE_PAGES * 4096 / 1024)) wait_file=$dir/vm1/${DONE_FILE##*/}
+    printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
+    VGPUD_ARGS=(--share-policy "$policy")
+    start_vgpud "$dir" 2 name=a,share=on \
+        "name=b,share=on,resolution=256x$rows,vnc=127.0.0.1:$((5900 + VNC_DISPLAY))" || return 1
+    VGPUD_ARGS=()
+    boot_guest "$dir/vm0" "$(guest_program share-buffer export "$SHARE_SEED" "$SHARE_PAGES")"
+    pid0=$BOOT_PID
+    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32} FENCE [0-9]+'; then
+        REASON="guest 0 exported nothing (see $dir/vm0/output.log)"
+        stop_qemus
+        return 1
+    fi
+    read -r _ uuid _ fence <<<"$LINE"
+    log "  guest 0 exported $uuid and fence point $fence"
+    boot_guest "$dir/vm1" "$(guest_program share-buffer show "$uuid" "$SHARE_SEED" \
+        "$SHARE_PAGES" "$fence" "$DONE_FILE")"
+    pid1=$BOOT_PID
+    if ! wait_line "$dir/vm1" "$pid1" "SHOWN 256x$rows"; then
+        REASON="guest 1 never showed the frame (see $dir/vm1/output.log)"
+        stop_qemus
+        return 1
+    fi
+    vnc_check "$dir/vm1" frame "$VNC_DISPLAY" --size "256x$rows" --seed "$SHARE_SEED" \
+        --share-frame || ok=1
+    reason=$REASON
+    # Guest 1 tells guest 0, which frees the buffer and ends.
+    touch "$wait_file"
+    finish_guest "$pid0" "$dir/vm0" share-buffer || ok=1
+    reason=${reason:-$REASON}
+    vnc_check "$dir/vm1" revoked "$VNC_DISPLAY" --black || ok=1
+    reason=${reason:-$REASON}
+    touch "$wait_file.gone"
+    finish_guest "$pid1" "$dir/vm1" share-buffer || ok=1
+    REASON=${reason:-$REASON}
+    [[ $ok -eq 0 ]] || return 1
+    check_vgpud "$dir"
+}
+
 # Guest 0 offers two buffers of vgpud's own memory, made on its share context;
 # the budget holds one; its import of its own buffer is refused. Guest 1 fills
 # the first, maps the second (the first moves out), checks that a malformed

@@ -118,7 +118,7 @@ pub fn query(path: &Path) -> io::Result<StatusReply> {
 /// The VMs as a table, one line each.
 pub fn table(reply: &StatusReply) -> String {
     let mut out = format!(
-        "{:<4} {:<16} {:<8} {:>8} {:<13} {:>8} {:>10} {:>7} {:>7} {:>9} {:>10} {:>5} {:>11}  {}\n",
+        "{:<4} {:<16} {:<8} {:>8} {:<13} {:>8} {:>10} {:>7} {:>7} {:>9} {:>10} {:>5} {:>11} {:>4}  {}\n",
         "ID",
         "NAME",
         "RENDERER",
@@ -132,6 +132,7 @@ pub fn table(reply: &StatusReply) -> String {
         "MEMORY",
         "MAPS",
         "SHARES",
+        "VNC",
         "SOCKET"
     );
     for vm in &reply.vms {
@@ -142,7 +143,7 @@ pub fn table(reply: &StatusReply) -> String {
             .unwrap_or_default();
         let shares = format!("{}/{}/{}", vm.exports, vm.imports, vm.pins);
         out += &format!(
-            "{:<4} {:<16} {:<8} {:>8} {:<13} {:>7}s {:>10} {:>7} {:>7} {:>9} {:>9}K {:>5} {:>11}  {}\n",
+            "{:<4} {:<16} {:<8} {:>8} {:<13} {:>7}s {:>10} {:>7} {:>7} {:>9} {:>9}K {:>5} {:>11} {:>4}  {}\n",
             vm.id,
             vm.name,
             vm.renderer,
@@ -156,6 +157,7 @@ pub fn table(reply: &StatusReply) -> String {
             vm.resource_bytes / 1024,
             vm.blob_mappings,
             shares,
+            vm.vnc_viewers,
             vm.socket
         );
     }

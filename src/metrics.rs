@@ -226,6 +226,17 @@ impl Collector for Metrics {
         for (name, help, kind, field) in gauges {
             family(e, name, help, kind, per_vm(&vms, move |vm| get(field(vm))))?;
         }
+        let output = per_vm(&vms, |vm| vm.output().0);
+        family(
+            e,
+            "vgpud_vnc_viewers",
+            "viewers of the VM's VNC output now",
+            Gauge,
+            output,
+        )?;
+        let output = per_vm(&vms, |vm| vm.output().1);
+        let help = "bytes the VM's VNC output holds now (pictures and viewers' buffers)";
+        family(e, "vgpud_vnc_bytes", help, Gauge, output)?;
         if let Some(shares) = &self.shares {
             let s = shares.stats();
             let rows: [(&str, &str, MetricType, u64); 5] = [

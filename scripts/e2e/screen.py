@@ -6,6 +6,8 @@ usage: screen.py --qmp SOCKET --out FILE.ppm --size WxH --seed N [--tries N]
        screen.py --qmp SOCKET --out FILE.png --format png    (a screenshot, no check)
        screen.py --qmp SOCKET --out FILE.png|FILE.ppm --picture [--wait S] [--size WxH]
        screen.py --picture --compare-only --out FILE.ppm
+       screen.py --compare-only --out FILE.png --size WxH --seed N --share-frame
+       screen.py --compare-only --out FILE.png --black
 
 --picture polls screendumps (--interval apart, for at most --wait seconds)
 until the screen shows a rendered picture rather than one flat colour, a
@@ -25,7 +27,9 @@ screendump is taken, so a mismatch is retried (--tries, 0.5 s apart) before
 it counts. Prints one line saying what matched or what did not; exit status
 0 on a match, 1 otherwise. On a mismatch FILE is kept and the expected image
 is written next to it as FILE.expected.ppm. --compare-only checks an
-existing FILE without QMP (for debugging the check itself).
+existing FILE without QMP (a VNC viewer's screenshot, or for debugging the
+check itself); --share-frame compares with share-buffer's frame instead of
+the pattern, --black checks that every pixel is black.
 
 The pattern (see guest-tests/README.md; reference: pattern_pixel() in
 guest-tests/kms-pattern.c), for a W x H image and seed s:
@@ -268,6 +272,24 @@ def expected_rows(width, height, seed):
     return rows
 
 
+def share_frame_rows(width, height, seed):
+    """share-buffer's frame for seed (share_frame_pixel() in guest-tests/share-render.c: 16x4
+    tiles of one colour each, an RGBA word per pixel), as a scanout shows those words: as
+    XRGB8888, so red is the word's byte 2, green byte 1, blue byte 0."""
+    rows = []
+    for y in range(height):
+        row = bytearray()
+        for x in range(width):
+            tile = (y // 4) * (width // 16) + x // 16
+            v = (tile * 0x9E3779B1 + seed) & 0xFFFFFFFF
+            v ^= v >> 15
+            v = (v * 0x2C1B3C6D) & 0xFFFFFFFF
+            v ^= v >> 13
+            row += bytes(((v >> 16) & 255, (v >> 8) & 255, v & 255))
+        rows.append(bytes(row))
+    return rows
+
+
 def compare(pixels, width, rows):
     """Returns (number of wrong pixels, description of the first one)."""
     wrong, first = 0, None
@@ -301,6 +323,10 @@ def main():
     parser.add_argument("--seed", type=int)
     parser.add_argument("--format", help="only take a screenshot in this format (ppm, png)")
     parser.add_argument("--tries", type=int, default=6)
+    parser.add_argument("--share-frame", action="store_true",
+                        help="compare with share-buffer's frame for --seed, not kms-pattern's")
+    parser.add_argument("--black", action="store_true",
+                        help="--compare-only: every pixel must be black")
     parser.add_argument("--picture", action="store_true",
                         help="wait until the screen shows a picture, not one flat colour")
     parser.add_argument("--wait", type=float, default=30, help="--picture: at most this long (s)")
@@ -318,10 +344,18 @@ def main():
     if args.format:
         qmp_screendump(args.qmp, args.out, args.format)
         return 0
+    if args.black:
+        width, height, pixels = read_ppm(args.out)
+        lit = sum(1 for b in pixels if b)
+        print(f"{args.out}: {width}x{height}, {lit} of {len(pixels)} channel values not 0")
+        return 0 if lit == 0 else 1
     if not args.size or args.seed is None:
         parser.error("--size and --seed are needed to compare")
     width, height = (int(v) for v in args.size.split("x"))
-    rows = expected_rows(width, height, args.seed)
+    if args.share_frame:
+        rows = share_frame_rows(width, height, args.seed)
+    else:
+        rows = expected_rows(width, height, args.seed)
     if not args.compare_only and not args.qmp:
         parser.error("--qmp is required unless --compare-only is given")
     if args.compare_only:
@@ -343,8 +377,9 @@ def main():
             continue
         wrong, first = compare(pixels, width, rows)
         if wrong == 0:
-            print(f"screendump {width}x{height} matches pattern seed {args.seed} "
-                  f"exactly (try {attempt})")
+            what = "share-buffer's frame" if args.share_frame else "pattern"
+            print(f"{os.path.basename(args.out)} {width}x{height} matches {what} seed "
+                  f"{args.seed} exactly (try {attempt})")
             return 0
         verdict = (f"{wrong} of {width * height} pixels differ from pattern seed "
                    f"{args.seed}; first: {first}")

@@ -51,6 +51,15 @@ pub struct VmRecord {
     pub counters: VmCounters,
     /// Ends the VM's connection when the daemon stops (set by its transport).
     stop: Mutex<Option<StopFn>>,
+    /// The VM's own display output, if it has one (set by its transport).
+    output: Mutex<Option<Box<dyn OutputGauges>>>,
+}
+
+/// What a VM's display output holds now: viewers, and bytes charged to the VM (its pictures
+/// and every viewer's buffer, under the output's own cap).
+pub trait OutputGauges: Send + Sync {
+    fn viewers(&self) -> u64;
+    fn bytes(&self) -> u64;
 }
 
 /// How the daemon ends a VM's connection when it stops.
@@ -112,6 +121,17 @@ impl VmRecord {
         }
     }
 
+    pub fn set_output(&self, output: Box<dyn OutputGauges>) {
+        *lock(&self.output) = Some(output);
+    }
+
+    /// (viewers, bytes) of the VM's display output; zeros without one.
+    pub fn output(&self) -> (u64, u64) {
+        lock(&self.output)
+            .as_ref()
+            .map_or((0, 0), |o| (o.viewers(), o.bytes()))
+    }
+
     pub fn state(&self) -> VmState {
         *lock(&self.state)
     }
@@ -128,6 +148,7 @@ impl VmRecord {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let pid = self.worker_pid.load(Ordering::Relaxed);
+        let (vnc_viewers, vnc_bytes) = self.output();
         VmStatus {
             id: self.id.0,
             name: self.name.clone(),
@@ -147,6 +168,8 @@ impl VmRecord {
             exports: get(&c.exports),
             imports: get(&c.imports),
             pins: get(&c.pins),
+            vnc_viewers,
+            vnc_bytes,
         }
     }
 }
@@ -180,6 +203,11 @@ pub struct VmStatus {
     pub imports: u64,
     #[serde(default)]
     pub pins: u64,
+    /// Viewers of its VNC output now, and the bytes the output holds for it.
+    #[serde(default)]
+    pub vnc_viewers: u64,
+    #[serde(default)]
+    pub vnc_bytes: u64,
 }
 
 /// A VM's place in the registry; dropping it removes the VM.
@@ -219,6 +247,7 @@ impl Registry {
             worker_pid: Arc::default(),
             counters: VmCounters::default(),
             stop: Mutex::new(None),
+            output: Mutex::new(None),
         });
         Registration {
             registry: self.clone(),

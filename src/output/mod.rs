@@ -28,6 +28,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::device::{CursorImage, DisplayCmd, CURSOR_SIZE};
 use crate::guestlog::GuestLog;
+use crate::hub::registry::OutputGauges;
 use crate::sync::lock;
 
 /// The largest screen served (RFB sizes are 16-bit; this keeps one picture under 1 GiB).
@@ -264,6 +265,11 @@ impl VncOutput {
         self.shared.viewers.load(Ordering::Acquire)
     }
 
+    /// What the status command and metrics show of it.
+    pub fn gauges(&self) -> Box<dyn OutputGauges> {
+        Box::new(self.clone())
+    }
+
     /// Whether pixels should be read for it now: only while someone watches. Otherwise the
     /// picture is marked stale and fed whole when a viewer comes.
     pub fn watched(&self) -> bool {
@@ -379,6 +385,16 @@ impl VncOutput {
         }
         s.damage.clear();
         s.damage(s.full());
+    }
+}
+
+impl OutputGauges for VncOutput {
+    fn viewers(&self) -> u64 {
+        VncOutput::viewers(self) as u64
+    }
+
+    fn bytes(&self) -> u64 {
+        VncOutput::bytes(self) as u64
     }
 }
 

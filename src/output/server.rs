@@ -340,6 +340,8 @@ impl Server {
                 Ok(n) => n,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // A viewer that quits may reset the connection rather than close it.
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return Err("closed".into()),
                 Err(e) => return Err(format!("read: {e}")),
             };
             total += n;

@@ -177,6 +177,7 @@ impl VmBackend {
         if let Some(out) = &output {
             device.attach_output();
             out.attach(refresh.try_clone()?);
+            record.set_output(out.gauges());
         }
         let mut features = BASE_FEATURES;
         if device.supports_3d() {
