@@ -2,8 +2,10 @@
 # The main job: vgpud serving a real Debian guest (QEMU 11, vhost-user-gpu-pci, stock virtio_gpu
 # and Mesa) that draws through it: a 2D test pattern on the scanout, then OpenGL (kmscube) through
 # virgl; then a second guest on QEMU's generic vhost-user device with a host-visible window runs
-# Vulkan through Venus (compute and an offscreen render). Prints what the guests saw and writes
-# PNG screenshots of the first guest's display to build/demo/.
+# Vulkan through Venus (compute and an offscreen render) and shows a test pattern on its own
+# screen, which QEMU cannot display for that device: vgpud's VNC output does, and vncdotool (a
+# real VNC viewer) takes a picture of it. Prints what the guests saw and writes PNG screenshots
+# of both guests' screens to build/demo/.
 # Builds what is missing first (testbed root, guest image, guest tests, vgpud with OpenGL).
 set -euo pipefail
 # shellcheck source=testbed/lib.sh source-path=SCRIPTDIR
@@ -13,6 +15,8 @@ OUT=$TB_PROJECT/build/demo
 SOCK=$OUT/vgpud.sock
 VENUS_SOCK=$OUT/vgpud-venus.sock
 QMP=$OUT/qmp.sock
+# The Venus guest's VNC output, on loopback inside the testbed root.
+VENUS_VNC_PORT=5958
 GROUPS_STARTED=()
 
 cleanup() {
@@ -78,23 +82,41 @@ vulkaninfo --summary 2>/dev/null | grep -E "deviceName|driverName"
 echo "== Vulkan compute and an offscreen render through Venus"
 '"$TB_PROJECT"'/target/guest-tests/vk-compute
 '"$TB_PROJECT"'/target/guest-tests/vk-render
+echo "== its own screen: a test pattern, which vgpud'"'"'s VNC output shows"
+'"$TB_PROJECT"'/target/guest-tests/kms-pattern --seed 2 --hold 120 --wait-for /results/shot-venus-done
 '
 
-# The second guest: Vulkan through Venus on the generic device (no display).
+# The second guest: Vulkan through Venus on the generic device (no VMM display: its screen is
+# seen through vgpud's VNC output).
 venus_part() {
     start "$TB_SCRIPTS/run.sh" "$TB_PROJECT/target/testbed/release/vgpud" --renderer venus \
-        --hostmem 256M --socket-path "$VENUS_SOCK" >"$OUT/vgpud-venus.log" 2>&1 </dev/null
+        --hostmem 256M --socket-path "$VENUS_SOCK,vnc=127.0.0.1:$VENUS_VNC_PORT" \
+        >"$OUT/vgpud-venus.log" 2>&1 </dev/null
     wait_for "vgpud's Venus socket" "$VENUS_SOCK"
-    tb_log "vgpud (Venus) is serving $VENUS_SOCK (log: $OUT/vgpud-venus.log)"
-    local rc=0
+    tb_log "vgpud (Venus) is serving $VENUS_SOCK, its VNC output 127.0.0.1:$VENUS_VNC_PORT"
+    local rc=0 shot=0 size shotfile=$OUT/screenshot-venus-vnc.png
     # shellcheck disable=SC2054 # commas are QEMU option syntax
-    "$TB_SCRIPTS/boot.sh" -q -o "$OUT/guest-venus" -t 600 \
+    start "$TB_SCRIPTS/boot.sh" -q -o "$OUT/guest-venus" -t 600 \
         -a -chardev -a "socket,id=vgpu1,path=$VENUS_SOCK" \
         -d vhost-user-test-device-pci,chardev=vgpu1,virtio-id=16,num_vqs=2,config_size=24 \
-        -c "$VENUS_GUEST" >"$OUT/boot-venus.log" 2>&1 || rc=$?
+        -c "$VENUS_GUEST" >"$OUT/boot-venus.log" 2>&1
+    local boot=${GROUPS_STARTED[-1]}
+    wait_for "the Venus guest's pattern" "$OUT/guest-venus/output.log" "^READY"
+    size=$(grep -m1 '^READY' "$OUT/guest-venus/output.log" | cut -d' ' -f2)
+    sleep 1
+    "$TB_SCRIPTS/run.sh" vncdo -s "127.0.0.1::$VENUS_VNC_PORT" capture "$shotfile" || shot=$?
+    tb_log "screenshot through VNC: $shotfile"
+    if [[ $shot -eq 0 ]]; then
+        python3 "$TB_PROJECT/scripts/e2e/screen.py" --compare-only --out "$shotfile" \
+            --size "$size" --seed 2 || shot=$?
+    fi
+    touch "$OUT/guest-venus/shot-venus-done"
+    wait "$boot" || rc=$?
     echo "== what the Venus guest printed"
     cat "$OUT/guest-venus/output.log"
+    echo "== its screen through vgpud's VNC output: $shotfile"
     [[ $rc -eq 0 ]] || tb_die "the Venus guest failed ($rc); see $OUT/guest-venus/console.log"
+    [[ $shot -eq 0 ]] || tb_die "the Venus guest's screen through VNC is not its pattern"
 }
 
 main() {

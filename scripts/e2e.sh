@@ -129,6 +129,9 @@ RETRIED=0       # guests that hung before the device probe, whose case ran again
 BOOT_PID=""
 READY_SIZE=""
 REASON=""
+EXPORTER=""    # share_export: the exporting guest's boot.sh pid, its UUID and fence point
+UUID=""
+FENCE=""
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 now() { date +%s.%N; }
@@ -851,23 +854,33 @@ case_gl-beside-vk() {
 # Guest 0 exports a HOST3D blob of its Venus renderer and prints its UUID; guest 1 is booted
 # with it, imports them (policy: b may import from a), checks every word and
 # writes a mark the exporter must see in its own pages.
-case_share-buffer() {
-    local dir=$1 pid0 pid1 uuid fence policy=$SOCK_DIR/share-policy.json
+# share_export CASE_DIR B_SETTINGS: vgpud with guests a (exporter) and b
+# (B_SETTINGS: b's own, after name=b,share=on) under a policy letting b import
+# a's buffers; boots guest 0 with share-buffer export and waits for its line.
+# Sets EXPORTER (its boot.sh pid), UUID and FENCE.
+share_export() {
+    local dir=$1 own=$2 policy=$SOCK_DIR/share-policy.json
     printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
     VGPUD_ARGS=(--share-policy "$policy")
-    start_vgpud "$dir" 2 name=a,share=on name=b,share=on || return 1
+    start_vgpud "$dir" 2 name=a,share=on "name=b,share=on${own:+,$own}" || return 1
     VGPUD_ARGS=()
     boot_guest "$dir/vm0" "$(guest_program share-buffer export "$SHARE_SEED" "$SHARE_PAGES")"
-    pid0=$BOOT_PID
-    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32} FENCE [0-9]+'; then
+    EXPORTER=$BOOT_PID
+    if ! wait_line "$dir/vm0" "$EXPORTER" 'SHARE-UUID [0-9a-f]{32} FENCE [0-9]+'; then
         REASON="guest 0 exported nothing (see $dir/vm0/output.log)"
         stop_qemus
-        wait "$pid0" || true
-        untrack "$pid0"
+        wait "$EXPORTER" || true
+        untrack "$EXPORTER"
         return 1
     fi
-    read -r _ uuid _ fence <<<"$LINE"
-    log "  guest 0 exported $uuid and fence point $fence"
+    read -r _ UUID _ FENCE <<<"$LINE"
+    log "  guest 0 exported $UUID and fence point $FENCE"
+}
+
+case_share-buffer() {
+    local dir=$1 pid0 pid1 uuid fence
+    share_export "$dir" "" || return 1
+    pid0=$EXPORTER uuid=$UUID fence=$FENCE
     boot_guest "$dir/vm1" \
         "$(guest_program share-buffer import "$uuid" "$SHARE_SEED" "$SHARE_PAGES" "$fence")"
     pid1=$BOOT_PID
@@ -940,22 +953,10 @@ case_vnc-kmscube() {
 # real viewers must show the frame pixel for pixel; once guest 0 has freed it
 # (its guest ends), guest 1's screen must be black.
 case_vnc-share() {
-    local dir=$1 pid0 pid1 uuid fence policy=$SOCK_DIR/share-policy.json ok=0 reason=""
+    local dir=$1 pid0 pid1 uuid fence ok=0 reason=""
     local rows=$((SHARE_PAGES * 4096 / 1024)) wait_file=$dir/vm1/${DONE_FILE##*/}
-    printf '{"allow": [{"exporter": "a", "importers": ["b"]}]}\n' >"$TB_ROOT$policy"
-    VGPUD_ARGS=(--share-policy "$policy")
-    start_vgpud "$dir" 2 name=a,share=on \
-        "name=b,share=on,resolution=256x$rows,vnc=127.0.0.1:$((5900 + VNC_DISPLAY))" || return 1
-    VGPUD_ARGS=()
-    boot_guest "$dir/vm0" "$(guest_program share-buffer export "$SHARE_SEED" "$SHARE_PAGES")"
-    pid0=$BOOT_PID
-    if ! wait_line "$dir/vm0" "$pid0" 'SHARE-UUID [0-9a-f]{32} FENCE [0-9]+'; then
-        REASON="guest 0 exported nothing (see $dir/vm0/output.log)"
-        stop_qemus
-        return 1
-    fi
-    read -r _ uuid _ fence <<<"$LINE"
-    log "  guest 0 exported $uuid and fence point $fence"
+    share_export "$dir" "resolution=256x$rows,vnc=127.0.0.1:$((5900 + VNC_DISPLAY))" || return 1
+    pid0=$EXPORTER uuid=$UUID fence=$FENCE
     boot_guest "$dir/vm1" "$(guest_program share-buffer show "$uuid" "$SHARE_SEED" \
         "$SHARE_PAGES" "$fence" "$DONE_FILE")"
     pid1=$BOOT_PID

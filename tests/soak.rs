@@ -7,7 +7,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
+use vgpud_harness::vnc::{CURSOR, DESKTOP_SIZE, RAW, ZRLE};
+use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig, VncViewer};
 use vgpud_protocol::Command;
 
 const CYCLES: usize = 200;
@@ -76,7 +77,26 @@ fn settle(d: &Daemon, base: ProcStats, limit: Duration) -> ProcStats {
 
 #[test]
 fn hundreds_of_hostile_vms_leave_nothing_behind() {
-    let d = daemon(2, &["--hostmem", "1M"]);
+    // Socket 0's VMs have a VNC output too: a viewer stays on it throughout, others come and go.
+    let dir = std::env::temp_dir().join(format!("vgpud-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let vnc = dir.join("vm0.vnc");
+    let settings = format!("vnc={}", vnc.display());
+    let args = ["--hostmem", "1M", "--renderer", "2d"];
+    let d = Daemon::spawn_with_vm_settings(vgpud(), &[&settings, ""], &args).expect("start");
+    assert!(eventually(Duration::from_secs(10), || vnc.exists()));
+    let mut watcher = VncViewer::connect(&vnc, &[ZRLE, CURSOR, DESKTOP_SIZE]).expect("viewer");
+    watcher.set_read_timeout(Duration::from_secs(30)).unwrap();
+    let watching = std::thread::spawn(move || {
+        let mut incremental = false;
+        while watcher
+            .request(incremental)
+            .and_then(|()| watcher.read_update())
+            .is_ok()
+        {
+            incremental = true;
+        }
+    });
     for n in 0..WARM_UP {
         cycle(&d, n);
     }
@@ -89,6 +109,13 @@ fn hundreds_of_hostile_vms_leave_nothing_behind() {
     let start = Instant::now();
     for n in WARM_UP..WARM_UP + CYCLES {
         cycle(&d, n);
+        if n.is_multiple_of(5) {
+            // A viewer that takes one picture and leaves, or one that leaves mid-handshake.
+            if let Ok(mut v) = VncViewer::connect(&vnc, &[RAW]) {
+                let _ = v.request(false).and_then(|()| v.read_update().map(drop));
+            }
+            drop(std::os::unix::net::UnixStream::connect(&vnc));
+        }
     }
     for i in 0..2 {
         drop(Vm::connect(&d.socket(i), VmConfig::default()).expect("connect"));
@@ -126,4 +153,6 @@ fn hundreds_of_hostile_vms_leave_nothing_behind() {
     );
     let mut d = d;
     assert!(d.is_running());
+    d.kill();
+    let _ = watching.join();
 }

@@ -186,6 +186,9 @@ pub(crate) struct Shared {
     pub wake: EventFd,
     /// Asks the connected VM's queue thread to feed the whole picture again.
     pub refresh: Mutex<Option<EventFd>>,
+    /// A refresh was asked for and not fed yet: new viewers wait for it (a while) rather than
+    /// get a stale first picture.
+    pub refreshing: std::sync::atomic::AtomicBool,
     pub log: GuestLog,
 }
 
@@ -228,6 +231,7 @@ impl VncOutput {
             stale: Default::default(),
             wake: EventFd::new(libc::EFD_NONBLOCK)?,
             refresh: Mutex::new(None),
+            refreshing: Default::default(),
             log,
         });
         let listeners = (0..scanouts)
@@ -244,9 +248,16 @@ impl VncOutput {
         self.shared.stale.store(true, Ordering::Release);
     }
 
+    /// The queue thread fed the whole picture it was asked for.
+    pub fn refreshed(&self) {
+        self.shared.refreshing.store(false, Ordering::Release);
+        self.shared.wake();
+    }
+
     /// The VM went away: every screen goes black; the viewers stay.
     pub fn detach(&self) {
         *lock(&self.shared.refresh) = None;
+        self.shared.refreshing.store(false, Ordering::Release);
         let mut screens = lock(&self.shared.screens);
         for s in screens.iter_mut() {
             self.blank(s);

@@ -25,6 +25,8 @@ use crate::sync::lock;
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// How long a viewer may leave an update unread before it is dropped.
 const STALL_TIME: Duration = Duration::from_secs(10);
+/// How long a new viewer's first update waits for the picture to be fed whole.
+const REFRESH_WAIT: Duration = Duration::from_secs(2);
 /// How often deadlines are checked when nothing happens.
 const TICK_MS: i32 = 500;
 /// Connections taken from one listener per wakeup: a storm of them cannot starve the viewers.
@@ -462,6 +464,7 @@ impl Server {
         // Pixels were left out while nobody watched (or never fed): ask for the whole picture.
         if bytes == 0 || self.shared.stale.swap(false, Ordering::AcqRel) {
             if let Some(refresh) = lock(&self.shared.refresh).as_ref() {
+                self.shared.refreshing.store(true, Ordering::Release);
                 let _ = refresh.write(1);
             }
         }
@@ -537,6 +540,11 @@ impl Server {
             return Ok(());
         };
         if v.phase != Phase::Normal || v.sent < v.out.len() {
+            return Ok(());
+        }
+        // A picture being fed whole (reading back a 3D scanout takes a while): a new viewer's
+        // first update waits for it, a bounded while.
+        if self.shared.refreshing.load(Ordering::Acquire) && v.since.elapsed() < REFRESH_WAIT {
             return Ok(());
         }
         let screens = lock(&self.shared.screens);

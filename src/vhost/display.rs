@@ -264,6 +264,7 @@ impl VmBackend {
                 _ => out.apply(cmd),
             }
         }
+        out.refreshed();
     }
 
     /// Sends an update in bands, reading each band's pixels just before it goes.
