@@ -387,9 +387,9 @@ fn worker_call(vgpud: &Path, n: usize) -> io::Result<(f64, f64)> {
     Ok((timed.p50, first_ms))
 }
 
-/// p50 (µs) of a call to another thread over std mpsc channels, the way vgpud's
-/// RenderHandle::call reaches its renderer thread (a boxed job on a channel, the answer on a
-/// fresh sync_channel).
+/// p50 (µs) of a call to another thread over std mpsc channels (a boxed job on a channel, the
+/// answer on a fresh sync_channel): what each renderer call cost inside a render worker while
+/// rutabaga ran on a thread of its own (it now runs on the worker's main thread).
 fn mpsc_call(n: usize) -> f64 {
     type Job = Box<dyn FnOnce(&mut u64) + Send>;
     let (jobs, inbox) = mpsc::channel::<Job>();
@@ -574,7 +574,7 @@ fn print_references(rounds: &[Round]) {
         med(|r| r.eventfd_p50)
     );
     println!(
-        "| std mpsc call to another thread (as RenderHandle::call), p50 | {} µs |",
+        "| std mpsc call to another thread (a thread hop), p50 | {} µs |",
         med(|r| r.mpsc_p50)
     );
     println!(

@@ -30,6 +30,10 @@ impl Channel {
         self.sock.set_read_timeout(limit)
     }
 
+    pub fn fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
     pub fn shutdown(&self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }

@@ -1,9 +1,10 @@
 //! Renderers. The 2D one (`Soft2d`) is shared by the daemon's 2D VMs and called in place from each
 //! VM's queue thread. A 3D VM's renderer lives in a render worker process of its own (`worker`),
-//! reached from the broker through a `RemoteRenderer`. Inside the worker, rutabaga_gfx runs on a
-//! thread of its own: rutabaga (and virglrenderer behind it) is not thread-safe and GL contexts
-//! belong to one thread, so the worker talks to it through a `RenderHandle` that runs closures
-//! on that thread.
+//! reached from the broker through a `RemoteRenderer`. Inside the worker, rutabaga_gfx runs on
+//! the worker's main thread, the one that reads the broker's requests: rutabaga (and
+//! virglrenderer behind it) is not thread-safe and GL contexts belong to the thread that made
+//! them, and calling it in place costs no thread hop per request. The `RenderHandle` refuses
+//! calls from any other thread.
 
 pub mod channel;
 pub(crate) mod fake;
@@ -13,15 +14,15 @@ mod rutabaga;
 mod soft2d;
 pub mod worker;
 
+use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
-use std::thread;
+use std::thread::{self, ThreadId};
 
 use ::rutabaga_gfx::Rutabaga;
 use log::warn;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 pub use self::rutabaga::RendererKind;
 pub use self::soft2d::Soft2d;
@@ -44,121 +45,117 @@ fn render_node() -> Option<&'static Path> {
 pub type SharedRenderer = Arc<dyn Renderer + Sync>;
 
 /// Starts a renderer of `kind` (not `Auto`: see `RendererKind::candidates`) for one VM, reporting
-/// its fences to `sink`. (The 2D renderer reports none: its fences are done at creation.)
-pub fn start(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<SharedRenderer, StartError> {
+/// its fences to `sink`. (The 2D renderer reports none: its fences are done at creation.) A 3D
+/// renderer is bound to the calling thread; `Started::poll` says when to let it look at its work.
+pub fn start(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<Started, StartError> {
     match kind {
-        RendererKind::TwoD => Ok(Arc::new(Soft2d::default())),
-        RendererKind::Fake => Ok(Arc::new(fake::Fake::new(sink))),
-        _ => Ok(Arc::new(RenderHandle::start(kind, sink)?)),
+        RendererKind::TwoD => Ok(Started {
+            renderer: Arc::new(Soft2d::default()),
+            poll: None,
+        }),
+        RendererKind::Fake => Ok(Started {
+            renderer: Arc::new(fake::Fake::new(sink)),
+            poll: None,
+        }),
+        _ => {
+            let (handle, fd) = RenderHandle::start(kind, sink)?;
+            let poll = fd.map(|fd| Poll {
+                fd,
+                handle: handle.clone(),
+            });
+            Ok(Started {
+                renderer: Arc::new(handle),
+                poll,
+            })
+        }
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Rutabaga) + Send>;
+/// A started renderer, and what its owner must watch for it.
+pub struct Started {
+    pub renderer: SharedRenderer,
+    pub poll: Option<Poll>,
+}
+
+/// A descriptor the renderer signals work through (virglrenderer's fence descriptor): when it is
+/// readable, `run` lets the renderer poll (it stays readable until then).
+pub struct Poll {
+    pub fd: ::rutabaga_gfx::RutabagaDescriptor,
+    handle: RenderHandle,
+}
+
+impl Poll {
+    pub fn run(&self) {
+        let _ = self.handle.call(|r| r.event_poll());
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot start the renderer: {0}")]
     Rutabaga(String),
-    #[error("cannot spawn the renderer thread: {0}")]
-    Thread(#[from] std::io::Error),
 }
 
 #[derive(Clone)]
 pub struct RenderHandle {
     kind: RendererKind,
-    jobs: mpsc::Sender<Job>,
+    engine: Arc<InPlace>,
     next_ctx: Arc<AtomicU32>,
     next_fence: Arc<AtomicU64>,
 }
 
+/// Rutabaga on the thread that built it.
+struct InPlace {
+    owner: ThreadId,
+    rutabaga: ManuallyDrop<RefCell<Rutabaga>>,
+}
+
+// SAFETY: the Rutabaga inside is only ever touched on `owner`, the thread that built it: `call`
+// checks the calling thread first, and `drop` leaks it rather than tear it down elsewhere. So
+// sharing the handle between threads never shares the renderer.
+unsafe impl Send for InPlace {}
+// SAFETY: as above.
+unsafe impl Sync for InPlace {}
+
+impl Drop for InPlace {
+    fn drop(&mut self) {
+        if thread::current().id() == self.owner {
+            // SAFETY: dropped once, here, on its own thread; never used again.
+            unsafe { ManuallyDrop::drop(&mut self.rutabaga) };
+        }
+    }
+}
+
 impl RenderHandle {
-    /// Builds the renderer on its own thread and returns a handle to it. The thread ends when the
-    /// last handle is dropped.
-    pub fn start(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<RenderHandle, StartError> {
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        thread::Builder::new()
-            .name("renderer".into())
-            .spawn(move || {
-                let mut rutabaga = match rutabaga::build(kind, sink) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(rutabaga.poll_descriptor()));
-                while let Ok(job) = inbox.recv() {
-                    job(&mut rutabaga);
-                }
-            })?;
-        let poll_fd = match ready_rx.recv() {
-            Ok(Ok(fd)) => fd,
-            Ok(Err(e)) => return Err(StartError::Rutabaga(e)),
-            Err(_) => {
-                return Err(StartError::Rutabaga(
-                    "renderer thread died while starting".into(),
-                ))
-            }
-        };
+    /// Builds the renderer on the calling thread, which alone may use it from now on; returns
+    /// the descriptor it signals work through, if any.
+    pub fn start(
+        kind: RendererKind,
+        sink: Arc<dyn FenceSink>,
+    ) -> Result<(RenderHandle, Option<::rutabaga_gfx::RutabagaDescriptor>), StartError> {
+        let rutabaga = rutabaga::build(kind, sink).map_err(StartError::Rutabaga)?;
+        let poll_fd = rutabaga.poll_descriptor();
         let handle = RenderHandle {
             kind,
-            jobs,
+            engine: Arc::new(InPlace {
+                owner: thread::current().id(),
+                rutabaga: ManuallyDrop::new(RefCell::new(rutabaga)),
+            }),
             next_ctx: Arc::new(AtomicU32::new(1)),
             next_fence: Arc::new(AtomicU64::new(0)),
         };
-        if let Some(fd) = poll_fd {
-            handle.watch_poll_fd(fd)?;
+        Ok((handle, poll_fd))
+    }
+
+    /// Runs `f` on the renderer; None when called from another thread than the renderer's (or
+    /// from inside another call).
+    pub fn call<T>(&self, f: impl FnOnce(&mut Rutabaga) -> T) -> Option<T> {
+        if thread::current().id() != self.engine.owner {
+            warn!("renderer called from a thread it does not belong to");
+            return None;
         }
-        Ok(handle)
-    }
-
-    /// Some renderers signal work through a descriptor: when it is readable, let the renderer
-    /// thread poll, and wait for that before looking again (the descriptor stays readable until then).
-    fn watch_poll_fd(&self, fd: ::rutabaga_gfx::RutabagaDescriptor) -> std::io::Result<()> {
-        use std::os::fd::{AsFd, AsRawFd};
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            fd.as_fd().as_raw_fd(),
-            EpollEvent::new(EventSet::IN, 0),
-        )?;
-        let handle = self.clone();
-        thread::Builder::new()
-            .name("renderer-poll".into())
-            .spawn(move || {
-                let _keep_open = fd;
-                let mut events = [EpollEvent::default(); 1];
-                loop {
-                    match epoll.wait(-1, &mut events) {
-                        Ok(_) => {
-                            if handle.call(|r| r.event_poll()).is_none() {
-                                return;
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => {
-                            warn!("renderer poll: {e}");
-                            return;
-                        }
-                    }
-                }
-            })?;
-        Ok(())
-    }
-
-    /// Runs `f` on the renderer thread and returns its result; None if that thread is gone.
-    pub fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Rutabaga) -> T + Send + 'static,
-    ) -> Option<T> {
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.jobs
-            .send(Box::new(move |r| {
-                let _ = tx.send(f(r));
-            }))
-            .ok()?;
-        rx.recv().ok()
+        let mut rutabaga = self.engine.rutabaga.try_borrow_mut().ok()?;
+        Some(f(&mut rutabaga))
     }
 
     /// Ids are never reused, so a stale id held anywhere can never name a new object.

@@ -94,7 +94,7 @@ pub(super) fn build(kind: RendererKind, sink: Arc<dyn FenceSink>) -> Result<Ruta
         // 2D is drawn in place by Soft2d; Auto is resolved by RendererKind::candidates.
         RendererKind::TwoD | RendererKind::Auto | RendererKind::Fake => {
             drop(fences);
-            Err(format!("no renderer thread for {kind:?}"))
+            Err(format!("no rutabaga renderer for {kind:?}"))
         }
     }
 }
@@ -204,9 +204,9 @@ impl RenderHandle {
         })
     }
 
-    fn run<T: Send + 'static>(
+    fn run<T>(
         &self,
-        f: impl FnOnce(&mut Rutabaga) -> Result<T, RutabagaError> + Send + 'static,
+        f: impl FnOnce(&mut Rutabaga) -> Result<T, RutabagaError>,
     ) -> Result<T, RenderError> {
         self.call(f).ok_or(RenderError::Gone)?.map_err(rejected)
     }

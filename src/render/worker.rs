@@ -16,9 +16,10 @@ use log::{error, info};
 use vgpud_protocol::worker::{Event, Region, Reply, Request};
 use vgpud_protocol::MemEntry;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::channel::{Channel, Mailbox};
-use super::{start, RendererKind, SharedRenderer};
+use super::{start, Poll, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
 use crate::device::{BlobArgs, RenderError};
 use crate::fences::{Fence, FenceSink};
@@ -65,10 +66,11 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
     let requests = Channel::new(requests);
     let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
-        let renderer = start(kind, sink).map_err(io::Error::other)?;
-        Ok((renderer, mailbox))
+        let started = start(kind, sink).map_err(io::Error::other)?;
+        let wait = Wait::new(&requests, started.poll.as_ref())?;
+        Ok((started, mailbox, wait))
     });
-    let (renderer, mailbox) = match setup {
+    let (Started { renderer, poll }, mailbox, wait) = match setup {
         Ok(s) => s,
         Err(e) => {
             error!("render worker for {vm}: {e}");
@@ -86,6 +88,20 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
         backings: HashMap::new(),
     };
     loop {
+        // The renderer's own work (fences) is looked at on this thread too, between requests.
+        match wait.next() {
+            Ok(Ready::Renderer) => {
+                if let Some(p) = &poll {
+                    p.run();
+                }
+                continue;
+            }
+            Ok(Ready::Request) => {}
+            Err(e) => {
+                error!("render worker for {vm}: {e}");
+                return 1;
+            }
+        }
         let (request, files) = match requests.recv::<Request>() {
             Ok(r) => r,
             // The broker closed the channel: its VM is gone.
@@ -103,6 +119,53 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
         if let Err(e) = requests.send(&reply, &fds) {
             error!("render worker for {vm}: {e}");
             return 1;
+        }
+    }
+}
+
+enum Ready {
+    Request,
+    Renderer,
+}
+
+/// One epoll over the broker's request channel and the renderer's descriptor.
+struct Wait(Epoll);
+
+impl Wait {
+    fn new(requests: &Channel, poll: Option<&Poll>) -> io::Result<Wait> {
+        let epoll = Epoll::new()?;
+        let add = |fd, token| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(requests.fd(), 0)?;
+        if let Some(p) = poll {
+            use std::os::fd::AsFd;
+            add(p.fd.as_fd().as_raw_fd(), 1)?;
+        }
+        Ok(Wait(epoll))
+    }
+
+    /// Waits until there is a request or renderer work; requests first.
+    fn next(&self) -> io::Result<Ready> {
+        let mut events = [EpollEvent::default(); 2];
+        loop {
+            match self.0.wait(-1, &mut events) {
+                Ok(n) => {
+                    let ready = events.get(..n).unwrap_or_default();
+                    if ready.iter().any(|e| e.data() == 0) {
+                        return Ok(Ready::Request);
+                    }
+                    if !ready.is_empty() {
+                        return Ok(Ready::Renderer);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
     }
 }
