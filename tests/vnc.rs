@@ -234,7 +234,8 @@ fn a_viewer_that_stops_reading_costs_only_itself() {
     let mut stuck = UnixStream::connect(&path).unwrap();
     handshake(&mut stuck);
     stuck.write_all(&[2, 0, 0, 1, 0, 0, 0, 0]).unwrap();
-    let mut good = viewer(&path, &[ZRLE]);
+    // Raw: ZRLE of noisy 1080p frames is slow in a debug build.
+    let mut good = viewer(&path, &[RAW]);
     for i in 0..20u32 {
         let pixels = pattern(1920, 1080, i);
         if i == 0 {

@@ -410,18 +410,10 @@ impl Server {
                         .start_viewing(slot)
                         .and_then(|()| self.handle_input(slot));
                 }
-                Phase::Normal => match rfb::decode(&v.input).map_err(|e| e.to_string())? {
-                    None => {
-                        if v.input.len() > rfb::MAX_MESSAGE {
-                            return Err("a message past the largest one".into());
-                        }
-                        return Ok(());
-                    }
-                    Some((msg, used)) => {
-                        apply(v, msg);
-                        used
-                    }
-                },
+                Phase::Normal => {
+                    messages(v)?;
+                    return flush(v);
+                }
             };
             v.input.drain(..used.min(v.input.len()));
             flush(v)?;
@@ -688,6 +680,36 @@ impl Server {
                 .info(format_args!("vnc: viewer dropped: {why}"));
         }
     }
+}
+
+/// Acts on every whole message the viewer sent, then drops them from its input at once (a
+/// flood of small messages costs one move of the buffer, not one per message).
+fn messages(v: &mut Viewer) -> Result<(), Drop> {
+    let mut at = 0;
+    loop {
+        let rest = v.input.get(at..).unwrap_or_default();
+        if v.skip > 0 {
+            let skipped = rest.len().min(v.skip as usize);
+            at += skipped;
+            v.skip -= skipped as u32;
+            if v.skip > 0 {
+                break;
+            }
+            continue;
+        }
+        match rfb::decode(rest).map_err(|e| e.to_string())? {
+            Some((msg, used)) => {
+                apply(v, msg);
+                at += used;
+            }
+            None if rest.len() > rfb::MAX_MESSAGE => {
+                return Err("a message past the largest one".into());
+            }
+            None => break,
+        }
+    }
+    v.input.drain(..at.min(v.input.len()));
+    Ok(())
 }
 
 /// A viewer's message, once connected.
