@@ -300,6 +300,17 @@ fn main() -> ExitCode {
     let one_shot = listeners
         .iter()
         .all(|(_, source, _)| matches!(source, VmmSource::Connected(_)));
+    let outputs: Vec<(&VncAddress, u32)> = (listeners.iter())
+        .filter_map(|(_, _, vm)| vm.vnc.as_ref().map(|a| (a, vm.device.num_scanouts)))
+        .collect();
+    let taken: Vec<std::path::PathBuf> = (opts.socket_paths.iter().map(|s| s.target.clone()))
+        .chain(opts.control_socket.clone())
+        .chain(opts.metrics_socket.clone())
+        .collect();
+    if let Err(e) = vgpud::output::check_addresses(&outputs, &taken) {
+        error!("vnc: {e}");
+        return ExitCode::from(2);
+    }
     for (socket, listener, vm) in listeners {
         let name = vm.name.clone().unwrap_or_else(|| socket.clone());
         let Some(renderer) = start_renderer(&opts, vm.renderer, vm.hostmem, &mut started) else {

@@ -366,14 +366,15 @@ fn hostile_viewers_are_dropped_alone() {
 
 #[test]
 fn viewers_past_the_cap_or_the_memory_cap_are_refused() {
-    let (d, path) = vnc_daemon(",vnc-viewers=2,vnc-memory=2M", &["--resolution", "320x200"]);
+    let (d, path) = vnc_daemon(",vnc-viewers=2,vnc-memory=3M", &["--resolution", "320x200"]);
     let _vm = connect(&d, 0);
     let one = viewer(&path, &[RAW]);
     let two = viewer(&path, &[RAW]);
     let mut third = UnixStream::connect(&path).unwrap();
     assert!(closed(&mut third), "a third viewer is refused");
     drop((one, two));
-    // 2M holds a 320x200 picture and a viewer, not a 1024x768 one.
+    // 3M holds a 320x200 picture and two viewers (each two pictures and its zlib stream); 2M
+    // holds not even a 1024x768 picture.
     let (d, path) = vnc_daemon(",vnc-memory=2M", &["--resolution", "1024x768"]);
     let _vm = connect(&d, 0);
     assert!(VncViewer::connect(&path, &[RAW]).is_err());
@@ -459,4 +460,135 @@ fn tcp_listens_on_loopback_only_unless_the_operator_says_otherwise() {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
+}
+
+#[test]
+fn repeated_requests_for_the_whole_screen_send_it_once() {
+    let (d, path) = vnc_daemon("", &["--resolution", "128x64"]);
+    let mut vm = connect(&d, 0);
+    let a = pattern(128, 64, 6);
+    draw(&mut vm, 1, 128, 64, &a);
+    let mut v = viewer(&path, &[RAW]);
+    v.wait_for(WAIT, |v| v.bgr() == bgr(&a)).unwrap();
+    // 32 non-incremental requests for the whole screen in one write, then one flush.
+    for _ in 0..32 {
+        v.request(false).unwrap();
+    }
+    ok(
+        &mut vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, 128, 64),
+            resource_id: 1,
+        },
+    );
+    let rects = v.read_update().unwrap();
+    let pixels: u64 = rects
+        .iter()
+        .map(|r| u64::from(r.width) * u64::from(r.height))
+        .sum();
+    assert_eq!(pixels, 128 * 64, "the screen once, not 32 times: {rects:?}");
+}
+
+#[test]
+fn a_new_scanout_starts_black_not_with_the_old_pictures_pixels() {
+    let (d, path) = vnc_daemon("", &["--resolution", "64x64"]);
+    let mut vm = connect(&d, 0);
+    let mut v = viewer(&path, &[RAW]);
+    let a = pattern(64, 64, 7);
+    draw(&mut vm, 1, 64, 64, &a);
+    v.wait_for(WAIT, |v| v.bgr() == bgr(&a)).unwrap();
+    // Another resource of the same size on the scanout, never flushed: what scanout 0 showed
+    // before (another VM's buffer, say) must not stay on the screen.
+    ok(&mut vm, create(2, 64, 64));
+    ok(
+        &mut vm,
+        Command::SetScanout {
+            rect: rect(0, 0, 64, 64),
+            scanout_id: 0,
+            resource_id: 2,
+        },
+    );
+    v.wait_for(WAIT, |v| v.picture.iter().all(|b| *b == 0))
+        .expect("black until the new resource is flushed");
+}
+
+#[test]
+fn viewers_that_vanish_right_after_the_handshake_are_not_counted() {
+    let (d, path) = vnc_daemon(",name=desk", &["--resolution", "64x64"]);
+    drop(d);
+    // The same again, with a control socket to read the counts from.
+    let control = path.with_file_name("control.sock");
+    let settings = format!("vnc={},name=desk", path.display());
+    let args = [
+        "--renderer",
+        "2d",
+        "--resolution",
+        "64x64",
+        "--control-socket",
+    ];
+    let mut args: Vec<&str> = args.to_vec();
+    let control_arg = control.to_string_lossy().into_owned();
+    args.push(&control_arg);
+    let d = Daemon::spawn_with_vm_settings(vgpud(), &[&settings], &args).expect("start");
+    assert!(eventually(WAIT, || path.exists() && control.exists()));
+    let mut vm = connect(&d, 0);
+    for _ in 0..20 {
+        let mut s = UnixStream::connect(&path).unwrap();
+        let mut version = [0u8; 12];
+        s.read_exact(&mut version).unwrap();
+        // Version, security type, ClientInit at once, then gone before ServerInit is read.
+        s.write_all(b"RFB 003.008\n\x01\x01").unwrap();
+        drop(s);
+    }
+    let mut v = viewer(&path, &[RAW]);
+    let a = pattern(64, 64, 8);
+    draw(&mut vm, 1, 64, 64, &a);
+    v.wait_for(WAIT, |v| v.bgr() == bgr(&a))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}: {} updates, {:?}, {} lit, first wrong {:?}",
+                v.updates,
+                v.received,
+                v.picture.iter().filter(|b| **b != 0).count(),
+                v.bgr().iter().zip(bgr(&a)).position(|(x, y)| *x != y)
+            )
+        });
+    let viewers = || {
+        let out = std::process::Command::new(vgpud())
+            .args(["status", "--json", "--control-socket"])
+            .arg(&control)
+            .output()
+            .expect("vgpud status");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.split("\"vnc_viewers\":")
+            .nth(1)
+            .and_then(|t| t.split([',', '}']).next())
+            .and_then(|n| n.trim().parse::<u64>().ok())
+    };
+    assert!(
+        eventually(WAIT, || viewers() == Some(1)),
+        "one viewer counted, not {:?}",
+        viewers()
+    );
+}
+
+#[test]
+fn a_viewer_that_asks_for_desktop_size_late_is_told_the_size() {
+    let (d, path) = vnc_daemon("", &["--resolution", "64x64"]);
+    let mut vm = connect(&d, 0);
+    let mut v = viewer(&path, &[RAW]);
+    let a = pattern(96, 80, 9);
+    draw(&mut vm, 1, 96, 80, &a);
+    // Resized while it did not follow resizes: it keeps 64x64 ...
+    v.wait_for(WAIT, |v| v.updates >= 1).unwrap();
+    assert_eq!((v.width, v.height), (64, 64));
+    // ... until it asks for DesktopSize.
+    let enc = [2u8, 0, 0, 2, 0xff, 0xff, 0xff, 0x21, 0, 0, 0, 0];
+    use std::io::Write as _;
+    let mut raw = v.stream().try_clone().unwrap();
+    raw.write_all(&enc).unwrap();
+    v.wait_for(WAIT, |v| {
+        (v.width, v.height) == (96, 80) && v.bgr() == bgr(&a)
+    })
+    .unwrap();
 }

@@ -113,6 +113,11 @@ impl VncViewer {
         self.stream.write_all(&msg)
     }
 
+    /// The connection itself, for messages this viewer does not send on its own.
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
     pub fn set_read_timeout(&self, t: Duration) -> io::Result<()> {
         self.stream.set_read_timeout(Some(t))
     }

@@ -13,6 +13,7 @@
 //! libvncserver would bring C, a thread per viewer and its own allocations past our quotas. The
 //! part of RFB a server needs is small (rfb.rs); compression is flate2's.
 
+mod damage;
 pub mod rfb;
 mod server;
 pub mod zrle;
@@ -33,8 +34,6 @@ use crate::sync::lock;
 
 /// The largest screen served (RFB sizes are 16-bit; this keeps one picture under 1 GiB).
 pub const MAX_SCREEN_SIDE: u32 = 16384;
-/// Damage rectangles kept per screen before they are merged into their bounding box.
-pub(crate) const MAX_DAMAGE: usize = 32;
 /// What a viewer is charged beyond one picture: its zlib stream and buffers.
 const VIEWER_OVERHEAD: usize = 512 << 10;
 
@@ -76,6 +75,25 @@ impl VncAddress {
     }
 }
 
+/// Checks that no two screens (of `outputs`: address and scanout count each) listen at the same
+/// address, and that none is one of the daemon's other sockets (`taken`): binding one would
+/// replace the other's socket, and its viewers would see another VM.
+pub fn check_addresses(outputs: &[(&VncAddress, u32)], taken: &[PathBuf]) -> Result<(), String> {
+    let mut seen: Vec<VncAddress> = taken.iter().cloned().map(VncAddress::Unix).collect();
+    for (address, scanouts) in outputs {
+        for n in 0..*scanouts {
+            let screen = address.screen(n).map_err(|e| e.to_string())?;
+            if seen.contains(&screen) {
+                return Err(format!(
+                    "{screen:?} is named twice (vnc= screens and sockets)"
+                ));
+            }
+            seen.push(screen);
+        }
+    }
+    Ok(())
+}
+
 /// A VM's output settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VncConfig {
@@ -105,6 +123,8 @@ pub(crate) struct Screen {
     pub height: u32,
     /// Empty while the scanout is off: the screen is black.
     pub pixels: Vec<u8>,
+    /// The scanout is on (its picture may still be unfed).
+    pub on: bool,
     /// Changed since the output thread last looked.
     pub damage: Vec<Rect>,
     /// Bumped when the size changes (a viewer that follows resizes is told).
@@ -115,11 +135,7 @@ pub(crate) struct Screen {
 
 impl Screen {
     fn damage(&mut self, r: Rect) {
-        self.damage.push(r);
-        if self.damage.len() > MAX_DAMAGE {
-            let all = bounding(&self.damage);
-            self.damage = vec![all];
-        }
+        damage::add(&mut self.damage, r);
     }
 
     fn full(&self) -> Rect {
@@ -129,19 +145,6 @@ impl Screen {
             width: self.width,
             height: self.height,
         }
-    }
-}
-
-pub(crate) fn bounding(rects: &[Rect]) -> Rect {
-    let x0 = rects.iter().map(|r| r.x).min().unwrap_or(0);
-    let y0 = rects.iter().map(|r| r.y).min().unwrap_or(0);
-    let x1 = rects.iter().map(|r| r.x + r.width).max().unwrap_or(0);
-    let y1 = rects.iter().map(|r| r.y + r.height).max().unwrap_or(0);
-    Rect {
-        x: x0,
-        y: y0,
-        width: x1 - x0,
-        height: y1 - y0,
     }
 }
 
@@ -284,11 +287,12 @@ impl VncOutput {
     /// Whether pixels should be read for it now: only while someone watches. Otherwise the
     /// picture is marked stale and fed whole when a viewer comes.
     pub fn watched(&self) -> bool {
-        if self.viewers() > 0 {
+        if self.shared.viewers.load(Ordering::SeqCst) > 0 {
             return true;
         }
-        self.shared.stale.store(true, Ordering::Release);
-        false
+        self.shared.stale.store(true, Ordering::SeqCst);
+        // A viewer that came meanwhile may have found the picture fresh: feed it after all.
+        self.shared.viewers.load(Ordering::SeqCst) > 0
     }
 
     /// Applies one display command; an update's pixels come with it (rows of `area`, packed).
@@ -370,6 +374,7 @@ impl VncOutput {
     fn blank(&self, s: &mut Screen) {
         self.shared.budget.give(s.pixels.len());
         s.pixels = Vec::new();
+        s.on = false;
         s.damage.clear();
         s.damage(s.full());
     }
@@ -382,6 +387,10 @@ impl VncOutput {
             s.height = h;
             s.size_serial += 1;
         }
+        s.on = true;
+        // What the scanout showed before (maybe another VM's buffer, since revoked) is gone
+        // either way: the new picture starts black until it is flushed.
+        s.pixels.fill(0);
         if s.pixels.len() != bytes {
             self.shared.budget.give(s.pixels.len());
             s.pixels = Vec::new();
@@ -416,6 +425,11 @@ fn s_cursor_off(screens: &mut [Screen]) {
     }
 }
 
+/// What a viewer is charged for a picture of `screen_bytes`: at most one whole picture copied
+/// out and one encoded (damage never adds up to more than the picture), plus its zlib stream.
 pub(crate) fn viewer_charge(screen_bytes: usize) -> usize {
-    screen_bytes + screen_bytes / 8 + VIEWER_OVERHEAD
+    screen_bytes
+        .saturating_mul(2)
+        .saturating_add(screen_bytes / 8)
+        .saturating_add(VIEWER_OVERHEAD)
 }

@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use vgpud_protocol::Rect;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
+use super::damage::{self, bounding};
 use super::rfb::{self, encoding, PixelFormat, ViewerMessage};
 use super::zrle::ZrleEncoder;
-use super::{bounding, viewer_charge, Shared, VncAddress, MAX_DAMAGE};
+use super::{viewer_charge, Shared, VncAddress};
 use crate::device::{intersect, CURSOR_SIZE};
 use crate::sync::lock;
 
@@ -25,6 +26,13 @@ use crate::sync::lock;
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// How long a viewer may leave an update unread before it is dropped.
 const STALL_TIME: Duration = Duration::from_secs(10);
+/// Buffers larger than this are freed once written rather than kept for the next update.
+pub(super) const KEEP_BUFFER: usize = 1 << 20;
+/// A whole-picture refresh is asked for at most this often (each costs the queue thread a read
+/// of every scanout).
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// A listener whose accept failed (out of descriptors) is left alone this long.
+const ACCEPT_PAUSE: Duration = Duration::from_secs(1);
 /// How long a new viewer's first update waits for the picture to be fed whole.
 const REFRESH_WAIT: Duration = Duration::from_secs(2);
 /// How often deadlines are checked when nothing happens.
@@ -131,7 +139,9 @@ struct Viewer {
     sent: usize,
     writable_watched: bool,
     pf: PixelFormat,
+    /// Made when the viewer first asks for ZRLE and kept: its zlib stream lasts the connection.
     zrle: Option<ZrleEncoder>,
+    use_zrle: bool,
     wants_cursor: bool,
     follows_resize: bool,
     /// The area of a pending FramebufferUpdateRequest.
@@ -149,10 +159,7 @@ struct Viewer {
 
 impl Viewer {
     fn damage(&mut self, r: Rect) {
-        self.damage.push(r);
-        if self.damage.len() > MAX_DAMAGE {
-            self.damage = vec![bounding(&self.damage)];
-        }
+        damage::add(&mut self.damage, r);
     }
 }
 
@@ -178,9 +185,12 @@ pub(super) fn spawn(
         )?;
     }
     let name: String = format!("vnc-{}", shared.name).chars().take(15).collect();
+    let paused = vec![None; listeners.len()];
     let mut server = Server {
         shared,
         listeners,
+        paused,
+        last_refresh: None,
         viewers: Vec::new(),
         epoll,
         max_viewers,
@@ -194,6 +204,9 @@ pub(super) fn spawn(
 struct Server {
     shared: Arc<Shared>,
     listeners: Vec<Listening>,
+    /// Listeners left alone until then after a failed accept.
+    paused: Vec<Option<Instant>>,
+    last_refresh: Option<Instant>,
     viewers: Vec<Option<Viewer>>,
     epoll: Epoll,
     max_viewers: usize,
@@ -259,10 +272,15 @@ impl Server {
             let stream = match listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted => continue,
                 Err(e) => {
-                    self.shared
-                        .log
-                        .warn(format_args!("vnc: accepting a viewer: {e}"));
+                    // Out of descriptors, say: the connection stays queued, and a level-
+                    // triggered listener would wake this thread again at once.
+                    self.shared.log.warn(format_args!(
+                        "vnc: accepting a viewer: {e}; trying again in {ACCEPT_PAUSE:?}"
+                    ));
+                    self.pause_listener(screen);
                     return;
                 }
             };
@@ -277,6 +295,37 @@ impl Server {
                 self.shared
                     .log
                     .warn(format_args!("vnc: adding a viewer: {e}"));
+            }
+        }
+    }
+
+    fn pause_listener(&mut self, screen: usize) {
+        let Some(l) = self.listeners.get(screen) else {
+            return;
+        };
+        let token = FIRST_LISTENER + screen as u64;
+        let none = EpollEvent::new(EventSet::empty(), token);
+        if self
+            .epoll
+            .ctl(ControlOperation::Modify, l.fd(), none)
+            .is_ok()
+        {
+            if let Some(p) = self.paused.get_mut(screen) {
+                *p = Some(Instant::now() + ACCEPT_PAUSE);
+            }
+        }
+    }
+
+    fn resume_listeners(&mut self) {
+        let now = Instant::now();
+        for (screen, until) in self.paused.iter_mut().enumerate() {
+            if until.is_some_and(|t| now >= t) {
+                if let Some(l) = self.listeners.get(screen) {
+                    let token = FIRST_LISTENER + screen as u64;
+                    let ev = EpollEvent::new(EventSet::IN, token);
+                    let _ = self.epoll.ctl(ControlOperation::Modify, l.fd(), ev);
+                }
+                *until = None;
             }
         }
     }
@@ -308,6 +357,7 @@ impl Server {
             writable_watched: false,
             pf: PixelFormat::NATIVE,
             zrle: None,
+            use_zrle: false,
             wants_cursor: false,
             follows_resize: false,
             request: None,
@@ -426,7 +476,7 @@ impl Server {
         let Some(s) = screens.get(self.viewers_screen(slot)) else {
             return Err("no such screen".into());
         };
-        let (w, h, serial, bytes) = (s.width, s.height, s.size_serial, s.pixels.len());
+        let (w, h, serial) = (s.width, s.height, s.size_serial);
         drop(screens);
         let charge = viewer_charge(w as usize * h as usize * 4);
         if !self.shared.budget.take(charge) {
@@ -449,18 +499,33 @@ impl Server {
             width: w,
             height: h,
         });
+        // Counted before anything can fail: `drop_viewer` uncounts every viewer in Normal.
+        self.shared.viewers.fetch_add(1, Ordering::SeqCst);
         v.out
             .extend_from_slice(&rfb::server_init(w as u16, h as u16, &self.shared.name));
         flush(v)?;
-        self.shared.viewers.fetch_add(1, Ordering::AcqRel);
-        // Pixels were left out while nobody watched (or never fed): ask for the whole picture.
-        if bytes == 0 || self.shared.stale.swap(false, Ordering::AcqRel) {
-            if let Some(refresh) = lock(&self.shared.refresh).as_ref() {
-                self.shared.refreshing.store(true, Ordering::Release);
-                let _ = refresh.write(1);
-            }
-        }
+        self.maybe_refresh();
         Ok(())
+    }
+
+    /// Pixels were left out while nobody watched: asks the VM's queue thread for the whole
+    /// picture, once at a time and at most once a `REFRESH_EVERY` (the tick asks again later).
+    fn maybe_refresh(&mut self) {
+        let due = self
+            .last_refresh
+            .is_none_or(|t| t.elapsed() >= REFRESH_EVERY);
+        if !due || self.shared.refreshing.load(Ordering::SeqCst) {
+            return;
+        }
+        if !self.shared.stale.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        // Without a VM there is nothing to refresh from (its screens are black).
+        if let Some(refresh) = lock(&self.shared.refresh).as_ref() {
+            self.shared.refreshing.store(true, Ordering::SeqCst);
+            let _ = refresh.write(1);
+            self.last_refresh = Some(Instant::now());
+        }
     }
 
     fn viewers_screen(&self, slot: usize) -> usize {
@@ -595,17 +660,22 @@ impl Server {
         let mut rects = Vec::new();
         let mut left = Vec::new();
         for d in v.damage.drain(..) {
-            match intersect(&d, &request).and_then(|r| intersect(&r, &visible)) {
+            // What the viewer cannot show is dropped; what it did not ask for is kept.
+            let Some(d) = intersect(&d, &visible) else {
+                continue;
+            };
+            match intersect(&d, &request) {
+                Some(r) if r == d => rects.push(r),
                 Some(r) => {
                     rects.push(r);
-                    if r != d {
-                        left.push(d);
-                    }
+                    left.extend(damage::subtract(&d, &r));
                 }
                 None => left.push(d),
             }
         }
-        v.damage = left;
+        for d in left {
+            v.damage(d);
+        }
         if rects.is_empty() && pseudo.is_empty() && cursor.is_none() {
             return Ok(());
         }
@@ -629,7 +699,7 @@ impl Server {
         }
         for (r, px) in pixels {
             let at = (r.x as u16, r.y as u16, r.width as u16, r.height as u16);
-            match v.zrle.as_mut() {
+            match v.zrle.as_mut().filter(|_| v.use_zrle) {
                 Some(z) => z
                     .encode(&v.pf, at, &px, &mut out)
                     .map_err(|e| format!("ZRLE: {e}"))?,
@@ -646,6 +716,10 @@ impl Server {
 
     /// Drops viewers that took too long to say hello or stopped reading.
     fn expire(&mut self) {
+        self.resume_listeners();
+        if self.shared.viewers.load(Ordering::SeqCst) > 0 {
+            self.maybe_refresh();
+        }
         let now = Instant::now();
         for slot in 0..self.viewers.len() {
             let why = match self.viewers.get(slot).and_then(Option::as_ref) {
@@ -726,10 +800,9 @@ fn apply(v: &mut Viewer, msg: ViewerMessage) {
             });
         }
         ViewerMessage::SetEncodings(list) => {
-            if list.contains(&encoding::ZRLE) {
+            v.use_zrle = list.contains(&encoding::ZRLE);
+            if v.use_zrle {
                 v.zrle.get_or_insert_with(ZrleEncoder::default);
-            } else {
-                v.zrle = None;
             }
             let wanted = list.contains(&encoding::CURSOR);
             if wanted && !v.wants_cursor {
@@ -737,7 +810,12 @@ fn apply(v: &mut Viewer, msg: ViewerMessage) {
                 v.cursor_serial = u64::MAX;
             }
             v.wants_cursor = wanted;
-            v.follows_resize = list.contains(&encoding::DESKTOP_SIZE);
+            let follows = list.contains(&encoding::DESKTOP_SIZE);
+            if follows && !v.follows_resize {
+                // Tell it the size now, whatever it was told before.
+                v.size_serial = u64::MAX;
+            }
+            v.follows_resize = follows;
         }
         ViewerMessage::UpdateRequest {
             incremental,
@@ -779,7 +857,12 @@ fn flush(v: &mut Viewer) -> Result<(), Drop> {
             Err(e) => return Err(format!("write: {e}")),
         }
     }
-    v.out.clear();
+    // An update of a big picture leaves a big buffer: let it go rather than keep it per viewer.
+    if v.out.capacity() > KEEP_BUFFER {
+        v.out = Vec::new();
+    } else {
+        v.out.clear();
+    }
     v.sent = 0;
     Ok(())
 }

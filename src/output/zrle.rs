@@ -9,6 +9,8 @@ use flate2::Compression;
 use super::rfb::{encoding, rect_header, PixelFormat};
 
 const TILE: usize = 64;
+/// Scratch kept between rectangles up to this size.
+const KEEP_BUFFER: usize = 1 << 20;
 /// Tiles with up to this many colours are sent as palette indices.
 const MAX_PALETTE: usize = 16;
 
@@ -135,7 +137,15 @@ impl ZrleEncoder {
     fn deflate(&mut self, out: &mut Vec<u8>) -> std::io::Result<()> {
         self.zlib.write_all(&self.tiles)?;
         self.zlib.flush()?;
-        out.append(self.zlib.get_mut());
+        let compressed = self.zlib.get_mut();
+        out.append(compressed);
+        // A big picture's buffers are not kept for the next, maybe small, update.
+        if compressed.capacity() > KEEP_BUFFER {
+            *compressed = Vec::new();
+        }
+        if self.tiles.capacity() > KEEP_BUFFER {
+            self.tiles = Vec::new();
+        }
         Ok(())
     }
 }
