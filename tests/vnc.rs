@@ -592,3 +592,24 @@ fn a_viewer_that_asks_for_desktop_size_late_is_told_the_size() {
     })
     .unwrap();
 }
+
+#[test]
+fn a_screen_address_named_twice_stops_the_daemon() {
+    let dir = std::env::temp_dir().join(format!("vgpud-vnc-twice-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let vnc = dir.join("screen");
+    // VM a's second scanout is at PATH.1, which VM b names as its own.
+    let a = format!(
+        "{},vnc={},scanouts=2",
+        dir.join("a.sock").display(),
+        vnc.display()
+    );
+    let b = format!("{},vnc={}.1", dir.join("b.sock").display(), vnc.display());
+    let out = std::process::Command::new(vgpud())
+        .args(["--renderer", "2d", "--socket-path", &a, "--socket-path", &b])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("named twice"), "{err}");
+}
