@@ -30,7 +30,7 @@ use self::context::Context;
 use self::memory::resolve_backing;
 pub use self::renderer::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
 use self::resource::Resource;
-pub use self::scanout::{bands, intersect, CursorImage, DisplayCmd, CURSOR_SIZE};
+pub use self::scanout::{bands, inside, intersect, CursorImage, DisplayCmd, CURSOR_SIZE};
 use self::scanout::{rect_within, Scanout};
 use self::share::{ShareHub, ShareState};
 use self::window::HostWindow;

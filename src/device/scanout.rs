@@ -111,6 +111,16 @@ pub fn rect_within(rect: &Rect, width: u32, height: u32) -> bool {
         && matches!(rect.y.checked_add(rect.height), Some(b) if b <= height)
 }
 
+/// Whether `inner` lies inside `outer` (same coordinates; overflow-safe).
+pub fn inside(inner: &Rect, outer: &Rect) -> bool {
+    inner.x >= outer.x
+        && inner.y >= outer.y
+        && u64::from(inner.x) + u64::from(inner.width)
+            <= u64::from(outer.x) + u64::from(outer.width)
+        && u64::from(inner.y) + u64::from(inner.height)
+            <= u64::from(outer.y) + u64::from(outer.height)
+}
+
 /// The overlap of two rects that each lie inside a valid image, or None if empty.
 pub fn intersect(a: &Rect, b: &Rect) -> Option<Rect> {
     let x0 = a.x.max(b.x);

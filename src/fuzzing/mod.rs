@@ -35,8 +35,8 @@ use vgpud_protocol::{
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap};
 
 use self::input::Input;
-use self::model::{entry_bytes, inside, Kind, Model, Queue, Res, PAGE};
-use crate::device::{bands, Device, DeviceConfig, DisplayCmd, ShmemRequest};
+use self::model::{entry_bytes, Kind, Model, Queue, Res, PAGE};
+use crate::device::{bands, inside, Device, DeviceConfig, DisplayCmd, ShmemRequest};
 use crate::render::Soft2d;
 
 /// A guest memory region: where the guest sees it, and where it is in the memory file (None:

@@ -15,7 +15,7 @@ use vgpud_protocol::{
 };
 
 use super::{Stats, REGIONS};
-use crate::device::{Device, DisplayCmd, Renderer, ShmemRequest};
+use crate::device::{inside, Device, DisplayCmd, Renderer, ShmemRequest};
 
 pub const PAGE: u64 = 4096;
 
@@ -95,16 +95,6 @@ fn rect_within(r: &Rect, width: u32, height: u32) -> bool {
 
 fn is_empty(r: &Rect) -> bool {
     r.width == 0 || r.height == 0
-}
-
-/// Whether `inner` lies inside `outer` (same coordinates).
-pub fn inside(inner: &Rect, outer: &Rect) -> bool {
-    inner.x >= outer.x
-        && inner.y >= outer.y
-        && u64::from(inner.x) + u64::from(inner.width)
-            <= u64::from(outer.x) + u64::from(outer.width)
-        && u64::from(inner.y) + u64::from(inner.height)
-            <= u64::from(outer.y) + u64::from(outer.height)
 }
 
 impl Model {

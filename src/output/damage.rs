@@ -4,20 +4,13 @@
 
 use vgpud_protocol::Rect;
 
+use crate::device::inside;
+
 /// Rectangles kept before they are merged into their bounding box.
 pub const MAX_DAMAGE: usize = 32;
 
 fn area(r: &Rect) -> u64 {
     u64::from(r.width) * u64::from(r.height)
-}
-
-fn contains(outer: &Rect, inner: &Rect) -> bool {
-    inner.x >= outer.x
-        && inner.y >= outer.y
-        && u64::from(inner.x) + u64::from(inner.width)
-            <= u64::from(outer.x) + u64::from(outer.width)
-        && u64::from(inner.y) + u64::from(inner.height)
-            <= u64::from(outer.y) + u64::from(outer.height)
 }
 
 pub fn bounding(rects: &[Rect]) -> Rect {
@@ -43,10 +36,10 @@ pub fn bounding(rects: &[Rect]) -> Rect {
 
 /// Adds `r` to `list`.
 pub fn add(list: &mut Vec<Rect>, r: Rect) {
-    if area(&r) == 0 || list.iter().any(|d| contains(d, &r)) {
+    if area(&r) == 0 || list.iter().any(|d| inside(&r, d)) {
         return;
     }
-    list.retain(|d| !contains(&r, d));
+    list.retain(|d| !inside(d, &r));
     list.push(r);
     let all = bounding(list);
     let covered: u64 = list.iter().map(area).sum();

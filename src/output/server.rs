@@ -24,6 +24,8 @@ use crate::sync::lock;
 
 /// How long a viewer may take to finish the handshake.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+/// How long a connected viewer may stay silent with no update asked for.
+const IDLE_TIME: Duration = Duration::from_secs(60);
 /// How long a viewer may leave an update unread before it is dropped.
 const STALL_TIME: Duration = Duration::from_secs(10);
 /// Buffers larger than this are freed once written rather than kept for the next update.
@@ -153,6 +155,8 @@ struct Viewer {
     cursor_serial: u64,
     since: Instant,
     progress: Instant,
+    /// When the viewer last sent anything.
+    heard: Instant,
     /// Bytes charged to the VM's output budget for this viewer.
     charged: usize,
 }
@@ -367,6 +371,7 @@ impl Server {
             cursor_serial: 0,
             since: now,
             progress: now,
+            heard: now,
             charged: 0,
         };
         let flushed = flush(&mut v);
@@ -397,6 +402,7 @@ impl Server {
                 Err(e) => return Err(format!("read: {e}")),
             };
             total += n;
+            v.heard = Instant::now();
             let mut data = buf.get(..n).unwrap_or_default();
             let skipped = data.len().min(v.skip as usize);
             v.skip -= skipped as u32;
@@ -722,14 +728,13 @@ impl Server {
         }
         let now = Instant::now();
         for slot in 0..self.viewers.len() {
-            let why = match self.viewers.get(slot).and_then(Option::as_ref) {
-                Some(v) if v.phase != Phase::Normal && now - v.since > HANDSHAKE_TIME => {
-                    "no handshake within 10 s"
-                }
-                Some(v) if v.sent < v.out.len() && now - v.progress > STALL_TIME => {
-                    "stopped reading for 10 s"
-                }
-                _ => continue,
+            let Some(why) = self
+                .viewers
+                .get(slot)
+                .and_then(Option::as_ref)
+                .and_then(|v| expired(&Timing::of(v), now))
+            else {
+                continue;
             };
             self.drop_viewer(slot, why);
         }
@@ -784,6 +789,45 @@ fn messages(v: &mut Viewer) -> Result<(), Drop> {
     }
     v.input.drain(..at.min(v.input.len()));
     Ok(())
+}
+
+/// What the deadlines of a viewer are judged by.
+struct Timing {
+    handshaken: bool,
+    since: Instant,
+    /// Bytes of an update still unwritten, and when the last ones went.
+    unwritten: bool,
+    progress: Instant,
+    /// An update request is pending, and when the viewer last sent anything.
+    asking: bool,
+    heard: Instant,
+}
+
+impl Timing {
+    fn of(v: &Viewer) -> Timing {
+        Timing {
+            handshaken: v.phase == Phase::Normal,
+            since: v.since,
+            unwritten: v.sent < v.out.len(),
+            progress: v.progress,
+            asking: v.request.is_some(),
+            heard: v.heard,
+        }
+    }
+}
+
+/// Why a viewer is dropped now, if it is: no handshake in time, an update left unread, or
+/// connected and asking for nothing (a viewer asks for the next update as soon as it has read
+/// one; one that sits silent with nothing asked only holds a place of the VM's few).
+fn expired(t: &Timing, now: Instant) -> Option<&'static str> {
+    let past = |from: Instant, limit: Duration| now.saturating_duration_since(from) > limit;
+    if !t.handshaken {
+        return past(t.since, HANDSHAKE_TIME).then_some("no handshake within 10 s");
+    }
+    if t.unwritten {
+        return past(t.progress, STALL_TIME).then_some("stopped reading for 10 s");
+    }
+    (!t.asking && past(t.heard, IDLE_TIME)).then_some("asked for nothing for 60 s")
 }
 
 /// A viewer's message, once connected.
@@ -881,4 +925,42 @@ fn copy_rect(pixels: &[u8], width: u32, r: &Rect) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines() {
+        let t0 = Instant::now();
+        let at = |secs: u64| t0 + Duration::from_secs(secs);
+        let quiet = Timing {
+            handshaken: true,
+            since: t0,
+            unwritten: false,
+            progress: t0,
+            asking: false,
+            heard: t0,
+        };
+        assert_eq!(expired(&quiet, at(59)), None);
+        assert_eq!(expired(&quiet, at(61)), Some("asked for nothing for 60 s"));
+        // Waiting for an update of a still screen, however long, is what viewers do.
+        let waiting = Timing {
+            asking: true,
+            ..quiet
+        };
+        assert_eq!(expired(&waiting, at(3600)), None);
+        let unread = Timing {
+            unwritten: true,
+            ..waiting
+        };
+        assert_eq!(expired(&unread, at(9)), None);
+        assert_eq!(expired(&unread, at(11)), Some("stopped reading for 10 s"));
+        let greeting = Timing {
+            handshaken: false,
+            ..quiet
+        };
+        assert_eq!(expired(&greeting, at(11)), Some("no handshake within 10 s"));
+    }
 }
