@@ -1,34 +1,46 @@
 //! Render worker benchmarks: what one process per 3D VM costs.
 //!
-//! - Round trips of renderer-bound commands through a virgl render worker, against QEMU's C
-//!   backend (`/usr/lib/qemu/vhost-user-gpu --virgl`, virglrenderer in its own process) and the
-//!   eventfd ping-pong floor, same run, same harness frontend: a 4-byte TRANSFER_TO_HOST_3D and
-//!   an empty fenced SUBMIT_3D.
+//! - Round trips of renderer-bound commands through a virgl render worker against the same
+//!   renderer called in place on the VM's queue thread (a backend in this process built from
+//!   vgpud's own transport and device: common/in_place.rs), same run, same harness frontend.
+//! - The worker boundary alone: the scripted renderer (no GPU work) through a worker against the
+//!   same renderer in place, next to the eventfd ping-pong floor of the same round.
+//! - A 2D command of a VM on the virgl renderer against the same command on the 2D renderer.
 //! - Memory of the whole daemon (broker, workers, render servers: proportional set size, so shared
 //!   libraries count once) with 1, 4 and 16 idle 3D VMs, virgl and Venus.
 //!
 //! Needs virglrenderer, so it runs in the testbed:
 //! `scripts/testbed/run.sh cargo bench --locked --features virgl --bench workers`.
-//! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5), `VGPUD_BENCH_QEMU`.
+//! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5).
 //! Without `--bench` (cargo test --benches) it makes a quick smoke run.
+// Without virglrenderer there is nothing to run.
+#![cfg_attr(not(feature = "virgl"), allow(dead_code, unused_imports))]
 
 use std::collections::HashSet;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
 mod common;
 
+use common::in_place::serve_in_place;
 use common::{check, eventfd_ping_pong, knob};
+use vgpud::device::CapsetInfo;
+use vgpud::render::RendererKind;
 use vgpud_harness::{Daemon, Vm, VmConfig};
 use vgpud_protocol::{
-    format, resp, Box3d, Command, CtrlHeader, MemEntry, Request, Transfer3d, FLAG_FENCE,
+    format, resp, Box3d, Command, CtrlHeader, MemEntry, Rect, Request, ResourceCreate3d, Response,
+    Transfer3d, FLAG_FENCE,
 };
 
-const QEMU_DEFAULT: &str = "/usr/lib/qemu/vhost-user-gpu";
 const WARMUP: usize = 200;
 const VENUS: u32 = 4;
+/// The resources `setup` makes: a 2D one attached to the context, a 3D one that is not.
+const RES_2D: u32 = 1;
+const RES_3D: u32 = 2;
+/// A resource id CREATE_3D makes (and UNREF frees) again and again.
+const RES_CHURN: u32 = 3;
 
 fn request(ctx_id: u32, flags: u32, cmd: Command) -> Vec<u8> {
     Request {
@@ -47,84 +59,229 @@ fn ok(vm: &mut Vm, req: &[u8]) -> io::Result<()> {
     check(&vm.request(req)?, resp::OK_NODATA)
 }
 
-/// p50 in µs of `n` sequential requests.
-fn p50(vm: &mut Vm, req: &[u8], n: usize) -> io::Result<f64> {
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..WARMUP + n {
-        let t = Instant::now();
-        check(&vm.request(req)?, resp::OK_NODATA)?;
-        if i >= WARMUP {
-            samples.push(t.elapsed().as_secs_f64() * 1e6);
-        }
-    }
-    samples.sort_by(f64::total_cmp);
-    Ok(samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN))
+fn texture(resource_id: u32) -> Command {
+    Command::ResourceCreate3d(ResourceCreate3d {
+        resource_id,
+        target: 2, // PIPE_TEXTURE_2D
+        format: format::B8G8R8X8_UNORM,
+        bind: 2, // PIPE_BIND_RENDER_TARGET
+        width: 64,
+        height: 64,
+        depth: 1,
+        array_size: 1,
+        ..ResourceCreate3d::default()
+    })
 }
 
-/// The two 3D round trips against one backend: (transfer p50, fenced submit p50) in µs.
-fn round_trips(program: &Path, args: &[&str], n: usize) -> io::Result<(f64, f64)> {
-    let daemon = Daemon::spawn_with_sockets(program, 1, args)?;
-    let cfg = VmConfig {
-        // QEMU's C backend needs a display.
-        display: Some(vec![(64, 64)]),
-        timeout: Duration::from_secs(20),
-        ..VmConfig::default()
+fn pixel(resource_id: u32) -> Transfer3d {
+    Transfer3d {
+        box_: Box3d {
+            w: 1,
+            h: 1,
+            d: 1,
+            ..Box3d::default()
+        },
+        resource_id,
+        stride: 64 * 4,
+        ..Transfer3d::default()
+    }
+}
+
+/// What is measured: each a request timed and, if needed, one untimed to undo it.
+struct Measured {
+    name: &'static str,
+    timed: Vec<u8>,
+    undo: Option<Vec<u8>>,
+    /// Whether it names the 3D context (the 2D renderer has none).
+    needs_3d: bool,
+}
+
+fn commands() -> Vec<Measured> {
+    let m = |name, timed, undo, needs_3d| Measured {
+        name,
+        timed,
+        undo,
+        needs_3d,
     };
-    let with_log = |e: io::Error| io::Error::other(format!("{e}\n{}", daemon.stderr_log()));
-    let mut vm = Vm::connect(&daemon.socket(0), cfg).map_err(with_log)?;
-    let setup = |vm: &mut Vm| -> io::Result<()> {
+    let unfenced_submit = Command::Submit3d {
+        commands: Vec::new(),
+    };
+    let fenced_submit = Command::Submit3d {
+        commands: Vec::new(),
+    };
+    let unref = Command::ResourceUnref {
+        resource_id: RES_CHURN,
+    };
+    let to_host_2d = Command::TransferToHost2d {
+        rect: Rect {
+            x: 0,
+            y: 0,
+            width: 1,
+            height: 1,
+        },
+        offset: 0,
+        resource_id: RES_2D,
+    };
+    vec![
+        m(
+            "TRANSFER_TO_HOST_3D 4 bytes",
+            request(1, 0, Command::TransferToHost3d(pixel(RES_2D))),
+            None,
+            true,
+        ),
+        m(
+            "TRANSFER_FROM_HOST_3D 4 bytes",
+            request(1, 0, Command::TransferFromHost3d(pixel(RES_2D))),
+            None,
+            true,
+        ),
+        m(
+            "SUBMIT_3D empty, fenced",
+            request(1, FLAG_FENCE, fenced_submit),
+            None,
+            true,
+        ),
+        m(
+            "SUBMIT_3D empty",
+            request(1, 0, unfenced_submit),
+            None,
+            true,
+        ),
+        m(
+            "RESOURCE_CREATE_3D 64x64",
+            request(0, 0, texture(RES_CHURN)),
+            Some(request(0, 0, unref)),
+            true,
+        ),
+        m(
+            "CTX_ATTACH_RESOURCE",
+            request(
+                1,
+                0,
+                Command::CtxAttachResource {
+                    resource_id: RES_3D,
+                },
+            ),
+            Some(request(
+                1,
+                0,
+                Command::CtxDetachResource {
+                    resource_id: RES_3D,
+                },
+            )),
+            true,
+        ),
+        m(
+            "TRANSFER_TO_HOST_2D 1x1",
+            request(0, 0, to_host_2d),
+            None,
+            false,
+        ),
+    ]
+}
+
+/// The resources and context the commands use.
+fn setup(vm: &mut Vm, with_3d: bool) -> io::Result<()> {
+    if with_3d {
         let create = Command::CtxCreate {
             context_init: 0,
             debug_name: b"bench".to_vec(),
         };
         ok(vm, &request(1, 0, create))?;
-        let create = Command::ResourceCreate2d {
-            resource_id: 1,
-            format: format::B8G8R8X8_UNORM,
-            width: 64,
-            height: 64,
-        };
-        ok(vm, &request(0, 0, create))?;
-        let addr = vm.alloc(64 * 64 * 4, 4096);
-        let attach = Command::ResourceAttachBacking {
-            resource_id: 1,
-            entries: vec![MemEntry {
-                addr,
-                length: 64 * 64 * 4,
-            }],
-        };
-        ok(vm, &request(0, 0, attach))?;
-        ok(
-            vm,
-            &request(1, 0, Command::CtxAttachResource { resource_id: 1 }),
-        )
+    }
+    let create = Command::ResourceCreate2d {
+        resource_id: RES_2D,
+        format: format::B8G8R8X8_UNORM,
+        width: 64,
+        height: 64,
     };
-    setup(&mut vm).map_err(with_log)?;
-    let transfer = request(
-        1,
-        0,
-        Command::TransferToHost3d(Transfer3d {
-            box_: Box3d {
-                w: 1,
-                h: 1,
-                d: 1,
-                ..Box3d::default()
-            },
-            resource_id: 1,
-            stride: 64 * 4,
-            ..Transfer3d::default()
-        }),
-    );
-    let submit = request(
-        1,
-        FLAG_FENCE,
-        Command::Submit3d {
-            commands: Vec::new(),
-        },
-    );
-    let t = p50(&mut vm, &transfer, n).map_err(with_log)?;
-    let s = p50(&mut vm, &submit, n).map_err(with_log)?;
-    Ok((t, s))
+    ok(vm, &request(0, 0, create))?;
+    let addr = vm.alloc(64 * 64 * 4, 4096);
+    let attach = Command::ResourceAttachBacking {
+        resource_id: RES_2D,
+        entries: vec![MemEntry {
+            addr,
+            length: 64 * 64 * 4,
+        }],
+    };
+    ok(vm, &request(0, 0, attach))?;
+    if with_3d {
+        let attach = Command::CtxAttachResource {
+            resource_id: RES_2D,
+        };
+        ok(vm, &request(1, 0, attach))?;
+        ok(vm, &request(0, 0, texture(RES_3D)))?;
+    }
+    Ok(())
+}
+
+/// p50 in µs of each command (NaN for those that need 3D on a VM without), `n` times each.
+fn measure(vm: &mut Vm, with_3d: bool, n: usize) -> io::Result<Vec<f64>> {
+    let mut p50s = Vec::new();
+    for c in commands() {
+        if c.needs_3d && !with_3d {
+            p50s.push(f64::NAN);
+            continue;
+        }
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..WARMUP + n {
+            let t = Instant::now();
+            check(&vm.request(&c.timed)?, resp::OK_NODATA)
+                .map_err(|e| io::Error::other(format!("{}: {e}", c.name)))?;
+            let took = t.elapsed();
+            if let Some(undo) = &c.undo {
+                ok(vm, undo)?;
+            }
+            if i >= WARMUP {
+                samples.push(took.as_secs_f64() * 1e6);
+            }
+        }
+        p50s.push(median(samples));
+    }
+    Ok(p50s)
+}
+
+fn connect(socket: &Path) -> io::Result<Vm> {
+    let cfg = VmConfig {
+        timeout: Duration::from_secs(20),
+        ..VmConfig::default()
+    };
+    Vm::connect(socket, cfg)
+}
+
+/// The commands against a fresh daemon with `args`.
+fn through_daemon(program: &Path, args: &[&str], with_3d: bool, n: usize) -> io::Result<Vec<f64>> {
+    let daemon = Daemon::spawn_with_sockets(program, 1, args)?;
+    let with_log = |e: io::Error| io::Error::other(format!("{e}\n{}", daemon.stderr_log()));
+    let mut vm = connect(&daemon.socket(0)).map_err(with_log)?;
+    setup(&mut vm, with_3d).map_err(with_log)?;
+    measure(&mut vm, with_3d, n).map_err(with_log)
+}
+
+/// What a daemon's renderer offers, as its VMs see it (GET_CAPSET_INFO).
+fn capsets_of(program: &Path, args: &[&str]) -> io::Result<Vec<CapsetInfo>> {
+    let daemon = Daemon::spawn_with_sockets(program, 1, args)?;
+    let mut vm = connect(&daemon.socket(0))?;
+    let mut found = Vec::new();
+    for capset_index in 0..8 {
+        let reply = vm.request(&request(0, 0, Command::GetCapsetInfo { capset_index }))?;
+        match Response::decode(&reply) {
+            Ok((
+                _,
+                Response::OkCapsetInfo {
+                    capset_id,
+                    capset_max_version,
+                    capset_max_size,
+                },
+            )) if capset_id != 0 => found.push(CapsetInfo {
+                id: capset_id,
+                max_version: capset_max_version,
+                max_size: capset_max_size,
+            }),
+            _ => break,
+        }
+    }
+    Ok(found)
 }
 
 /// `pid` and every process below it.
@@ -209,85 +366,110 @@ fn idle_vms(
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Medians of each column over the rounds.
+fn medians(rounds: &[Vec<f64>]) -> Vec<f64> {
+    let columns = rounds.first().map_or(0, Vec::len);
+    (0..columns)
+        .map(|c| median(rounds.iter().filter_map(|r| r.get(c).copied()).collect()))
+        .collect()
+}
+
+#[cfg(not(feature = "virgl"))]
+fn main() {
+    println!("built without the virgl feature: nothing to measure (run it in the testbed)");
+}
+
+#[cfg(feature = "virgl")]
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = knob("VGPUD_BENCH_ROUND_TRIPS", if full { 2000 } else { 20 });
     let rounds = knob("VGPUD_BENCH_ROUNDS", if full { 5 } else { 1 }).max(1);
     let vgpud = Path::new(env!("CARGO_BIN_EXE_vgpud"));
-    let qemu = PathBuf::from(std::env::var("VGPUD_BENCH_QEMU").unwrap_or(QEMU_DEFAULT.into()));
-    if !cfg!(feature = "virgl") {
-        println!("built without the virgl feature: nothing to measure (run it in the testbed)");
-        return;
-    }
     println!(
         "vgpud: {}  rounds: {rounds}  round trips: {n}",
         vgpud.display()
     );
+    // The in-place backends log like the daemon does (RUST_LOG), to stderr.
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+    vgpud::memfault::install().expect("SIGBUS handler");
+    let dir = std::env::temp_dir().join(format!("vgpud-bench-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("socket directory");
+    // The in-place peers serve one VM each for the whole run (virglrenderer starts once per
+    // process); they are connected and set up once.
+    let virgl = ["--renderer", "virgl"];
+    let fake = ["--renderer", "fake"];
+    let peer = |kind, args: &[&str]| -> Vm {
+        let capsets = capsets_of(vgpud, args).expect("capsets");
+        let socket = serve_in_place(&dir, kind, capsets).expect("in-place backend");
+        let mut vm = connect(&socket).expect("in-place VM");
+        setup(&mut vm, true).expect("in-place setup");
+        vm
+    };
+    let mut virgl_in_place = peer(RendererKind::Virgl, &virgl);
+    let mut fake_in_place = peer(RendererKind::Fake, &fake);
 
-    let mut ours = (Vec::new(), Vec::new());
-    let mut boundary = (Vec::new(), Vec::new());
-    let mut theirs = (Vec::new(), Vec::new());
+    let (mut worker, mut in_place) = (Vec::new(), Vec::new());
+    let (mut fake_worker, mut fake_local) = (Vec::new(), Vec::new());
+    let mut two_d = Vec::new();
     let mut floor = Vec::new();
-    let mut qemu_failed = None;
     for round in 0..rounds {
         floor.push(eventfd_ping_pong(n).expect("eventfd floor"));
-        let (t, s) = round_trips(vgpud, &["--renderer", "virgl"], n).expect("vgpud virgl");
-        ours.0.push(t);
-        ours.1.push(s);
-        // The same through a worker with the scripted renderer, which does no GPU work: the cost
-        // of the process boundary alone.
-        let (t, s) = round_trips(vgpud, &["--renderer", "fake"], n).expect("vgpud fake");
-        boundary.0.push(t);
-        boundary.1.push(s);
-        if qemu.exists() && qemu_failed.is_none() {
-            match round_trips(&qemu, &["--virgl"], n) {
-                Ok((t, s)) => {
-                    theirs.0.push(t);
-                    theirs.1.push(s);
-                }
-                Err(e) => qemu_failed = Some(e.to_string()),
-            }
-        }
+        worker.push(through_daemon(vgpud, &virgl, true, n).expect("virgl worker"));
+        in_place.push(measure(&mut virgl_in_place, true, n).expect("virgl in place"));
+        fake_worker.push(through_daemon(vgpud, &fake, true, n).expect("fake worker"));
+        fake_local.push(measure(&mut fake_in_place, true, n).expect("fake in place"));
+        let two_d_args = ["--renderer", "2d"];
+        two_d.push(through_daemon(vgpud, &two_d_args, false, n).expect("2D renderer"));
         println!("round {} done", round + 1);
     }
     let floor = median(floor);
+    let (worker, in_place) = (medians(&worker), medians(&in_place));
+    let (fake_worker, fake_local) = (medians(&fake_worker), medians(&fake_local));
+    let two_d = medians(&two_d);
+    let names: Vec<&str> = commands().iter().map(|c| c.name).collect();
+
     println!();
-    println!("3D round trips, p50 µs (median of rounds); eventfd ping-pong floor {floor:.1} µs");
-    println!("(boundary: the same through a worker whose scripted renderer does no GPU work)");
+    println!("Round trips through a virgl render worker and with virgl in place, p50 µs (median of rounds)");
     println!(
-        "{:<34} {:>10} {:>10} {:>14} {:>10} {:>12}",
-        "command", "vgpud", "boundary", "QEMU C virgl", "ratio", "x floor"
+        "{:<30} {:>10} {:>10} {:>8}",
+        "command", "worker", "in place", "ratio"
     );
-    let rows = [
-        (
-            "TRANSFER_TO_HOST_3D 4 bytes",
-            &ours.0,
-            &boundary.0,
-            &theirs.0,
-        ),
-        ("SUBMIT_3D empty, fenced", &ours.1, &boundary.1, &theirs.1),
-    ];
-    for (name, v, b, q) in rows {
-        let v = median(v.clone());
-        let b = median(b.clone());
-        let (q, ratio) = if q.is_empty() {
-            ("-".to_string(), "-".to_string())
-        } else {
-            let q = median(q.clone());
-            (format!("{q:.1}"), format!("{:.2}x", v / q))
-        };
-        println!(
-            "{name:<34} {v:>10.1} {b:>10.1} {q:>14} {ratio:>10} {:>11.1}x",
-            v / floor
-        );
-    }
-    if let Some(e) = qemu_failed {
-        println!("QEMU's C backend with --virgl could not be measured: {e}");
+    for (i, name) in names.iter().enumerate() {
+        let (w, p) = (worker[i], in_place[i]);
+        println!("{name:<30} {w:>10.1} {p:>10.1} {:>7.2}x", w / p);
     }
 
+    println!();
+    println!(
+        "The worker boundary alone (scripted renderer, no GPU work), p50 µs; eventfd ping-pong floor {floor:.1} µs"
+    );
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>10}",
+        "command", "worker", "in place", "boundary", "x floor"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let (w, p) = (fake_worker[i], fake_local[i]);
+        if !w.is_nan() {
+            println!(
+                "{name:<30} {w:>10.1} {p:>10.1} {:>10.1} {:>9.1}x",
+                w - p,
+                (w - p) / floor
+            );
+        }
+    }
+
+    println!();
+    println!(
+        "A 2D command on the virgl renderer (worker) and on the 2D renderer (in place), p50 µs"
+    );
+    if let Some(i) = names.iter().position(|n| n.contains("_2D")) {
+        let (v, d) = (worker[i], two_d[i]);
+        println!("{:<30} {v:>10.1} {d:>10.1} {:>7.2}x", names[i], v / d);
+    }
     println!();
     println!(
         "Memory of the whole daemon with idle 3D VMs (PSS: broker + workers + render servers)"

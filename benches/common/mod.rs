@@ -1,6 +1,8 @@
 //! What the benchmarks share: knobs, response checks, statistics and the eventfd floor.
 #![allow(dead_code)] // each bench uses a part
 
+pub mod in_place;
+
 use std::io;
 use std::os::fd::AsRawFd;
 use std::thread;

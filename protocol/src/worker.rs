@@ -3,7 +3,11 @@
 //!
 //! Transport: a UNIX stream socket pair per channel; each message is a frame of a 4-byte
 //! little-endian length and that many bytes of JSON, with any file descriptors it carries sent
-//! alongside its first byte (SCM_RIGHTS). Bulk bytes (command streams, pixels, capset data) go
+//! alongside its first byte (SCM_RIGHTS). The request channel has a faster path for frames
+//! that carry no descriptor and fit `SLOT_BYTES`: a slot per direction in a shared page and an
+//! eventfd per direction (the doorbell) that says the slot holds a new frame, stamped with a
+//! sequence number that counts each direction's slot frames from 1 (`slot_frame`,
+//! `slot_body`). Bulk bytes (command streams, pixels, capset data) go
 //! through a shared-memory mailbox both processes map, never through the socket: messages only
 //! say how many bytes of the mailbox are meant.
 //!
@@ -156,8 +160,15 @@ pub enum Event {
     FenceSignalled { id: u64 },
 }
 
+/// Size of one doorbell slot: its header (sequence number, body length: u32 little-endian each)
+/// and the frame's body. Larger frames, and frames with descriptors, take the socket.
+pub const SLOT_BYTES: usize = 64 << 10;
+pub const SLOT_HEADER: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
+    #[error("slot frame number {found}, expected {expected}")]
+    OutOfSequence { expected: u32, found: u32 },
     #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
     TooLarge(usize),
     #[error("undecodable frame: {0}")]
@@ -191,6 +202,48 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
         return Err(FrameError::TooLarge(body.len()));
     }
     Ok(serde_json::from_slice(body)?)
+}
+
+/// `msg` as a doorbell slot's bytes with sequence number `seq`, or None when it does not fit.
+pub fn slot_frame<T: Serialize>(msg: &T, seq: u32) -> Result<Option<Vec<u8>>, FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > SLOT_BYTES - SLOT_HEADER {
+        return Ok(None);
+    }
+    let mut slot = Vec::with_capacity(SLOT_HEADER + body.len());
+    slot.extend_from_slice(&seq.to_le_bytes());
+    slot.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    slot.extend_from_slice(&body);
+    Ok(Some(slot))
+}
+
+/// A slot header's body length, if the header carries sequence number `seq` and the body fits
+/// the slot.
+pub fn slot_body_len(header: [u8; SLOT_HEADER], seq: u32) -> Result<usize, FrameError> {
+    let [s0, s1, s2, s3, l0, l1, l2, l3] = header;
+    let found = u32::from_le_bytes([s0, s1, s2, s3]);
+    if found != seq {
+        return Err(FrameError::OutOfSequence {
+            expected: seq,
+            found,
+        });
+    }
+    let len = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+    if len > SLOT_BYTES - SLOT_HEADER {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// The body of a doorbell slot's bytes (`slot_frame`'s layout), checked like `slot_body_len`.
+pub fn slot_body(slot: &[u8], seq: u32) -> Result<&[u8], FrameError> {
+    let header: [u8; SLOT_HEADER] = slot
+        .get(..SLOT_HEADER)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(FrameError::TooLarge(0))?;
+    let len = slot_body_len(header, seq)?;
+    slot.get(SLOT_HEADER..SLOT_HEADER + len)
+        .ok_or(FrameError::TooLarge(len))
 }
 
 #[cfg(test)]
@@ -250,5 +303,31 @@ mod tests {
             why: long
         })
         .is_err());
+    }
+
+    #[test]
+    fn slot_frames_are_numbered_and_bounded() {
+        let slot = slot_frame(&Reply::Ok, 7).unwrap().unwrap();
+        assert_eq!(
+            decode::<Reply>(slot_body(&slot, 7).unwrap()).unwrap(),
+            Reply::Ok
+        );
+        assert!(matches!(
+            slot_body(&slot, 8),
+            Err(FrameError::OutOfSequence {
+                expected: 8,
+                found: 7
+            })
+        ));
+        assert!(slot_body(&slot[..SLOT_HEADER + 1], 7).is_err(), "cut short");
+        let mut lying = slot.clone();
+        lying[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(slot_body(&lying, 7).is_err(), "longer than a slot");
+        assert!(slot_body(&[0; 3], 0).is_err(), "no header");
+        let long = Reply::Failed {
+            out_of_memory: false,
+            why: "x".repeat(SLOT_BYTES),
+        };
+        assert!(slot_frame(&long, 1).unwrap().is_none(), "takes the socket");
     }
 }

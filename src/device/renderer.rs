@@ -2,6 +2,7 @@
 //! `RendererCtxId`), never a guest's: the device maps each VM's ids onto them.
 
 use std::fs::File;
+use std::os::fd::RawFd;
 use std::sync::Arc;
 
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
@@ -116,6 +117,13 @@ pub trait Renderer: Send {
 
     /// Asks to be told when this renderer is gone for good (a worker that died).
     fn on_death(&self, _notice: DeathNotice) {}
+
+    /// A descriptor that turns readable when the renderer has work for `poll` (fences to
+    /// report), which the VM's queue thread then calls; None when it needs no such help.
+    fn poll_fd(&self) -> Option<RawFd> {
+        None
+    }
+    fn poll(&self) {}
 }
 
 /// One renderer shared by several VMs' devices.
@@ -203,5 +211,11 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
     }
     fn on_death(&self, notice: DeathNotice) {
         (**self).on_death(notice)
+    }
+    fn poll_fd(&self) -> Option<RawFd> {
+        (**self).poll_fd()
+    }
+    fn poll(&self) {
+        (**self).poll()
     }
 }

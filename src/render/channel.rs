@@ -1,45 +1,81 @@
 //! The broker<->worker transport (protocol::worker): framed messages with descriptors over a
-//! UNIX stream socket, and the shared-memory mailbox bulk bytes travel through.
+//! UNIX stream socket, the doorbell (a shared slot and an eventfd per direction) for the
+//! request channel's frames without descriptors, and the shared-memory mailbox bulk bytes
+//! travel through.
+//!
+//! The doorbell is the hot path: a request and its reply cost two eventfd wakeups and a copy
+//! each way, which is what an eventfd ping-pong costs, where the socket costs more per message
+//! (socket buffers, and a frame read in two parts). The socket stays for descriptors and for
+//! frames larger than a slot.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vgpud_protocol::worker::{self, MAILBOX_BYTES};
+use vgpud_protocol::worker::{self, MAILBOX_BYTES, SLOT_BYTES, SLOT_HEADER};
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::sync::lock;
 
 /// Most descriptors one message carries (a memory table's regions).
 pub const MAX_FDS: usize = 32;
 
 pub struct Channel {
     sock: UnixStream,
+    doorbell: Option<Doorbell>,
+    /// The longest a receive waits; None: for ever.
+    limit: Mutex<Option<Duration>>,
 }
 
 impl Channel {
     pub fn new(sock: UnixStream) -> Self {
-        Channel { sock }
+        Channel {
+            sock,
+            doorbell: None,
+            limit: Mutex::new(None),
+        }
+    }
+
+    /// A channel whose frames without descriptors go through `doorbell`.
+    pub fn with_doorbell(sock: UnixStream, doorbell: Doorbell) -> Self {
+        Channel {
+            doorbell: Some(doorbell),
+            ..Channel::new(sock)
+        }
     }
 
     /// Bounds every later receive; None waits for ever.
     pub fn set_timeout(&self, limit: Option<Duration>) -> io::Result<()> {
+        *lock(&self.limit) = limit;
         self.sock.set_read_timeout(limit)
     }
 
-    pub fn fd(&self) -> RawFd {
-        self.sock.as_raw_fd()
+    /// The descriptors that turn readable when a message is waiting.
+    pub fn fds(&self) -> Vec<RawFd> {
+        let bell = self.doorbell.as_ref().map(|d| d.bell.as_raw_fd());
+        std::iter::once(self.sock.as_raw_fd()).chain(bell).collect()
     }
 
     pub fn shutdown(&self) {
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
     }
 
-    /// Sends one message, with `fds` alongside its first byte.
+    /// Sends one message, with `fds` alongside its first byte; through the doorbell when it
+    /// carries none and fits a slot.
     pub fn send<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+        if let Some(doorbell) = self.doorbell.as_ref().filter(|_| fds.is_empty()) {
+            if doorbell.send(msg)? {
+                return Ok(());
+            }
+        }
         let frame = worker::encode(msg).map_err(io::Error::other)?;
         let sent = if fds.is_empty() {
             0
@@ -51,8 +87,90 @@ impl Channel {
         (&self.sock).write_all(frame.get(sent..).unwrap_or_default())
     }
 
-    /// Receives one message and the descriptors that came with it.
+    /// Receives one message (from the doorbell or the socket, whichever has one) and the
+    /// descriptors that came with it.
     pub fn recv<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
+        self.recv_serving(None)
+    }
+
+    /// As `recv`, for a caller that was just told a message is waiting: the doorbell is looked
+    /// at first, without a poll.
+    pub fn recv_waiting<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
+        if let Some(doorbell) = &self.doorbell {
+            if let Some(msg) = doorbell.recv()? {
+                return Ok((msg, Vec::new()));
+            }
+        }
+        self.recv()
+    }
+
+    /// As `recv`, and meanwhile, whenever `side`'s descriptor is readable, calls its function
+    /// (a peer that must not block on a full socket while we wait for it), which says whether
+    /// to keep watching it; its error ends the wait.
+    pub fn recv_serving<T: DeserializeOwned>(
+        &self,
+        mut side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
+    ) -> io::Result<(T, Vec<File>)> {
+        let Some(doorbell) = &self.doorbell else {
+            return self.recv_socket();
+        };
+        let deadline = lock(&self.limit).map(|l| Instant::now() + l);
+        let pollfd = |fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let side_fd = side.as_ref().map_or(-1, |(fd, _)| *fd);
+        // A negative descriptor is skipped by poll.
+        let mut fds = [
+            pollfd(self.sock.as_raw_fd()),
+            pollfd(doorbell.bell.as_raw_fd()),
+            pollfd(side_fd),
+        ];
+        loop {
+            let wait = match deadline {
+                None => -1,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    let ms = left.as_micros().div_ceil(1000);
+                    libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX)
+                }
+            };
+            // SAFETY: `fds` is an array of initialised pollfds of the length passed.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let [sock, bell, other] = &mut fds;
+            if other.revents != 0 {
+                if let Some((_, serve)) = side.as_mut() {
+                    if !serve()? {
+                        other.fd = -1;
+                    }
+                }
+            }
+            if bell.revents != 0 {
+                if let Some(msg) = doorbell.recv()? {
+                    return Ok((msg, Vec::new()));
+                }
+            }
+            if sock.revents != 0 {
+                return self.recv_socket();
+            }
+            if n == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no message in time",
+                ));
+            }
+        }
+    }
+
+    fn recv_socket<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
         let mut header = [0u8; 4];
         let mut fds = [-1; MAX_FDS];
         let mut iov = [libc::iovec {
@@ -85,6 +203,7 @@ impl Channel {
 pub struct Mailbox {
     file: File,
     ptr: NonNull<u8>,
+    len: usize,
 }
 
 // SAFETY: the mapping is plain shared memory; `Mailbox` hands out copies only.
@@ -97,6 +216,11 @@ impl Mailbox {
     /// A fresh, zeroed mailbox, sealed at its size: a worker (trusted no more than a guest)
     /// that could shrink it would make the broker's next copy fault (SIGBUS, every VM).
     pub fn create() -> io::Result<Mailbox> {
+        Self::create_sized(MAILBOX_BYTES as usize)
+    }
+
+    /// A fresh, zeroed, sealed shared memory of `len` bytes.
+    fn create_sized(len: usize) -> io::Result<Mailbox> {
         // SAFETY: a valid C string; the result is checked, then owned by the File.
         let fd = unsafe {
             libc::memfd_create(
@@ -109,25 +233,30 @@ impl Mailbox {
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
         let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(MAILBOX_BYTES)?;
+        file.set_len(len as u64)?;
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         // SAFETY: F_ADD_SEALS on a memfd we own; no memory is passed.
         if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::map(file)
+        Self::map_sized(file, len)
     }
 
     /// Maps a mailbox another process created (and must not shrink: it is ours too).
     pub fn map(file: File) -> io::Result<Mailbox> {
-        if file.metadata()?.len() < MAILBOX_BYTES {
+        Self::map_sized(file, MAILBOX_BYTES as usize)
+    }
+
+    /// Maps the first `len` bytes of shared memory another process created and sealed.
+    fn map_sized(file: File, len: usize) -> io::Result<Mailbox> {
+        if file.metadata()?.len() < len as u64 {
             return Err(io::Error::other("mailbox too small"));
         }
         // SAFETY: a fresh shared mapping of the file, at an address the kernel picks.
         let ptr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                MAILBOX_BYTES as usize,
+                len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
@@ -138,32 +267,46 @@ impl Mailbox {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(ptr.cast()).ok_or_else(|| io::Error::other("null mapping"))?;
-        Ok(Mailbox { file, ptr })
+        Ok(Mailbox { file, ptr, len })
     }
 
     pub fn file(&self) -> &File {
         &self.file
     }
 
-    fn slice(&self, len: u64) -> io::Result<vm_memory::VolatileSlice<'_>> {
-        if len > MAILBOX_BYTES {
-            return Err(io::Error::other(format!(
-                "{len} bytes do not fit the {MAILBOX_BYTES}-byte mailbox"
-            )));
-        }
-        // SAFETY: the mapping is MAILBOX_BYTES long and lives as long as `self`; the other
+    /// `len` bytes from `offset`, checked against the mapping.
+    fn slice(&self, offset: usize, len: u64) -> io::Result<vm_memory::VolatileSlice<'_>> {
+        let end = usize::try_from(len)
+            .ok()
+            .and_then(|l| offset.checked_add(l))
+            .filter(|&end| end <= self.len)
+            .ok_or_else(|| {
+                io::Error::other(format!(
+                    "{len} bytes at {offset} do not fit the {}-byte mailbox",
+                    self.len
+                ))
+            })?;
+        // SAFETY: offset..end lies inside the mapping, which lives as long as `self`; the other
         // process may write it, hence volatile access.
-        Ok(unsafe { vm_memory::VolatileSlice::new(self.ptr.as_ptr(), len as usize) })
+        Ok(unsafe { vm_memory::VolatileSlice::new(self.ptr.as_ptr().add(offset), end - offset) })
     }
 
     pub fn write(&self, data: &[u8]) -> io::Result<u64> {
-        self.slice(data.len() as u64)?.copy_from(data);
+        self.write_at(0, data)
+    }
+
+    fn write_at(&self, offset: usize, data: &[u8]) -> io::Result<u64> {
+        self.slice(offset, data.len() as u64)?.copy_from(data);
         Ok(data.len() as u64)
     }
 
     /// The first `len` bytes, copied out (the length comes from the other process: checked).
     pub fn read(&self, len: u64) -> io::Result<Vec<u8>> {
-        let src = self.slice(len)?;
+        self.read_at(0, len)
+    }
+
+    fn read_at(&self, offset: usize, len: u64) -> io::Result<Vec<u8>> {
+        let src = self.slice(offset, len)?;
         let mut out = vec![0u8; src.len()];
         src.copy_to(&mut out[..]);
         Ok(out)
@@ -173,7 +316,100 @@ impl Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`; nothing refers to it any more.
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), MAILBOX_BYTES as usize) };
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One end of a doorbell: two slots in a shared page (0: broker to worker, 1: worker to
+/// broker), an eventfd this end rings when its slot holds a new frame, and one that rings for
+/// this end (non-blocking: read only when poll said so, or to see whether it rang).
+pub struct Doorbell {
+    page: Mailbox,
+    mine: usize,
+    ring: EventFd,
+    bell: EventFd,
+    /// Slot frames sent and received so far: the next ones are numbered one more.
+    sent: AtomicU32,
+    received: AtomicU32,
+}
+
+/// The worker's end of a doorbell, as descriptors to hand over: the page, the eventfd the
+/// worker waits on, and the one it rings.
+pub struct DoorbellFds {
+    pub page: File,
+    pub bell: OwnedFd,
+    pub ring: OwnedFd,
+}
+
+impl Doorbell {
+    /// A new doorbell: the broker's end, and the worker's as descriptors.
+    pub fn create() -> io::Result<(Doorbell, DoorbellFds)> {
+        let page = Mailbox::create_sized(2 * SLOT_BYTES)?;
+        let flags = libc::EFD_NONBLOCK | libc::EFD_CLOEXEC;
+        let (to_worker, to_broker) = (EventFd::new(flags)?, EventFd::new(flags)?);
+        // SAFETY: each descriptor comes fresh from try_clone, owned by nothing else.
+        let owned = |e: EventFd| unsafe { OwnedFd::from_raw_fd(e.into_raw_fd()) };
+        let theirs = DoorbellFds {
+            page: page.file().try_clone()?,
+            bell: owned(to_worker.try_clone()?),
+            ring: owned(to_broker.try_clone()?),
+        };
+        Ok((Doorbell::new(page, 0, to_worker, to_broker), theirs))
+    }
+
+    /// The worker's end, from the descriptors the broker handed over.
+    pub fn open(fds: DoorbellFds) -> io::Result<Doorbell> {
+        let page = Mailbox::map_sized(fds.page, 2 * SLOT_BYTES)?;
+        // SAFETY: the descriptors are ours alone (OwnedFd), handed over here.
+        let (ring, bell) = unsafe {
+            (
+                EventFd::from_raw_fd(fds.ring.into_raw_fd()),
+                EventFd::from_raw_fd(fds.bell.into_raw_fd()),
+            )
+        };
+        Ok(Doorbell::new(page, 1, ring, bell))
+    }
+
+    fn new(page: Mailbox, mine: usize, ring: EventFd, bell: EventFd) -> Doorbell {
+        Doorbell {
+            page,
+            mine,
+            ring,
+            bell,
+            sent: AtomicU32::new(0),
+            received: AtomicU32::new(0),
+        }
+    }
+
+    /// Puts `msg` in this end's slot and rings; false when it does not fit a slot.
+    fn send<T: Serialize>(&self, msg: &T) -> io::Result<bool> {
+        let seq = self.sent.load(Ordering::Relaxed).wrapping_add(1);
+        let Some(frame) = worker::slot_frame(msg, seq).map_err(io::Error::other)? else {
+            return Ok(false);
+        };
+        self.page.write_at(self.mine * SLOT_BYTES, &frame)?;
+        self.sent.store(seq, Ordering::Relaxed);
+        self.ring.write(1)?;
+        Ok(true)
+    }
+
+    /// The frame in the other end's slot if the bell rang (None if it did not), checked to be
+    /// the next one and to fit the slot.
+    fn recv<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
+        match self.bell.read() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let slot = (1 - self.mine) * SLOT_BYTES;
+        let seq = self.received.load(Ordering::Relaxed).wrapping_add(1);
+        let header = self.page.read_at(slot, SLOT_HEADER as u64)?;
+        let header: [u8; SLOT_HEADER] =
+            (header.try_into()).map_err(|_| io::Error::other("short slot header"))?;
+        let len = worker::slot_body_len(header, seq).map_err(io::Error::other)?;
+        let body = self.page.read_at(slot + SLOT_HEADER, len as u64)?;
+        self.received.store(seq, Ordering::Relaxed);
+        worker::decode(&body).map(Some).map_err(io::Error::other)
     }
 }
 
@@ -220,5 +456,97 @@ mod tests {
         assert!(a.recv::<Reply>().is_err(), "frame too large");
         drop(b);
         assert!(a.recv::<Reply>().is_err(), "closed");
+    }
+
+    /// A broker's and a worker's channel joined by a socket pair and a doorbell.
+    fn doorbell_pair() -> (Channel, Channel) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (broker_end, theirs) = Doorbell::create().unwrap();
+        let worker_end = Doorbell::open(theirs).unwrap();
+        (
+            Channel::with_doorbell(a, broker_end),
+            Channel::with_doorbell(b, worker_end),
+        )
+    }
+
+    #[test]
+    fn frames_without_descriptors_take_the_doorbell_others_the_socket() {
+        let (broker, worker) = doorbell_pair();
+        broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..3 {
+            broker.send(&Request::Capsets, &[]).unwrap();
+            assert_eq!(worker.recv::<Request>().unwrap().0, Request::Capsets);
+            worker.send(&Reply::Ok, &[]).unwrap();
+            assert_eq!(broker.recv::<Reply>().unwrap().0, Reply::Ok);
+        }
+        assert_eq!(
+            broker
+                .doorbell
+                .as_ref()
+                .unwrap()
+                .sent
+                .load(Ordering::Relaxed),
+            3
+        );
+        // A descriptor, and a frame larger than a slot, go through the socket, in order with
+        // the rest.
+        let mailbox = Mailbox::create().unwrap();
+        worker
+            .send(&Reply::Data { len: 1 }, &[mailbox.file().as_raw_fd()])
+            .unwrap();
+        let (reply, files) = broker.recv::<Reply>().unwrap();
+        assert_eq!((reply, files.len()), (Reply::Data { len: 1 }, 1));
+        let long = Reply::Failed {
+            out_of_memory: false,
+            why: "x".repeat(SLOT_BYTES),
+        };
+        worker.send(&long, &[]).unwrap();
+        assert_eq!(broker.recv::<Reply>().unwrap().0, long);
+        assert_eq!(
+            worker
+                .doorbell
+                .as_ref()
+                .unwrap()
+                .sent
+                .load(Ordering::Relaxed),
+            3
+        );
+    }
+
+    #[test]
+    fn a_lying_doorbell_is_an_error_and_a_silent_one_times_out() {
+        let (broker, worker) = doorbell_pair();
+        broker.set_timeout(Some(Duration::from_millis(50))).unwrap();
+        let t = std::time::Instant::now();
+        assert_eq!(
+            broker.recv::<Reply>().unwrap_err().kind(),
+            io::ErrorKind::TimedOut
+        );
+        assert!(t.elapsed() >= Duration::from_millis(50));
+        let bell = worker.doorbell.as_ref().unwrap();
+        // A frame numbered out of turn (a replay of an old one, or one made up).
+        let stale = worker::slot_frame(&Reply::Ok, 5).unwrap().unwrap();
+        bell.page.write_at(SLOT_BYTES, &stale).unwrap();
+        bell.ring.write(1).unwrap();
+        assert!(broker.recv::<Reply>().is_err(), "out of sequence");
+        // A length past the slot.
+        let mut header = 1u32.to_le_bytes().to_vec();
+        header.extend_from_slice(&u32::MAX.to_le_bytes());
+        bell.page.write_at(SLOT_BYTES, &header).unwrap();
+        bell.ring.write(1).unwrap();
+        assert!(broker.recv::<Reply>().is_err(), "longer than the slot");
+        // Garbage of a valid length.
+        let mut junk = 1u32.to_le_bytes().to_vec();
+        junk.extend_from_slice(&4u32.to_le_bytes());
+        junk.extend_from_slice(b"\xff\xfe{]");
+        bell.page.write_at(SLOT_BYTES, &junk).unwrap();
+        bell.ring.write(1).unwrap();
+        assert!(broker.recv::<Reply>().is_err(), "undecodable");
+    }
+
+    #[test]
+    fn the_worker_cannot_resize_the_doorbell_page() {
+        let (_, theirs) = Doorbell::create().unwrap();
+        assert!(theirs.page.set_len(0).is_err(), "shrunk");
     }
 }

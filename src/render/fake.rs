@@ -10,7 +10,7 @@
 //! - `spurious N`: N fence signals nobody asked for (a worker gone rogue).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -45,6 +45,7 @@ pub struct Fake {
     /// When the last fence of each (context, ring) is due: a later one is never due earlier.
     rings: Mutex<HashMap<(Ctx, Option<u8>), Instant>>,
     next_fence: AtomicU64,
+    next_ctx: AtomicU32,
     timers: Mutex<mpsc::Sender<Timer>>,
     /// Where fences are reported.
     sink: Arc<dyn FenceSink>,
@@ -89,6 +90,7 @@ impl Fake {
             resources: Mutex::default(),
             contexts: Mutex::default(),
             rings: Mutex::default(),
+            next_ctx: AtomicU32::new(1),
             next_fence: AtomicU64::new(0),
             timers: Mutex::new(tx),
             sink,
@@ -173,8 +175,13 @@ impl Renderer for Fake {
         }
     }
 
+    /// Ids are never reused (the broker allocates its own when the fake is in a worker; this
+    /// serves the fake called in place, benches/workers.rs's peer).
     fn alloc_ctx_id(&self) -> Option<Ctx> {
-        None
+        self.next_ctx
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| id.checked_add(1))
+            .ok()
+            .map(Ctx)
     }
 
     fn create_3d(&self, id: Res, _args: &ResourceCreate3d) -> Result<(), RenderError> {

@@ -1,6 +1,7 @@
 //! A VM's renderer in a render worker process (see `worker`): the broker side. Every call is
 //! one request and one reply on the worker's channel, bounded by the worker timeout; fence
-//! signals come on a second channel, read by a thread of ours.
+//! signals come on a second channel, read on the VM's queue thread (`Renderer::poll`), which
+//! answers the fenced requests right away.
 //!
 //! A worker runs GPU driver code for a guest: it is trusted no more than the guest. A worker
 //! that dies, stops answering or says something it should not is killed, named in the log, and
@@ -22,9 +23,13 @@ use log::{error, info, warn};
 use vgpud_protocol::worker::{Event, Region, Reply, Request, MAILBOX_BYTES};
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::timerfd::TimerFd;
 
-use super::channel::{Channel, Mailbox};
-use super::worker::{EVENT_FD, MAILBOX_FD, REQUEST_FD};
+use super::channel::{Channel, Doorbell, Mailbox};
+use super::worker::{
+    DOORBELL_BELL_FD, DOORBELL_PAGE_FD, DOORBELL_RING_FD, EVENT_FD, MAILBOX_FD, REQUEST_FD,
+};
 use super::RendererKind;
 use crate::device::memory::HostRange;
 use crate::device::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
@@ -61,8 +66,86 @@ struct Inner {
     /// The running worker's pid (0: none), for whoever shows it (the VM registry).
     shown_pid: Arc<AtomicU32>,
     /// Fences asked for and not yet signalled: while there are some, the worker must show it
-    /// is alive (see `watch`).
+    /// is alive (see `Events`).
     pending: AtomicU64,
+    events: Events,
+}
+
+/// Tokens in `Events::set`.
+const SIGNALS: u64 = 0;
+const TICK: u64 = 1;
+
+/// What the VM's queue thread watches for this renderer (`Renderer::poll_fd`): the worker's
+/// event channel, and a timer that ticks while fences are outstanding, so that a worker that
+/// stops signalling them is asked whether it is alive. Slow work is not a hang: a worker that
+/// answers is left alone however long its fences take.
+struct Events {
+    set: Epoll,
+    channel: Mutex<Option<Channel>>,
+    alive: Mutex<TimerFd>,
+    armed: AtomicBool,
+    /// Fence signals received, and how many there were at the last tick.
+    signalled: AtomicU64,
+    at_last_tick: AtomicU64,
+}
+
+impl Events {
+    fn new() -> io::Result<Events> {
+        let set = Epoll::new()?;
+        let alive = TimerFd::new()?;
+        let ev = EpollEvent::new(EventSet::IN, TICK);
+        set.ctl(ControlOperation::Add, alive.as_raw_fd(), ev)?;
+        Ok(Events {
+            set,
+            channel: Mutex::new(None),
+            alive: Mutex::new(alive),
+            armed: AtomicBool::new(false),
+            signalled: AtomicU64::new(0),
+            at_last_tick: AtomicU64::new(0),
+        })
+    }
+
+    /// Watches a new worker's event channel.
+    fn attach(&self, channel: Channel) -> io::Result<()> {
+        let ev = EpollEvent::new(EventSet::IN, SIGNALS);
+        self.set.ctl(ControlOperation::Add, channel.fds()[0], ev)?;
+        *lock(&self.channel) = Some(channel);
+        Ok(())
+    }
+
+    /// Ticks every `limit` from now on, until disarmed.
+    fn arm(&self, limit: Duration) {
+        if !self.armed.swap(true, Ordering::AcqRel) {
+            let _ = lock(&self.alive).reset(limit, Some(limit));
+        }
+    }
+
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::Release);
+        let _ = lock(&self.alive).reset(Duration::ZERO, None);
+    }
+
+    /// The event channel's descriptor, once a worker runs.
+    fn fd(&self) -> Option<RawFd> {
+        lock(&self.channel).as_ref().map(|c| c.fds()[0])
+    }
+
+    /// The next event if one is waiting (a frame that has begun to arrive is read whole,
+    /// within the channel's timeout).
+    fn next(&self) -> Option<io::Result<Event>> {
+        let channel = lock(&self.channel);
+        let channel = channel.as_ref()?;
+        let mut fd = libc::pollfd {
+            fd: channel.fds()[0],
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one initialised pollfd, as passed; no waiting.
+        if unsafe { libc::poll(&mut fd, 1, 0) } <= 0 {
+            return None;
+        }
+        Some(channel.recv::<Event>().map(|(event, _)| event))
+    }
 }
 
 #[derive(Default)]
@@ -103,13 +186,14 @@ pub fn probe(kind: RendererKind, limit: Duration) -> io::Result<Vec<CapsetInfo>>
     Ok(caps)
 }
 
-/// Starts a worker: fork+exec of this very binary, with the channels and the mailbox as
-/// descriptors 3, 4 and 5 and every other descriptor of the broker closed (they include other
-/// VMs' guest memory).
+/// Starts a worker: fork+exec of this very binary, with the channels, the mailbox and the
+/// doorbell as descriptors 3 to 8 (see `worker`) and every other descriptor of the broker closed
+/// (they include other VMs' guest memory).
 fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, UnixStream)> {
     let (requests, theirs_req) = UnixStream::pair()?;
     let (events, theirs_ev) = UnixStream::pair()?;
     let mailbox = Mailbox::create()?;
+    let (doorbell, theirs_bell) = Doorbell::create()?;
     let kind_name = kind
         .to_possible_value()
         .map(|v| v.get_name().to_string())
@@ -124,22 +208,33 @@ fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, U
         theirs_req.as_raw_fd(),
         theirs_ev.as_raw_fd(),
         mailbox.file().as_raw_fd(),
+        theirs_bell.page.as_raw_fd(),
+        theirs_bell.bell.as_raw_fd(),
+        theirs_bell.ring.as_raw_fd(),
     ];
     // SAFETY: only async-signal-safe calls (fcntl, dup2, close_range) between fork and exec.
     unsafe { cmd.pre_exec(move || place_fds(fds)) };
     let child = cmd.spawn()?;
-    drop((theirs_req, theirs_ev));
+    drop((theirs_req, theirs_ev, theirs_bell));
     let worker = Worker {
         child,
-        requests: Channel::new(requests),
+        requests: Channel::with_doorbell(requests, doorbell),
         mailbox,
     };
     worker.requests.set_timeout(Some(limit))?;
     Ok((worker, events))
 }
 
-/// In the child: `fds` become 3, 4 and 5, everything from 6 on is closed.
-fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
+/// In the child: `fds` become 3 to 8 (`TARGETS`), everything from 9 on is closed.
+fn place_fds(fds: [RawFd; 6]) -> io::Result<()> {
+    const TARGETS: [RawFd; 6] = [
+        REQUEST_FD,
+        EVENT_FD,
+        MAILBOX_FD,
+        DOORBELL_PAGE_FD,
+        DOORBELL_BELL_FD,
+        DOORBELL_RING_FD,
+    ];
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(io::Error::last_os_error())
@@ -148,17 +243,17 @@ fn place_fds(fds: [RawFd; 3]) -> io::Result<()> {
         }
     };
     // Out of the way first, so that no source is overwritten by an earlier dup2.
-    let mut high = [0; 3];
+    let mut high = [0; 6];
     for (h, fd) in high.iter_mut().zip(fds) {
         // SAFETY: duplicating a descriptor we hold.
         *h = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64) })?;
     }
-    for (target, h) in [REQUEST_FD, EVENT_FD, MAILBOX_FD].into_iter().zip(high) {
+    for (target, h) in TARGETS.into_iter().zip(high) {
         // SAFETY: dup2 onto a descriptor number this process is about to give up anyway.
         check(unsafe { libc::dup2(h, target) })?;
     }
     // SAFETY: closing descriptors the exec'd worker must not have.
-    let closed = unsafe { libc::syscall(libc::SYS_close_range, 6u32, u32::MAX, 0u32) };
+    let closed = unsafe { libc::syscall(libc::SYS_close_range, 9u32, u32::MAX, 0u32) };
     if closed != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -201,8 +296,8 @@ impl RemoteRenderer {
         capsets: Vec<CapsetInfo>,
         sink: Weak<dyn FenceSink>,
         pid: Arc<AtomicU32>,
-    ) -> Self {
-        RemoteRenderer {
+    ) -> io::Result<Self> {
+        Ok(RemoteRenderer {
             inner: Arc::new(Inner {
                 kind,
                 vm: vm.to_string(),
@@ -218,8 +313,9 @@ impl RemoteRenderer {
                 killable: Mutex::new(0),
                 shown_pid: pid,
                 pending: AtomicU64::new(0),
+                events: Events::new()?,
             }),
-        }
+        })
     }
 }
 
@@ -256,18 +352,32 @@ impl Inner {
             }
             return Err(RenderError::Gone);
         }
+        let mut trouble = None;
         let mut state = lock(&self.state);
         let result = self.ensure_worker(&mut state).and_then(|worker| {
             if let Some(bytes) = bulk {
                 worker.mailbox.write(bytes)?;
             }
             worker.requests.send(request, fds)?;
-            let (reply, files) = worker.requests.recv::<Reply>()?;
+            // Fence signals are taken while waiting: a worker must never block on a full event
+            // channel while it owes a reply.
+            let mut serve = || match self.take_signals_now(&mut trouble) {
+                false if trouble.is_some() => Err(io::Error::other("broke the event protocol")),
+                go_on => Ok(go_on),
+            };
+            let side = (self.events.fd())
+                .map(|fd| (fd, &mut serve as &mut dyn FnMut() -> io::Result<bool>));
+            let (reply, files) = worker.requests.recv_serving::<Reply>(side)?;
             if files.len() > 1 {
                 return Err(io::Error::other("more descriptors than asked for"));
             }
             Ok((reply, files.into_iter().next()))
         });
+        if let Some(why) = trouble {
+            drop(state);
+            self.die(&why);
+            return Err(RenderError::Gone);
+        }
         match result {
             Ok((Reply::Failed { out_of_memory, why }, _)) => Err(if out_of_memory {
                 RenderError::OutOfMemory
@@ -312,10 +422,9 @@ impl Inner {
                     .send(&Request::MemoryTable(regions.clone()), &fds)?;
                 expect_ok(worker.requests.recv::<Reply>()?.0)?;
             }
-            let watcher = Arc::downgrade(self);
-            thread::Builder::new()
-                .name("render-events".into())
-                .spawn(move || watch(watcher, Channel::new(events)))?;
+            let events = Channel::new(events);
+            events.set_timeout(Some(self.limit))?;
+            self.events.attach(events)?;
             *lock(&self.killable) = worker.child.id();
             self.shown_pid.store(worker.child.id(), Ordering::Relaxed);
             state.worker = Some(worker);
@@ -403,57 +512,80 @@ fn expect_ok(reply: Reply) -> io::Result<()> {
     }
 }
 
-/// The event thread: forwards fence signals to the VM, and while fences are outstanding,
-/// checks that the worker is alive (its renderer answers) when none arrives for a while. Slow
-/// work is not a hang: a worker that answers is left alone however long its fences take.
-fn watch(inner: Weak<Inner>, events: Channel) {
-    let limit = match inner.upgrade() {
-        Some(i) => i.limit,
-        None => return,
-    };
-    let _ = events.set_timeout(Some(limit));
-    loop {
-        let got = events.recv::<Event>();
-        let Some(inner) = inner.upgrade() else {
-            return;
-        };
-        if inner.dead.load(Ordering::Acquire) {
-            return;
-        }
-        match got {
-            Ok((Event::FenceSignalled { id }, _)) => {
-                // Never more signals than fences asked for: what a worker can make the broker
-                // queue stays bounded by what the guest asked.
-                let asked = inner
-                    .pending
-                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-                if asked.is_err() {
-                    inner.die(&format!(
-                        "signalled fence {id}, which it was never asked for"
-                    ));
-                    return;
-                }
-                if let Some(sink) = inner.sink.upgrade() {
-                    sink.signalled(FenceId(id));
-                }
+impl Inner {
+    /// What the queue thread does when `Events::set` is readable: forward the fence signals
+    /// that came, or see whether the worker is alive.
+    fn poll(self: &Arc<Self>) {
+        let mut ready = [EpollEvent::default(); 2];
+        let n = self.events.set.wait(0, &mut ready).unwrap_or(0);
+        for event in ready.iter().take(n) {
+            match event.data() {
+                SIGNALS => self.take_signals(),
+                _ => self.tick(),
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                if inner.pending.load(Ordering::Acquire) > 0 {
-                    // Alive means its renderer answers (Capsets goes through it).
-                    if let Err(e) = inner.call(&Request::Capsets, &[], None) {
-                        warn!("{}: render worker not answering: {e}", inner.vm);
+        }
+    }
+
+    fn take_signals(self: &Arc<Self>) {
+        let mut trouble = None;
+        self.take_signals_now(&mut trouble);
+        if let Some(why) = trouble {
+            self.die(&why);
+        }
+    }
+
+    /// Forwards the fence signals waiting now. A worker that broke the protocol is described in
+    /// `trouble` (for the caller to end it, out of its locks); returns whether to go on.
+    fn take_signals_now(&self, trouble: &mut Option<String>) -> bool {
+        while let Some(got) = self.events.next() {
+            if self.dead.load(Ordering::Acquire) {
+                return false;
+            }
+            match got {
+                Ok(Event::FenceSignalled { id }) => {
+                    // Never more signals than fences asked for: what a worker can make the
+                    // broker queue stays bounded by what the guest asked.
+                    let asked =
+                        self.pending
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                n.checked_sub(1)
+                            });
+                    if asked.is_err() {
+                        *trouble = Some(format!(
+                            "signalled fence {id}, which it was never asked for"
+                        ));
+                        return false;
+                    }
+                    self.events.signalled.fetch_add(1, Ordering::AcqRel);
+                    if let Some(sink) = self.sink.upgrade() {
+                        sink.signalled(FenceId(id));
                     }
                 }
+                Err(e) => {
+                    *trouble = Some(format!("event channel: {e}"));
+                    return false;
+                }
             }
-            Err(e) => {
-                inner.die(&format!("event channel: {e}"));
-                return;
-            }
+        }
+        true
+    }
+
+    /// A tick of the alive timer: with fences outstanding and none signalled since the last
+    /// tick, the worker must answer (a call is bounded by the worker timeout).
+    fn tick(self: &Arc<Self>) {
+        // Readable, so this does not wait.
+        let _ = lock(&self.events.alive).wait();
+        if self.pending.load(Ordering::Acquire) == 0 {
+            self.events.disarm();
+            return;
+        }
+        let now = self.events.signalled.load(Ordering::Acquire);
+        if self.events.at_last_tick.swap(now, Ordering::AcqRel) != now {
+            return;
+        }
+        // Alive means its renderer answers (Capsets goes through it).
+        if let Err(e) = self.call(&Request::Capsets, &[], None) {
+            warn!("{}: render worker not answering: {e}", self.vm);
         }
     }
 }
@@ -660,6 +792,7 @@ impl Renderer for RemoteRenderer {
 
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        self.inner.events.arm(self.inner.limit);
         match self
             .inner
             .call(&Request::CreateFence { ctx: ctx.0, ring }, &[], None)?
@@ -698,5 +831,13 @@ impl Renderer for RemoteRenderer {
 
     fn on_death(&self, notice: DeathNotice) {
         *lock(&self.inner.on_death) = Some(notice);
+    }
+
+    fn poll_fd(&self) -> Option<RawFd> {
+        Some(self.inner.events.set.as_raw_fd())
+    }
+
+    fn poll(&self) {
+        self.inner.poll();
     }
 }

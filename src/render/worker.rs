@@ -3,12 +3,13 @@
 //! VM's guest memory, and answers the broker's requests one at a time (protocol::worker).
 //!
 //! Descriptors from the broker: 3, the request channel; 4, the event channel (fence signals);
-//! 5, the mailbox.
+//! 5, the mailbox; 6, 7 and 8, the request channel's doorbell (its page, the eventfd the worker
+//! waits on, the one it rings).
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 
@@ -18,7 +19,7 @@ use vgpud_protocol::MemEntry;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::channel::{Channel, Mailbox};
+use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox};
 use super::{start, Poll, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
 use crate::device::{BlobArgs, RenderError};
@@ -28,6 +29,9 @@ use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 pub const REQUEST_FD: i32 = 3;
 pub const EVENT_FD: i32 = 4;
 pub const MAILBOX_FD: i32 = 5;
+pub const DOORBELL_PAGE_FD: i32 = 6;
+pub const DOORBELL_BELL_FD: i32 = 7;
+pub const DOORBELL_RING_FD: i32 = 8;
 
 /// Fence signals go to the broker on the event channel, from whatever thread signals them.
 struct EventSink(Mutex<Channel>);
@@ -56,14 +60,25 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"vgpud-worker".as_ptr()) };
     // SAFETY: the broker passed these descriptors to this process for it alone (see the module
     // docs); each is wrapped once and owned from here on.
-    let (requests, events, mailbox) = unsafe {
+    let (requests, events, mailbox, doorbell) = unsafe {
         (
             UnixStream::from_raw_fd(REQUEST_FD),
             UnixStream::from_raw_fd(EVENT_FD),
             File::from_raw_fd(MAILBOX_FD),
+            DoorbellFds {
+                page: File::from_raw_fd(DOORBELL_PAGE_FD),
+                bell: OwnedFd::from_raw_fd(DOORBELL_BELL_FD),
+                ring: OwnedFd::from_raw_fd(DOORBELL_RING_FD),
+            },
         )
     };
-    let requests = Channel::new(requests);
+    let requests = match Doorbell::open(doorbell) {
+        Ok(doorbell) => Channel::with_doorbell(requests, doorbell),
+        Err(e) => {
+            error!("render worker for {vm}: doorbell: {e}");
+            return 1;
+        }
+    };
     let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
         let started = start(kind, sink).map_err(io::Error::other)?;
@@ -102,7 +117,7 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
                 return 1;
             }
         }
-        let (request, files) = match requests.recv::<Request>() {
+        let (request, files) = match requests.recv_waiting::<Request>() {
             Ok(r) => r,
             // The broker closed the channel: its VM is gone.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return 0,
@@ -141,7 +156,9 @@ impl Wait {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        add(requests.fd(), 0)?;
+        for fd in requests.fds() {
+            add(fd, 0)?;
+        }
         if let Some(p) = poll {
             use std::os::fd::AsFd;
             add(p.fd.as_fd().as_raw_fd(), 1)?;
@@ -151,7 +168,7 @@ impl Wait {
 
     /// Waits until there is a request or renderer work; requests first.
     fn next(&self) -> io::Result<Ready> {
-        let mut events = [EpollEvent::default(); 2];
+        let mut events = [EpollEvent::default(); 3];
         loop {
             match self.0.wait(-1, &mut events) {
                 Ok(n) => {

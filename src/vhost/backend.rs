@@ -60,6 +60,8 @@ pub const EXIT_EVENT: u16 = NUM_QUEUES as u16 + 2;
 pub const RESUME_EVENT: u16 = NUM_QUEUES as u16 + 3;
 /// The epoll token of the VNC output's request for the whole picture (`VmBackend::refresh`).
 pub const REFRESH_EVENT: u16 = NUM_QUEUES as u16 + 4;
+/// The epoll token of the renderer's own descriptor (`Renderer::poll_fd`), if it has one.
+pub const RENDERER_EVENT: u16 = NUM_QUEUES as u16 + 5;
 /// How often a stopped VM with answers or window changes waiting looks whether it was resumed.
 const RESUME_POLL: Duration = Duration::from_millis(50);
 /// The largest queue a split ring may have (virtio 1.x), and what crosvm offers by default
@@ -154,6 +156,7 @@ impl VmBackend {
         let log = template.log.clone();
         let renderer: SharedRenderer = match template.renderer {
             RendererSpec::Shared(r) => r,
+            RendererSpec::InPlace(make) => make(fence_inbox.clone()),
             RendererSpec::Worker {
                 kind,
                 capsets,
@@ -165,7 +168,7 @@ impl VmBackend {
                 capsets,
                 sink,
                 record.worker_pid.clone(),
-            )),
+            )?),
         };
         let mut device = Device::new(renderer, template.device).with_log(log.clone());
         let shares = template.shares.filter(|_| template.share);
@@ -878,7 +881,13 @@ impl VhostUserBackend for VmBackend {
             self.refresh_output();
             return Ok(());
         }
-        if device_event == FENCE_EVENT {
+        if device_event == RENDERER_EVENT {
+            // Out of the device lock: a renderer that fails here tells the VM, which must not
+            // wait for it.
+            let renderer = self.device().renderer().clone();
+            renderer.poll();
+        }
+        if device_event == FENCE_EVENT || device_event == RENDERER_EVENT {
             if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
                 if let Err(e) = self.answer_signalled(control) {
                     self.log

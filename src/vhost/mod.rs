@@ -26,6 +26,7 @@ use vmm_sys_util::epoll::EventSet;
 pub use self::backend::VmBackend;
 use crate::device::CapsetInfo;
 use crate::device::DeviceConfig;
+use crate::fences::FenceSink;
 use crate::guestlog::GuestLog;
 use crate::hub::registry::{Registry, VmState};
 use crate::hub::share::ShareRegistry;
@@ -43,7 +44,15 @@ pub enum RendererSpec {
         capsets: Vec<CapsetInfo>,
         timeout: Duration,
     },
+    /// Benchmarks only (benches/workers.rs), never reachable from the daemon's command line:
+    /// the renderer `make` builds for the VM's fence sink, called in place on the VM's queue
+    /// thread. It is the peer the render worker's cost is measured against.
+    #[doc(hidden)]
+    InPlace(MakeRenderer),
 }
+
+/// Builds a VM's renderer, given where its fences go.
+pub type MakeRenderer = Arc<dyn Fn(Arc<dyn FenceSink>) -> SharedRenderer + Send + Sync>;
 
 impl RendererSpec {
     /// The renderer's name, as the status command shows it.
@@ -51,6 +60,7 @@ impl RendererSpec {
         match self {
             RendererSpec::Shared(_) => "2d".to_string(),
             RendererSpec::Worker { kind, .. } => format!("{kind:?}").to_lowercase(),
+            RendererSpec::InPlace(_) => "in-place".to_string(),
         }
     }
 }
@@ -367,6 +377,10 @@ fn accept(
     worker.register_listener(resume, EventSet::IN, u64::from(backend::RESUME_EVENT))?;
     let refresh = backend.refresh.as_raw_fd();
     worker.register_listener(refresh, EventSet::IN, u64::from(backend::REFRESH_EVENT))?;
+    let renderer_fd = backend.device().renderer().poll_fd();
+    if let Some(fd) = renderer_fd {
+        worker.register_listener(fd, EventSet::IN, u64::from(backend::RENDERER_EVENT))?;
+    }
     daemon
         .start(listener)
         .map_err(|e| io::Error::other(format!("accepting a frontend: {e}")))?;
