@@ -103,11 +103,10 @@ fn commands() -> Vec<Measured> {
         undo,
         needs_3d,
     };
-    let unfenced_submit = Command::Submit3d {
-        commands: Vec::new(),
-    };
-    let fenced_submit = Command::Submit3d {
-        commands: Vec::new(),
+    // One NOP (virgl's command 0, length 0), so that the stream reaches the renderer (the
+    // device answers an empty one itself); the scripted renderer ignores it.
+    let nop = || Command::Submit3d {
+        commands: vec![0; 4],
     };
     let unref = Command::ResourceUnref {
         resource_id: RES_CHURN,
@@ -136,14 +135,14 @@ fn commands() -> Vec<Measured> {
             true,
         ),
         m(
-            "SUBMIT_3D empty, fenced",
-            request(1, FLAG_FENCE, fenced_submit),
+            "SUBMIT_3D one NOP, fenced",
+            request(1, FLAG_FENCE, nop()),
             None,
             true,
         ),
         m(
-            "SUBMIT_3D empty",
-            request(1, 0, unfenced_submit),
+            "SUBMIT_3D one NOP",
+            request(1, 0, nop()),
             None,
             true,
         ),

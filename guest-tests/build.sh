@@ -56,3 +56,5 @@ build vk-coherent vk-coherent.c vk-util.c -- "${vulkan[@]}"
 build vk-churn vk-churn.c vk-util.c -- "${vulkan[@]}"
 build drm-blob drm-blob.c -- "${drm[@]}"
 build share-buffer share-buffer.c share-render.c vk-util.c -- "${drm[@]}" "${vulkan[@]}"
+# Not a test: the benchmarks' LD_PRELOAD library that makes glmark2-drm use the preferred mode.
+build preferred-mode.so preferred-mode.c -- -shared -fPIC "${drm[@]}" -ldl
