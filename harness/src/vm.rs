@@ -912,9 +912,14 @@ impl Vm {
         let t = self.timeout;
         let regions = self.mem.region_infos()?;
         let mut fe = self.fe.clone();
+        let enable = self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0;
         self.watchdog
             .run(t, "SET_MEM_TABLE", || fe.set_mem_table(&regions))?;
         for q in 0..self.queues.len() {
+            // crosvm serves its backend channel again once it sent the last message here (none
+            // has a reply): a backend that acts on that message may ask before this thread is
+            // past the send, so the channel counts as served from just before it.
+            let last = q + 1 == self.queues.len();
             let base = match bases {
                 Some(b) => *b
                     .get(q)
@@ -938,15 +943,19 @@ impl Vm {
                 .run(t, "SET_VRING_BASE", || fe.set_vring_base(q, base as u16))?;
             self.watchdog
                 .run(t, "SET_VRING_CALL", || fe.set_vring_call(q, &vr.call))?;
+            if last && !enable {
+                self.channel.active.store(true, Ordering::SeqCst);
+            }
             self.watchdog
                 .run(t, "SET_VRING_KICK", || fe.set_vring_kick(q, &vr.kick))?;
-            if self.acked & VHOST_USER_F_PROTOCOL_FEATURES != 0 {
+            if enable {
+                if last {
+                    self.channel.active.store(true, Ordering::SeqCst);
+                }
                 self.watchdog
                     .run(t, "SET_VRING_ENABLE", || fe.set_vring_enable(q, true))?;
             }
         }
-        // crosvm serves its backend channel again once the device is active.
-        self.channel.active.store(true, Ordering::SeqCst);
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 //! answerable while a queue worker is busy or waiting on the frontend.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -19,7 +20,7 @@ use vhost::vhost_user::{Backend, GpuBackend, VhostUserFrontendReqHandler};
 use vhost_user_backend::{ShutdownHandle, VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{EventConsumer, EventNotifier};
@@ -90,17 +91,17 @@ pub struct VmBackend {
     window_files: WindowFiles,
     /// Tells a reset from a sleep when the frontend sends no RESET_DEVICE (crosvm).
     lifecycle: Lifecycle,
-    /// The queues were stopped (GET_VRING_BASE) and have not been served since: the VMM may not
-    /// serve the backend channel now (crosvm does not until it re-activates the device), so
-    /// window changes wait in `deferred` (see `apply_shmem`).
-    asleep: AtomicBool,
+    /// Queues stopped (GET_VRING_BASE) and not served since: while any is, the VMM may not serve
+    /// the backend channel (crosvm does not until it re-activated every queue), so window
+    /// changes wait in `deferred` (see `apply_shmem`).
+    asleep: [AtomicBool; NUM_QUEUES],
     deferred: Mutex<Vec<ShmemRequest>>,
     /// Answers whose fences signalled while the queues were stopped: used when they are served
     /// again (after a wake), dropped with the rings (after a reset). At most one per ring entry.
     pub(super) held: Mutex<Vec<Answer>>,
-    /// Ticks while something waits for the queues to be served again: re-activation itself
-    /// raises no event here (the vhost library takes the rings without telling the backend),
-    /// and a guest waiting for a fence answer may never kick.
+    /// Ticks while the queues are stopped: re-activation itself raises no event here (the vhost
+    /// library takes the rings without telling the backend), and a guest waiting for a fence
+    /// answer, or for a chain whose kick was taken as its queue stopped, may never kick.
     pub(super) resume_timer: Mutex<TimerFd>,
     pub(super) display: Mutex<Option<DisplayLink>>,
     /// vgpud's own output for this VM, if configured.
@@ -207,10 +208,10 @@ impl VmBackend {
             memory_owner: memfault::Owner::new(),
             window_files: WindowFiles::default(),
             lifecycle: Lifecycle::default(),
-            asleep: AtomicBool::new(false),
+            asleep: Default::default(),
             deferred: Mutex::new(Vec::new()),
             held: Mutex::new(Vec::new()),
-            resume_timer: Mutex::new(TimerFd::new()?),
+            resume_timer: Mutex::new(nonblocking_timer()?),
             display: Mutex::new(None),
             output,
             refresh,
@@ -390,41 +391,52 @@ impl VmBackend {
         }
     }
 
-    /// The first event once every stopped queue is ready again decides: a wake keeps the
-    /// device's state, fresh rings reset it.
-    /// Window changes that waited while the queues were stopped go out then, first.
-    fn check_resumed(&self, vrings: &[VringRwLock]) {
+    /// The first event once the control queue is ready again decides: a wake keeps the device's
+    /// state, fresh rings reset it. Nothing is served, and nothing that waited goes out, until
+    /// every stopped queue is active again: crosvm sets the queues up one after the other and
+    /// serves its backend channel only after the last one. Then the window changes that waited
+    /// go out first, then the answers held, then what is on the rings. Returns whether the
+    /// queues are still asleep.
+    fn check_resumed(&self, vrings: &[VringRwLock]) -> bool {
         let place = |i: usize| {
             let (place, ready) = ring_place(vrings.get(i)?);
             ready.then_some(place)
         };
         let now = [place(0), place(1)];
         if now[0].is_none() {
-            return;
+            return self.is_asleep();
         }
         match self.lifecycle.resumed(now) {
             Resumed::NotNow => {}
             Resumed::Woke => self.log.event("wake", format_args!("state kept")),
             Resumed::WasReset => self.start_over("fresh rings after a stop"),
         }
-        if !self.asleep.load(Ordering::Acquire) {
-            return;
+        let back = |(i, asleep): (usize, &AtomicBool)| {
+            !asleep.load(Ordering::Acquire) || vrings.get(i).is_some_and(is_active)
+        };
+        if !self.is_asleep() || !self.asleep.iter().enumerate().all(back) {
+            return self.is_asleep();
         }
         if let Err(e) = lock(&self.resume_timer).clear() {
             error!("{}: resume timer: {e}", self.name);
         }
-        let _order = self.shmem_order();
-        let pending = {
-            let mut deferred = lock(&self.deferred);
-            self.asleep.store(false, Ordering::Release);
-            std::mem::take(&mut *deferred)
-        };
-        if !pending.is_empty() {
-            self.log.event(
-                "resumed",
-                format_args!("window-changes-sent={}", pending.len()),
-            );
-            self.apply_shmem(pending);
+        {
+            // Let go before serving: every request takes it.
+            let _order = self.shmem_order();
+            let pending = {
+                let mut deferred = lock(&self.deferred);
+                for asleep in &self.asleep {
+                    asleep.store(false, Ordering::Release);
+                }
+                std::mem::take(&mut *deferred)
+            };
+            if !pending.is_empty() {
+                self.log.event(
+                    "resumed",
+                    format_args!("window-changes-sent={}", pending.len()),
+                );
+                self.apply_shmem(pending);
+            }
         }
         let held = std::mem::take(&mut *lock(&self.held));
         if let Some(control) = vrings.get(usize::from(CONTROL_QUEUE)) {
@@ -432,10 +444,35 @@ impl VmBackend {
                 self.mark_broken(CONTROL_QUEUE, &e);
             }
         }
+        // A kick taken while its queue was being stopped announced chains no kick will announce
+        // again.
+        for (index, kind) in [
+            (CONTROL_QUEUE, queue::Kind::Control),
+            (CURSOR_QUEUE, queue::Kind::Cursor),
+        ] {
+            if let Some(vring) = vrings.get(usize::from(index)).filter(|v| is_active(v)) {
+                self.serve(index, vring, kind);
+            }
+        }
+        false
     }
 
     pub(super) fn is_asleep(&self) -> bool {
-        self.asleep.load(Ordering::Acquire)
+        self.asleep.iter().any(|a| a.load(Ordering::Acquire))
+    }
+
+    /// Takes what is on a queue's avail ring and answers it.
+    fn serve(&self, index: u16, vring: &VringRwLock, kind: queue::Kind) {
+        // An error here is a broken ring in guest memory. Returning it would end this VM's worker
+        // for good, so stop serving that queue until it is set up again.
+        if let Err(e) = queue::drain(self, vring, kind) {
+            self.mark_broken(index, &e);
+        }
+    }
+
+    /// `queue` was read up to `place` (see `Lifecycle::served`).
+    pub(super) fn served(&self, queue: u16, place: RingPlace) {
+        self.lifecycle.served(usize::from(queue), place);
     }
 
     /// Starts the resume timer, if it is not ticking already.
@@ -516,7 +553,7 @@ impl VmBackend {
     pub(super) fn apply_shmem(&self, requests: Vec<ShmemRequest>) -> bool {
         {
             let mut deferred = lock(&self.deferred);
-            if self.asleep.load(Ordering::Acquire) {
+            if self.is_asleep() {
                 deferred.extend(requests);
                 self.poll_for_resume();
                 return true;
@@ -598,13 +635,36 @@ fn config_window(fields: &[u8; CONFIG_SIZE], offset: u32, size: u32) -> Vec<u8> 
 fn ring_place(vring: &VringRwLock) -> (RingPlace, bool) {
     let state = vring.get_ref();
     let q = state.get_queue();
-    let place = RingPlace {
+    (place_of(q), q.ready())
+}
+
+pub(super) fn place_of(q: &Queue) -> RingPlace {
+    RingPlace {
         desc: q.desc_table(),
         avail: q.avail_ring(),
         used: q.used_ring(),
         next_avail: q.next_avail(),
-    };
-    (place, q.ready())
+    }
+}
+
+/// A timer whose read does not block: disarming it (`check_resumed`) drops the ticks counted,
+/// maybe after their event was reported, and a blocking read would then wait for ever.
+fn nonblocking_timer() -> io::Result<TimerFd> {
+    let timer = TimerFd::new()?;
+    let fd = timer.as_raw_fd();
+    // SAFETY: fcntl on a descriptor `timer` owns; no memory is passed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(timer)
+}
+
+/// Whether a queue is set up and enabled: the frontend has re-activated it.
+fn is_active(vring: &VringRwLock) -> bool {
+    let state = vring.get_ref();
+    state.get_queue().ready() && state.is_enabled()
 }
 
 /// Asks the frontend to change the window; blocks until it acknowledged.
@@ -766,7 +826,10 @@ impl VhostUserBackend for VmBackend {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         self.lifecycle.stopped(queue_index as usize);
-        self.asleep.store(true, Ordering::Release);
+        if let Some(a) = self.asleep.get(queue_index as usize) {
+            a.store(true, Ordering::Release);
+        }
+        self.poll_for_resume();
         // The frontend sets the queue up anew after this: serve it again then.
         if let Some(b) = self.broken.get(queue_index as usize) {
             b.store(false, Ordering::Release);
@@ -870,9 +933,9 @@ impl VhostUserBackend for VmBackend {
             // An error is the only way to end the library's event loop from here.
             return Err(io::Error::other("VM torn down"));
         }
-        self.check_resumed(vrings);
+        let asleep = self.check_resumed(vrings);
         if device_event == RESUME_EVENT {
-            // Only read the tick: `check_resumed` did the work.
+            // Only read the tick, if any is left: `check_resumed` did the work.
             let _ = lock(&self.resume_timer).wait();
             return Ok(());
         }
@@ -905,14 +968,10 @@ impl VhostUserBackend for VmBackend {
             CURSOR_QUEUE => queue::Kind::Cursor,
             _ => return Err(io::Error::other(format!("unknown event {device_event}"))),
         };
-        // An error here is a broken ring in guest memory. Returning it would end this VM's worker
-        // for good, so stop serving that queue until it is set up again.
-        if let Err(e) = queue::drain(self, vring, kind) {
-            self.mark_broken(device_event, &e);
+        // A queue set up again before the others: served with them (`check_resumed`).
+        if !asleep {
+            self.serve(device_event, vring, kind);
         }
-        // Even if the queue was stopped meanwhile: the index then is what GET_VRING_BASE gave.
-        let (place, _) = ring_place(vring);
-        self.lifecycle.served(usize::from(device_event), place);
         // Also a fault outside a request (the rings, a fence's answer).
         self.lost_memory();
         Ok(())

@@ -9,7 +9,7 @@ use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT, Reader, Writer};
 use vm_memory::GuestMemoryMmap;
 
-use super::backend::{VmBackend, CONTROL_QUEUE, CURSOR_QUEUE};
+use super::backend::{place_of, VmBackend, CONTROL_QUEUE, CURSOR_QUEUE};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -102,7 +102,12 @@ pub fn drain(vm: &VmBackend, vring: &VringRwLock, kind: Kind) -> io::Result<()> 
         if vm.event_idx() {
             ring.set_notification(false)?;
         }
-        let taken = process_available(vm, &ring, &mem, kind)?;
+        let Some(taken) = process_available(vm, &ring, &mem, kind)? else {
+            // The frontend stopped the queues meanwhile (GET_VRING_BASE, on its own thread): not
+            // a broken ring. What is left is served once they are all set up again
+            // (`check_resumed`), not from rings set up anew under this loop before it decided.
+            return Ok(());
+        };
         // More was promised, yet nothing could be taken: looping would spin for ever.
         if promised && taken == 0 {
             return Err(io::Error::other(
@@ -120,24 +125,36 @@ pub fn drain(vm: &VmBackend, vring: &VringRwLock, kind: Kind) -> io::Result<()> 
     }
 }
 
-/// Answers every chain on the avail ring; returns how many were taken off it. A chain that cannot
-/// be returned (a head past the table) costs only itself: every other chain of the batch is
-/// answered, and the driver notified.
+/// Answers every chain on the avail ring; returns how many were taken off it, None if the queues
+/// are stopped. A chain that cannot be returned (a head past the table) costs only itself: every
+/// other chain of the batch is answered, and the driver notified.
 fn process_available(
     vm: &VmBackend,
     ring: &Ring,
     mem: &Arc<GuestMemoryMmap>,
     kind: Kind,
-) -> io::Result<usize> {
-    let chains: Vec<Chain> = ring
-        .vring
-        .get_mut()
-        .get_queue_mut()
-        .iter(mem.as_ref())
-        .map_err(io::Error::other)?
-        .collect();
+) -> io::Result<Option<usize>> {
+    let (chains, place) = {
+        let mut state = ring.vring.get_mut();
+        let queue = state.get_queue_mut();
+        // Under the ring's lock: GET_VRING_BASE makes the queue not ready under it, and marks
+        // the device asleep before the frontend can set the queue up again.
+        if vm.is_asleep() {
+            return Ok(None);
+        }
+        let chains: Vec<Chain> = match queue.iter(mem.as_ref()) {
+            Ok(chains) => chains.collect(),
+            Err(virtio_queue::Error::QueueNotReady) => return Ok(None),
+            Err(e) => return Err(io::Error::other(e)),
+        };
+        (chains, place_of(queue))
+    };
+    // Where the queue stands once these chains are taken, read under the same lock: if the
+    // frontend stops it next, GET_VRING_BASE gives this index. Read after the drain, it may
+    // already be the place of rings set up anew, and a reset would look like a wake.
+    vm.served(kind.index(), place);
     if chains.is_empty() {
-        return Ok(0);
+        return Ok(Some(0));
     }
     let taken = chains.len();
     let mut used = 0;
@@ -150,7 +167,7 @@ fn process_available(
         // A VMM disconnected meanwhile (it stalled, or shrank the guest memory under this
         // request) gets nothing more.
         if vm.lost_memory() || vm.is_broken(kind.index()) {
-            return Ok(taken);
+            return Ok(Some(taken));
         }
         if let Some(written) = written {
             match ring.add_used(head, written) {
@@ -162,7 +179,7 @@ fn process_available(
     if used > 0 {
         ring.notify()?;
     }
-    Ok(taken)
+    Ok(Some(taken))
 }
 
 /// Handles one control request. Returns the number of response bytes written, or None when the
