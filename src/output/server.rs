@@ -288,7 +288,13 @@ impl Server {
                     return;
                 }
             };
-            let live = self.viewers.iter().flatten().count();
+            let mut live = self.viewers.iter().flatten().count();
+            if live >= self.max_viewers {
+                // Viewers that left may not have been noticed yet (their hang-up can be in this
+                // very round of events): look before refusing anyone.
+                self.drop_gone();
+                live = self.viewers.iter().flatten().count();
+            }
             if live >= self.max_viewers {
                 self.shared.log.info(format_args!(
                     "vnc: viewer refused: {live} viewers already (the most this VM allows)"
@@ -299,6 +305,15 @@ impl Server {
                 self.shared
                     .log
                     .warn(format_args!("vnc: adding a viewer: {e}"));
+            }
+        }
+    }
+
+    /// Reads what every viewer sent: those that hung up or broke the protocol are dropped.
+    fn drop_gone(&mut self) {
+        for slot in 0..self.viewers.len() {
+            if let Err(why) = self.read(slot) {
+                self.drop_viewer(slot, &why);
             }
         }
     }
