@@ -202,6 +202,9 @@ fn run(cli: Cli) -> Result<bool, Error> {
     };
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for case in &cases {
+        if procs::closing() {
+            break;
+        }
         if !cli.only.is_empty() && !cli.only.iter().any(|n| n == case.name) {
             continue;
         }

@@ -46,10 +46,17 @@ fn registry() -> MutexGuard<'static, Registry> {
 /// Starts `cmd` as the leader of a new session and process group; returns its pid.
 pub fn spawn(cmd: &mut Command, what: &str) -> Result<u32, Error> {
     use std::os::unix::process::CommandExt;
-    // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
+    // SAFETY: setsid and sigprocmask are async-signal-safe and touch nothing of the parent's.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // This thread blocks SIGINT and SIGTERM (handle_signals); a child inherits its
+            // mask, and a QEMU or vgpud with TERM blocked would not stop when told to.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == -1 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -131,25 +138,37 @@ fn signal_group(pgid: u32, sig: libc::c_int) {
 
 /// Stops the process group led by `pid`: TERM, then KILL after 10 s; reaps the leader.
 pub fn stop_group(pid: u32) {
-    signal_group(pid, libc::SIGTERM);
+    stop_groups(&[pid]);
+}
+
+/// Stops the process groups led by `pids` together: TERM to all, then KILL to those still
+/// there after 10 s; reaps the leaders.
+fn stop_groups(pids: &[u32]) {
+    for &pid in pids {
+        signal_group(pid, libc::SIGTERM);
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        // The leader must be reaped, or its zombie keeps the group alive.
-        let _ = exit_status(pid);
-        if !group_alive(pid) {
+        // A leader must be reaped, or its zombie keeps its group alive.
+        for &pid in pids {
+            let _ = exit_status(pid);
+        }
+        if !pids.iter().any(|&pid| group_alive(pid)) {
             break;
         }
         sleep(Duration::from_millis(100));
     }
-    signal_group(pid, libc::SIGKILL);
-    let child = {
-        let mut reg = registry();
-        let i = reg.groups.iter().position(|g| g.child.id() == pid);
-        i.map(|i| reg.groups.swap_remove(i))
-    };
-    if let Some(mut g) = child {
-        if g.status.is_none() {
-            let _ = g.child.wait();
+    for &pid in pids {
+        signal_group(pid, libc::SIGKILL);
+        let child = {
+            let mut reg = registry();
+            let i = reg.groups.iter().position(|g| g.child.id() == pid);
+            i.map(|i| reg.groups.swap_remove(i))
+        };
+        if let Some(mut g) = child {
+            if g.status.is_none() {
+                let _ = g.child.wait();
+            }
         }
     }
 }
@@ -236,9 +255,12 @@ pub fn stop_all() {
         stop_qemus_in(&dir);
     }
     let pids: Vec<u32> = registry().groups.iter().map(|g| g.child.id()).collect();
-    for pid in pids {
-        stop_group(pid);
-    }
+    stop_groups(&pids);
+}
+
+/// Is the runner going down (interrupted)?
+pub fn closing() -> bool {
+    registry().closing
 }
 
 /// The end of the runner: nothing new starts, everything started is stopped, and the

@@ -726,6 +726,10 @@ fn is_vhost_error(line: &str) -> bool {
 
 /// Prints a case's result line on stdout.
 pub fn report(name: &str, result: &Result<(), String>, secs: f64, note: &str, run_dir: &Path) {
+    if procs::closing() {
+        // Interrupted: the case did not end by itself, and the runner is on its way out.
+        return;
+    }
     let line = match result {
         Ok(()) => format!("PASS: {name} ({secs:.1} s{note})"),
         Err(reason) => format!(
