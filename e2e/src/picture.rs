@@ -388,7 +388,7 @@ mod tests {
             pattern(size(1280, 800), 1).pixel(300, 700),
             [45, 188, (300 ^ 700 ^ 1) as u8]
         );
-        // Two pixels of the 1024x768 seed 5 pattern, as screen.py computed them.
+        // Two pixels of the 1024x768 seed 5 pattern, as the former Python check had them.
         let p = pattern(size(1024, 768), 5);
         assert_eq!(p.pixel(777, 500), [14, 244, 248]);
         assert_eq!(p.pixel(1000, 10), [0, 0, 255]);
@@ -401,7 +401,7 @@ mod tests {
         v ^= v >> 13;
         let img = share_frame(size(256, 8), 4242);
         assert_eq!(img.pixel(0, 0), [(v >> 16) as u8, (v >> 8) as u8, v as u8]);
-        // Tiles 1 and 21 (row 1 of 16-tile rows, column 5), as screen.py computed them.
+        // Tiles 1 and 21 (row 1 of 16-tile rows, column 5), as the former Python check had them.
         assert_eq!(img.pixel(16, 0), [166, 85, 179]);
         assert_eq!(img.pixel(5 * 16 + 3, 4), [197, 208, 169]);
         // One tile is one colour; the next tile another.
