@@ -313,3 +313,49 @@ pub fn handle_signals() -> Result<(), Error> {
         .map_err(|e| Error::during("starting the signal thread", e))?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_group_takes_its_children_along() {
+        let dir = std::env::temp_dir().join(format!("vgpud-e2e-procs-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let pidfile = dir.join("sleeper");
+        // A shell with a child of its own, both in the session spawn() made.
+        let leader = spawn(
+            Command::new("/bin/sh")
+                .arg("-c")
+                .arg("sleep 100 & echo $! >\"$0\"; wait")
+                .arg(&pidfile),
+            "sh",
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let sleeper = loop {
+            let text = fs::read_to_string(&pidfile).unwrap_or_default();
+            if let Ok(pid) = text.trim().parse::<u32>() {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the shell never started its child"
+            );
+            sleep(Duration::from_millis(20));
+        };
+        assert!(running(leader));
+        assert!(pid_alive(sleeper));
+        assert_eq!(session(sleeper), Some(leader));
+        let t0 = Instant::now();
+        stop_group(leader);
+        assert!(t0.elapsed() < Duration::from_secs(5), "TERM was enough");
+        assert!(!running(leader));
+        // The child went too (reaped by init, maybe a moment later).
+        while pid_alive(sleeper) && Instant::now() < deadline {
+            sleep(Duration::from_millis(20));
+        }
+        assert!(!pid_alive(sleeper));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
