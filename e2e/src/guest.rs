@@ -133,8 +133,14 @@ fn watch_probe(out: &Path, pid: u32, qemu_pidfile: &Path, stall: Duration, stop:
     let console = out.join("console.log");
     let mut size = None;
     let mut last = Instant::now();
-    while procs::pid_alive(pid) && !stop.load(Ordering::Relaxed) {
-        sleep(Duration::from_secs(1));
+    while procs::pid_alive(pid) {
+        // A second between looks, in steps short enough that a case's end need not wait.
+        for _ in 0..10 {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            sleep(Duration::from_millis(100));
+        }
         let text = read_lossy(&console);
         if PROBE_MARKS.iter().any(|m| text.contains(m)) {
             return;
