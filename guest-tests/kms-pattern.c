@@ -11,7 +11,8 @@
  * Prints "READY WIDTHxHEIGHT" once the image is on the CRTC and flushed,
  * then holds it until the hold time is over, FILE appears, or SIGTERM/SIGINT.
  * The pattern is defined in README.md; pattern_pixel() below is the
- * reference, and scripts/e2e/screen.py computes the same thing on the host.
+ * reference, and the real-guest suite (e2e/src/picture.rs) computes the same
+ * thing on the host.
  */
 #include <errno.h>
 #include <fcntl.h>

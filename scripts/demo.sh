@@ -44,8 +44,13 @@ wait_for() {
     tb_die "timed out waiting for $what"
 }
 
+# The real-guest suite's screen checks (vgpud-e2e screen; built in main).
+e2e_screen() {
+    cargo run --locked -q --manifest-path "$TB_PROJECT/Cargo.toml" -p vgpud-e2e -- screen "$@"
+}
+
 screenshot() {
-    python3 "$TB_PROJECT/scripts/e2e/screen.py" --qmp "$QMP" --out "$1" --format png
+    e2e_screen --qmp "$QMP" --out "$1" --format png
     tb_log "screenshot: $1"
 }
 
@@ -56,8 +61,7 @@ PICTURE_WAIT=120
 screenshot_picture() {
     local rc=0
     tb_log "waiting for the first rendered frame (at most $PICTURE_WAIT s)"
-    python3 "$TB_PROJECT/scripts/e2e/screen.py" --qmp "$QMP" --out "$1" --picture \
-        --wait "$PICTURE_WAIT" >&2 || rc=$?
+    e2e_screen --qmp "$QMP" --out "$1" --picture --wait "$PICTURE_WAIT" >&2 || rc=$?
     tb_log "screenshot: $1"
     return "$rc"
 }
@@ -107,8 +111,7 @@ venus_part() {
     "$TB_SCRIPTS/run.sh" vncdo -s "127.0.0.1::$VENUS_VNC_PORT" capture "$shotfile" || shot=$?
     tb_log "screenshot through VNC: $shotfile"
     if [[ $shot -eq 0 ]]; then
-        python3 "$TB_PROJECT/scripts/e2e/screen.py" --compare-only --out "$shotfile" \
-            --size "$size" --seed 2 || shot=$?
+        e2e_screen --compare-only --out "$shotfile" --size "$size" --seed 2 || shot=$?
     fi
     touch "$OUT/guest-venus/shot-venus-done"
     wait "$boot" || rc=$?
@@ -128,6 +131,7 @@ main() {
     fi
     "$TB_SCRIPTS/run.sh" "$TB_PROJECT/guest-tests/build.sh" "$TB_PROJECT/target/guest-tests"
     "$TB_SCRIPTS/run.sh" cargo build --release --locked --features virgl
+    cargo build --locked -q --manifest-path "$TB_PROJECT/Cargo.toml" -p vgpud-e2e
     rm -rf "$OUT"
     mkdir -p "$OUT"
 

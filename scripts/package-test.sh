@@ -77,8 +77,8 @@ draw=$results/draw
 size=$(cat "$draw/READY")
 matched=""
 for shot in "$draw"/screen-*.ppm; do
-    if python3 scripts/e2e/screen.py --compare-only --out "$shot" --size "$size" --seed "$SEED" \
-        >"$shot.txt" 2>&1; then
+    if cargo run --locked -q -p vgpud-e2e -- screen --compare-only --out "$shot" --size "$size" \
+        --seed "$SEED" >"$shot.txt" 2>&1; then
         matched=$shot
         break
     fi

@@ -53,7 +53,7 @@ mount_early() {
 
 load_modules() {
     for m in $(cat /etc/modules.order); do
-        # Marks the device probe on the console (e2e.sh tells a guest that
+        # Marks the device probe on the console (the real-guest suite tells a guest that
         # hung before it from one that hung after it).
         [ "$m" != virtio_gpu ] || say "loading virtio_gpu (the GPU probe)"
         insmod "/lib/modules/$m.ko" || fail "insmod $m"
