@@ -140,12 +140,7 @@ fn commands() -> Vec<Measured> {
             None,
             true,
         ),
-        m(
-            "SUBMIT_3D one NOP",
-            request(1, 0, nop()),
-            None,
-            true,
-        ),
+        m("SUBMIT_3D one NOP", request(1, 0, nop()), None, true),
         m(
             "RESOURCE_CREATE_3D 64x64",
             request(0, 0, texture(RES_CHURN)),
