@@ -18,8 +18,9 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::ids::{FenceId, GuestCtxId};
 use crate::sync::lock;
 
-/// Told when a fence its renderer created has signalled. Called from any thread, never with a
-/// renderer lock held.
+/// Told when a fence its renderer created has signalled. Called from any thread, possibly with
+/// the renderer's own locks held (a render worker's signals are taken while a call waits on
+/// it): it must not call back into the renderer.
 pub trait FenceSink: Send + Sync {
     fn signalled(&self, fence: FenceId);
 }

@@ -111,10 +111,10 @@ impl Channel {
         &self,
         mut side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
     ) -> io::Result<(T, Vec<File>)> {
-        let Some(doorbell) = &self.doorbell else {
-            return self.recv_socket();
-        };
         let deadline = lock(&self.limit).map(|l| Instant::now() + l);
+        let Some(doorbell) = &self.doorbell else {
+            return self.recv_socket(deadline);
+        };
         let pollfd = |fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -159,7 +159,7 @@ impl Channel {
                 }
             }
             if sock.revents != 0 {
-                return self.recv_socket();
+                return self.recv_socket(deadline);
             }
             if n == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(io::Error::new(
@@ -170,7 +170,12 @@ impl Channel {
         }
     }
 
-    fn recv_socket<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
+    /// A frame from the socket, whole by `deadline` (each read is also bounded by the socket's
+    /// timeout): a peer that sends it a byte at a time does not hold us longer.
+    fn recv_socket<T: DeserializeOwned>(
+        &self,
+        deadline: Option<Instant>,
+    ) -> io::Result<(T, Vec<File>)> {
         let mut header = [0u8; 4];
         let mut fds = [-1; MAX_FDS];
         let mut iov = [libc::iovec {
@@ -189,12 +194,33 @@ impl Channel {
         if got == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"));
         }
-        (&self.sock).read_exact(header.get_mut(got..).unwrap_or_default())?;
+        self.read_by(header.get_mut(got..).unwrap_or_default(), deadline)?;
         let len = worker::frame_len(header).map_err(io::Error::other)?;
         let mut body = vec![0u8; len];
-        (&self.sock).read_exact(&mut body)?;
+        self.read_by(&mut body, deadline)?;
         let msg = worker::decode(&body).map_err(io::Error::other)?;
         Ok((msg, files))
+    }
+}
+
+impl Channel {
+    /// Fills `buf` from the socket, failing once `deadline` has passed.
+    fn read_by(&self, mut buf: &mut [u8], deadline: Option<Instant>) -> io::Result<()> {
+        while !buf.is_empty() {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "frame not whole in time",
+                ));
+            }
+            match (&self.sock).read(buf) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed")),
+                Ok(n) => buf = buf.get_mut(n..).unwrap_or_default(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -548,5 +574,36 @@ mod tests {
     fn the_worker_cannot_resize_the_doorbell_page() {
         let (_, theirs) = Doorbell::create().unwrap();
         assert!(theirs.page.set_len(0).is_err(), "shrunk");
+    }
+
+    #[test]
+    fn a_reply_trickled_on_the_socket_is_bounded_by_the_timeout() {
+        let (broker, worker) = doorbell_pair();
+        broker
+            .set_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let long = Reply::Failed {
+            out_of_memory: false,
+            why: "x".repeat(40),
+        };
+        let frame = worker::encode(&long).unwrap();
+        let writer = std::thread::spawn(move || {
+            for byte in frame.iter().take(frame.len() - 1) {
+                if (&worker.sock).write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(60));
+            }
+        });
+        let t = std::time::Instant::now();
+        let got = broker.recv::<Reply>();
+        assert!(got.is_err(), "{got:?}");
+        assert!(
+            t.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(broker);
+        writer.join().unwrap();
     }
 }

@@ -8,7 +8,7 @@
 //! the VM told through `on_death` (the transport then disconnects it). Other VMs never notice.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -71,6 +71,9 @@ struct Inner {
     events: Events,
 }
 
+/// Most fence signals taken per look at the event socket.
+const SIGNALS_PER_POLL: usize = 256;
+
 /// Tokens in `Events::set`.
 const SIGNALS: u64 = 0;
 const TICK: u64 = 1;
@@ -81,7 +84,7 @@ const TICK: u64 = 1;
 /// answers is left alone however long its fences take.
 struct Events {
     set: Epoll,
-    channel: Mutex<Option<Channel>>,
+    channel: Mutex<Option<EventReader>>,
     alive: Mutex<TimerFd>,
     armed: AtomicBool,
     /// Fence signals received, and how many there were at the last tick.
@@ -93,6 +96,11 @@ impl Events {
     fn new() -> io::Result<Events> {
         let set = Epoll::new()?;
         let alive = TimerFd::new()?;
+        // Read only when the set says it ticked; never block the queue thread on it.
+        // SAFETY: F_SETFL on a descriptor we own; no memory is passed.
+        if unsafe { libc::fcntl(alive.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
         let ev = EpollEvent::new(EventSet::IN, TICK);
         set.ctl(ControlOperation::Add, alive.as_raw_fd(), ev)?;
         Ok(Events {
@@ -105,12 +113,27 @@ impl Events {
         })
     }
 
-    /// Watches a new worker's event channel.
-    fn attach(&self, channel: Channel) -> io::Result<()> {
+    /// Watches a new worker's event socket.
+    fn attach(&self, socket: UnixStream) -> io::Result<()> {
+        socket.set_nonblocking(true)?;
         let ev = EpollEvent::new(EventSet::IN, SIGNALS);
-        self.set.ctl(ControlOperation::Add, channel.fds()[0], ev)?;
-        *lock(&self.channel) = Some(channel);
+        self.set
+            .ctl(ControlOperation::Add, socket.as_raw_fd(), ev)?;
+        *lock(&self.channel) = Some(EventReader {
+            socket,
+            buf: Vec::new(),
+        });
         Ok(())
+    }
+
+    /// Stops watching the event socket of a worker that failed (it would read as closed for
+    /// ever). The socket itself stays open until the renderer goes: a call may still poll it.
+    fn detach(&self) {
+        if let Some(reader) = lock(&self.channel).as_ref() {
+            let fd = reader.socket.as_raw_fd();
+            let _ = (self.set).ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        }
+        self.disarm();
     }
 
     /// Ticks every `limit` from now on, until disarmed.
@@ -125,26 +148,60 @@ impl Events {
         let _ = lock(&self.alive).reset(Duration::ZERO, None);
     }
 
-    /// The event channel's descriptor, once a worker runs.
+    /// The event socket's descriptor, once a worker runs.
     fn fd(&self) -> Option<RawFd> {
-        lock(&self.channel).as_ref().map(|c| c.fds()[0])
+        lock(&self.channel).as_ref().map(|r| r.socket.as_raw_fd())
     }
 
-    /// The next event if one is waiting (a frame that has begun to arrive is read whole,
-    /// within the channel's timeout).
+    /// The next whole event if one has arrived; never waits.
     fn next(&self) -> Option<io::Result<Event>> {
-        let channel = lock(&self.channel);
-        let channel = channel.as_ref()?;
-        let mut fd = libc::pollfd {
-            fd: channel.fds()[0],
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one initialised pollfd, as passed; no waiting.
-        if unsafe { libc::poll(&mut fd, 1, 0) } <= 0 {
-            return None;
+        lock(&self.channel).as_mut()?.next()
+    }
+}
+
+/// The broker's end of a worker's event socket, read without ever blocking: bytes are gathered
+/// until a whole frame is there (a worker that sends a frame a byte at a time stalls nobody).
+struct EventReader {
+    socket: UnixStream,
+    buf: Vec<u8>,
+}
+
+/// The largest event frame accepted (an event is a few dozen bytes).
+const MAX_EVENT_FRAME: usize = 4096;
+
+impl EventReader {
+    fn next(&mut self) -> Option<io::Result<Event>> {
+        loop {
+            if let Some(event) = self.take_frame() {
+                return Some(event);
+            }
+            let mut chunk = [0u8; MAX_EVENT_FRAME];
+            // A plain read: descriptors a worker may have attached are discarded by the kernel.
+            match (&self.socket).read(&mut chunk) {
+                Ok(0) => return Some(Err(io::Error::other("event socket closed"))),
+                Ok(n) => self
+                    .buf
+                    .extend_from_slice(chunk.get(..n).unwrap_or_default()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Some(Err(e)),
+            }
         }
-        Some(channel.recv::<Event>().map(|(event, _)| event))
+    }
+
+    /// A whole frame off the front of the buffer, decoded; None if it has not all arrived.
+    fn take_frame(&mut self) -> Option<io::Result<Event>> {
+        let header: [u8; 4] = self.buf.get(..4)?.try_into().ok()?;
+        let len = u32::from_le_bytes(header) as usize;
+        if len > MAX_EVENT_FRAME {
+            return Some(Err(io::Error::other(format!(
+                "an event frame of {len} bytes"
+            ))));
+        }
+        let body = self.buf.get(4..4 + len)?;
+        let event = vgpud_protocol::worker::decode(body).map_err(io::Error::other);
+        self.buf.drain(..4 + len);
+        Some(event)
     }
 }
 
@@ -415,16 +472,23 @@ impl Inner {
                 worker.child.id(),
                 self.kind
             );
-            if let Some((regions, files)) = &state.table {
-                let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
-                worker
-                    .requests
-                    .send(&Request::MemoryTable(regions.clone()), &fds)?;
-                expect_ok(worker.requests.recv::<Reply>()?.0)?;
+            let set_up = || -> io::Result<()> {
+                if let Some((regions, files)) = &state.table {
+                    let fds: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+                    worker
+                        .requests
+                        .send(&Request::MemoryTable(regions.clone()), &fds)?;
+                    expect_ok(worker.requests.recv::<Reply>()?.0)?;
+                }
+                self.events.attach(events)
+            };
+            if let Err(e) = set_up() {
+                // Not left running with the guest's memory mapped.
+                let mut worker = worker;
+                let _ = worker.child.kill();
+                let _ = worker.child.wait();
+                return Err(e);
             }
-            let events = Channel::new(events);
-            events.set_timeout(Some(self.limit))?;
-            self.events.attach(events)?;
             *lock(&self.killable) = worker.child.id();
             self.shown_pid.store(worker.child.id(), Ordering::Relaxed);
             state.worker = Some(worker);
@@ -442,6 +506,7 @@ impl Inner {
             return;
         }
         stats::bump(&stats::DAEMON.worker_failures);
+        self.events.detach();
         *lock(&self.teller) = Some(thread::current().id());
         // Killed first: a call may hold the state lock while it waits on this worker.
         {
@@ -537,7 +602,12 @@ impl Inner {
     /// Forwards the fence signals waiting now. A worker that broke the protocol is described in
     /// `trouble` (for the caller to end it, out of its locks); returns whether to go on.
     fn take_signals_now(&self, trouble: &mut Option<String>) -> bool {
-        while let Some(got) = self.events.next() {
+        // A bounded batch per call: the descriptor stays readable for the rest, and the queue
+        // thread gets to answer in between.
+        for _ in 0..SIGNALS_PER_POLL {
+            let Some(got) = self.events.next() else {
+                break;
+            };
             if self.dead.load(Ordering::Acquire) {
                 return false;
             }
@@ -800,7 +870,15 @@ impl Renderer for RemoteRenderer {
         {
             Reply::Fence { id } => Ok(Fence::Pending(FenceId(id))),
             Reply::Ok => {
-                self.inner.pending.fetch_sub(1, Ordering::AcqRel);
+                // Its signal may have come (and been counted) while it answered: a worker that
+                // says both is lying, and would otherwise unbound what it may signal.
+                let counted =
+                    self.inner
+                        .pending
+                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                if counted.is_err() {
+                    return Err(self.inner.unexpected(Reply::Ok));
+                }
                 Ok(Fence::Signalled)
             }
             other => Err(self.inner.unexpected(other)),
@@ -839,5 +917,49 @@ impl Renderer for RemoteRenderer {
 
     fn poll(&self) {
         self.inner.poll();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn an_event_trickled_a_byte_at_a_time_is_taken_whole_and_nobody_waits_for_it() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let events = Events::new().unwrap();
+        events.attach(ours).unwrap();
+        let frame = vgpud_protocol::worker::encode(&Event::FenceSignalled { id: 7 }).unwrap();
+        let (last, first) = frame.split_last().unwrap();
+        for byte in first {
+            theirs.write_all(&[*byte]).unwrap();
+            let t = Instant::now();
+            assert!(events.next().is_none(), "a part of a frame is no event");
+            assert!(t.elapsed() < Duration::from_millis(100), "it waited");
+        }
+        theirs.write_all(&[*last]).unwrap();
+        let got = events.next().unwrap().unwrap();
+        assert_eq!(got, Event::FenceSignalled { id: 7 });
+        assert!(events.next().is_none());
+    }
+
+    #[test]
+    fn an_oversized_or_garbled_event_or_a_closed_socket_is_an_error() {
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        let events = Events::new().unwrap();
+        events.attach(ours).unwrap();
+        theirs.write_all(&u32::MAX.to_le_bytes()).unwrap();
+        assert!(events.next().unwrap().is_err(), "oversized");
+        let (ours, mut theirs) = UnixStream::pair().unwrap();
+        events.attach(ours).unwrap();
+        theirs.write_all(&3u32.to_le_bytes()).unwrap();
+        theirs.write_all(b"{]x").unwrap();
+        assert!(events.next().unwrap().is_err(), "garbled");
+        drop(theirs);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        events.attach(ours).unwrap();
+        drop(theirs);
+        assert!(events.next().unwrap().is_err(), "closed");
     }
 }
