@@ -2,7 +2,8 @@
 //!
 //! - Round trips of renderer-bound commands through a virgl render worker against the same
 //!   renderer called in place on the VM's queue thread (a backend in this process built from
-//!   vgpud's own transport and device: common/in_place.rs), same run, same harness frontend.
+//!   vgpud's own transport and device: common/in_place.rs), same harness frontend, the two
+//!   (and the 2D renderer's VM) taking turns request by request.
 //! - The worker boundary alone: the scripted renderer (no GPU work) through a worker against the
 //!   same renderer in place, next to the eventfd ping-pong floor of the same round.
 //! - A 2D command of a VM on the virgl renderer against the same command on the 2D renderer.
@@ -209,28 +210,33 @@ fn setup(vm: &mut Vm, with_3d: bool) -> io::Result<()> {
     Ok(())
 }
 
-/// p50 in µs of each command (NaN for those that need 3D on a VM without), `n` times each.
-fn measure(vm: &mut Vm, with_3d: bool, n: usize) -> io::Result<Vec<f64>> {
-    let mut p50s = Vec::new();
+/// p50 in µs of each command on each VM (NaN for those that need 3D on a VM without it: the
+/// bool), `n` times each. The VMs take turns sample by sample, so that every one of them is
+/// measured under the same conditions (CPU frequency and idle states move under a long run).
+fn measure(vms: &mut [(&mut Vm, bool)], n: usize) -> io::Result<Vec<Vec<f64>>> {
+    let mut p50s = vec![Vec::new(); vms.len()];
     for c in commands() {
-        if c.needs_3d && !with_3d {
-            p50s.push(f64::NAN);
-            continue;
-        }
-        let mut samples = Vec::with_capacity(n);
+        let mut samples = vec![Vec::with_capacity(n); vms.len()];
         for i in 0..WARMUP + n {
-            let t = Instant::now();
-            check(&vm.request(&c.timed)?, resp::OK_NODATA)
-                .map_err(|e| io::Error::other(format!("{}: {e}", c.name)))?;
-            let took = t.elapsed();
-            if let Some(undo) = &c.undo {
-                ok(vm, undo)?;
-            }
-            if i >= WARMUP {
-                samples.push(took.as_secs_f64() * 1e6);
+            for ((vm, with_3d), mine) in vms.iter_mut().zip(samples.iter_mut()) {
+                if c.needs_3d && !*with_3d {
+                    continue;
+                }
+                let t = Instant::now();
+                check(&vm.request(&c.timed)?, resp::OK_NODATA)
+                    .map_err(|e| io::Error::other(format!("{}: {e}", c.name)))?;
+                let took = t.elapsed();
+                if let Some(undo) = &c.undo {
+                    ok(vm, undo)?;
+                }
+                if i >= WARMUP {
+                    mine.push(took.as_secs_f64() * 1e6);
+                }
             }
         }
-        p50s.push(median(samples));
+        for (p50, mine) in p50s.iter_mut().zip(samples) {
+            p50.push(median(mine));
+        }
     }
     Ok(p50s)
 }
@@ -243,13 +249,13 @@ fn connect(socket: &Path) -> io::Result<Vm> {
     Vm::connect(socket, cfg)
 }
 
-/// The commands against a fresh daemon with `args`.
-fn through_daemon(program: &Path, args: &[&str], with_3d: bool, n: usize) -> io::Result<Vec<f64>> {
+/// A fresh daemon with `args` and its VM, set up for the commands.
+fn fresh(program: &Path, args: &[&str], with_3d: bool) -> io::Result<(Daemon, Vm)> {
     let daemon = Daemon::spawn_with_sockets(program, 1, args)?;
     let with_log = |e: io::Error| io::Error::other(format!("{e}\n{}", daemon.stderr_log()));
     let mut vm = connect(&daemon.socket(0)).map_err(with_log)?;
     setup(&mut vm, with_3d).map_err(with_log)?;
-    measure(&mut vm, with_3d, n).map_err(with_log)
+    Ok((daemon, vm))
 }
 
 /// What a daemon's renderer offers, as its VMs see it (GET_CAPSET_INFO).
@@ -412,15 +418,27 @@ fn main() {
     let mut floor = Vec::new();
     for round in 0..rounds {
         floor.push(eventfd_ping_pong(n).expect("eventfd floor"));
-        worker.push(through_daemon(vgpud, &virgl, true, n).expect("virgl worker"));
-        in_place.push(measure(&mut virgl_in_place, true, n).expect("virgl in place"));
-        fake_worker.push(through_daemon(vgpud, &fake, true, n).expect("fake worker"));
-        fake_local.push(measure(&mut fake_in_place, true, n).expect("fake in place"));
-        let two_d_args = ["--renderer", "2d"];
-        two_d.push(through_daemon(vgpud, &two_d_args, false, n).expect("2D renderer"));
+        let (_virgl_daemon, mut virgl_vm) = fresh(vgpud, &virgl, true).expect("virgl worker");
+        let (_two_d_daemon, mut two_d_vm) =
+            fresh(vgpud, &["--renderer", "2d"], false).expect("2D renderer");
+        let mut vms = [
+            (&mut virgl_vm, true),
+            (&mut virgl_in_place, true),
+            (&mut two_d_vm, false),
+        ];
+        let mut p50s = measure(&mut vms, n).expect("virgl").into_iter();
+        worker.extend(p50s.next());
+        in_place.extend(p50s.next());
+        two_d.extend(p50s.next());
+        let (_fake_daemon, mut fake_vm) = fresh(vgpud, &fake, true).expect("fake worker");
+        let mut vms = [(&mut fake_vm, true), (&mut fake_in_place, true)];
+        let mut p50s = measure(&mut vms, n).expect("fake").into_iter();
+        fake_worker.extend(p50s.next());
+        fake_local.extend(p50s.next());
         println!("round {} done", round + 1);
     }
     let floor = median(floor);
+    // Each column's median over the rounds.
     let (worker, in_place) = (medians(&worker), medians(&in_place));
     let (fake_worker, fake_local) = (medians(&fake_worker), medians(&fake_local));
     let two_d = medians(&two_d);

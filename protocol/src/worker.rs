@@ -25,6 +25,12 @@ pub const MAX_FRAME: usize = 4 << 20;
 /// Size of the shared mailbox: the largest command stream (16 MiB) and room to spare.
 pub const MAILBOX_BYTES: u64 = 20 << 20;
 
+/// The ring of a fence asked for with another request (None: the global timeline).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FenceAfter {
+    pub ring: Option<u8>,
+}
+
 /// One guest memory region the worker maps, in the order of the descriptors sent with
 /// `Request::MemoryTable`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,10 +108,14 @@ pub enum Request {
         to_host: bool,
         transfer: Transfer3d,
     },
-    /// The command stream is the first `len` bytes of the mailbox.
+    /// The command stream is the first `len` bytes of the mailbox. With `fence`, a fence is
+    /// created right after it, as `CreateFence` would (one crossing for a fenced submit): the
+    /// reply is then `CreateFence`'s, or `Failed` when the stream was refused (no fence made).
     Submit3d {
         ctx: u32,
         len: u64,
+        #[serde(default)]
+        fence: Option<FenceAfter>,
     },
     CreateBlob {
         ctx: u32,

@@ -191,9 +191,23 @@ impl<R: Renderer> Device<R> {
         if commands.is_empty() {
             return Ok(Response::OkNodata);
         }
-        self.renderer
-            .submit_3d(ctx, commands.to_vec())
-            .map_err(|e| invalid(format!("command stream refused: {}", super::bounded(&e))))?;
+        let refused = |e: super::RenderError| {
+            invalid(format!("command stream refused: {}", super::bounded(&e)))
+        };
+        match self.submit_fence.take() {
+            // Fenced: the fence is made with the submission (one crossing to a render worker).
+            // A refused stream made none: the request is fenced afterwards as any failed one.
+            Some(ring) => {
+                let made = (self.renderer)
+                    .submit_3d_fenced(ctx, commands.to_vec(), ring)
+                    .map_err(refused)?;
+                self.made_fence = Some(made);
+            }
+            None => self
+                .renderer
+                .submit_3d(ctx, commands.to_vec())
+                .map_err(refused)?,
+        }
         Ok(Response::OkNodata)
     }
 }

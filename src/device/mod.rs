@@ -166,6 +166,10 @@ pub struct Device<R: Renderer> {
     share: Option<ShareState>,
     /// Exports ended by the request being handled (see `Outcome::revoke`).
     revoking: Vec<Uuid>,
+    /// A fenced SUBMIT_3D being handled: the ring its fence goes on, for the renderer to make
+    /// with the submission (`submit_fenced`), and the fence it made.
+    submit_fence: Option<Option<u8>>,
+    made_fence: Option<std::result::Result<Fence, RenderError>>,
     log: GuestLog,
 }
 
@@ -201,6 +205,8 @@ impl<R: Renderer> Device<R> {
             stale_mappings: Vec::new(),
             share: None,
             revoking: Vec::new(),
+            submit_fence: None,
+            made_fence: None,
             log: GuestLog::new("vm"),
             cfg,
         }
@@ -326,7 +332,11 @@ impl<R: Renderer> Device<R> {
     pub fn handle(&mut self, req: &Request, mem: &Arc<GuestMemoryMmap>) -> Outcome {
         let mut display = Vec::new();
         let mut shmem = std::mem::take(&mut self.stale_mappings);
+        self.made_fence = None;
+        self.submit_fence = (matches!(req.cmd, Command::Submit3d { .. }) && req.hdr.is_fenced())
+            .then(|| req.hdr.ring());
         let result = self.dispatch(req, mem, &mut display, &mut shmem);
+        self.submit_fence = None;
         let closed_context = (matches!(req.cmd, Command::CtxDestroy) && result.is_ok())
             .then_some(GuestCtxId(req.hdr.ctx_id));
         let response = result.unwrap_or_else(|failure| {
@@ -337,7 +347,10 @@ impl<R: Renderer> Device<R> {
         // Failed commands are fenced too: answering one early would signal the guest's earlier
         // fences on that timeline before their work is done.
         let fence = if req.hdr.is_fenced() {
-            self.create_fence(&req.hdr)
+            match self.made_fence.take() {
+                Some(made) => self.pending_fence(Self::renderer_timeline(&req.hdr), made),
+                None => self.create_fence(&req.hdr),
+            }
         } else {
             None
         };
@@ -364,21 +377,33 @@ impl<R: Renderer> Device<R> {
             return self.share_fence().map(|id| (timeline, id));
         }
         let ctx = context.map(|c| c.renderer);
-        let timeline = match hdr.ring() {
-            Some(ring) => Timeline {
-                ctx: guest_ctx,
-                ring: Some(ring),
-            },
-            None => Timeline::GLOBAL,
-        };
+        let timeline = Self::renderer_timeline(hdr);
         if timeline.ring.is_some() && ctx.is_none() {
             // No such context: no timeline to order against, answer at once.
             return None;
         }
-        match self
-            .renderer
-            .create_fence(ctx.unwrap_or(RendererCtxId::NONE), timeline.ring)
-        {
+        let made = (self.renderer).create_fence(ctx.unwrap_or(RendererCtxId::NONE), timeline.ring);
+        self.pending_fence(timeline, made)
+    }
+
+    /// The timeline a renderer's fence for `hdr` goes on: its context's ring, else the global one.
+    fn renderer_timeline(hdr: &CtrlHeader) -> Timeline {
+        match hdr.ring() {
+            Some(ring) => Timeline {
+                ctx: GuestCtxId(hdr.ctx_id),
+                ring: Some(ring),
+            },
+            None => Timeline::GLOBAL,
+        }
+    }
+
+    /// What the answer waits for, given the fence the renderer made.
+    fn pending_fence(
+        &self,
+        timeline: Timeline,
+        made: std::result::Result<Fence, RenderError>,
+    ) -> Option<(Timeline, FenceId)> {
+        match made {
             Ok(Fence::Pending(id)) => Some((timeline, id)),
             Ok(Fence::Signalled) => None,
             Err(e) => {

@@ -106,6 +106,18 @@ pub trait Renderer: Send {
     /// `Signalled` at creation), so that a timeline's answers never overtake each other.
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError>;
 
+    /// `submit_3d`, then, if the stream was taken, `create_fence(ctx, ring)` (the inner result):
+    /// one call, which a renderer in another process answers in one crossing.
+    fn submit_3d_fenced(
+        &self,
+        ctx: Ctx,
+        commands: Vec<u8>,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        self.submit_3d(ctx, commands)?;
+        Ok(self.create_fence(ctx, ring))
+    }
+
     /// Whether the memory of its host blobs (blob id 0) is plain memory the daemon may move out
     /// and back (the memory budget for shared buffers) while nobody maps it.
     fn host_blobs_movable(&self) -> bool {
@@ -202,6 +214,14 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
     }
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         (**self).create_fence(ctx, ring)
+    }
+    fn submit_3d_fenced(
+        &self,
+        ctx: Ctx,
+        commands: Vec<u8>,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        (**self).submit_3d_fenced(ctx, commands, ring)
     }
     fn host_blobs_movable(&self) -> bool {
         (**self).host_blobs_movable()

@@ -593,3 +593,60 @@ fn a_renderers_cause_is_one_bounded_line() {
         .why
         .starts_with("renderer rejected the request: line one line two"));
 }
+
+/// A fenced SUBMIT_3D gets its fence with the submission, on its ring's timeline; a refused
+/// stream is fenced all the same (after), so it cannot overtake earlier fences either.
+#[test]
+fn a_fenced_submit_is_fenced_on_its_ring_whether_or_not_the_stream_is_taken() {
+    use vgpud_protocol::{FLAG_FENCE, FLAG_INFO_RING_IDX};
+    let signals = Arc::new(Signals::default());
+    let mut vm = Vm {
+        dev: Device::new(Fake::new(signals.clone()), DeviceConfig::default()),
+        mem: guest_memory(),
+    };
+    let ctx = CtrlHeader {
+        ctx_id: 2,
+        ..Default::default()
+    };
+    let created = vm.dev.handle(
+        &Request {
+            hdr: ctx,
+            cmd: Command::CtxCreate {
+                context_init: 0,
+                debug_name: b"x".to_vec(),
+            },
+        },
+        &vm.mem,
+    );
+    assert_eq!(created.response, Response::OkNodata);
+    let on_ring = CtrlHeader {
+        flags: FLAG_FENCE | FLAG_INFO_RING_IDX,
+        ring_idx: 1,
+        fence_id: 9,
+        ..ctx
+    };
+    let submit = |vm: &mut Vm<Fake>, stream: &[u8]| {
+        let cmd = Command::Submit3d {
+            commands: stream.to_vec(),
+        };
+        vm.dev.handle(&Request { hdr: on_ring, cmd }, &vm.mem)
+    };
+    let ring = Timeline {
+        ctx: GuestCtxId(2),
+        ring: Some(1),
+    };
+    let out = submit(&mut vm, b"delay 1");
+    assert_eq!(out.response, Response::OkNodata);
+    let (timeline, first) = out.fence.expect("fenced");
+    assert_eq!(timeline, ring);
+    let out = submit(&mut vm, b"delay x");
+    assert_eq!(out.response, Response::Err(ErrorCode::InvalidParameter));
+    let (timeline, second) = out.fence.expect("a refused stream is fenced too");
+    assert_eq!(timeline, ring);
+    assert_ne!(first, second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while signals.0.lock().unwrap().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert_eq!(*signals.0.lock().unwrap(), vec![first, second]);
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use clap::ValueEnum;
 use log::{error, info, warn};
-use vgpud_protocol::worker::{Event, Region, Reply, Request, MAILBOX_BYTES};
+use vgpud_protocol::worker::{Event, FenceAfter, Region, Reply, Request, MAILBOX_BYTES};
 use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -376,6 +376,27 @@ impl RemoteRenderer {
     }
 }
 
+impl RemoteRenderer {
+    /// The fence a worker made, counted as outstanding before it was asked for.
+    fn fence_from(&self, reply: Reply) -> Result<Fence, RenderError> {
+        match reply {
+            Reply::Fence { id } => Ok(Fence::Pending(FenceId(id))),
+            Reply::Ok => {
+                // Its signal may have come (and been counted) while it answered: a worker that
+                // says both is lying, and would otherwise unbound what it may signal.
+                if !self.inner.uncount() {
+                    return Err(self.inner.unexpected(Reply::Ok));
+                }
+                Ok(Fence::Signalled)
+            }
+            other => {
+                self.inner.uncount();
+                Err(self.inner.unexpected(other))
+            }
+        }
+    }
+}
+
 impl Drop for RemoteRenderer {
     fn drop(&mut self) {
         // The VM is gone: its worker goes too, and no death is reported for it.
@@ -578,6 +599,14 @@ fn expect_ok(reply: Reply) -> io::Result<()> {
 }
 
 impl Inner {
+    /// One outstanding fence fewer (one asked for was not made, or was signalled at once);
+    /// false if none was outstanding.
+    fn uncount(&self) -> bool {
+        (self.pending)
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// What the queue thread does when `Events::set` is readable: forward the fence signals
     /// that came, or see whether the worker is alive.
     fn poll(self: &Arc<Self>) {
@@ -804,10 +833,34 @@ impl Renderer for RemoteRenderer {
         let request = Request::Submit3d {
             ctx: ctx.0,
             len: commands.len() as u64,
+            fence: None,
         };
         match self.inner.call(&request, &[], Some(&commands))?.0 {
             Reply::Ok => Ok(()),
             other => Err(self.inner.unexpected(other)),
+        }
+    }
+
+    fn submit_3d_fenced(
+        &self,
+        ctx: Ctx,
+        commands: Vec<u8>,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        let request = Request::Submit3d {
+            ctx: ctx.0,
+            len: commands.len() as u64,
+            fence: Some(FenceAfter { ring }),
+        };
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        self.inner.events.arm(self.inner.limit);
+        match self.inner.call(&request, &[], Some(&commands)) {
+            Ok((reply, _)) => Ok(self.fence_from(reply)),
+            Err(e) => {
+                // The stream was refused (or the worker is gone): no fence was made.
+                self.inner.uncount();
+                Err(e)
+            }
         }
     }
 
@@ -863,25 +916,12 @@ impl Renderer for RemoteRenderer {
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
         self.inner.events.arm(self.inner.limit);
-        match self
-            .inner
-            .call(&Request::CreateFence { ctx: ctx.0, ring }, &[], None)?
-            .0
-        {
-            Reply::Fence { id } => Ok(Fence::Pending(FenceId(id))),
-            Reply::Ok => {
-                // Its signal may have come (and been counted) while it answered: a worker that
-                // says both is lying, and would otherwise unbound what it may signal.
-                let counted =
-                    self.inner
-                        .pending
-                        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-                if counted.is_err() {
-                    return Err(self.inner.unexpected(Reply::Ok));
-                }
-                Ok(Fence::Signalled)
+        match (self.inner).call(&Request::CreateFence { ctx: ctx.0, ring }, &[], None) {
+            Ok((reply, _)) => self.fence_from(reply),
+            Err(e) => {
+                self.inner.uncount();
+                Err(e)
             }
-            other => Err(self.inner.unexpected(other)),
         }
     }
 

@@ -199,6 +199,14 @@ fn failed(e: &RenderError) -> Reply {
     }
 }
 
+fn fence_reply(fence: Fence) -> Result<(Reply, Option<File>), RenderError> {
+    let reply = match fence {
+        Fence::Pending(id) => Reply::Fence { id: id.0 },
+        Fence::Signalled => Reply::Ok,
+    };
+    Ok((reply, None))
+}
+
 fn done(result: Result<(), RenderError>) -> Result<(Reply, Option<File>), RenderError> {
     result.map(|()| (Reply::Ok, None))
 }
@@ -282,9 +290,13 @@ impl Worker {
             } else {
                 r.transfer_from_host_3d(Ctx(ctx), Res(id), &transfer)
             }),
-            Request::Submit3d { ctx, len } => {
+            Request::Submit3d { ctx, len, fence } => {
                 let commands = self.mailbox.read(len).map_err(render_io)?;
-                done(self.renderer.submit_3d(Ctx(ctx), commands))
+                self.renderer.submit_3d(Ctx(ctx), commands)?;
+                match fence {
+                    None => Ok((Reply::Ok, None)),
+                    Some(f) => fence_reply(r.create_fence(Ctx(ctx), f.ring)?),
+                }
             }
             Request::CreateBlob {
                 ctx,
@@ -319,13 +331,7 @@ impl Worker {
                 };
                 Ok((reply, Some(file)))
             }
-            Request::CreateFence { ctx, ring } => {
-                let reply = match r.create_fence(Ctx(ctx), ring)? {
-                    Fence::Pending(id) => Reply::Fence { id: id.0 },
-                    Fence::Signalled => Reply::Ok,
-                };
-                Ok((reply, None))
-            }
+            Request::CreateFence { ctx, ring } => fence_reply(r.create_fence(Ctx(ctx), ring)?),
         }
     }
 
