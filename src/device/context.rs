@@ -181,7 +181,14 @@ impl<R: Renderer> Device<R> {
         Ok(Response::OkNodata)
     }
 
-    pub(super) fn submit_3d(&mut self, guest: GuestCtxId, commands: &[u8]) -> Result<Response> {
+    /// Submits a command stream; with `fence_ring` (a fenced request: its ring), the renderer
+    /// makes the fence with it, kept in `made_fence` for `handle`.
+    pub(super) fn submit_3d(
+        &mut self,
+        guest: GuestCtxId,
+        commands: &[u8],
+        fence_ring: Option<Option<u8>>,
+    ) -> Result<Response> {
         if self.is_share_ctx(guest) {
             return self.share_submit(guest, commands);
         }
@@ -194,7 +201,7 @@ impl<R: Renderer> Device<R> {
         let refused = |e: super::RenderError| {
             invalid(format!("command stream refused: {}", super::bounded(&e)))
         };
-        match self.submit_fence.take() {
+        match fence_ring {
             // Fenced: the fence is made with the submission (one crossing to a render worker).
             // A refused stream made none: the request is fenced afterwards as any failed one.
             Some(ring) => {

@@ -166,9 +166,7 @@ pub struct Device<R: Renderer> {
     share: Option<ShareState>,
     /// Exports ended by the request being handled (see `Outcome::revoke`).
     revoking: Vec<Uuid>,
-    /// A fenced SUBMIT_3D being handled: the ring its fence goes on, for the renderer to make
-    /// with the submission (`submit_fenced`), and the fence it made.
-    submit_fence: Option<Option<u8>>,
+    /// The fence the renderer made with the fenced SUBMIT_3D being handled, if it did.
     made_fence: Option<std::result::Result<Fence, RenderError>>,
     log: GuestLog,
 }
@@ -205,7 +203,6 @@ impl<R: Renderer> Device<R> {
             stale_mappings: Vec::new(),
             share: None,
             revoking: Vec::new(),
-            submit_fence: None,
             made_fence: None,
             log: GuestLog::new("vm"),
             cfg,
@@ -333,10 +330,7 @@ impl<R: Renderer> Device<R> {
         let mut display = Vec::new();
         let mut shmem = std::mem::take(&mut self.stale_mappings);
         self.made_fence = None;
-        self.submit_fence = (matches!(req.cmd, Command::Submit3d { .. }) && req.hdr.is_fenced())
-            .then(|| req.hdr.ring());
         let result = self.dispatch(req, mem, &mut display, &mut shmem);
-        self.submit_fence = None;
         let closed_context = (matches!(req.cmd, Command::CtxDestroy) && result.is_ok())
             .then_some(GuestCtxId(req.hdr.ctx_id));
         let response = result.unwrap_or_else(|failure| {
@@ -511,7 +505,10 @@ impl<R: Renderer> Device<R> {
             Command::ResourceCreate3d(args) => self.create_3d(args),
             Command::TransferToHost3d(t) => self.transfer_3d(ctx, t, true),
             Command::TransferFromHost3d(t) => self.transfer_3d(ctx, t, false),
-            Command::Submit3d { commands } => self.submit_3d(ctx, commands),
+            Command::Submit3d { commands } => {
+                let fence_ring = req.hdr.is_fenced().then(|| req.hdr.ring());
+                self.submit_3d(ctx, commands, fence_ring)
+            }
             Command::UpdateCursor(_) | Command::MoveCursor(_) => Err(Failure::new(
                 ErrorCode::Unspec,
                 "a cursor command on the control queue",
