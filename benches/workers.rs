@@ -2,17 +2,20 @@
 //!
 //! - Round trips of renderer-bound commands through a virgl render worker against the same
 //!   renderer called in place on the VM's queue thread (a backend in this process built from
-//!   vgpud's own transport and device: common/in_place.rs), same harness frontend, the two
-//!   (and the 2D renderer's VM) taking turns request by request.
-//! - The worker boundary alone: the scripted renderer (no GPU work) through a worker against the
-//!   same renderer in place, next to the eventfd ping-pong floor of the same round.
+//!   vgpud's own transport and device: common/in_place.rs), same harness frontend, through a
+//!   worker that never spins (`--worker-spin 0`) too; the VMs (and the 2D renderer's) take
+//!   turns, a burst of requests each.
+//! - The worker boundary alone: the scripted renderer (no GPU work) through a worker (spinning
+//!   and not) against the same renderer in place, next to the eventfd ping-pong floor of the
+//!   same round.
 //! - A 2D command of a VM on the virgl renderer against the same command on the 2D renderer.
 //! - Memory of the whole daemon (broker, workers, render servers: proportional set size, so shared
 //!   libraries count once) with 1, 4 and 16 idle 3D VMs, virgl and Venus.
 //!
 //! Needs virglrenderer, so it runs in the testbed:
 //! `scripts/testbed/run.sh cargo bench --locked --features virgl --bench workers`.
-//! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5).
+//! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5), `VGPUD_BENCH_WORKER_SPIN`
+//! (the spinning workers' --worker-spin; the daemon's default if unset).
 //! Without `--bench` (cargo test --benches) it makes a quick smoke run.
 // Without virglrenderer there is nothing to run.
 #![cfg_attr(not(feature = "virgl"), allow(dead_code, unused_imports))]
@@ -36,6 +39,10 @@ use vgpud_protocol::{
 };
 
 const WARMUP: usize = 200;
+/// Requests a VM makes in a row before the next VM's turn: a guest's commands come in bursts
+/// (a frame's transfers, submits and flush), and a turn of one request would leave every
+/// worker a pause of several others' requests before each of its own.
+const BURST: usize = 8;
 const VENUS: u32 = 4;
 /// The resources `setup` makes: a 2D one attached to the context, a 3D one that is not.
 const RES_2D: u32 = 1;
@@ -211,26 +218,31 @@ fn setup(vm: &mut Vm, with_3d: bool) -> io::Result<()> {
 }
 
 /// p50 in µs of each command on each VM (NaN for those that need 3D on a VM without it: the
-/// bool), `n` times each. The VMs take turns sample by sample, so that every one of them is
-/// measured under the same conditions (CPU frequency and idle states move under a long run).
-fn measure(vms: &mut [(&mut Vm, bool)], n: usize) -> io::Result<Vec<Vec<f64>>> {
+/// bool), `n` times each. The VMs take turns, `BURST` samples each, so that every one of them
+/// is measured under the same conditions (CPU frequency and idle states move under a long run).
+/// Also counts the requests each VM made (timed, warm-up and undo) in `made`.
+fn measure(vms: &mut [(&mut Vm, bool)], n: usize, made: &mut [u64]) -> io::Result<Vec<Vec<f64>>> {
     let mut p50s = vec![Vec::new(); vms.len()];
     for c in commands() {
         let mut samples = vec![Vec::with_capacity(n); vms.len()];
-        for i in 0..WARMUP + n {
-            for ((vm, with_3d), mine) in vms.iter_mut().zip(samples.iter_mut()) {
+        for turn in (0..WARMUP + n).step_by(BURST) {
+            let turns = vms.iter_mut().zip(samples.iter_mut()).zip(made.iter_mut());
+            for (((vm, with_3d), mine), made) in turns {
                 if c.needs_3d && !*with_3d {
                     continue;
                 }
-                let t = Instant::now();
-                check(&vm.request(&c.timed)?, resp::OK_NODATA)
-                    .map_err(|e| io::Error::other(format!("{}: {e}", c.name)))?;
-                let took = t.elapsed();
-                if let Some(undo) = &c.undo {
-                    ok(vm, undo)?;
-                }
-                if i >= WARMUP {
-                    mine.push(took.as_secs_f64() * 1e6);
+                for i in turn..(turn + BURST).min(WARMUP + n) {
+                    *made += 1 + u64::from(c.undo.is_some());
+                    let t = Instant::now();
+                    check(&vm.request(&c.timed)?, resp::OK_NODATA)
+                        .map_err(|e| io::Error::other(format!("{}: {e}", c.name)))?;
+                    let took = t.elapsed();
+                    if let Some(undo) = &c.undo {
+                        ok(vm, undo)?;
+                    }
+                    if i >= WARMUP {
+                        mine.push(took.as_secs_f64() * 1e6);
+                    }
                 }
             }
         }
@@ -319,6 +331,26 @@ fn tree(pid: u32) -> Vec<u32> {
     found.into_iter().collect()
 }
 
+/// CPU time (user and system) of `pids` so far, in µs.
+fn cpu_us(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf only reads a constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let of = |pid: u32| -> f64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0.0;
+        };
+        // After the command's ")": state is field 3, utime and stime fields 14 and 15.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let field = |i: usize| -> f64 {
+            (rest.split_whitespace().nth(i - 3))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        field(14) + field(15)
+    };
+    pids.iter().map(|&p| of(p)).sum::<f64>() / ticks * 1e6
+}
+
 fn pss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
         .ok()
@@ -400,8 +432,16 @@ fn main() {
     std::fs::create_dir_all(&dir).expect("socket directory");
     // The in-place peers serve one VM each for the whole run (virglrenderer starts once per
     // process); they are connected and set up once.
+    // The spinning workers' budget: the daemon's default unless VGPUD_BENCH_WORKER_SPIN says.
+    let spin = std::env::var("VGPUD_BENCH_WORKER_SPIN").ok();
+    let spin: Vec<&str> = spin.iter().flat_map(|s| ["--worker-spin", s]).collect();
+    let virgl_spin = [&["--renderer", "virgl"][..], &spin].concat();
+    let fake_spin = [&["--renderer", "fake"][..], &spin].concat();
     let virgl = ["--renderer", "virgl"];
     let fake = ["--renderer", "fake"];
+    let no_spin = ["--worker-spin", "0"];
+    let virgl_no_spin = [&virgl[..], &no_spin].concat();
+    let fake_no_spin = [&fake[..], &no_spin].concat();
     let peer = |kind, args: &[&str]| -> Vm {
         let capsets = capsets_of(vgpud, args).expect("capsets");
         let socket = serve_in_place(&dir, kind, capsets).expect("in-place backend");
@@ -412,64 +452,94 @@ fn main() {
     let mut virgl_in_place = peer(RendererKind::Virgl, &virgl);
     let mut fake_in_place = peer(RendererKind::Fake, &fake);
 
-    let (mut worker, mut in_place) = (Vec::new(), Vec::new());
-    let (mut fake_worker, mut fake_local) = (Vec::new(), Vec::new());
+    let (mut worker, mut still, mut in_place) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut fake_worker, mut fake_still, mut fake_local) = (Vec::new(), Vec::new(), Vec::new());
     let mut two_d = Vec::new();
     let mut floor = Vec::new();
+    // CPU per request of the virgl daemons (broker and worker), spinning and not.
+    let mut cpu = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         floor.push(eventfd_ping_pong(n).expect("eventfd floor"));
-        let (_virgl_daemon, mut virgl_vm) = fresh(vgpud, &virgl, true).expect("virgl worker");
+        let (virgl_daemon, mut virgl_vm) = fresh(vgpud, &virgl_spin, true).expect("virgl worker");
+        let (still_daemon, mut still_vm) =
+            fresh(vgpud, &virgl_no_spin, true).expect("virgl worker, no spin");
         let (_two_d_daemon, mut two_d_vm) =
             fresh(vgpud, &["--renderer", "2d"], false).expect("2D renderer");
         let mut vms = [
             (&mut virgl_vm, true),
+            (&mut still_vm, true),
             (&mut virgl_in_place, true),
             (&mut two_d_vm, false),
         ];
-        let mut p50s = measure(&mut vms, n).expect("virgl").into_iter();
+        let daemons = [tree(virgl_daemon.pid()), tree(still_daemon.pid())];
+        let before = daemons.each_ref().map(|d| cpu_us(d));
+        let mut made = [0; 4];
+        let mut p50s = measure(&mut vms, n, &mut made).expect("virgl").into_iter();
+        for ((cpu, d), (b, m)) in cpu.iter_mut().zip(&daemons).zip(before.iter().zip(made)) {
+            cpu.push((cpu_us(d) - b) / m.max(1) as f64);
+        }
         worker.extend(p50s.next());
+        still.extend(p50s.next());
         in_place.extend(p50s.next());
         two_d.extend(p50s.next());
-        let (_fake_daemon, mut fake_vm) = fresh(vgpud, &fake, true).expect("fake worker");
-        let mut vms = [(&mut fake_vm, true), (&mut fake_in_place, true)];
-        let mut p50s = measure(&mut vms, n).expect("fake").into_iter();
+        let (_fake_daemon, mut fake_vm) = fresh(vgpud, &fake_spin, true).expect("fake worker");
+        let (_fake_still_daemon, mut fake_still_vm) =
+            fresh(vgpud, &fake_no_spin, true).expect("fake worker, no spin");
+        let mut vms = [
+            (&mut fake_vm, true),
+            (&mut fake_still_vm, true),
+            (&mut fake_in_place, true),
+        ];
+        let mut p50s = measure(&mut vms, n, &mut [0; 3]).expect("fake").into_iter();
         fake_worker.extend(p50s.next());
+        fake_still.extend(p50s.next());
         fake_local.extend(p50s.next());
         println!("round {} done", round + 1);
     }
     let floor = median(floor);
     // Each column's median over the rounds.
-    let (worker, in_place) = (medians(&worker), medians(&in_place));
-    let (fake_worker, fake_local) = (medians(&fake_worker), medians(&fake_local));
+    let (worker, still, in_place) = (medians(&worker), medians(&still), medians(&in_place));
+    let (fake_worker, fake_still) = (medians(&fake_worker), medians(&fake_still));
+    let fake_local = medians(&fake_local);
     let two_d = medians(&two_d);
     let names: Vec<&str> = commands().iter().map(|c| c.name).collect();
 
     println!();
-    println!("Round trips through a virgl render worker and with virgl in place, p50 µs (median of rounds)");
+    println!("Round trips through a virgl render worker (spinning, and not) and with virgl in place, p50 µs (median of rounds)");
     println!(
-        "{:<30} {:>10} {:>10} {:>8}",
-        "command", "worker", "in place", "ratio"
+        "{:<30} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "command", "worker", "no spin", "in place", "ratio", "no spin"
     );
     for (i, name) in names.iter().enumerate() {
-        let (w, p) = (worker[i], in_place[i]);
-        println!("{name:<30} {w:>10.1} {p:>10.1} {:>7.2}x", w / p);
+        let (w, s, p) = (worker[i], still[i], in_place[i]);
+        println!(
+            "{name:<30} {w:>10.1} {s:>10.1} {p:>10.1} {:>7.2}x {:>7.2}x",
+            w / p,
+            s / p
+        );
     }
+
+    let [spin_cpu, still_cpu] = cpu.map(median);
+    println!(
+        "CPU of the daemon (broker and worker) per request, µs: {spin_cpu:.1} spinning, {still_cpu:.1} not ({:.2}x)",
+        spin_cpu / still_cpu
+    );
 
     println!();
     println!(
         "The worker boundary alone (scripted renderer, no GPU work), p50 µs; eventfd ping-pong floor {floor:.1} µs"
     );
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>10}",
-        "command", "worker", "in place", "boundary", "x floor"
+        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "command", "worker", "no spin", "in place", "x floor", "no spin"
     );
     for (i, name) in names.iter().enumerate() {
-        let (w, p) = (fake_worker[i], fake_local[i]);
+        let (w, s, p) = (fake_worker[i], fake_still[i], fake_local[i]);
         if !w.is_nan() {
             println!(
-                "{name:<30} {w:>10.1} {p:>10.1} {:>10.1} {:>9.1}x",
-                w - p,
-                (w - p) / floor
+                "{name:<30} {w:>10.1} {s:>10.1} {p:>10.1} {:>9.1}x {:>9.1}x",
+                (w - p) / floor,
+                (s - p) / floor
             );
         }
     }

@@ -30,6 +30,7 @@
 #   VGPUD_BENCH_GL_GLMARK2    0 skips glmark2 (default 1)
 #   VGPUD_BENCH_GL_GLMARK2_SECONDS  seconds per glmark2 scene (default 3; glmark2's own: 10)
 #   VGPUD_BENCH_GL_DISPLAY    QEMU -display for the vgpud runs (default sdl,gl=on, as built-in)
+#   VGPUD_BENCH_GL_VGPUD_ARGS more vgpud arguments, split at spaces (e.g. "--worker-spin 0")
 #   VGPUD_BIN                 vgpud binary (default target/testbed/release/vgpud, built with
 #                             --features virgl inside the root when missing)
 #
@@ -49,7 +50,8 @@ GLMARK2=${VGPUD_BENCH_GL_GLMARK2:-1}
 GLMARK2_SECONDS=${VGPUD_BENCH_GL_GLMARK2_SECONDS:-3}
 VGPUD_DISPLAY=${VGPUD_BENCH_GL_DISPLAY:-sdl,gl=on}
 VGPUD=${VGPUD_BIN:-$TB_PROJECT/target/testbed/release/vgpud}
-VGPUD_ARGS=(--renderer virgl)
+# shellcheck disable=SC2206 # split at spaces on purpose
+VGPUD_ARGS=(--renderer virgl ${VGPUD_BENCH_GL_VGPUD_ARGS:-})
 VGPUD_DEVICE=vhost-user-gpu-pci,chardev=vgpu0
 BUILTIN_DEVICE=virtio-gpu-gl-pci
 GUEST_TIMEOUT=600 # a boot takes 30-60 s, glmark2 about 3 minutes more
@@ -139,7 +141,7 @@ run_one() {
 summary() {
     summary_head qemu-system-x86 libvirglrenderer1 mesa-libgallium kmscube glmark2-drm xvfb \
         libsdl2-2.0-0
-    echo "vgpud: $VGPUD, QEMU -display $VGPUD_DISPLAY; built-in: -display sdl,gl=on"
+    echo "vgpud: $VGPUD ${VGPUD_ARGS[*]}, QEMU -display $VGPUD_DISPLAY; built-in: -display sdl,gl=on"
     echo "kmscube frames: $FRAMES on the scanout, $OFFSCREEN offscreen (1280x800)"
     summary_load
     echo "guest modes (boots): $(grep -ah '^mode:' "$OUT"/run*/output.log | sort | uniq -c | xargs)"

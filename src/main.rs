@@ -81,6 +81,7 @@ fn try_start(opts: &Options, kind: RendererKind) -> Option<RendererSpec> {
                     kind,
                     capsets,
                     timeout: opts.worker_timeout,
+                    spin: opts.worker_spin,
                 })
             }
             Ok(_) => {
@@ -155,12 +156,13 @@ fn main() -> ExitCode {
         renderer,
         vm,
         render_node,
+        spin,
     }) = &opts.command
     {
         if let Some(node) = render_node {
             vgpud::render::use_render_node(node.clone());
         }
-        let code = worker::run(*renderer, vm);
+        let code = worker::run(*renderer, vm, *spin);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     if let Some(Subcommand::Status {

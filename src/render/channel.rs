@@ -13,7 +13,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,7 @@ pub const MAX_FDS: usize = 32;
 pub struct Channel {
     sock: UnixStream,
     doorbell: Option<Doorbell>,
+    spin: Spin,
     /// The longest a receive waits; None: for ever.
     limit: Mutex<Option<Duration>>,
 }
@@ -40,14 +41,17 @@ impl Channel {
         Channel {
             sock,
             doorbell: None,
+            spin: Spin::new(Duration::ZERO),
             limit: Mutex::new(None),
         }
     }
 
-    /// A channel whose frames without descriptors go through `doorbell`.
-    pub fn with_doorbell(sock: UnixStream, doorbell: Doorbell) -> Self {
+    /// A channel whose frames without descriptors go through `doorbell`, a receive looking
+    /// at it for up to `spin` before it sleeps (see `Spin`).
+    pub fn with_doorbell(sock: UnixStream, doorbell: Doorbell, spin: Duration) -> Self {
         Channel {
             doorbell: Some(doorbell),
+            spin: Spin::new(spin),
             ..Channel::new(sock)
         }
     }
@@ -109,12 +113,27 @@ impl Channel {
     /// to keep watching it; its error ends the wait.
     pub fn recv_serving<T: DeserializeOwned>(
         &self,
-        mut side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
+        side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
     ) -> io::Result<(T, Vec<File>)> {
         let deadline = lock(&self.limit).map(|l| Instant::now() + l);
         let Some(doorbell) = &self.doorbell else {
             return self.recv_socket(deadline);
         };
+        let start = Instant::now();
+        let got = self.recv_polling(doorbell, side, deadline, self.spin.until(start));
+        self.spin.settle(start.elapsed());
+        got
+    }
+
+    /// `recv_serving` on a doorbell channel: polls without sleeping until `spin_until`, then
+    /// sleeps in poll.
+    fn recv_polling<T: DeserializeOwned>(
+        &self,
+        doorbell: &Doorbell,
+        mut side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
+        deadline: Option<Instant>,
+        spin_until: Option<Instant>,
+    ) -> io::Result<(T, Vec<File>)> {
         let pollfd = |fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
@@ -128,7 +147,9 @@ impl Channel {
             pollfd(side_fd),
         ];
         loop {
+            let spinning = spin_until.is_some_and(|until| Instant::now() < until);
             let wait = match deadline {
+                _ if spinning => 0,
                 None => -1,
                 Some(d) => {
                     let left = d.saturating_duration_since(Instant::now());
@@ -160,6 +181,10 @@ impl Channel {
             }
             if sock.revents != 0 {
                 return self.recv_socket(deadline);
+            }
+            if n == 0 && spinning {
+                Spin::pause();
+                continue;
             }
             if n == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(io::Error::new(
@@ -221,6 +246,55 @@ impl Channel {
             }
         }
         Ok(())
+    }
+}
+
+/// How long a receiver keeps looking for a message before it goes to sleep on its
+/// descriptors. Waking a sleeping thread costs several microseconds, tens when its core had
+/// gone idle, and a request and its reply cost two such wakeups; a look costs one syscall. The
+/// budget is spent only while messages come quickly: after a wait longer than `WARM` budgets
+/// (an idle VM, a long GL command) the next waits sleep at once, until one is that short again.
+/// So a quiet channel burns one budget per burst of requests, and a steady stream of requests
+/// at most one budget in `WARM`.
+pub struct Spin {
+    budget: Duration,
+    /// The last wait was at most `WARM` budgets long: the next one spins.
+    hot: AtomicBool,
+}
+
+impl Spin {
+    /// A wait up to this many budgets long keeps spinning on: a sleeping receiver's wait
+    /// includes its own wakeup (and its peer's, if that slept too), so even messages that
+    /// spinning would catch take longer than the budget while nobody spins.
+    const WARM: u32 = 4;
+
+    pub fn new(budget: Duration) -> Spin {
+        Spin {
+            budget,
+            hot: AtomicBool::new(!budget.is_zero()),
+        }
+    }
+
+    /// Until when a wait starting at `start` may spin: None when the last wait was long.
+    pub fn until(&self, start: Instant) -> Option<Instant> {
+        self.hot
+            .load(Ordering::Relaxed)
+            .then(|| start + self.budget)
+    }
+
+    /// Between two looks: gives the core to any thread waiting for it (the peer, the VMM's
+    /// notifier), which on a host with fewer free cores than spinning threads would otherwise
+    /// wait for the spinner's budget to run out.
+    pub fn pause() {
+        // SAFETY: sched_yield has no arguments and no effect on memory.
+        unsafe { libc::sched_yield() };
+    }
+
+    /// Records how long a wait took, from its start.
+    pub fn settle(&self, took: Duration) {
+        let warm = self.budget * Spin::WARM;
+        self.hot
+            .store(!self.budget.is_zero() && took <= warm, Ordering::Relaxed);
     }
 }
 
@@ -442,6 +516,7 @@ impl Doorbell {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread;
     use vgpud_protocol::worker::{Reply, Request};
 
     #[test]
@@ -486,18 +561,81 @@ mod tests {
 
     /// A broker's and a worker's channel joined by a socket pair and a doorbell.
     fn doorbell_pair() -> (Channel, Channel) {
+        spinning_pair(Duration::ZERO)
+    }
+
+    fn spinning_pair(spin: Duration) -> (Channel, Channel) {
         let (a, b) = UnixStream::pair().unwrap();
         let (broker_end, theirs) = Doorbell::create().unwrap();
         let worker_end = Doorbell::open(theirs).unwrap();
         (
-            Channel::with_doorbell(a, broker_end),
-            Channel::with_doorbell(b, worker_end),
+            Channel::with_doorbell(a, broker_end, spin),
+            Channel::with_doorbell(b, worker_end, spin),
         )
+    }
+
+    /// The budgets the channel tests run with: none, and one longer than their waits.
+    const SPINS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(1)];
+
+    #[test]
+    fn spinning_stops_after_a_long_wait_and_resumes_after_a_short_one() {
+        let start = Instant::now();
+        let spin = Spin::new(Duration::from_micros(50));
+        assert_eq!(spin.until(start), Some(start + Duration::from_micros(50)));
+        spin.settle(Duration::from_micros(201));
+        assert_eq!(spin.until(start), None, "a wait past four budgets");
+        spin.settle(Duration::from_micros(200));
+        assert!(spin.until(start).is_some(), "a wait within four budgets");
+        let never = Spin::new(Duration::ZERO);
+        never.settle(Duration::ZERO);
+        assert_eq!(never.until(start), None);
+    }
+
+    #[test]
+    fn a_spinning_receiver_still_sleeps_and_serves_its_side() {
+        let (broker, worker) = spinning_pair(Duration::from_millis(1));
+        broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
+        // A reply long after the budget: the receiver went to sleep, and still gets it.
+        let replier = thread::spawn(move || {
+            let (request, _) = worker.recv::<Request>().unwrap();
+            thread::sleep(Duration::from_millis(20));
+            worker.send(&Reply::Ok, &[]).unwrap();
+            (request, worker)
+        });
+        broker.send(&Request::Capsets, &[]).unwrap();
+        let (side_a, side_b) = UnixStream::pair().unwrap();
+        (&side_b).write_all(b"x").unwrap();
+        let mut served = 0;
+        let mut serve = || -> io::Result<bool> {
+            served += 1;
+            let mut byte = [0u8; 1];
+            (&side_a).read_exact(&mut byte)?;
+            Ok(false)
+        };
+        let side = Some((
+            side_a.as_raw_fd(),
+            &mut serve as &mut dyn FnMut() -> io::Result<bool>,
+        ));
+        assert_eq!(broker.recv_serving::<Reply>(side).unwrap().0, Reply::Ok);
+        assert_eq!(served, 1, "the side descriptor was served");
+        let (request, _worker) = replier.join().unwrap();
+        assert_eq!(request, Request::Capsets);
+        assert_eq!(
+            broker.spin.until(Instant::now()),
+            None,
+            "a 20 ms wait turned spinning off"
+        );
     }
 
     #[test]
     fn frames_without_descriptors_take_the_doorbell_others_the_socket() {
-        let (broker, worker) = doorbell_pair();
+        for spin in SPINS {
+            frames_take_their_way(spin);
+        }
+    }
+
+    fn frames_take_their_way(spin: Duration) {
+        let (broker, worker) = spinning_pair(spin);
         broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
         for _ in 0..3 {
             broker.send(&Request::Capsets, &[]).unwrap();
@@ -541,7 +679,13 @@ mod tests {
 
     #[test]
     fn a_lying_doorbell_is_an_error_and_a_silent_one_times_out() {
-        let (broker, worker) = doorbell_pair();
+        for spin in SPINS {
+            lies_and_silence(spin);
+        }
+    }
+
+    fn lies_and_silence(spin: Duration) {
+        let (broker, worker) = spinning_pair(spin);
         broker.set_timeout(Some(Duration::from_millis(50))).unwrap();
         let t = std::time::Instant::now();
         assert_eq!(

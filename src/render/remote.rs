@@ -42,10 +42,17 @@ pub struct RemoteRenderer {
     inner: Arc<Inner>,
 }
 
+/// How long a worker may take to answer, and how long both ends spin before they sleep.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub spin: Duration,
+}
+
 struct Inner {
     kind: RendererKind,
     vm: String,
-    limit: Duration,
+    limits: Limits,
     capsets: Vec<CapsetInfo>,
     next_ctx: AtomicU32,
     state: Mutex<State>,
@@ -224,8 +231,12 @@ fn rejected(why: impl Into<String>) -> RenderError {
 
 /// What a worker of `kind` offers, learnt from a short-lived worker at start-up, so that the
 /// broker itself never runs GPU driver code.
-pub fn probe(kind: RendererKind, limit: Duration) -> io::Result<Vec<CapsetInfo>> {
-    let (worker, _events) = spawn(kind, "probe", limit)?;
+pub fn probe(kind: RendererKind, timeout: Duration) -> io::Result<Vec<CapsetInfo>> {
+    let limits = Limits {
+        timeout,
+        spin: Duration::ZERO,
+    };
+    let (worker, _events) = spawn(kind, "probe", limits)?;
     worker.requests.send(&Request::Capsets, &[])?;
     let (reply, _) = worker.requests.recv::<Reply>()?;
     let caps = match reply {
@@ -246,7 +257,7 @@ pub fn probe(kind: RendererKind, limit: Duration) -> io::Result<Vec<CapsetInfo>>
 /// Starts a worker: fork+exec of this very binary, with the channels, the mailbox and the
 /// doorbell as descriptors 3 to 8 (see `worker`) and every other descriptor of the broker closed
 /// (they include other VMs' guest memory).
-fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, UnixStream)> {
+fn spawn(kind: RendererKind, vm: &str, limits: Limits) -> io::Result<(Worker, UnixStream)> {
     let (requests, theirs_req) = UnixStream::pair()?;
     let (events, theirs_ev) = UnixStream::pair()?;
     let mailbox = Mailbox::create()?;
@@ -256,7 +267,9 @@ fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, U
         .map(|v| v.get_name().to_string())
         .ok_or_else(|| io::Error::other("renderer has no name"))?;
     let mut cmd = Command::new("/proc/self/exe");
+    let spin = format!("{}us", limits.spin.as_micros());
     cmd.args(["render-worker", "--renderer", &kind_name, "--vm", vm])
+        .args(["--spin", &spin])
         .stdin(Stdio::null());
     if let Some(node) = super::render_node() {
         cmd.arg("--render-node").arg(node);
@@ -275,10 +288,10 @@ fn spawn(kind: RendererKind, vm: &str, limit: Duration) -> io::Result<(Worker, U
     drop((theirs_req, theirs_ev, theirs_bell));
     let worker = Worker {
         child,
-        requests: Channel::with_doorbell(requests, doorbell),
+        requests: Channel::with_doorbell(requests, doorbell, limits.spin),
         mailbox,
     };
-    worker.requests.set_timeout(Some(limit))?;
+    worker.requests.set_timeout(Some(limits.timeout))?;
     Ok((worker, events))
 }
 
@@ -349,7 +362,7 @@ impl RemoteRenderer {
     pub fn new(
         kind: RendererKind,
         vm: &str,
-        limit: Duration,
+        limits: Limits,
         capsets: Vec<CapsetInfo>,
         sink: Weak<dyn FenceSink>,
         pid: Arc<AtomicU32>,
@@ -358,7 +371,7 @@ impl RemoteRenderer {
             inner: Arc::new(Inner {
                 kind,
                 vm: vm.to_string(),
-                limit,
+                limits,
                 capsets,
                 next_ctx: AtomicU32::new(1),
                 state: Mutex::default(),
@@ -485,7 +498,7 @@ impl Inner {
             return Err(io::Error::other("the render worker failed"));
         }
         if state.worker.is_none() {
-            let (worker, events) = spawn(self.kind, &self.vm, self.limit)?;
+            let (worker, events) = spawn(self.kind, &self.vm, self.limits)?;
             stats::bump(&stats::DAEMON.worker_starts);
             info!(
                 "vm={} event=worker-start pid={} renderer={:?}",
@@ -853,7 +866,7 @@ impl Renderer for RemoteRenderer {
             fence: Some(FenceAfter { ring }),
         };
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
-        self.inner.events.arm(self.inner.limit);
+        self.inner.events.arm(self.inner.limits.timeout);
         match self.inner.call(&request, &[], Some(&commands)) {
             Ok((reply, _)) => Ok(self.fence_from(reply)),
             Err(e) => {
@@ -915,7 +928,7 @@ impl Renderer for RemoteRenderer {
 
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         self.inner.pending.fetch_add(1, Ordering::AcqRel);
-        self.inner.events.arm(self.inner.limit);
+        self.inner.events.arm(self.inner.limits.timeout);
         match (self.inner).call(&Request::CreateFence { ctx: ctx.0, ring }, &[], None) {
             Ok((reply, _)) => self.fence_from(reply),
             Err(e) => {

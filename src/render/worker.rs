@@ -12,6 +12,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use log::{error, info};
 use vgpud_protocol::worker::{Event, Region, Reply, Request};
@@ -19,7 +20,7 @@ use vgpud_protocol::MemEntry;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox};
+use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox, Spin};
 use super::{start, Poll, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
 use crate::device::{BlobArgs, RenderError};
@@ -53,8 +54,9 @@ struct Worker {
     backings: HashMap<Res, Backing>,
 }
 
-/// Serves the broker until it closes the request channel. Returns the process's exit status.
-pub fn run(kind: RendererKind, vm: &str) -> i32 {
+/// Serves the broker until it closes the request channel, looking for the next request for up
+/// to `spin` before it sleeps (see `Spin`). Returns the process's exit status.
+pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
     // Named apart from the broker in ps and /proc (it was exec'd as /proc/self/exe).
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"vgpud-worker".as_ptr()) };
@@ -73,7 +75,8 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
         )
     };
     let requests = match Doorbell::open(doorbell) {
-        Ok(doorbell) => Channel::with_doorbell(requests, doorbell),
+        // The worker spins in its own wait (`Wait`), over the renderer's descriptor too.
+        Ok(doorbell) => Channel::with_doorbell(requests, doorbell, Duration::ZERO),
         Err(e) => {
             error!("render worker for {vm}: doorbell: {e}");
             return 1;
@@ -82,7 +85,7 @@ pub fn run(kind: RendererKind, vm: &str) -> i32 {
     let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
         let started = start(kind, sink).map_err(io::Error::other)?;
-        let wait = Wait::new(&requests, started.poll.as_ref())?;
+        let wait = Wait::new(&requests, started.poll.as_ref(), spin)?;
         Ok((started, mailbox, wait))
     });
     let (Started { renderer, poll }, mailbox, wait) = match setup {
@@ -144,10 +147,13 @@ enum Ready {
 }
 
 /// One epoll over the broker's request channel and the renderer's descriptor.
-struct Wait(Epoll);
+struct Wait {
+    epoll: Epoll,
+    spin: Spin,
+}
 
 impl Wait {
-    fn new(requests: &Channel, poll: Option<&Poll>) -> io::Result<Wait> {
+    fn new(requests: &Channel, poll: Option<&Poll>, spin: Duration) -> io::Result<Wait> {
         let epoll = Epoll::new()?;
         let add = |fd, token| {
             epoll.ctl(
@@ -163,17 +169,26 @@ impl Wait {
             use std::os::fd::AsFd;
             add(p.fd.as_fd().as_raw_fd(), 1)?;
         }
-        Ok(Wait(epoll))
+        Ok(Wait {
+            epoll,
+            spin: Spin::new(spin),
+        })
     }
 
-    /// Waits until there is a request or renderer work; requests first.
+    /// Waits until there is a request or renderer work; requests first. Looks without sleeping
+    /// for a while first, if requests have been coming quickly.
     fn next(&self) -> io::Result<Ready> {
         let mut events = [EpollEvent::default(); 3];
+        let start = Instant::now();
+        let spin_until = self.spin.until(start);
         loop {
-            match self.0.wait(-1, &mut events) {
+            let spinning = spin_until.is_some_and(|until| Instant::now() < until);
+            match self.epoll.wait(if spinning { 0 } else { -1 }, &mut events) {
+                Ok(0) if spinning => Spin::pause(),
                 Ok(n) => {
                     let ready = events.get(..n).unwrap_or_default();
                     if ready.iter().any(|e| e.data() == 0) {
+                        self.spin.settle(start.elapsed());
                         return Ok(Ready::Request);
                     }
                     if !ready.is_empty() {

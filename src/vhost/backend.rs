@@ -45,7 +45,7 @@ use crate::hub::share::{ShareClient, ShareRegistry};
 use crate::ids::FenceId;
 use crate::memfault;
 use crate::output::VncOutput;
-use crate::render::remote::RemoteRenderer;
+use crate::render::remote::{Limits, RemoteRenderer};
 use crate::render::SharedRenderer;
 use crate::sync::lock;
 use vgpud_protocol::share::Uuid;
@@ -162,10 +162,11 @@ impl VmBackend {
                 kind,
                 capsets,
                 timeout,
+                spin,
             } => Arc::new(RemoteRenderer::new(
                 kind,
                 name,
-                timeout,
+                Limits { timeout, spin },
                 capsets,
                 sink,
                 record.worker_pid.clone(),

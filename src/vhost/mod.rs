@@ -38,11 +38,13 @@ use crate::render::{RendererKind, SharedRenderer};
 pub enum RendererSpec {
     /// One renderer in this process for every VM (2D).
     Shared(SharedRenderer),
-    /// A worker process per VM, offering `capsets`, each request bounded by `timeout`.
+    /// A worker process per VM, offering `capsets`, each request bounded by `timeout`, both
+    /// ends spinning up to `spin` before they sleep.
     Worker {
         kind: RendererKind,
         capsets: Vec<CapsetInfo>,
         timeout: Duration,
+        spin: Duration,
     },
     /// Benchmarks only (benches/workers.rs), never reachable from the daemon's command line:
     /// the renderer `make` builds for the VM's fence sink, called in place on the VM's queue
