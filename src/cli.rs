@@ -114,10 +114,11 @@ pub struct Options {
     pub worker_timeout: Duration,
 
     /// How long the broker and a render worker look for each other's next message before they
-    /// sleep, e.g. 50us; 0 never spins. Spinning saves the wakeups of a request and its reply
-    /// (several microseconds each, tens on an idle core) for CPU: a VM whose requests stop
-    /// costs one budget on each side, and a wait four budgets long turns spinning off until
-    /// requests come quickly again. Spinning yields the core to any thread that wants it.
+    /// sleep: 0 (never spins), or microseconds or milliseconds such as 50us or 1ms, at most
+    /// 1ms. Spinning saves the wakeups of a request and its reply (several microseconds each,
+    /// tens on an idle core) for CPU: a VM whose requests stop costs one budget on each side,
+    /// and a wait longer than four budgets turns spinning off until requests come quickly
+    /// again. Between two looks a spinning thread lets other runnable threads on its CPU run.
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 

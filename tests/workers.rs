@@ -443,3 +443,45 @@ fn the_status_command_shows_each_vm_its_worker_and_counters() {
     );
     let _ = std::fs::remove_file(&control);
 }
+
+/// CPU time (user and system) of `pid` so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    // Fields 14 and 15 (utime, stime), counted from the state, field 3.
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a constant.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+#[test]
+fn spinning_stops_when_a_vm_goes_quiet() {
+    // The longest budget. The broker spins only while it waits for a reply; the worker after
+    // each reply, for one budget: a spin that did not end would burn the worker's quiet second
+    // below. (That renderer work does not start a new spin is a unit test in
+    // src/render/worker.rs.)
+    let d = fake(1, &["--worker-spin", "1ms"]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    for i in 0..500 {
+        transfer(&mut vm, i % 2 == 0, 64);
+    }
+    let worker = *workers(&d).first().expect("a worker");
+    let pids = [d.pid(), worker];
+    let before: Duration = pids.iter().map(|&p| cpu_time(p)).sum();
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet: Duration = pids.iter().map(|&p| cpu_time(p)).sum::<Duration>() - before;
+    eprintln!("a quiet second after 500 requests: broker and worker used {quiet:?} of CPU");
+    assert!(
+        quiet < Duration::from_millis(100),
+        "still spinning: {quiet:?}"
+    );
+    // And the VM is served as before.
+    transfer(&mut vm, true, 64);
+}

@@ -282,7 +282,7 @@ impl Spin {
             .then(|| start + self.budget)
     }
 
-    /// Between two looks: gives the core to any thread waiting for it (the peer, the VMM's
+    /// Between two looks: lets other runnable threads on this CPU run (the peer, the VMM's
     /// notifier), which on a host with fewer free cores than spinning threads would otherwise
     /// wait for the spinner's budget to run out.
     pub fn pause() {
@@ -513,6 +513,18 @@ impl Doorbell {
     }
 }
 
+/// CPU time of the calling thread: what a spin burned (tests).
+#[cfg(test)]
+pub(crate) fn thread_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec we pass, nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -592,19 +604,20 @@ mod tests {
     }
 
     #[test]
-    fn a_spinning_receiver_still_sleeps_and_serves_its_side() {
+    fn a_spinning_receiver_sleeps_after_its_budget_and_serves_its_side() {
         let (broker, worker) = spinning_pair(Duration::from_millis(1));
         broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
-        // A reply long after the budget: the receiver went to sleep, and still gets it.
+        let (side_a, side_b) = UnixStream::pair().unwrap();
+        // The side descriptor turns readable, then the reply comes, both long after the budget.
         let replier = thread::spawn(move || {
             let (request, _) = worker.recv::<Request>().unwrap();
             thread::sleep(Duration::from_millis(20));
+            (&side_b).write_all(b"x").unwrap();
+            thread::sleep(Duration::from_millis(20));
             worker.send(&Reply::Ok, &[]).unwrap();
-            (request, worker)
+            (request, worker, side_b)
         });
         broker.send(&Request::Capsets, &[]).unwrap();
-        let (side_a, side_b) = UnixStream::pair().unwrap();
-        (&side_b).write_all(b"x").unwrap();
         let mut served = 0;
         let mut serve = || -> io::Result<bool> {
             served += 1;
@@ -616,14 +629,21 @@ mod tests {
             side_a.as_raw_fd(),
             &mut serve as &mut dyn FnMut() -> io::Result<bool>,
         ));
+        let (cpu, wall) = (thread_cpu(), Instant::now());
         assert_eq!(broker.recv_serving::<Reply>(side).unwrap().0, Reply::Ok);
-        assert_eq!(served, 1, "the side descriptor was served");
-        let (request, _worker) = replier.join().unwrap();
+        let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+        assert!(wall >= Duration::from_millis(40));
+        assert!(
+            cpu < Duration::from_millis(15),
+            "spun past its budget: {cpu:?} of CPU in {wall:?}"
+        );
+        assert_eq!(served, 1, "the side descriptor was served while asleep");
+        let (request, _worker, _side) = replier.join().unwrap();
         assert_eq!(request, Request::Capsets);
         assert_eq!(
             broker.spin.until(Instant::now()),
             None,
-            "a 20 ms wait turned spinning off"
+            "a 40 ms wait turned spinning off"
         );
     }
 

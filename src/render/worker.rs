@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox, Spin};
-use super::{start, Poll, RendererKind, SharedRenderer, Started};
+use super::{start, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
 use crate::device::{BlobArgs, RenderError};
 use crate::fences::{Fence, FenceSink};
@@ -85,7 +85,11 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
     let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
         let started = start(kind, sink).map_err(io::Error::other)?;
-        let wait = Wait::new(&requests, started.poll.as_ref(), spin)?;
+        let renderer_fd = started.poll.as_ref().map(|p| {
+            use std::os::fd::AsFd;
+            p.fd.as_fd().as_raw_fd()
+        });
+        let wait = Wait::new(&requests, renderer_fd, spin)?;
         Ok((started, mailbox, wait))
     });
     let (Started { renderer, poll }, mailbox, wait) = match setup {
@@ -105,9 +109,12 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
         mem: None,
         backings: HashMap::new(),
     };
+    // When the wait for the next request began: the last reply. Renderer work in between does
+    // not start a new wait (nor a new spin).
+    let mut since = Instant::now();
     loop {
         // The renderer's own work (fences) is looked at on this thread too, between requests.
-        match wait.next() {
+        match wait.next(since) {
             Ok(Ready::Renderer) => {
                 if let Some(p) = &poll {
                     p.run();
@@ -138,6 +145,7 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
             error!("render worker for {vm}: {e}");
             return 1;
         }
+        since = Instant::now();
     }
 }
 
@@ -146,14 +154,14 @@ enum Ready {
     Renderer,
 }
 
-/// One epoll over the broker's request channel and the renderer's descriptor.
+/// One epoll over the broker's request channel and the renderer's descriptor (`Poll`).
 struct Wait {
     epoll: Epoll,
     spin: Spin,
 }
 
 impl Wait {
-    fn new(requests: &Channel, poll: Option<&Poll>, spin: Duration) -> io::Result<Wait> {
+    fn new(requests: &Channel, renderer: Option<RawFd>, spin: Duration) -> io::Result<Wait> {
         let epoll = Epoll::new()?;
         let add = |fd, token| {
             epoll.ctl(
@@ -165,9 +173,8 @@ impl Wait {
         for fd in requests.fds() {
             add(fd, 0)?;
         }
-        if let Some(p) = poll {
-            use std::os::fd::AsFd;
-            add(p.fd.as_fd().as_raw_fd(), 1)?;
+        if let Some(fd) = renderer {
+            add(fd, 1)?;
         }
         Ok(Wait {
             epoll,
@@ -175,12 +182,12 @@ impl Wait {
         })
     }
 
-    /// Waits until there is a request or renderer work; requests first. Looks without sleeping
-    /// for a while first, if requests have been coming quickly.
-    fn next(&self) -> io::Result<Ready> {
+    /// Waits until there is a request or renderer work; requests first. If requests have been
+    /// coming quickly, looks without sleeping until one budget after `since`, when the wait for
+    /// the next request began.
+    fn next(&self, since: Instant) -> io::Result<Ready> {
         let mut events = [EpollEvent::default(); 3];
-        let start = Instant::now();
-        let spin_until = self.spin.until(start);
+        let spin_until = self.spin.until(since);
         loop {
             let spinning = spin_until.is_some_and(|until| Instant::now() < until);
             match self.epoll.wait(if spinning { 0 } else { -1 }, &mut events) {
@@ -188,7 +195,7 @@ impl Wait {
                 Ok(n) => {
                     let ready = events.get(..n).unwrap_or_default();
                     if ready.iter().any(|e| e.data() == 0) {
-                        self.spin.settle(start.elapsed());
+                        self.spin.settle(since.elapsed());
                         return Ok(Ready::Request);
                     }
                     if !ready.is_empty() {
@@ -400,4 +407,61 @@ fn rejected(why: &str) -> RenderError {
 
 fn render_io(e: io::Error) -> RenderError {
     RenderError::Rejected(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+    use std::thread;
+    use vmm_sys_util::eventfd::EventFd;
+
+    use crate::render::channel::{thread_cpu, Doorbell};
+
+    #[test]
+    fn renderer_work_between_requests_does_not_start_a_new_spin() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let (broker_end, theirs) = Doorbell::create().unwrap();
+        let broker = Channel::with_doorbell(a, broker_end, Duration::ZERO);
+        let requests = Channel::with_doorbell(b, Doorbell::open(theirs).unwrap(), Duration::ZERO);
+        let fences = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let wait = Wait::new(
+            &requests,
+            Some(fences.as_raw_fd()),
+            Duration::from_millis(1),
+        )
+        .unwrap();
+        // The renderer signals every 2 ms for 40 ms, then a request comes.
+        let ticker = {
+            let fences = fences.try_clone().unwrap();
+            thread::spawn(move || {
+                for _ in 0..20 {
+                    thread::sleep(Duration::from_millis(2));
+                    fences.write(1).unwrap();
+                }
+                broker.send(&Request::Capsets, &[]).unwrap();
+                broker
+            })
+        };
+        let (since, cpu) = (Instant::now(), thread_cpu());
+        let mut renderer_turns = 0;
+        while let Ready::Renderer = wait.next(since).unwrap() {
+            renderer_turns += 1;
+            let _ = fences.read();
+        }
+        let cpu = thread_cpu() - cpu;
+        assert!(renderer_turns >= 10, "{renderer_turns} renderer turns");
+        // One budget spun in all (and the looks at the signals), not one per signal.
+        assert!(
+            cpu < Duration::from_millis(8),
+            "spun {cpu:?} in {renderer_turns} turns"
+        );
+        assert_eq!(
+            requests.recv_waiting::<Request>().unwrap().0,
+            Request::Capsets
+        );
+        // A 40 ms wait for the request turned spinning off.
+        assert_eq!(wait.spin.until(Instant::now()), None);
+        drop(ticker.join().unwrap());
+    }
 }
