@@ -275,32 +275,41 @@ fn a_hung_worker_is_killed_but_slow_work_is_not() {
     assert_eq!((hdr.fence_id, r), (1, Response::OkNodata));
 }
 
-#[test]
-fn a_hundred_worker_deaths_leave_the_broker_flat() {
-    const DEATHS: usize = 100;
-    let d = fake(1, &["--max-renderer-failures", "1000"]);
-    let die = |d: &Daemon| {
-        let mut vm = Vm::connect(&d.socket(0), VmConfig::default()).expect("connect");
-        setup(&mut vm, 4096);
-        let _ = vm.request(&in_ctx(CTX, submit("crash")));
-    };
-    die(&d);
-    let base = quiet_stats(&d);
-    for _ in 0..DEATHS {
-        die(&d);
+/// A VM on the daemon's first socket, set up as `setup` does.
+fn set_up_vm(d: &Daemon) -> Vm {
+    let mut vm = Vm::connect(&d.socket(0), VmConfig::default()).expect("connect");
+    setup(&mut vm, 4096);
+    vm
+}
+
+/// Runs `cycle` once, then `n` times more: afterwards the broker has no more descriptors or
+/// threads than after the first (once its workers are gone), and about the same memory.
+fn stays_flat(d: &Daemon, what: &str, n: usize, cycle: impl Fn(&Daemon)) {
+    cycle(d);
+    let base = quiet_stats(d);
+    for _ in 0..n {
+        cycle(d);
     }
     let settled = eventually(Duration::from_secs(10), || {
         let now = d.stats().unwrap();
-        now.fds <= base.fds && now.threads <= base.threads
+        now.fds <= base.fds && now.threads <= base.threads && workers(d).is_empty()
     });
     let end = d.stats().unwrap();
-    eprintln!("{DEATHS} worker deaths: {base:?} -> {end:?}");
+    eprintln!("{n} {what}: {base:?} -> {end:?}");
     assert!(settled, "the broker grew: {base:?} -> {end:?}");
     assert!(
         end.rss_kib <= base.rss_kib + 8 * 1024,
         "{base:?} -> {end:?}"
     );
-    assert!(workers(&d).is_empty(), "left behind: {:?}", workers(&d));
+    assert!(workers(d).is_empty(), "left behind: {:?}", workers(d));
+}
+
+#[test]
+fn a_hundred_worker_deaths_leave_the_broker_flat() {
+    let d = fake(1, &["--max-renderer-failures", "1000"]);
+    stays_flat(&d, "worker deaths", 100, |d| {
+        let _ = set_up_vm(d).request(&in_ctx(CTX, submit("crash")));
+    });
 }
 
 #[test]
@@ -484,4 +493,16 @@ fn spinning_stops_when_a_vm_goes_quiet() {
     );
     // And the VM is served as before.
     transfer(&mut vm, true, 64);
+}
+
+#[test]
+fn spinning_vms_that_come_and_go_leave_the_broker_flat() {
+    let d = fake(1, &["--worker-spin", "1ms"]);
+    // A burst of requests (both sides spinning), then a hang-up while the worker spins.
+    stays_flat(&d, "spinning VMs", 100, |d| {
+        let mut vm = set_up_vm(d);
+        for i in 0..50 {
+            transfer(&mut vm, i % 2 == 0, 64);
+        }
+    });
 }
