@@ -118,7 +118,8 @@ pub struct Options {
     /// 1ms. Spinning saves the wakeups of a request and its reply (several microseconds each,
     /// tens on an idle core) for CPU: a VM whose requests stop costs one budget on each side,
     /// and a wait longer than four budgets turns spinning off until requests come quickly
-    /// again. Between two looks a spinning thread lets other runnable threads on its CPU run.
+    /// again. A spinning thread reads shared memory, and now and then lets other runnable
+    /// threads on its CPU run.
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 

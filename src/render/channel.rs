@@ -3,17 +3,18 @@
 //! request channel's frames without descriptors, and the shared-memory mailbox bulk bytes
 //! travel through.
 //!
-//! The doorbell is the hot path: a request and its reply cost two eventfd wakeups and a copy
-//! each way, which is what an eventfd ping-pong costs, where the socket costs more per message
-//! (socket buffers, and a frame read in two parts). The socket stays for descriptors and for
-//! frames larger than a slot.
+//! The doorbell is the hot path: a receiver that is looking (see `Spin`) finds a request or its
+//! reply by reading the slot's sequence number, with no syscall on either side; a sleeping one
+//! costs an eventfd wakeup, what an eventfd ping-pong costs, where the socket costs more per
+//! message (socket buffers, and a frame read in two parts). The socket stays for descriptors
+//! and for frames larger than a slot.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -62,10 +63,13 @@ impl Channel {
         self.sock.set_read_timeout(limit)
     }
 
-    /// The descriptors that turn readable when a message is waiting.
-    pub fn fds(&self) -> Vec<RawFd> {
-        let bell = self.doorbell.as_ref().map(|d| d.bell.as_raw_fd());
-        std::iter::once(self.sock.as_raw_fd()).chain(bell).collect()
+    /// The socket, which turns readable when a message came that way.
+    pub fn socket_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+
+    pub fn doorbell(&self) -> Option<&Doorbell> {
+        self.doorbell.as_ref()
     }
 
     pub fn shutdown(&self) {
@@ -146,8 +150,31 @@ impl Channel {
             pollfd(doorbell.bell.as_raw_fd()),
             pollfd(side_fd),
         ];
+        // Rings without a frame: an honest peer leaves at most two behind (rung for frames we
+        // found by looking): the ones written before we last drained the bell, and one it had
+        // decided on but not yet written. More are a lie.
+        let mut empty_rings = 0;
+        let mut looks = 0u32;
         loop {
-            let spinning = spin_until.is_some_and(|until| Instant::now() < until);
+            // The slot first: a look at memory, no syscall.
+            if let Some(msg) = doorbell.recv()? {
+                return Ok((msg, Vec::new()));
+            }
+            let now = Instant::now();
+            let spinning = spin_until.is_some_and(|until| now < until);
+            if !spinning && deadline.is_some_and(|d| now >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no message in time",
+                ));
+            }
+            if spinning {
+                if !Spin::time_to_poll(&mut looks) {
+                    continue;
+                }
+            } else if doorbell.going_to_sleep()? {
+                continue;
+            }
             let wait = match deadline {
                 _ if spinning => 0,
                 None => -1,
@@ -159,6 +186,7 @@ impl Channel {
             };
             // SAFETY: `fds` is an array of initialised pollfds of the length passed.
             let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, wait) };
+            doorbell.awake()?;
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -175,18 +203,23 @@ impl Channel {
                 }
             }
             if bell.revents != 0 {
+                doorbell.drain()?;
+                if !doorbell.ready()? {
+                    empty_rings += 1;
+                    if empty_rings > 2 {
+                        return Err(io::Error::other("the bell rang without a frame"));
+                    }
+                }
+                continue;
+            }
+            if sock.revents != 0 {
+                // A frame put in the slot before the socket turned readable comes first.
                 if let Some(msg) = doorbell.recv()? {
                     return Ok((msg, Vec::new()));
                 }
-            }
-            if sock.revents != 0 {
                 return self.recv_socket(deadline);
             }
-            if n == 0 && spinning {
-                Spin::pause();
-                continue;
-            }
-            if n == 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+            if !spinning && (n == 0 || deadline.is_some_and(|d| Instant::now() >= d)) {
                 return Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "no message in time",
@@ -251,7 +284,8 @@ impl Channel {
 
 /// How long a receiver keeps looking for a message before it goes to sleep on its
 /// descriptors. Waking a sleeping thread costs several microseconds, tens when its core had
-/// gone idle, and a request and its reply cost two such wakeups; a look costs one syscall. The
+/// gone idle, and a request and its reply cost two such wakeups; a look reads the slot's
+/// sequence number, and every `LOOKS_PER_POLL`th also polls the descriptors and yields. The
 /// budget is spent only while messages come quickly: after a wait longer than `WARM` budgets
 /// (an idle VM, a long GL command) the next waits sleep at once, until one is that short again.
 /// So a quiet channel burns one budget per burst of requests, and a steady stream of requests
@@ -263,6 +297,9 @@ pub struct Spin {
 }
 
 impl Spin {
+    /// Looks at memory between two polls of the descriptors (and yields of the CPU).
+    pub const LOOKS_PER_POLL: u32 = 16;
+
     /// A wait up to this many budgets long keeps spinning on: a sleeping receiver's wait
     /// includes its own wakeup (and its peer's, if that slept too), so even messages that
     /// spinning would catch take longer than the budget while nobody spins.
@@ -282,12 +319,19 @@ impl Spin {
             .then(|| start + self.budget)
     }
 
-    /// Between two looks: lets other runnable threads on this CPU run (the peer, the VMM's
-    /// notifier), which on a host with fewer free cores than spinning threads would otherwise
-    /// wait for the spinner's budget to run out.
-    pub fn pause() {
+    /// Counts a look at memory that found nothing; true when it is time to poll the
+    /// descriptors too. Every `LOOKS_PER_POLL`th look also lets other runnable threads on this
+    /// CPU run (the peer, the VMM's notifier), which on a host with fewer free cores than
+    /// spinning threads would otherwise wait for the spinner's budget to run out.
+    pub fn time_to_poll(looks: &mut u32) -> bool {
+        *looks = looks.wrapping_add(1);
+        if !looks.is_multiple_of(Spin::LOOKS_PER_POLL) {
+            std::hint::spin_loop();
+            return false;
+        }
         // SAFETY: sched_yield has no arguments and no effect on memory.
         unsafe { libc::sched_yield() };
+        true
     }
 
     /// Records how long a wait took, from its start.
@@ -391,6 +435,18 @@ impl Mailbox {
         Ok(unsafe { vm_memory::VolatileSlice::new(self.ptr.as_ptr().add(offset), end - offset) })
     }
 
+    /// The 4-byte word at `offset` (a multiple of 4), for both processes to read and write.
+    fn atomic_at(&self, offset: usize) -> io::Result<&AtomicU32> {
+        let fits = offset.checked_add(4).is_some_and(|end| end <= self.len);
+        if !fits || !offset.is_multiple_of(4) {
+            return Err(io::Error::other(format!("no word at {offset}")));
+        }
+        // SAFETY: four bytes inside the mapping (checked), 4-aligned (the mapping is
+        // page-aligned), living as long as `self`; AtomicU32 has u32's layout, and these words
+        // of memory shared with another process are only ever accessed as atomics.
+        Ok(unsafe { &*self.ptr.as_ptr().add(offset).cast::<AtomicU32>() })
+    }
+
     pub fn write(&self, data: &[u8]) -> io::Result<u64> {
         self.write_at(0, data)
     }
@@ -422,7 +478,14 @@ impl Drop for Mailbox {
 
 /// One end of a doorbell: two slots in a shared page (0: broker to worker, 1: worker to
 /// broker), an eventfd this end rings when its slot holds a new frame, and one that rings for
-/// this end (non-blocking: read only when poll said so, or to see whether it rang).
+/// this end (non-blocking).
+///
+/// A slot's sequence number is written last, so a receiver that sees it advance sees the whole
+/// frame: a receiver that is looking (spinning) needs no ring. Each end has a flag in the page
+/// saying it is about to sleep on its bell; a sender rings only then. The two orderings
+/// (sender: sequence number, fence, flag; receiver: flag, fence, sequence number) make sure at
+/// least one side sees the other, so no frame is left unseen by a sleeper. A peer that lies
+/// about its flag only keeps its own frames from being rung for, or makes us ring for nothing.
 pub struct Doorbell {
     page: Mailbox,
     mine: usize,
@@ -444,7 +507,7 @@ pub struct DoorbellFds {
 impl Doorbell {
     /// A new doorbell: the broker's end, and the worker's as descriptors.
     pub fn create() -> io::Result<(Doorbell, DoorbellFds)> {
-        let page = Mailbox::create_sized(2 * SLOT_BYTES)?;
+        let page = Mailbox::create_sized(Doorbell::PAGE)?;
         let flags = libc::EFD_NONBLOCK | libc::EFD_CLOEXEC;
         let (to_worker, to_broker) = (EventFd::new(flags)?, EventFd::new(flags)?);
         // SAFETY: each descriptor comes fresh from try_clone, owned by nothing else.
@@ -459,7 +522,7 @@ impl Doorbell {
 
     /// The worker's end, from the descriptors the broker handed over.
     pub fn open(fds: DoorbellFds) -> io::Result<Doorbell> {
-        let page = Mailbox::map_sized(fds.page, 2 * SLOT_BYTES)?;
+        let page = Mailbox::map_sized(fds.page, Doorbell::PAGE)?;
         // SAFETY: the descriptors are ours alone (OwnedFd), handed over here.
         let (ring, bell) = unsafe {
             (
@@ -468,6 +531,22 @@ impl Doorbell {
             )
         };
         Ok(Doorbell::new(page, 1, ring, bell))
+    }
+
+    /// The two slots, then each end's "about to sleep" flag on a cache line of its own.
+    const PAGE: usize = 2 * SLOT_BYTES + 2 * 64;
+
+    fn seq_of(&self, end: usize) -> io::Result<&AtomicU32> {
+        self.page.atomic_at(end * SLOT_BYTES)
+    }
+
+    fn asleep_of(&self, end: usize) -> io::Result<&AtomicU32> {
+        self.page.atomic_at(2 * SLOT_BYTES + end * 64)
+    }
+
+    /// The eventfd this end sleeps on.
+    pub fn bell_fd(&self) -> RawFd {
+        self.bell.as_raw_fd()
     }
 
     fn new(page: Mailbox, mine: usize, ring: EventFd, bell: EventFd) -> Doorbell {
@@ -481,31 +560,74 @@ impl Doorbell {
         }
     }
 
-    /// Puts `msg` in this end's slot and rings; false when it does not fit a slot.
+    /// Puts `msg` in this end's slot, and rings if the other end is about to sleep; false when
+    /// it does not fit a slot.
     fn send<T: Serialize>(&self, msg: &T) -> io::Result<bool> {
         let seq = self.sent.load(Ordering::Relaxed).wrapping_add(1);
         let Some(frame) = worker::slot_frame(msg, seq).map_err(io::Error::other)? else {
             return Ok(false);
         };
-        self.page.write_at(self.mine * SLOT_BYTES, &frame)?;
+        // The frame after its sequence number, which is stored last.
+        let slot = self.mine * SLOT_BYTES;
+        self.page
+            .write_at(slot + 4, frame.get(4..).unwrap_or_default())?;
+        self.seq_of(self.mine)?.store(seq, Ordering::Release);
         self.sent.store(seq, Ordering::Relaxed);
-        self.ring.write(1)?;
+        fence(Ordering::SeqCst);
+        if self.asleep_of(1 - self.mine)?.load(Ordering::Relaxed) != 0 {
+            self.ring.write(1)?;
+        }
         Ok(true)
     }
 
-    /// The frame in the other end's slot if the bell rang (None if it did not), checked to be
+    /// Whether the other end's slot holds a frame this end has not received (or a lie).
+    pub fn ready(&self) -> io::Result<bool> {
+        let last = self.received.load(Ordering::Relaxed);
+        Ok(self.seq_of(1 - self.mine)?.load(Ordering::Acquire) != last)
+    }
+
+    /// Says this end is about to sleep on its bell; true if a frame came meanwhile (then it
+    /// must not sleep, and is awake again).
+    pub fn going_to_sleep(&self) -> io::Result<bool> {
+        self.asleep_of(self.mine)?.store(1, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let ready = self.ready()?;
+        if ready {
+            self.awake()?;
+        }
+        Ok(ready)
+    }
+
+    pub fn awake(&self) -> io::Result<()> {
+        self.asleep_of(self.mine)?.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Takes the bell's rings, if any.
+    pub fn drain(&self) -> io::Result<()> {
+        match self.bell.read() {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The frame in the other end's slot if there is a new one (None if not), checked to be
     /// the next one and to fit the slot.
     fn recv<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
-        match self.bell.read() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
-            Err(e) => return Err(e),
+        let last = self.received.load(Ordering::Relaxed);
+        let found = self.seq_of(1 - self.mine)?.load(Ordering::Acquire);
+        if found == last {
+            return Ok(None);
         }
+        let seq = last.wrapping_add(1);
+        // The sequence number as loaded above (the word is only ever accessed atomically), the
+        // length from the page.
         let slot = (1 - self.mine) * SLOT_BYTES;
-        let seq = self.received.load(Ordering::Relaxed).wrapping_add(1);
-        let header = self.page.read_at(slot, SLOT_HEADER as u64)?;
-        let header: [u8; SLOT_HEADER] =
-            (header.try_into()).map_err(|_| io::Error::other("short slot header"))?;
+        let mut header = [0u8; SLOT_HEADER];
+        let (number, length) = header.split_at_mut(4);
+        number.copy_from_slice(&found.to_le_bytes());
+        length.copy_from_slice(&self.page.read_at(slot + 4, 4)?);
         let len = worker::slot_body_len(header, seq).map_err(io::Error::other)?;
         let body = self.page.read_at(slot + SLOT_HEADER, len as u64)?;
         self.received.store(seq, Ordering::Relaxed);
@@ -588,6 +710,95 @@ mod tests {
 
     /// The budgets the channel tests run with: none, and one longer than their waits.
     const SPINS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(1)];
+
+    #[test]
+    fn a_sender_rings_only_for_a_receiver_about_to_sleep() {
+        let (broker, worker) = doorbell_pair();
+        let (to_worker, at_worker) = (broker.doorbell().unwrap(), worker.doorbell().unwrap());
+        broker.send(&Request::Capsets, &[]).unwrap();
+        assert!(at_worker.ready().unwrap(), "the frame is seen by looking");
+        assert_eq!(
+            at_worker.bell.read().unwrap_err().kind(),
+            io::ErrorKind::WouldBlock,
+            "an awake receiver is not rung"
+        );
+        assert_eq!(worker.recv::<Request>().unwrap().0, Request::Capsets);
+        assert!(
+            !at_worker.going_to_sleep().unwrap(),
+            "nothing new: it may sleep"
+        );
+        broker.send(&Request::Capsets, &[]).unwrap();
+        assert_eq!(at_worker.bell.read().unwrap(), 1, "a sleeper is rung");
+        at_worker.awake().unwrap();
+        assert_eq!(worker.recv::<Request>().unwrap().0, Request::Capsets);
+        assert_eq!(to_worker.sent.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn no_frame_is_left_unseen_by_a_sleeper() {
+        // Both ends sleeping between every frame, and both spinning: a lost ring would leave
+        // one waiting for the timeout.
+        for spin in [Duration::ZERO, Duration::from_micros(50)] {
+            let (broker, worker) = spinning_pair(spin);
+            broker.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            worker.set_timeout(Some(Duration::from_secs(10))).unwrap();
+            let echo = thread::spawn(move || {
+                for _ in 0..20_000 {
+                    let (request, _) = worker.recv::<Request>().unwrap();
+                    assert_eq!(request, Request::Capsets);
+                    worker.send(&Reply::Ok, &[]).unwrap();
+                }
+            });
+            for _ in 0..20_000 {
+                broker.send(&Request::Capsets, &[]).unwrap();
+                assert_eq!(broker.recv::<Reply>().unwrap().0, Reply::Ok);
+            }
+            echo.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn rings_an_honest_peer_leaves_behind_are_not_a_lie() {
+        let (broker, worker) = doorbell_pair();
+        broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
+        let ring = worker.doorbell.as_ref().unwrap().ring.try_clone().unwrap();
+        // Two leftover rings, each waking the broker, then the reply.
+        let replier = thread::spawn(move || {
+            for _ in 0..2 {
+                thread::sleep(Duration::from_millis(5));
+                ring.write(1).unwrap();
+            }
+            thread::sleep(Duration::from_millis(5));
+            worker.send(&Reply::Ok, &[]).unwrap();
+            worker
+        });
+        assert_eq!(broker.recv::<Reply>().unwrap().0, Reply::Ok);
+        drop(replier.join().unwrap());
+    }
+
+    #[test]
+    fn a_bell_rung_again_and_again_without_a_frame_is_a_lie() {
+        let (broker, worker) = doorbell_pair();
+        broker.set_timeout(Some(Duration::from_secs(5))).unwrap();
+        let bell = worker.doorbell.as_ref().unwrap();
+        let ringer = {
+            let ring = bell.ring.try_clone().unwrap();
+            thread::spawn(move || {
+                for _ in 0..50 {
+                    let _ = ring.write(1);
+                    thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        let t = Instant::now();
+        let e = broker.recv::<Reply>().unwrap_err();
+        assert!(e.to_string().contains("without a frame"), "{e}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "not left to the timeout"
+        );
+        ringer.join().unwrap();
+    }
 
     #[test]
     fn spinning_stops_after_a_long_wait_and_resumes_after_a_short_one() {
@@ -714,23 +925,23 @@ mod tests {
         );
         assert!(t.elapsed() >= Duration::from_millis(50));
         let bell = worker.doorbell.as_ref().unwrap();
+        // What a lying worker writes in its slot: a length and a body, then a number.
+        let put = |seq: u32, rest: &[u8]| {
+            bell.page.write_at(SLOT_BYTES + 4, rest).unwrap();
+            bell.seq_of(1).unwrap().store(seq, Ordering::Release);
+            bell.ring.write(1).unwrap();
+        };
         // A frame numbered out of turn (a replay of an old one, or one made up).
         let stale = worker::slot_frame(&Reply::Ok, 5).unwrap().unwrap();
-        bell.page.write_at(SLOT_BYTES, &stale).unwrap();
-        bell.ring.write(1).unwrap();
+        put(5, &stale[4..]);
         assert!(broker.recv::<Reply>().is_err(), "out of sequence");
         // A length past the slot.
-        let mut header = 1u32.to_le_bytes().to_vec();
-        header.extend_from_slice(&u32::MAX.to_le_bytes());
-        bell.page.write_at(SLOT_BYTES, &header).unwrap();
-        bell.ring.write(1).unwrap();
+        put(1, &u32::MAX.to_le_bytes());
         assert!(broker.recv::<Reply>().is_err(), "longer than the slot");
         // Garbage of a valid length.
-        let mut junk = 1u32.to_le_bytes().to_vec();
-        junk.extend_from_slice(&4u32.to_le_bytes());
+        let mut junk = 4u32.to_le_bytes().to_vec();
         junk.extend_from_slice(b"\xff\xfe{]");
-        bell.page.write_at(SLOT_BYTES, &junk).unwrap();
-        bell.ring.write(1).unwrap();
+        put(1, &junk);
         assert!(broker.recv::<Reply>().is_err(), "undecodable");
     }
 

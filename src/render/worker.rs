@@ -114,7 +114,7 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
     let mut since = Instant::now();
     loop {
         // The renderer's own work (fences) is looked at on this thread too, between requests.
-        match wait.next(since) {
+        match wait.next(&requests, since) {
             Ok(Ready::Renderer) => {
                 if let Some(p) = &poll {
                     p.run();
@@ -161,6 +161,10 @@ struct Wait {
 }
 
 impl Wait {
+    const SOCKET: u64 = 0;
+    const RENDERER: u64 = 1;
+    const BELL: u64 = 2;
+
     fn new(requests: &Channel, renderer: Option<RawFd>, spin: Duration) -> io::Result<Wait> {
         let epoll = Epoll::new()?;
         let add = |fd, token| {
@@ -170,11 +174,12 @@ impl Wait {
                 EpollEvent::new(EventSet::IN, token),
             )
         };
-        for fd in requests.fds() {
-            add(fd, 0)?;
+        add(requests.socket_fd(), Wait::SOCKET)?;
+        if let Some(doorbell) = requests.doorbell() {
+            add(doorbell.bell_fd(), Wait::BELL)?;
         }
         if let Some(fd) = renderer {
-            add(fd, 1)?;
+            add(fd, Wait::RENDERER)?;
         }
         Ok(Wait {
             epoll,
@@ -182,28 +187,53 @@ impl Wait {
         })
     }
 
-    /// Waits until there is a request or renderer work; requests first. If requests have been
-    /// coming quickly, looks without sleeping until one budget after `since`, when the wait for
-    /// the next request began.
-    fn next(&self, since: Instant) -> io::Result<Ready> {
+    /// Waits until there is a request on `requests` or renderer work; requests first. If
+    /// requests have been coming quickly, looks without sleeping until one budget after
+    /// `since`, when the wait for the next request began.
+    fn next(&self, requests: &Channel, since: Instant) -> io::Result<Ready> {
+        let doorbell = requests.doorbell();
+        let slot_ready = || doorbell.map_or(Ok(false), |d| d.ready());
         let mut events = [EpollEvent::default(); 3];
         let spin_until = self.spin.until(since);
+        let mut looks = 0u32;
         loop {
+            // The slot first: a look at memory, no syscall.
+            if slot_ready()? {
+                self.spin.settle(since.elapsed());
+                return Ok(Ready::Request);
+            }
             let spinning = spin_until.is_some_and(|until| Instant::now() < until);
-            match self.epoll.wait(if spinning { 0 } else { -1 }, &mut events) {
-                Ok(0) if spinning => Spin::pause(),
-                Ok(n) => {
-                    let ready = events.get(..n).unwrap_or_default();
-                    if ready.iter().any(|e| e.data() == 0) {
-                        self.spin.settle(since.elapsed());
-                        return Ok(Ready::Request);
-                    }
-                    if !ready.is_empty() {
-                        return Ok(Ready::Renderer);
-                    }
+            if spinning {
+                if !Spin::time_to_poll(&mut looks) {
+                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            } else if let Some(d) = doorbell {
+                if d.going_to_sleep()? {
+                    continue;
+                }
+            }
+            let got = self.epoll.wait(if spinning { 0 } else { -1 }, &mut events);
+            if let Some(d) = doorbell {
+                d.awake()?;
+            }
+            let n = match got {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
+            };
+            let ready = events.get(..n).unwrap_or_default();
+            let has = |token| ready.iter().any(|e| e.data() == token);
+            if has(Wait::BELL) {
+                if let Some(d) = doorbell {
+                    d.drain()?;
+                }
+            }
+            if has(Wait::SOCKET) || slot_ready()? {
+                self.spin.settle(since.elapsed());
+                return Ok(Ready::Request);
+            }
+            if has(Wait::RENDERER) {
+                return Ok(Ready::Renderer);
             }
         }
     }
@@ -445,7 +475,7 @@ mod tests {
         };
         let (since, cpu) = (Instant::now(), thread_cpu());
         let mut renderer_turns = 0;
-        while let Ready::Renderer = wait.next(since).unwrap() {
+        while let Ready::Renderer = wait.next(&requests, since).unwrap() {
             renderer_turns += 1;
             let _ = fences.read();
         }
