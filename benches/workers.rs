@@ -32,7 +32,7 @@ use common::in_place::serve_in_place;
 use common::{check, eventfd_ping_pong, knob};
 use vgpud::device::CapsetInfo;
 use vgpud::render::RendererKind;
-use vgpud_harness::{Daemon, Vm, VmConfig};
+use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
 use vgpud_protocol::{
     format, resp, Box3d, Command, CtrlHeader, MemEntry, Rect, Request, ResourceCreate3d, Response,
     Transfer3d, FLAG_FENCE,
@@ -335,20 +335,11 @@ fn tree(pid: u32) -> Vec<u32> {
 fn cpu_us(pids: &[u32]) -> f64 {
     // SAFETY: sysconf only reads a constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let of = |pid: u32| -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            return 0.0;
-        };
-        // After the command's ")": state is field 3, utime and stime fields 14 and 15.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let field = |i: usize| -> f64 {
-            (rest.split_whitespace().nth(i - 3))
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        field(14) + field(15)
-    };
-    pids.iter().map(|&p| of(p)).sum::<f64>() / ticks * 1e6
+    let used: u64 = (pids.iter())
+        .filter_map(|&p| ProcStats::of(p).ok())
+        .map(|s| s.cpu_ticks)
+        .sum();
+    used as f64 / ticks * 1e6
 }
 
 fn pss_kib(pid: u32) -> u64 {

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use vgpud_harness::{Daemon, Vm, VmConfig};
+use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
 use vgpud_protocol::{Box3d, Command, MemEntry, ResourceCreate3d, Response, Transfer3d, F_VIRGL};
 
 fn fake(n: usize, extra: &[&str]) -> Daemon {
@@ -455,15 +455,7 @@ fn the_status_command_shows_each_vm_its_worker_and_counters() {
 
 /// CPU time (user and system) of `pid` so far.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    // Fields 14 and 15 (utime, stime), counted from the state, field 3.
-    let ticks: u64 = after
-        .split_whitespace()
-        .skip(11)
-        .take(2)
-        .filter_map(|v| v.parse::<u64>().ok())
-        .sum();
+    let ticks = ProcStats::of(pid).map_or(0, |s| s.cpu_ticks);
     // SAFETY: sysconf only reads a constant.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_millis(ticks * 1000 / per_second)
