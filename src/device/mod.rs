@@ -30,7 +30,9 @@ use self::context::Context;
 use self::memory::resolve_backing;
 pub use self::renderer::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
 use self::resource::Resource;
-pub use self::scanout::{bands, inside, intersect, CursorImage, DisplayCmd, CURSOR_SIZE};
+pub use self::scanout::{
+    band_bytes, bands, inside, intersect, CursorImage, DisplayCmd, CURSOR_SIZE,
+};
 use self::scanout::{rect_within, Scanout};
 use self::share::{ShareHub, ShareState};
 use self::window::HostWindow;
@@ -847,6 +849,23 @@ impl<R: Renderer> Device<R> {
     /// `Update` being sent. Fails if the update went stale: its scanout no longer shows that
     /// area of that resource at the same place.
     pub fn update_pixels(&mut self, update: &DisplayCmd, band: Rect) -> Result<Vec<u8>> {
+        let len = usize::try_from(band_bytes(band)).map_err(|_| invalid("band too large"))?;
+        let mut pixels = vec![0; len];
+        self.update_pixels_into(update, band, &mut pixels)?;
+        Ok(pixels)
+    }
+
+    /// As `update_pixels`, into `out` (exactly the band's size): a display that keeps one buffer
+    /// for its updates touches no fresh memory per frame.
+    pub fn update_pixels_into(
+        &mut self,
+        update: &DisplayCmd,
+        band: Rect,
+        out: &mut [u8],
+    ) -> Result<()> {
+        if band_bytes(band) != out.len() as u64 {
+            return Err(invalid("a buffer of another size than the band"));
+        }
         let DisplayCmd::Update {
             scanout,
             rect,
@@ -878,11 +897,18 @@ impl<R: Renderer> Device<R> {
             )));
         }
         match shown.layout {
-            Some(layout) => self.read_blob_pixels(resource_id, layout, band),
+            Some(layout) => {
+                let pixels = self.read_blob_pixels(resource_id, layout, band)?;
+                if pixels.len() != out.len() {
+                    return Err(invalid("blob pixels of another size than the band"));
+                }
+                out.copy_from_slice(&pixels);
+                Ok(())
+            }
             None => {
                 let renderer_id = self.resource(resource_id)?.renderer_id;
                 self.renderer
-                    .read_pixels(renderer_id, band)
+                    .read_pixels_into(renderer_id, band, out)
                     .map_err(render_error)
             }
         }

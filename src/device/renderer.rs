@@ -74,6 +74,16 @@ pub trait Renderer: Send {
     ) -> Result<(), RenderError>;
     /// The pixels of `rect`, rows packed (stride = width * 4).
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError>;
+    /// As `read_pixels`, into `out`, which is exactly that size. A renderer that reads straight
+    /// into the caller's memory saves a frame-sized allocation and copy on every flush.
+    fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
+        let pixels = self.read_pixels(id, rect)?;
+        if pixels.len() != out.len() {
+            return Err(RenderError::Rejected("pixels of another size".into()));
+        }
+        out.copy_from_slice(&pixels);
+        Ok(())
+    }
     fn capsets(&self) -> Vec<CapsetInfo>;
     fn capset(&self, id: u32, version: u32) -> Result<Vec<u8>, RenderError>;
 
@@ -166,6 +176,9 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
     }
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
         (**self).read_pixels(id, rect)
+    }
+    fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
+        (**self).read_pixels_into(id, rect, out)
     }
     fn capsets(&self) -> Vec<CapsetInfo> {
         (**self).capsets()

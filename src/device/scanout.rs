@@ -89,6 +89,11 @@ impl DisplayCmd {
     }
 }
 
+/// Bytes of `band`'s 4-byte pixels, rows packed.
+pub fn band_bytes(band: Rect) -> u64 {
+    u64::from(band.width) * 4 * u64::from(band.height)
+}
+
 /// Splits `area` into bands of whole rows, each at most `max_bytes` of 4-byte pixels (at least one
 /// row). Yields (rows from the top of `area`, band).
 pub fn bands(area: Rect, max_bytes: usize) -> impl Iterator<Item = (u32, Rect)> {

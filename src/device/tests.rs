@@ -202,6 +202,16 @@ fn full_frame_reaches_the_display_pixel_exact() {
     assert_eq!(*r, rect(0, 0, 64, 48));
     let pixels = vm.pixels(update);
     assert_eq!(pixel_values(&pixels), (0..64 * 48).collect::<Vec<u32>>());
+    // Into the buffer a display keeps between flushes: every byte of it rewritten.
+    let DisplayCmd::Update { area, .. } = *update else {
+        unreachable!()
+    };
+    let mut kept = vec![0xab; pixels.len()];
+    vm.dev.update_pixels_into(update, area, &mut kept).unwrap();
+    assert_eq!(kept, pixels);
+    // A buffer of another size is refused.
+    let mut short = vec![0; pixels.len() - 4];
+    assert!(vm.dev.update_pixels_into(update, area, &mut short).is_err());
 }
 
 #[test]

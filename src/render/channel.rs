@@ -456,9 +456,26 @@ impl Mailbox {
         Ok(data.len() as u64)
     }
 
+    /// Lets `f` write the first `len` bytes in place: bulk bytes of a reply, without a copy. For
+    /// the worker's side only (the broker's peer is not trusted to leave the bytes alone).
+    pub fn fill<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> io::Result<R> {
+        let slice = self.slice(0, len as u64)?;
+        // SAFETY: the bytes lie inside the mapping (checked) and `&mut self` keeps this process
+        // from touching them meanwhile. The other process is the broker, which leaves the
+        // mailbox alone while the one request in flight owns it (until the reply).
+        let bytes = unsafe { std::slice::from_raw_parts_mut(slice.ptr_guard_mut().as_ptr(), len) };
+        Ok(f(bytes))
+    }
+
     /// The first `len` bytes, copied out (the length comes from the other process: checked).
     pub fn read(&self, len: u64) -> io::Result<Vec<u8>> {
         self.read_at(0, len)
+    }
+
+    /// The first `out.len()` bytes, copied into `out`.
+    pub fn read_into(&self, out: &mut [u8]) -> io::Result<()> {
+        self.slice(0, out.len() as u64)?.copy_to(out);
+        Ok(())
     }
 
     fn read_at(&self, offset: usize, len: u64) -> io::Result<Vec<u8>> {
@@ -668,6 +685,23 @@ mod tests {
         assert!(theirs.read(MAILBOX_BYTES + 1).is_err());
         b.send(&Reply::Data { len: 5 }, &[]).unwrap();
         assert_eq!(a.recv::<Reply>().unwrap().0, Reply::Data { len: 5 });
+    }
+
+    #[test]
+    fn bytes_filled_in_place_reach_the_other_mapping_whole_and_bounded() {
+        let mailbox = Mailbox::create().unwrap();
+        let mut theirs = Mailbox::map(mailbox.file().try_clone().unwrap()).unwrap();
+        let n = theirs.fill(6, |out| {
+            out.copy_from_slice(b"pixels");
+            out.len()
+        });
+        assert_eq!(n.unwrap(), 6);
+        let mut got = [0u8; 6];
+        mailbox.read_into(&mut got).unwrap();
+        assert_eq!(&got, b"pixels");
+        let whole = MAILBOX_BYTES as usize;
+        assert!(theirs.fill(whole + 1, |_| ()).is_err(), "past the end");
+        assert!(mailbox.read_into(&mut vec![0; whole + 1]).is_err());
     }
 
     #[test]

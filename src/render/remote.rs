@@ -588,6 +588,18 @@ impl Inner {
         RenderError::Gone
     }
 
+    /// A `Data` answer of exactly `out.len()` bytes, copied into `out`.
+    fn data_into(self: &Arc<Self>, request: &Request, out: &mut [u8]) -> Result<(), RenderError> {
+        match self.call(request, &[], None)?.0 {
+            Reply::Data { len } if len == out.len() as u64 => {
+                let state = lock(&self.state);
+                let worker = state.worker.as_ref().ok_or(RenderError::Gone)?;
+                (worker.mailbox.read_into(out)).map_err(|e| rejected(e.to_string()))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
     /// `len` bytes of the mailbox, checked against its size.
     fn data(self: &Arc<Self>, request: &Request) -> Result<Vec<u8>, RenderError> {
         match self.call(request, &[], None)?.0 {
@@ -760,6 +772,14 @@ impl Renderer for RemoteRenderer {
             }));
         }
         Ok(pixels)
+    }
+
+    fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
+        let want = u64::from(rect.width) * 4 * u64::from(rect.height);
+        if want != out.len() as u64 {
+            return Err(RenderError::Rejected("pixels of another size".into()));
+        }
+        (self.inner).data_into(&Request::ReadPixels { id: id.0, rect }, out)
     }
 
     fn capsets(&self) -> Vec<CapsetInfo> {

@@ -284,17 +284,24 @@ impl Renderer for RenderHandle {
     }
 
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
-        let too_big = || RenderError::OutOfMemory;
+        let total = u64::from(rect.width) * 4 * u64::from(rect.height);
+        let total = usize::try_from(total).map_err(|_| RenderError::OutOfMemory)?;
+        let mut buf = vec![0u8; total];
+        self.read_pixels_into(id, rect, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
         let stride = u64::from(rect.width) * 4;
-        // 3D renderers write the rect at the start of the destination.
-        let total = usize::try_from(stride * u64::from(rect.height)).map_err(|_| too_big())?;
-        let stride = u32::try_from(stride).map_err(|_| too_big())?;
+        if Some(out.len() as u64) != stride.checked_mul(u64::from(rect.height)) {
+            return Err(RenderError::Rejected("pixels of another size".into()));
+        }
+        let stride = u32::try_from(stride).map_err(|_| RenderError::OutOfMemory)?;
         self.run(move |r| {
-            let mut buf = vec![0u8; total];
+            // 3D renderers write the rect at the start of the destination.
             let mut t = Transfer3D::new_2d(rect.x, rect.y, rect.width, rect.height, 0);
             t.stride = stride;
-            r.transfer_read(0, id.0, t, Some(IoSliceMut::new(&mut buf)))?;
-            Ok(buf)
+            r.transfer_read(0, id.0, t, Some(IoSliceMut::new(out)))
         })
     }
 

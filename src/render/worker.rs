@@ -315,8 +315,14 @@ impl Worker {
                 offset,
             } => done(r.transfer_to_host_2d(Res(id), width, rect, offset)),
             Request::ReadPixels { id, rect } => {
-                let pixels = r.read_pixels(Res(id), rect)?;
-                self.data(&pixels)
+                // Straight into the mailbox: no frame-sized buffer to fault in and copy.
+                let len = u64::from(rect.width) * 4 * u64::from(rect.height);
+                let len = usize::try_from(len).map_err(|_| RenderError::OutOfMemory)?;
+                let renderer = &self.renderer;
+                (self.mailbox)
+                    .fill(len, |out| renderer.read_pixels_into(Res(id), rect, out))
+                    .map_err(render_io)??;
+                Ok((Reply::Data { len: len as u64 }, None))
             }
             Request::CreateContext {
                 ctx,

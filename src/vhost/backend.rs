@@ -104,6 +104,9 @@ pub struct VmBackend {
     /// answer, or for a chain whose kick was taken as its queue stopped, may never kick.
     pub(super) resume_timer: Mutex<TimerFd>,
     pub(super) display: Mutex<Option<DisplayLink>>,
+    /// The pixels of the last update shown, kept so that every flush reads into the same
+    /// memory, which stays mapped (at most `UPDATE_BAND_BYTES`).
+    pub(super) pixels: Mutex<Vec<u8>>,
     /// vgpud's own output for this VM, if configured.
     pub(super) output: Option<VncOutput>,
     /// Written by the output when a viewer needs the whole picture: the queue thread feeds it.
@@ -214,6 +217,7 @@ impl VmBackend {
             held: Mutex::new(Vec::new()),
             resume_timer: Mutex::new(nonblocking_timer()?),
             display: Mutex::new(None),
+            pixels: Mutex::new(Vec::new()),
             output,
             refresh,
             backend_req: Mutex::new(None),

@@ -12,7 +12,7 @@ use vhost::vhost_user::message::VhostUserU64;
 use vhost::vhost_user::GpuBackend;
 
 use super::backend::VmBackend;
-use crate::device::{bands, DisplayCmd};
+use crate::device::{band_bytes, bands, DisplayCmd};
 use crate::output::VncOutput;
 use crate::sync::lock;
 
@@ -81,14 +81,14 @@ fn edid(gpu: &GpuBackend, scanout: u32) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// One display message, ready to send: pixels already read.
-enum Message {
-    Cmd(DisplayCmd),
-    Update(VhostUserGpuUpdate, Vec<u8>),
+enum Message<'a> {
+    Cmd(&'a DisplayCmd),
+    Update(VhostUserGpuUpdate, &'a [u8]),
 }
 
 fn send(gpu: &GpuBackend, msg: &Message) -> io::Result<()> {
-    let cmd = match msg {
-        Message::Update(update, pixels) => return gpu.update_scanout(update, pixels),
+    let cmd = match *msg {
+        Message::Update(ref update, pixels) => return gpu.update_scanout(update, pixels),
         Message::Cmd(cmd) => cmd,
     };
     match cmd {
@@ -232,7 +232,13 @@ impl VmBackend {
         for cmd in cmds {
             if let DisplayCmd::Update { .. } = cmd {
                 let output = output.filter(|o| o.watched());
-                if let Err(e) = self.send_update(link.as_ref(), output, cmd) {
+                let mut pixels = lock(&self.pixels);
+                let sent = self.send_update(link.as_ref(), output, cmd, &mut pixels);
+                // Only a band is kept between flushes (a single row may be larger).
+                if pixels.capacity() > UPDATE_BAND_BYTES {
+                    *pixels = Vec::new();
+                }
+                if let Err(e) = sent {
                     self.display_failed(&e);
                     link = None;
                 }
@@ -242,7 +248,7 @@ impl VmBackend {
                 out.apply(cmd);
             }
             if let Some(l) = &link {
-                if let Err(e) = self.send(l, Message::Cmd(cmd.clone())) {
+                if let Err(e) = self.send(l, Message::Cmd(cmd)) {
                     self.display_failed(&e);
                     link = None;
                 }
@@ -259,7 +265,8 @@ impl VmBackend {
         for cmd in &cmds {
             match cmd {
                 DisplayCmd::Update { .. } => {
-                    let _ = self.send_update(None, Some(out), cmd);
+                    // Rare (a viewer came): a buffer of its own, not the flushes' one.
+                    let _ = self.send_update(None, Some(out), cmd, &mut Vec::new());
                 }
                 _ => out.apply(cmd),
             }
@@ -267,12 +274,13 @@ impl VmBackend {
         out.refreshed();
     }
 
-    /// Sends an update in bands, reading each band's pixels just before it goes.
+    /// Sends an update in bands, reading each band's pixels into `pixels` just before it goes.
     fn send_update(
         &self,
         link: Option<&DisplayLink>,
         output: Option<&VncOutput>,
         update: &DisplayCmd,
+        pixels: &mut Vec<u8>,
     ) -> io::Result<()> {
         let DisplayCmd::Update {
             scanout,
@@ -287,14 +295,23 @@ impl VmBackend {
             return Ok(());
         }
         for (top, band) in bands(area, UPDATE_BAND_BYTES) {
-            let pixels = match self.device().update_pixels(update, band) {
-                Ok(p) => p,
-                Err(failure) => {
-                    self.log
-                        .warn(format_args!("flush of resource {resource_id}: {failure}"));
-                    return Ok(());
-                }
-            };
+            let len = usize::try_from(band_bytes(band)).unwrap_or(usize::MAX);
+            if pixels
+                .try_reserve(len.saturating_sub(pixels.len()))
+                .is_err()
+            {
+                self.log.warn(format_args!(
+                    "flush of resource {resource_id}: no memory for {len} bytes of pixels"
+                ));
+                return Ok(());
+            }
+            pixels.resize(len, 0);
+            let got = self.device().update_pixels_into(update, band, pixels);
+            if let Err(failure) = got {
+                self.log
+                    .warn(format_args!("flush of resource {resource_id}: {failure}"));
+                return Ok(());
+            }
             let at = Rect {
                 x: rect.x,
                 y: rect.y + top,
@@ -302,7 +319,7 @@ impl VmBackend {
                 height: band.height,
             };
             if let Some(out) = output {
-                out.update(scanout, at, &pixels);
+                out.update(scanout, at, pixels);
             }
             if let Some(link) = link {
                 let update = VhostUserGpuUpdate {
