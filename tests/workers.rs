@@ -498,3 +498,86 @@ fn spinning_vms_that_come_and_go_leave_the_broker_flat() {
         }
     });
 }
+
+/// A `w`x`h` 3D resource `id` on context 1 holding `pixels`, shown on scanout 0 and flushed.
+fn flush_frame(vm: &mut Vm, id: u32, w: u32, h: u32, pixels: &[u8]) {
+    let create = ResourceCreate3d {
+        resource_id: id,
+        target: 2, // PIPE_TEXTURE_2D
+        format: vgpud_protocol::format::B8G8R8X8_UNORM,
+        width: w,
+        height: h,
+        depth: 1,
+        array_size: 1,
+        ..ResourceCreate3d::default()
+    };
+    ok(vm, Command::ResourceCreate3d(create));
+    let gpa = vm.alloc(pixels.len() as u64, 4096);
+    vm.write_mem(gpa, pixels);
+    let entries = vec![MemEntry {
+        addr: gpa,
+        length: pixels.len() as u32,
+    }];
+    ok(
+        vm,
+        Command::ResourceAttachBacking {
+            resource_id: id,
+            entries,
+        },
+    );
+    let attach = Command::CtxAttachResource { resource_id: id };
+    assert_eq!(answer(vm, &in_ctx(CTX, attach)).1, Response::OkNodata);
+    let t = Transfer3d {
+        box_: Box3d {
+            w,
+            h,
+            d: 1,
+            ..Box3d::default()
+        },
+        resource_id: id,
+        stride: w * 4,
+        ..Transfer3d::default()
+    };
+    let upload = in_ctx(CTX, Command::TransferToHost3d(t));
+    assert_eq!(answer(vm, &upload).1, Response::OkNodata);
+    ok(
+        vm,
+        Command::SetScanout {
+            rect: rect(0, 0, w, h),
+            scanout_id: 0,
+            resource_id: id,
+        },
+    );
+    ok(
+        vm,
+        Command::ResourceFlush {
+            rect: rect(0, 0, w, h),
+            resource_id: id,
+        },
+    );
+}
+
+/// A flushed frame crosses the worker (its pixels written straight into the mailbox) and the
+/// broker's kept buffer whole, flush after flush, as that buffer changes size: a frame, a
+/// smaller one, then the first size again with new content.
+#[test]
+fn flushed_frames_cross_the_worker_to_the_display_whole() {
+    let d = fake(1, &[]);
+    let mut vm = connect_with_display(&d, 0, vec![(64, 48)]);
+    let create = Command::CtxCreate {
+        context_init: 0,
+        debug_name: b"frames".to_vec(),
+    };
+    assert_eq!(answer(&mut vm, &in_ctx(CTX, create)).1, Response::OkNodata);
+    let display = vm.display().expect("a display");
+    let frames = [(1, 64, 48, 1), (2, 16, 8, 2), (3, 64, 48, 3)];
+    for (n, &(id, w, h, seed)) in frames.iter().enumerate() {
+        let pixels = pattern(w, h, seed);
+        flush_frame(&mut vm, id, w, h, &pixels);
+        assert!(display.wait_updates(n + 1, Duration::from_secs(10)));
+        let frame = display.frame(0).expect("a frame on scanout 0");
+        assert_eq!((frame.width, frame.height), (w, h));
+        assert!(frame.pixels == pixels, "frame {n} ({w}x{h}) differs");
+    }
+    assert_eq!(display.errors(), Vec::<String>::new());
+}

@@ -360,7 +360,8 @@ impl<R: Renderer> Device<R> {
         id: u32,
         layout: BlobLayout,
         area: Rect,
-    ) -> Result<Vec<u8>> {
+        pixels: &mut [u8],
+    ) -> Result<()> {
         let export = match self.resource(id)?.backing {
             Some(_) => None,
             None => Some(self.export(id)?),
@@ -368,12 +369,9 @@ impl<R: Renderer> Device<R> {
         let res = self.resource(id)?;
         // The area lies in a scanout of at most MAX_SCANOUT_EXTENT pixels either way.
         let row = area.width as usize * 4;
-        let total = row * area.height as usize;
-        let mut pixels = Vec::new();
-        pixels
-            .try_reserve_exact(total)
-            .map_err(|_| out_of_memory(format!("no {total} bytes for pixels")))?;
-        pixels.resize(total, 0);
+        if pixels.len() != row * area.height as usize {
+            return Err(invalid("a buffer of another size than the area"));
+        }
         for (y, dst) in pixels.chunks_exact_mut(row.max(1)).enumerate() {
             let at = layout.offset
                 + (u64::from(area.y) + y as u64) * layout.stride
@@ -387,7 +385,7 @@ impl<R: Renderer> Device<R> {
                 return Err(invalid(format!("cannot read row {y} of blob {id}")));
             }
         }
-        Ok(pixels)
+        Ok(())
     }
 }
 

@@ -850,7 +850,10 @@ impl<R: Renderer> Device<R> {
     /// area of that resource at the same place.
     pub fn update_pixels(&mut self, update: &DisplayCmd, band: Rect) -> Result<Vec<u8>> {
         let len = usize::try_from(band_bytes(band)).map_err(|_| invalid("band too large"))?;
-        let mut pixels = vec![0; len];
+        let mut pixels = Vec::new();
+        (pixels.try_reserve_exact(len))
+            .map_err(|_| out_of_memory(format!("no {len} bytes for pixels")))?;
+        pixels.resize(len, 0);
         self.update_pixels_into(update, band, &mut pixels)?;
         Ok(pixels)
     }
@@ -897,14 +900,7 @@ impl<R: Renderer> Device<R> {
             )));
         }
         match shown.layout {
-            Some(layout) => {
-                let pixels = self.read_blob_pixels(resource_id, layout, band)?;
-                if pixels.len() != out.len() {
-                    return Err(invalid("blob pixels of another size than the band"));
-                }
-                out.copy_from_slice(&pixels);
-                Ok(())
-            }
+            Some(layout) => self.read_blob_pixels(resource_id, layout, band, out),
             None => {
                 let renderer_id = self.resource(resource_id)?.renderer_id;
                 self.renderer

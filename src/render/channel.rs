@@ -350,7 +350,8 @@ pub struct Mailbox {
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory; `Mailbox` hands out copies only.
+// SAFETY: the mapping is plain shared memory. Through `&self`, `Mailbox` hands out copies only;
+// the one borrow of its bytes (`fill`) takes `&mut self`.
 unsafe impl Send for Mailbox {}
 // SAFETY: as above; concurrent copies race only with the other process, which the protocol
 // rules out (the one request in flight owns the mailbox).
@@ -458,7 +459,7 @@ impl Mailbox {
 
     /// Lets `f` write the first `len` bytes in place: bulk bytes of a reply, without a copy. For
     /// the worker's side only (the broker's peer is not trusted to leave the bytes alone).
-    pub fn fill<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> io::Result<R> {
+    pub(super) fn fill<R>(&mut self, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> io::Result<R> {
         let slice = self.slice(0, len as u64)?;
         // SAFETY: the bytes lie inside the mapping (checked) and `&mut self` keeps this process
         // from touching them meanwhile. The other process is the broker, which leaves the

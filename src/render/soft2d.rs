@@ -210,6 +210,16 @@ impl Renderer for Soft2d {
     }
 
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
+        let len = rect.width as usize * 4 * rect.height as usize;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len)
+            .map_err(|_| RenderError::OutOfMemory)?;
+        out.resize(len, 0);
+        self.read_pixels_into(id, rect, &mut out)?;
+        Ok(out)
+    }
+
+    fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
         let image = self.image(id)?;
         let image = lock(&image);
         let inside = rect
@@ -225,18 +235,19 @@ impl Renderer for Soft2d {
         }
         let stride = image.width as usize * 4;
         let row = rect.width as usize * 4;
-        let mut out = Vec::new();
-        out.try_reserve_exact(row * rect.height as usize)
-            .map_err(|_| RenderError::OutOfMemory)?;
-        for y in rect.y as usize..(rect.y + rect.height) as usize {
+        if out.len() != row * rect.height as usize {
+            return Err(rejected("pixels of another size"));
+        }
+        let rows = (rect.y as usize..).zip(out.chunks_exact_mut(row.max(1)));
+        for (y, dst) in rows {
             let at = y * stride + rect.x as usize * 4;
             let line = image
                 .pixels
                 .get(at..at + row)
                 .ok_or_else(|| rejected("read outside the resource"))?;
-            out.extend_from_slice(line);
+            dst.copy_from_slice(line);
         }
-        Ok(out)
+        Ok(())
     }
 
     fn capsets(&self) -> Vec<CapsetInfo> {

@@ -297,7 +297,7 @@ impl VmBackend {
         for (top, band) in bands(area, UPDATE_BAND_BYTES) {
             let len = usize::try_from(band_bytes(band)).unwrap_or(usize::MAX);
             if pixels
-                .try_reserve(len.saturating_sub(pixels.len()))
+                .try_reserve_exact(len.saturating_sub(pixels.len()))
                 .is_err()
             {
                 self.log.warn(format_args!(
