@@ -540,21 +540,7 @@ fn flush_frame(vm: &mut Vm, id: u32, w: u32, h: u32, pixels: &[u8]) {
     };
     let upload = in_ctx(CTX, Command::TransferToHost3d(t));
     assert_eq!(answer(vm, &upload).1, Response::OkNodata);
-    ok(
-        vm,
-        Command::SetScanout {
-            rect: rect(0, 0, w, h),
-            scanout_id: 0,
-            resource_id: id,
-        },
-    );
-    ok(
-        vm,
-        Command::ResourceFlush {
-            rect: rect(0, 0, w, h),
-            resource_id: id,
-        },
-    );
+    show(vm, id, w, h);
 }
 
 /// A flushed frame crosses the worker (its pixels written straight into the mailbox) and the
