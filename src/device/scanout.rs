@@ -89,7 +89,7 @@ impl DisplayCmd {
     }
 }
 
-/// Bytes of `band`'s 4-byte pixels, rows packed.
+/// Bytes of the 4-byte pixels of `band` (any rect), rows packed.
 pub fn band_bytes(band: Rect) -> u64 {
     u64::from(band.width) * 4 * u64::from(band.height)
 }

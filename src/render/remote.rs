@@ -32,7 +32,9 @@ use super::worker::{
 };
 use super::RendererKind;
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer};
+use crate::device::{
+    band_bytes, BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer,
+};
 use crate::fences::{Fence, FenceSink};
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 use crate::stats;
@@ -775,8 +777,7 @@ impl Renderer for RemoteRenderer {
     }
 
     fn read_pixels_into(&self, id: Res, rect: Rect, out: &mut [u8]) -> Result<(), RenderError> {
-        let want = u64::from(rect.width) * 4 * u64::from(rect.height);
-        if want != out.len() as u64 {
+        if band_bytes(rect) != out.len() as u64 {
             return Err(RenderError::Rejected("pixels of another size".into()));
         }
         (self.inner).data_into(&Request::ReadPixels { id: id.0, rect }, out)

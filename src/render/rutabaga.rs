@@ -16,7 +16,7 @@ use vgpud_protocol::{Rect, ResourceCreate3d, Transfer3d, MAP_CACHE_CACHED};
 
 use super::{maps, RenderHandle};
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
+use crate::device::{band_bytes, BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
 use crate::fences::{Fence, FenceSink};
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 
@@ -284,8 +284,7 @@ impl Renderer for RenderHandle {
     }
 
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
-        let total = u64::from(rect.width) * 4 * u64::from(rect.height);
-        let total = usize::try_from(total).map_err(|_| RenderError::OutOfMemory)?;
+        let total = usize::try_from(band_bytes(rect)).map_err(|_| RenderError::OutOfMemory)?;
         let mut buf = vec![0u8; total];
         self.read_pixels_into(id, rect, &mut buf)?;
         Ok(buf)

@@ -18,7 +18,7 @@ use vgpud_protocol::{
 use vm_memory::VolatileSlice;
 
 use crate::device::memory::HostRange;
-use crate::device::{BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
+use crate::device::{band_bytes, BlobArgs, CapsetInfo, ExportedBlob, RenderError, Renderer};
 use crate::fences::Fence;
 use crate::hostmem::sealed_memfd;
 use crate::ids::{RendererCtxId as Ctx, RendererResId as Res};
@@ -210,7 +210,7 @@ impl Renderer for Soft2d {
     }
 
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
-        let len = rect.width as usize * 4 * rect.height as usize;
+        let len = usize::try_from(band_bytes(rect)).map_err(|_| RenderError::OutOfMemory)?;
         let mut out = Vec::new();
         out.try_reserve_exact(len)
             .map_err(|_| RenderError::OutOfMemory)?;

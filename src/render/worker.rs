@@ -23,7 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox, Spin};
 use super::{start, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
-use crate::device::{BlobArgs, RenderError};
+use crate::device::{band_bytes, BlobArgs, RenderError};
 use crate::fences::{Fence, FenceSink};
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 
@@ -316,8 +316,8 @@ impl Worker {
             } => done(r.transfer_to_host_2d(Res(id), width, rect, offset)),
             Request::ReadPixels { id, rect } => {
                 // Straight into the mailbox: no frame-sized buffer to fault in and copy.
-                let len = u64::from(rect.width) * 4 * u64::from(rect.height);
-                let len = usize::try_from(len).map_err(|_| RenderError::OutOfMemory)?;
+                let len =
+                    usize::try_from(band_bytes(rect)).map_err(|_| RenderError::OutOfMemory)?;
                 let renderer = &self.renderer;
                 (self.mailbox)
                     .fill(len, |out| renderer.read_pixels_into(Res(id), rect, out))
