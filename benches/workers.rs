@@ -15,7 +15,9 @@
 //! Needs virglrenderer, so it runs in the testbed:
 //! `scripts/testbed/run.sh cargo bench --locked --features virgl --bench workers`.
 //! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5), `VGPUD_BENCH_WORKER_SPIN`
-//! (the spinning workers' --worker-spin; the daemon's default if unset).
+//! (the spinning workers' --worker-spin; the daemon's default if unset), `VGPUD_BENCH_PIN=1`
+//! (this process, so the frontend, the in-place peers and the daemons' brokers, on the first
+//! CPU it may use; the workers on the last, with `--worker-cpus`).
 //! Without `--bench` (cargo test --benches) it makes a quick smoke run.
 // Without virglrenderer there is nothing to run.
 #![cfg_attr(not(feature = "virgl"), allow(dead_code, unused_imports))]
@@ -31,6 +33,7 @@ mod common;
 use common::in_place::serve_in_place;
 use common::{check, eventfd_ping_pong, knob};
 use vgpud::device::CapsetInfo;
+use vgpud::render::cpus::CpuList;
 use vgpud::render::RendererKind;
 use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
 use vgpud_protocol::{
@@ -139,6 +142,18 @@ fn commands() -> Vec<Measured> {
         m(
             "TRANSFER_FROM_HOST_3D 4 bytes",
             request(1, 0, Command::TransferFromHost3d(pixel(RES_2D))),
+            None,
+            true,
+        ),
+        m(
+            "TRANSFER_TO_HOST_3D, fenced",
+            request(1, FLAG_FENCE, Command::TransferToHost3d(pixel(RES_2D))),
+            None,
+            true,
+        ),
+        m(
+            "TRANSFER_FROM_HOST_3D, fenced",
+            request(1, FLAG_FENCE, Command::TransferFromHost3d(pixel(RES_2D))),
             None,
             true,
         ),
@@ -405,6 +420,26 @@ fn main() {
     println!("built without the virgl feature: nothing to measure (run it in the testbed)");
 }
 
+/// With `VGPUD_BENCH_PIN=1`: this process on the first CPU it may use (the threads and daemons
+/// it starts from now on inherit that); the workers' CPU (for --worker-cpus), the last.
+fn pin_apart() -> Option<String> {
+    if knob("VGPUD_BENCH_PIN", 0) != 1 {
+        return None;
+    }
+    let mine = CpuList::of_this_thread().expect("this thread's CPUs");
+    let (Some(first), Some(last)) = (mine.cpus().first(), mine.cpus().last()) else {
+        return None;
+    };
+    if first == last {
+        println!("VGPUD_BENCH_PIN: only CPU {first} here, nothing pinned");
+        return None;
+    }
+    let first = CpuList::parse(&first.to_string()).expect("a CPU");
+    first.pin_this_thread().expect("pinning the bench");
+    println!("pinned: frontend, in-place peers and brokers on CPU {first}, workers on {last}");
+    Some(last.to_string())
+}
+
 #[cfg(feature = "virgl")]
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
@@ -426,11 +461,13 @@ fn main() {
     // The spinning workers' budget: the daemon's default unless VGPUD_BENCH_WORKER_SPIN says.
     let spin = std::env::var("VGPUD_BENCH_WORKER_SPIN").ok();
     let spin: Vec<&str> = spin.iter().flat_map(|s| ["--worker-spin", s]).collect();
-    let virgl_spin = [&["--renderer", "virgl"][..], &spin].concat();
-    let fake_spin = [&["--renderer", "fake"][..], &spin].concat();
+    let pinned = pin_apart();
+    let pin: Vec<&str> = pinned.iter().flat_map(|c| ["--worker-cpus", c]).collect();
+    let virgl_spin = [&["--renderer", "virgl"][..], &spin, &pin].concat();
+    let fake_spin = [&["--renderer", "fake"][..], &spin, &pin].concat();
     let virgl = ["--renderer", "virgl"];
     let fake = ["--renderer", "fake"];
-    let no_spin = ["--worker-spin", "0"];
+    let no_spin = [&["--worker-spin", "0"][..], &pin].concat();
     let virgl_no_spin = [&virgl[..], &no_spin].concat();
     let fake_no_spin = [&fake[..], &no_spin].concat();
     let peer = |kind, args: &[&str]| -> Vm {

@@ -14,6 +14,7 @@ use crate::device::{
     DEFAULT_MAX_RESOURCE_BYTES,
 };
 use crate::output::{VncAddress, DEFAULT_MAX_VIEWERS, DEFAULT_VNC_MEMORY};
+use crate::render::cpus::CpuList;
 use crate::render::RendererKind;
 use crate::vhost::{FailureLimit, VmmSource};
 
@@ -123,6 +124,14 @@ pub struct Options {
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 
+    /// Run render workers on these CPUs only, e.g. 2-3 or 4,6 (the broker stays where the
+    /// daemon runs). On a host with few cores this keeps a worker that spins for its next
+    /// request off the cores of the threads that send it. The CPUs must be in the daemon's
+    /// cgroup; the renderer is refused at start if its worker cannot run on all of them. For
+    /// speed, not isolation: a worker may change its own CPUs.
+    #[arg(long, value_name = "CPUS", value_parser = CpuList::parse)]
+    pub worker_cpus: Option<CpuList>,
+
     /// Renderer failures (a worker that died or hung) one socket's VMs may have within a minute
     /// before the socket refuses VMs for --renderer-cooldown.
     #[arg(long, default_value_t = 5)]
@@ -191,6 +200,9 @@ pub enum Subcommand {
         /// The daemon's --worker-spin.
         #[arg(long, default_value = "0", value_parser = parse_spin)]
         spin: Duration,
+        /// The daemon's --worker-cpus.
+        #[arg(long, value_parser = CpuList::parse)]
+        cpus: Option<CpuList>,
     },
     /// Print the manual page (roff, from this command-line definition) and exit.
     #[command(hide = true)]

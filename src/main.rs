@@ -157,10 +157,18 @@ fn main() -> ExitCode {
         vm,
         render_node,
         spin,
+        cpus,
     }) = &opts.command
     {
         if let Some(node) = render_node {
             vgpud::render::use_render_node(node.clone());
+        }
+        // Before the renderer starts its threads, which inherit it.
+        if let Some(cpus) = cpus {
+            if let Err(e) = cpus.pin_this_thread() {
+                error!("render worker for {vm}: cannot run on CPUs {cpus}: {e}");
+                return ExitCode::FAILURE;
+            }
         }
         let code = worker::run(*renderer, vm, *spin);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
@@ -198,6 +206,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
         vgpud::render::use_render_node(node.clone());
+    }
+    if let Some(cpus) = &opts.worker_cpus {
+        vgpud::render::use_worker_cpus(cpus.clone());
     }
     let listeners = match take_activated_sockets().and_then(|a| opts.listeners(&a)) {
         Ok(l) if !l.is_empty() => l,

@@ -122,6 +122,11 @@ impl Collector for Metrics {
                 "render workers killed because they stopped answering",
                 &DAEMON.watchdog_kills,
             ),
+            (
+                "vgpud_late_refusals",
+                "unfenced requests the renderer refused after they had been answered",
+                &DAEMON.late_refusals,
+            ),
         ];
         for (name, help, counter) in daemon {
             family(e, name, help, Counter, [(vec![], get(counter))])?;

@@ -14,6 +14,8 @@ pub struct DaemonCounters {
     pub worker_failures: AtomicU64,
     /// Of those, workers killed because they stopped answering (the watchdog).
     pub watchdog_kills: AtomicU64,
+    /// Posted requests (answered before the worker did them) that the renderer then refused.
+    pub late_refusals: AtomicU64,
 }
 
 pub static DAEMON: DaemonCounters = DaemonCounters {
@@ -22,6 +24,7 @@ pub static DAEMON: DaemonCounters = DaemonCounters {
     worker_starts: AtomicU64::new(0),
     worker_failures: AtomicU64::new(0),
     watchdog_kills: AtomicU64::new(0),
+    late_refusals: AtomicU64::new(0),
 };
 
 pub fn bump(counter: &AtomicU64) {

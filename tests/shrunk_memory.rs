@@ -195,16 +195,18 @@ fn a_backing_that_shrank_under_a_render_worker_costs_only_that_worker() {
         },
     );
     victim.shrink_region(1, 0).unwrap();
-    victim.set_timeout(Duration::from_secs(8));
     let transfer = Command::TransferToHost2d {
         rect: rect(0, 0, SIDE, SIDE),
         offset: 0,
         resource_id: 1,
     };
-    let err = victim
-        .request(&encode(transfer.clone()))
-        .expect_err("the VM whose worker died was answered");
-    assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    // Unfenced, the transfer may be answered before the worker faults on it; either way the
+    // VM is disconnected once its worker is dead, without asking anything of the renderer.
+    let _ = victim.request(&encode(transfer.clone()));
+    assert!(
+        disconnected_within(&mut victim, Duration::from_secs(8)),
+        "the VM whose worker died is still served"
+    );
     assert!(d.is_running(), "the daemon died:\n{}", d.stderr_log());
     let log = d.stderr_log();
     assert!(log.contains("event=worker-end"), "{log}");

@@ -139,11 +139,11 @@ fn a_killed_worker_costs_only_its_vm() {
     let victim_worker = *workers(&d).iter().min().expect("workers started");
     // SAFETY: kill only sends a signal.
     unsafe { libc::kill(victim_worker as i32, libc::SIGKILL) };
-    victim.set_timeout(Duration::from_secs(8));
-    let err = victim
-        .request(&encode(create(2, 16, 16)))
-        .expect_err("a VM whose worker died was served");
-    assert_ne!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    let _ = victim.request(&encode(create(2, 16, 16)));
+    assert!(
+        disconnected_within(&mut victim, Duration::from_secs(8)),
+        "a VM whose worker died is still served"
+    );
     // The other VM goes on, fences included (the global timeline, signalled by its worker).
     let global_fence = vgpud_protocol::Request {
         hdr: vgpud_protocol::CtrlHeader {

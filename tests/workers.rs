@@ -5,8 +5,11 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use std::time::{Duration, Instant};
 
+use common::metrics::{scrape, wait_for};
 use common::*;
 use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
 use vgpud_protocol::{Box3d, Command, MemEntry, ResourceCreate3d, Response, Transfer3d, F_VIRGL};
@@ -61,7 +64,8 @@ fn setup(vm: &mut Vm, len: u32) -> u64 {
     gpa
 }
 
-fn transfer(vm: &mut Vm, to_host: bool, len: u32) {
+/// A transfer of the first `len` bytes of resource 1.
+fn transfer_cmd(to_host: bool, len: u32) -> Command {
     let t = Transfer3d {
         box_: Box3d {
             w: len,
@@ -72,13 +76,21 @@ fn transfer(vm: &mut Vm, to_host: bool, len: u32) {
         resource_id: 1,
         ..Transfer3d::default()
     };
-    let cmd = if to_host {
+    if to_host {
         Command::TransferToHost3d(t)
     } else {
         Command::TransferFromHost3d(t)
-    };
-    let (_, r) = answer(vm, &in_ctx(CTX, cmd));
-    assert_eq!(r, Response::OkNodata);
+    }
+}
+
+/// A fenced transfer, as a guest makes one whose bytes it needs: an unfenced one may be
+/// answered before the worker did it.
+fn transfer(vm: &mut Vm, to_host: bool, len: u32) {
+    static FENCES: AtomicU64 = AtomicU64::new(1000);
+    let fence = FENCES.fetch_add(1, Ordering::Relaxed);
+    let cmd = transfer_cmd(to_host, len);
+    let (hdr, r) = answer(vm, &fenced_cmd(CTX, 0, fence, cmd));
+    assert_eq!((hdr.fence_id, r), (fence, Response::OkNodata));
 }
 
 fn submit(script: &str) -> Command {
@@ -260,8 +272,9 @@ fn a_hung_worker_is_killed_but_slow_work_is_not() {
     setup(&mut hung, 4096);
     hung.set_timeout(Duration::from_secs(8));
     let start = Instant::now();
+    // A fenced request waits for the worker, which never answers.
     let err = hung
-        .request(&in_ctx(CTX, submit("hang")))
+        .request(&fenced_cmd(CTX, 0, 1, submit("hang")))
         .expect_err("a hung worker answered");
     assert_ne!(
         err.kind(),
@@ -273,6 +286,70 @@ fn a_hung_worker_is_killed_but_slow_work_is_not() {
     slow.set_timeout(Duration::from_secs(10));
     let (hdr, r) = Response::decode(&slow.wait(fence).expect("slow work finishes")).unwrap();
     assert_eq!((hdr.fence_id, r), (1, Response::OkNodata));
+}
+
+/// An unfenced submit is answered once it is on its way to the worker; a worker that then
+/// hangs on it is found by the alive timer all the same, though the guest asks nothing more.
+#[test]
+fn a_worker_that_hangs_after_the_answer_is_killed_all_the_same() {
+    let d = fake(1, &["--worker-timeout", "1s"]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    let (_, r) = answer(&mut vm, &in_ctx(CTX, submit("hang")));
+    assert_eq!(
+        r,
+        Response::OkNodata,
+        "an unfenced submit waited for the worker"
+    );
+    let hung = workers(&d);
+    assert_eq!(hung.len(), 1);
+    // Nothing more from the guest: within two timer periods and a call's timeout the worker
+    // is killed and the VM disconnected.
+    assert!(
+        eventually(Duration::from_secs(6), || workers(&d).is_empty()),
+        "the hung worker lives on: {:?}\n{}",
+        workers(&d),
+        d.stderr_log()
+    );
+    assert!(d.stderr_log().contains("render worker"));
+    assert!(
+        disconnected_within(&mut vm, Duration::from_secs(5)),
+        "the VM of a killed worker goes on"
+    );
+}
+
+/// A posted request the renderer refuses after its answer went out costs neither the worker nor
+/// the VM: the refusal is logged and counted, and the next request is served. Requests stay in
+/// order: what a transfer before the refused submit wrote is what a fenced read after it sees.
+#[test]
+fn a_refusal_after_the_answer_is_logged_and_counted_and_the_vm_goes_on() {
+    const LEN: u32 = 4096;
+    let dir = std::env::temp_dir().join(format!("vgpud-late-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("metrics.sock");
+    let d = fake(1, &["--metrics-socket", socket.to_str().unwrap()]);
+    let mut vm = connect(&d, 0);
+    let gpa = setup(&mut vm, LEN);
+    let worker = workers(&d);
+    vm.write_mem(gpa, &pattern(LEN / 4, 1, 7));
+    let (_, r) = answer(&mut vm, &in_ctx(CTX, transfer_cmd(true, LEN)));
+    assert_eq!(r, Response::OkNodata);
+    // "delay" with no number: the scripted renderer refuses the stream.
+    let (_, r) = answer(&mut vm, &in_ctx(CTX, submit("delay soon")));
+    assert_eq!(r, Response::OkNodata, "answered before the worker saw it");
+    vm.write_mem(gpa, &vec![0; LEN as usize]);
+    transfer(&mut vm, false, LEN);
+    assert_eq!(vm.read_mem(gpa, LEN as usize), pattern(LEN / 4, 1, 7));
+    assert_eq!(workers(&d), worker, "the worker was replaced");
+    let line = "SUBMIT_3D refused after it was answered: renderer rejected the request: bad delay";
+    assert!(
+        eventually(Duration::from_secs(5), || d.stderr_log().contains(line)),
+        "no {line:?} in:\n{}",
+        d.stderr_log()
+    );
+    wait_for(&socket);
+    assert_eq!(scrape(&socket).get("vgpud_late_refusals_total"), Some(&1.0));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A VM on the daemon's first socket, set up as `setup` does.
@@ -566,4 +643,82 @@ fn flushed_frames_cross_the_worker_to_the_display_whole() {
         assert!(frame.pixels == pixels, "frame {n} ({w}x{h}) differs");
     }
     assert_eq!(display.errors(), Vec::<String>::new());
+}
+
+/// A process's `Cpus_allowed_list` (all its threads: the main thread's).
+fn allowed_cpus(pid: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+    line.and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn workers_run_on_the_cpus_they_are_given_and_the_broker_where_it_was() {
+    // The last CPU this test may use: there is always one.
+    let mine = allowed_cpus("self");
+    let last = mine
+        .rsplit([',', '-'])
+        .next()
+        .expect("a CPU list")
+        .to_string();
+    let d = fake(1, &["--worker-cpus", &last]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    let worker = *workers(&d).first().expect("a worker");
+    assert_eq!(allowed_cpus(&worker.to_string()), last);
+    assert_eq!(allowed_cpus(&d.pid().to_string()), mine, "the broker moved");
+    // Every thread of the worker, the renderer's included.
+    let tasks = std::fs::read_dir(format!("/proc/{worker}/task")).expect("its threads");
+    for task in tasks.flatten() {
+        let tid = task.file_name().to_string_lossy().to_string();
+        assert_eq!(allowed_cpus(&format!("{worker}/task/{tid}")), last);
+    }
+}
+
+/// A fenced command is answered when it is done, so a refusal the renderer finds after the
+/// broker's call returned is its answer, and a resource refused so is not kept. Unfenced, the
+/// same command is answered at once, and its refusal is logged.
+#[test]
+fn a_fenced_command_the_renderer_refuses_is_answered_with_the_refusal() {
+    let d = fake(1, &[]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    let texture = |resource_id, format| {
+        Command::ResourceCreate3d(ResourceCreate3d {
+            resource_id,
+            target: 2,
+            format,
+            width: 4,
+            height: 4,
+            depth: 1,
+            array_size: 1,
+            ..ResourceCreate3d::default()
+        })
+    };
+    // A format the scripted renderer does not know (UNKNOWN_FORMAT in src/render/fake.rs).
+    let unknown = u32::MAX;
+    let (hdr, r) = answer(&mut vm, &fenced_cmd(CTX, 0, 7, texture(5, unknown)));
+    assert_eq!(hdr.fence_id, 7);
+    assert!(matches!(r, Response::Err(_)), "{r:?}");
+    let (_, r) = answer(&mut vm, &fenced_cmd(CTX, 0, 8, texture(5, 2)));
+    assert_eq!(r, Response::OkNodata, "the refused resource was kept");
+    let (_, r) = answer(&mut vm, &in_ctx(CTX, texture(6, unknown)));
+    assert_eq!(
+        r,
+        Response::OkNodata,
+        "an unfenced create waited for the worker"
+    );
+    // The next request reads that refusal. Fenced, it is refused in turn: the renderer never
+    // made resource 6, which only the worker can tell.
+    let attach = Command::CtxAttachResource { resource_id: 6 };
+    let (_, r) = answer(&mut vm, &fenced_cmd(CTX, 0, 9, attach));
+    assert!(matches!(r, Response::Err(_)), "{r:?}");
+    let line = "RESOURCE_CREATE_3D refused after it was answered";
+    assert!(
+        eventually(Duration::from_secs(5), || d.stderr_log().contains(line)),
+        "no {line:?} in:\n{}",
+        d.stderr_log()
+    );
 }

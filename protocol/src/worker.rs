@@ -103,11 +103,14 @@ pub enum Request {
         ctx: u32,
         id: u32,
     },
+    /// With `fence`, a fence is created right after the transfer, as for `Submit3d`.
     Transfer3d {
         ctx: u32,
         id: u32,
         to_host: bool,
         transfer: Transfer3d,
+        #[serde(default)]
+        fence: Option<FenceAfter>,
     },
     /// The command stream is the first `len` bytes of the mailbox. With `fence`, a fence is
     /// created right after it, as `CreateFence` would (one crossing for a fenced submit): the
@@ -288,6 +291,7 @@ mod tests {
             id: 2,
             to_host: true,
             transfer: Transfer3d::default(),
+            fence: Some(FenceAfter { ring: Some(3) }),
         });
         roundtrip(Reply::Failed {
             out_of_memory: true,

@@ -159,25 +159,39 @@ impl<R: Renderer> Device<R> {
         })
     }
 
+    /// A 3D transfer; with `fence_ring` (a fenced request: its ring), the renderer makes the
+    /// fence with it where `handle` would make it on the same context and timeline.
     pub(super) fn transfer_3d(
         &mut self,
         guest: GuestCtxId,
         t: &Transfer3d,
         to_host: bool,
+        fence_ring: Option<Option<u8>>,
     ) -> Result<Response> {
         let ctx = if guest.0 == 0 {
             RendererCtxId::NONE
         } else {
             self.renderer_ctx(guest)?
         };
-        let res = self.resource(t.resource_id)?;
+        let id = self.resource(t.resource_id)?.renderer_id;
+        // A ring needs a context (else `handle` answers at once). (`renderer_ctx` refused the
+        // share context, whose fences are the hub's.)
+        let fence_ring = fence_ring.filter(|ring| ring.is_none() || guest.0 != 0);
+        let refused = |e: super::RenderError| invalid(super::bounded(&e));
         // The renderer checks the box against the resource and its backing.
-        let result = if to_host {
-            self.renderer.transfer_to_host_3d(ctx, res.renderer_id, t)
-        } else {
-            self.renderer.transfer_from_host_3d(ctx, res.renderer_id, t)
-        };
-        result.map_err(|e| invalid(super::bounded(&e)))?;
+        match fence_ring {
+            Some(ring) => {
+                let made = (self.renderer)
+                    .transfer_3d_fenced(ctx, id, t, to_host, ring)
+                    .map_err(refused)?;
+                self.made_fence = Some(made);
+            }
+            None if to_host => self
+                .renderer
+                .transfer_to_host_3d(ctx, id, t)
+                .map_err(refused)?,
+            None => (self.renderer.transfer_from_host_3d(ctx, id, t)).map_err(refused)?,
+        }
         Ok(Response::OkNodata)
     }
 

@@ -168,8 +168,12 @@ pub struct Device<R: Renderer> {
     share: Option<ShareState>,
     /// Exports ended by the request being handled (see `Outcome::revoke`).
     revoking: Vec<Uuid>,
-    /// The fence the renderer made with the fenced SUBMIT_3D being handled, if it did.
+    /// The fence the renderer made with the fenced SUBMIT_3D or 3D transfer being handled, if it
+    /// did.
     made_fence: Option<std::result::Result<Fence, RenderError>>,
+    /// Whether the request being handled is fenced: it must be done, refusals included, when
+    /// it is answered (see `Renderer::settle`).
+    fenced: bool,
     log: GuestLog,
 }
 
@@ -206,6 +210,7 @@ impl<R: Renderer> Device<R> {
             share: None,
             revoking: Vec::new(),
             made_fence: None,
+            fenced: false,
             log: GuestLog::new("vm"),
             cfg,
         }
@@ -332,7 +337,15 @@ impl<R: Renderer> Device<R> {
         let mut display = Vec::new();
         let mut shmem = std::mem::take(&mut self.stale_mappings);
         self.made_fence = None;
-        let result = self.dispatch(req, mem, &mut display, &mut shmem);
+        self.fenced = req.hdr.is_fenced();
+        let mut result = self.dispatch(req, mem, &mut display, &mut shmem);
+        // A fenced request is answered when done: a refusal the renderer found after its call
+        // returned is its answer too. (A fence made with it has waited for it already.)
+        if self.fenced && result.is_ok() && self.made_fence.is_none() {
+            if let Err(e) = self.renderer.settle() {
+                result = Err(render_error(e));
+            }
+        }
         let closed_context = (matches!(req.cmd, Command::CtxDestroy) && result.is_ok())
             .then_some(GuestCtxId(req.hdr.ctx_id));
         let response = result.unwrap_or_else(|failure| {
@@ -505,8 +518,11 @@ impl<R: Renderer> Device<R> {
             Command::CtxAttachResource { resource_id } => self.ctx_attach(ctx, *resource_id, true),
             Command::CtxDetachResource { resource_id } => self.ctx_attach(ctx, *resource_id, false),
             Command::ResourceCreate3d(args) => self.create_3d(args),
-            Command::TransferToHost3d(t) => self.transfer_3d(ctx, t, true),
-            Command::TransferFromHost3d(t) => self.transfer_3d(ctx, t, false),
+            Command::TransferToHost3d(t) | Command::TransferFromHost3d(t) => {
+                let to_host = matches!(req.cmd, Command::TransferToHost3d(_));
+                let fence_ring = req.hdr.is_fenced().then(|| req.hdr.ring());
+                self.transfer_3d(ctx, t, to_host, fence_ring)
+            }
             Command::Submit3d { commands } => {
                 let fence_ring = req.hdr.is_fenced().then(|| req.hdr.ring());
                 self.submit_3d(ctx, commands, fence_ring)
@@ -624,7 +640,16 @@ impl<R: Renderer> Device<R> {
     ) -> Result<Response> {
         self.charge(size)?;
         let renderer_id = self.renderer_id_for(id)?;
-        if let Err(e) = create(&self.renderer, renderer_id) {
+        // Fenced, the creation must be done to be answered; a resource the renderer refused
+        // is not kept.
+        let created = create(&self.renderer, renderer_id).and_then(|()| {
+            if self.fenced {
+                self.renderer.settle()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = created {
             // Gives the renderer id back (a 2D renderer reuses it).
             self.renderer.unref(renderer_id);
             return Err(render_error(e));
@@ -900,7 +925,16 @@ impl<R: Renderer> Device<R> {
             )));
         }
         match shown.layout {
-            Some(layout) => self.read_blob_pixels(resource_id, layout, band, out),
+            Some(layout) => {
+                // The blob's memory is read here, not by the renderer: what the guest asked of
+                // it before must be done first.
+                if let Err(e) = self.renderer.settle() {
+                    let e = bounded(&e);
+                    self.log
+                        .warn(format_args!("an earlier command was refused: {e}"));
+                }
+                self.read_blob_pixels(resource_id, layout, band, out)
+            }
             None => {
                 let renderer_id = self.resource(resource_id)?.renderer_id;
                 self.renderer
@@ -1054,7 +1088,7 @@ fn render_error(e: RenderError) -> Failure {
 const MAX_CAUSE: usize = 240;
 
 /// `e`'s words on one line, cut to `MAX_CAUSE` bytes.
-fn bounded(e: &RenderError) -> String {
+pub(crate) fn bounded(e: &RenderError) -> String {
     let mut s: String = (e.to_string().chars())
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();

@@ -128,6 +128,31 @@ pub trait Renderer: Send {
         Ok(self.create_fence(ctx, ring))
     }
 
+    /// A 3D transfer (to the host when `to_host`), then, if it was done, `create_fence(ctx,
+    /// ring)` (the inner result), in one call as `submit_3d_fenced`.
+    fn transfer_3d_fenced(
+        &self,
+        ctx: Ctx,
+        id: Res,
+        t: &Transfer3d,
+        to_host: bool,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        if to_host {
+            self.transfer_to_host_3d(ctx, id, t)?;
+        } else {
+            self.transfer_from_host_3d(ctx, id, t)?;
+        }
+        Ok(self.create_fence(ctx, ring))
+    }
+
+    /// Waits until the requests made so far are done, and returns the refusal of one that was
+    /// answered before it was done (see `RemoteRenderer`), if any. A renderer that answers
+    /// only when done has nothing to wait for.
+    fn settle(&self) -> Result<(), RenderError> {
+        Ok(())
+    }
+
     /// Whether the memory of its host blobs (blob id 0) is plain memory the daemon may move out
     /// and back (the memory budget for shared buffers) while nobody maps it.
     fn host_blobs_movable(&self) -> bool {
@@ -235,6 +260,19 @@ impl<T: Renderer + Sync + ?Sized> Renderer for Arc<T> {
         ring: Option<u8>,
     ) -> Result<Result<Fence, RenderError>, RenderError> {
         (**self).submit_3d_fenced(ctx, commands, ring)
+    }
+    fn transfer_3d_fenced(
+        &self,
+        ctx: Ctx,
+        id: Res,
+        t: &Transfer3d,
+        to_host: bool,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        (**self).transfer_3d_fenced(ctx, id, t, to_host, ring)
+    }
+    fn settle(&self) -> Result<(), RenderError> {
+        (**self).settle()
     }
     fn host_blobs_movable(&self) -> bool {
         (**self).host_blobs_movable()

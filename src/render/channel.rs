@@ -119,7 +119,17 @@ impl Channel {
         &self,
         side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
     ) -> io::Result<(T, Vec<File>)> {
-        let deadline = lock(&self.limit).map(|l| Instant::now() + l);
+        self.recv_serving_since(side, Instant::now())
+    }
+
+    /// As `recv_serving`, the timeout counted from `since` (when the message was asked for)
+    /// rather than from now.
+    pub fn recv_serving_since<T: DeserializeOwned>(
+        &self,
+        side: Option<(RawFd, &mut dyn FnMut() -> io::Result<bool>)>,
+        since: Instant,
+    ) -> io::Result<(T, Vec<File>)> {
+        let deadline = lock(&self.limit).map(|l| since + l);
         let Some(doorbell) = &self.doorbell else {
             return self.recv_socket(deadline);
         };

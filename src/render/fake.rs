@@ -23,6 +23,10 @@ use crate::fences::{Fence, FenceSink};
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 use crate::sync::lock;
 
+/// A format the fake does not know: RESOURCE_CREATE_3D with it is refused, as a renderer
+/// refuses what it cannot make (the device cannot tell beforehand).
+pub const UNKNOWN_FORMAT: u32 = u32::MAX;
+
 /// The capset the fake offers, so that the device offers 3D: VIRGL's id.
 const CAPSET: CapsetInfo = CapsetInfo {
     id: 1,
@@ -184,7 +188,10 @@ impl Renderer for Fake {
             .map(Ctx)
     }
 
-    fn create_3d(&self, id: Res, _args: &ResourceCreate3d) -> Result<(), RenderError> {
+    fn create_3d(&self, id: Res, args: &ResourceCreate3d) -> Result<(), RenderError> {
+        if args.format == UNKNOWN_FORMAT {
+            return Err(rejected("unknown format"));
+        }
         lock(&self.resources).insert(id, Resource::default());
         Ok(())
     }

@@ -7,6 +7,7 @@
 //! calls from any other thread.
 
 pub mod channel;
+pub mod cpus;
 pub(crate) mod fake;
 mod maps;
 pub mod remote;
@@ -39,6 +40,17 @@ pub fn use_render_node(path: PathBuf) {
 
 fn render_node() -> Option<&'static Path> {
     RENDER_NODE.get().map(PathBuf::as_path)
+}
+
+/// The CPUs render workers run on (--worker-cpus), if named: set once at start by the broker.
+static WORKER_CPUS: OnceLock<cpus::CpuList> = OnceLock::new();
+
+pub fn use_worker_cpus(cpus: cpus::CpuList) {
+    let _ = WORKER_CPUS.set(cpus);
+}
+
+fn worker_cpus() -> Option<&'static cpus::CpuList> {
+    WORKER_CPUS.get()
 }
 
 /// A renderer the devices of several VMs share.

@@ -3,6 +3,13 @@
 //! signals come on a second channel, read on the VM's queue thread (`Renderer::poll`), which
 //! answers the fenced requests right away.
 //!
+//! A call whose answer is only "done" (a transfer, an unfenced submit, an attach) is posted:
+//! it returns once the request is sent, and its reply is read before the next request goes
+//! out (`Worker::owed`). The worker does requests in order, so whatever the guest asks next,
+//! a fence or a readback included, comes after it. virtio-gpu allows this: only a fenced
+//! request must be done before it is answered. A posted request the renderer refuses is
+//! logged (rate-limited, the VM's budget) and counted, and the guest has had its answer.
+//!
 //! A worker runs GPU driver code for a guest: it is trusted no more than the guest. A worker
 //! that dies, stops answering or says something it should not is killed, named in the log, and
 //! the VM told through `on_death` (the transport then disconnects it). Other VMs never notice.
@@ -33,9 +40,10 @@ use super::worker::{
 use super::RendererKind;
 use crate::device::memory::HostRange;
 use crate::device::{
-    band_bytes, BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer,
+    band_bytes, bounded, BlobArgs, CapsetInfo, DeathNotice, ExportedBlob, RenderError, Renderer,
 };
 use crate::fences::{Fence, FenceSink};
+use crate::guestlog::GuestLog;
 use crate::ids::{FenceId, RendererCtxId as Ctx, RendererResId as Res};
 use crate::stats;
 use crate::sync::lock;
@@ -54,6 +62,8 @@ pub struct Limits {
 struct Inner {
     kind: RendererKind,
     vm: String,
+    /// The VM's rate-limited warnings (refusals of posted requests).
+    log: GuestLog,
     limits: Limits,
     capsets: Vec<CapsetInfo>,
     next_ctx: AtomicU32,
@@ -88,8 +98,8 @@ const SIGNALS: u64 = 0;
 const TICK: u64 = 1;
 
 /// What the VM's queue thread watches for this renderer (`Renderer::poll_fd`): the worker's
-/// event channel, and a timer that ticks while fences are outstanding, so that a worker that
-/// stops signalling them is asked whether it is alive. Slow work is not a hang: a worker that
+/// event channel, and a timer that ticks while fences or a posted request's reply are
+/// outstanding, so that a worker that stops signalling them is asked whether it is alive. Slow work is not a hang: a worker that
 /// answers is left alone however long its fences take.
 struct Events {
     set: Epoll,
@@ -225,10 +235,28 @@ struct Worker {
     child: Child,
     requests: Channel,
     mailbox: Mailbox,
+    /// The posted request whose reply has not been read yet. Its reply is read before anything
+    /// else is sent or the mailbox written: the worker may still be reading the mailbox for it.
+    owed_reply: Option<Owed>,
+}
+
+/// A posted request: its name for the log, and when it was sent (its timeout counts from then).
+struct Owed {
+    what: &'static str,
+    sent: Instant,
 }
 
 fn rejected(why: impl Into<String>) -> RenderError {
     RenderError::Rejected(why.into())
+}
+
+/// What a worker's `Failed` means.
+fn refusal(out_of_memory: bool, why: String) -> RenderError {
+    if out_of_memory {
+        RenderError::OutOfMemory
+    } else {
+        RenderError::Rejected(why)
+    }
 }
 
 /// What a worker of `kind` offers, learnt from a short-lived worker at start-up, so that the
@@ -276,6 +304,9 @@ fn spawn(kind: RendererKind, vm: &str, limits: Limits) -> io::Result<(Worker, Un
     if let Some(node) = super::render_node() {
         cmd.arg("--render-node").arg(node);
     }
+    if let Some(cpus) = super::worker_cpus() {
+        cmd.arg("--cpus").arg(cpus.to_string());
+    }
     let fds = [
         theirs_req.as_raw_fd(),
         theirs_ev.as_raw_fd(),
@@ -292,6 +323,7 @@ fn spawn(kind: RendererKind, vm: &str, limits: Limits) -> io::Result<(Worker, Un
         child,
         requests: Channel::with_doorbell(requests, doorbell, limits.spin),
         mailbox,
+        owed_reply: None,
     };
     worker.requests.set_timeout(Some(limits.timeout))?;
     Ok((worker, events))
@@ -361,9 +393,11 @@ fn end(mut worker: Worker) {
 impl RemoteRenderer {
     /// A renderer for VM `vm` whose worker is started at the first call that needs it; fence
     /// signals go to `sink`, and the worker's pid is kept in `pid` while it runs.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         kind: RendererKind,
         vm: &str,
+        log: GuestLog,
         limits: Limits,
         capsets: Vec<CapsetInfo>,
         sink: Weak<dyn FenceSink>,
@@ -373,6 +407,7 @@ impl RemoteRenderer {
             inner: Arc::new(Inner {
                 kind,
                 vm: vm.to_string(),
+                log,
                 limits,
                 capsets,
                 next_ctx: AtomicU32::new(1),
@@ -412,6 +447,27 @@ impl RemoteRenderer {
     }
 }
 
+impl RemoteRenderer {
+    /// A request that makes a fence after its work: `Ok` with the fence, or the work's error
+    /// (then no fence was made).
+    fn fenced_call(
+        &self,
+        request: &Request,
+        bulk: Option<&[u8]>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        self.inner.pending.fetch_add(1, Ordering::AcqRel);
+        self.inner.events.arm(self.inner.limits.timeout);
+        match self.inner.call(request, &[], bulk) {
+            Ok((reply, _)) => Ok(self.fence_from(reply)),
+            Err(e) => {
+                // The work was refused (or the worker is gone): no fence was made.
+                self.inner.uncount();
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Drop for RemoteRenderer {
     fn drop(&mut self) {
         // The VM is gone: its worker goes too, and no death is reported for it.
@@ -438,6 +494,76 @@ impl Inner {
         fds: &[RawFd],
         bulk: Option<&[u8]>,
     ) -> Result<(Reply, Option<File>), RenderError> {
+        let (reply, file) = self
+            .exchange(request, fds, bulk, None)?
+            .ok_or(RenderError::Gone)?;
+        match reply {
+            Reply::Failed { out_of_memory, why } => Err(refusal(out_of_memory, why)),
+            reply => Ok((reply, file)),
+        }
+    }
+
+    /// Posts `request` (named `what` for the log), whose reply must be `Ok` or `Failed`: see
+    /// the module's comment. Fails only when the worker is gone.
+    fn post(
+        self: &Arc<Self>,
+        request: &Request,
+        bulk: Option<&[u8]>,
+        what: &'static str,
+    ) -> Result<(), RenderError> {
+        self.exchange(request, &[], bulk, Some(what)).map(|_| ())
+    }
+
+    /// Sends `request` once the reply a posted request owes is read (its refusal logged:
+    /// `late_refusal`); then, unless `posted` names it, waits for its reply (None if posted).
+    fn exchange(
+        self: &Arc<Self>,
+        request: &Request,
+        fds: &[RawFd],
+        bulk: Option<&[u8]>,
+        posted: Option<&'static str>,
+    ) -> Result<Option<(Reply, Option<File>)>, RenderError> {
+        self.with_worker(|worker, trouble| {
+            if let Some((what, refused)) = self.settle_owed(worker, trouble)? {
+                self.late_refusal(what, &refused);
+            }
+            if let Some(bytes) = bulk {
+                worker.mailbox.write(bytes)?;
+            }
+            worker.requests.send(request, fds)?;
+            if let Some(what) = posted {
+                worker.owed_reply = Some(Owed {
+                    what,
+                    sent: Instant::now(),
+                });
+                // A posted request that never finishes is found by the alive timer.
+                self.events.arm(self.limits.timeout);
+                return Ok(None);
+            }
+            let (reply, files) = self.receive(worker, Instant::now(), trouble)?;
+            if files.len() > 1 {
+                return Err(io::Error::other("more descriptors than asked for"));
+            }
+            Ok(Some((reply, files.into_iter().next())))
+        })
+    }
+
+    /// Reads the reply a posted request owes, if one does, and returns its refusal: see
+    /// `Renderer::settle`.
+    fn settle(self: &Arc<Self>) -> Result<(), RenderError> {
+        match self.with_worker(|worker, trouble| self.settle_owed(worker, trouble))? {
+            Some((_, refused)) => Err(refused),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `talk` with the running worker (started if there is none) under the state lock. A
+    /// worker that fails it (an I/O error, a timeout, or trouble on the event channel, which
+    /// `talk` is given to describe) is ended, and the caller gets `Gone`.
+    fn with_worker<T>(
+        self: &Arc<Self>,
+        talk: impl FnOnce(&mut Worker, &mut Option<String>) -> io::Result<T>,
+    ) -> Result<T, RenderError> {
         if self.dead.load(Ordering::Acquire) {
             // Returns only once the VM has been told (see `die`).
             if *lock(&self.teller) != Some(thread::current().id()) {
@@ -447,54 +573,75 @@ impl Inner {
         }
         let mut trouble = None;
         let mut state = lock(&self.state);
-        let result = self.ensure_worker(&mut state).and_then(|worker| {
-            if let Some(bytes) = bulk {
-                worker.mailbox.write(bytes)?;
-            }
-            worker.requests.send(request, fds)?;
-            // Fence signals are taken while waiting: a worker must never block on a full event
-            // channel while it owes a reply.
-            let mut serve = || match self.take_signals_now(&mut trouble) {
-                false if trouble.is_some() => Err(io::Error::other("broke the event protocol")),
-                go_on => Ok(go_on),
-            };
-            let side = (self.events.fd())
-                .map(|fd| (fd, &mut serve as &mut dyn FnMut() -> io::Result<bool>));
-            let (reply, files) = worker.requests.recv_serving::<Reply>(side)?;
-            if files.len() > 1 {
-                return Err(io::Error::other("more descriptors than asked for"));
-            }
-            Ok((reply, files.into_iter().next()))
-        });
-        if let Some(why) = trouble {
-            drop(state);
-            self.die(&why);
-            return Err(RenderError::Gone);
-        }
-        match result {
-            Ok((Reply::Failed { out_of_memory, why }, _)) => Err(if out_of_memory {
-                RenderError::OutOfMemory
-            } else {
-                RenderError::Rejected(why)
-            }),
-            Ok(answer) => Ok(answer),
-            Err(e) => {
-                let why = format!("render worker of {} failed: {e}", self.vm);
+        let result = (self.ensure_worker(&mut state)).and_then(|worker| talk(worker, &mut trouble));
+        let why = match (trouble, result) {
+            (Some(why), _) => why,
+            (None, Ok(answer)) => return Ok(answer),
+            (None, Err(e)) => {
                 if matches!(
                     e.kind(),
                     io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
                 ) {
                     stats::bump(&stats::DAEMON.watchdog_kills);
                 }
-                drop(state);
-                self.die(&why);
-                Err(RenderError::Gone)
+                format!("render worker of {} failed: {e}", self.vm)
             }
+        };
+        drop(state);
+        self.die(&why);
+        Err(RenderError::Gone)
+    }
+
+    /// The worker's next reply, to a request sent at `sent` (the worker timeout counts from
+    /// then). Fence signals are taken while waiting: a worker must never block on a full event
+    /// channel while it owes a reply. A worker that broke the event protocol meanwhile is
+    /// described in `trouble`.
+    fn receive(
+        &self,
+        worker: &Worker,
+        sent: Instant,
+        trouble: &mut Option<String>,
+    ) -> io::Result<(Reply, Vec<File>)> {
+        let mut serve = || match self.take_signals_now(trouble) {
+            false if trouble.is_some() => Err(io::Error::other("broke the event protocol")),
+            go_on => Ok(go_on),
+        };
+        let side =
+            (self.events.fd()).map(|fd| (fd, &mut serve as &mut dyn FnMut() -> io::Result<bool>));
+        worker.requests.recv_serving_since::<Reply>(side, sent)
+    }
+
+    /// Reads the reply the posted request owes, if one does: Some with its refusal if the
+    /// renderer refused it. Any answer but `Ok` or `Failed` is a lie.
+    fn settle_owed(
+        &self,
+        worker: &mut Worker,
+        trouble: &mut Option<String>,
+    ) -> io::Result<Option<(&'static str, RenderError)>> {
+        let Some(Owed { what, sent }) = worker.owed_reply.take() else {
+            return Ok(None);
+        };
+        match self.receive(worker, sent, trouble)? {
+            (Reply::Ok, files) if files.is_empty() => Ok(None),
+            (Reply::Failed { out_of_memory, why }, files) if files.is_empty() => {
+                Ok(Some((what, refusal(out_of_memory, why))))
+            }
+            (other, _) => Err(io::Error::other(format!(
+                "unexpected reply {other:?} to {what}"
+            ))),
         }
     }
 
+    /// A posted request the renderer refused after its answer went to the guest: the guest's
+    /// to have caused, so it is logged from the VM's budget, and counted.
+    fn late_refusal(&self, what: &str, refused: &RenderError) {
+        stats::bump(&stats::DAEMON.late_refusals);
+        let why = bounded(refused);
+        (self.log).warn(format_args!("{what} refused after it was answered: {why}"));
+    }
+
     /// The running worker, started (and given the memory table) if there is none yet.
-    fn ensure_worker<'s>(self: &Arc<Self>, state: &'s mut State) -> io::Result<&'s Worker> {
+    fn ensure_worker<'s>(self: &Arc<Self>, state: &'s mut State) -> io::Result<&'s mut Worker> {
         // A worker that failed is not replaced: the VM is being disconnected.
         if self.dead.load(Ordering::Acquire) {
             return Err(io::Error::other("the render worker failed"));
@@ -531,7 +678,7 @@ impl Inner {
         }
         state
             .worker
-            .as_ref()
+            .as_mut()
             .ok_or_else(|| io::Error::other("no worker"))
     }
 
@@ -590,7 +737,9 @@ impl Inner {
         RenderError::Gone
     }
 
-    /// A `Data` answer of exactly `out.len()` bytes, copied into `out`.
+    /// A `Data` answer of exactly `out.len()` bytes, copied into `out`. The mailbox is read
+    /// after `call` let go of the state lock: its callers hold the VM's device, so no other
+    /// request of this VM (the only kind that writes the mailbox) can come in between.
     fn data_into(self: &Arc<Self>, request: &Request, out: &mut [u8]) -> Result<(), RenderError> {
         match self.call(request, &[], None)?.0 {
             Reply::Data { len } if len == out.len() as u64 => {
@@ -697,16 +846,22 @@ impl Inner {
     }
 
     /// A tick of the alive timer: with fences outstanding and none signalled since the last
-    /// tick, the worker must answer (a call is bounded by the worker timeout).
+    /// tick, or a posted request's reply not read yet, the worker must answer (a call, which
+    /// reads that reply first, is bounded by the worker timeout).
     fn tick(self: &Arc<Self>) {
         // Readable, so this does not wait.
         let _ = lock(&self.events.alive).wait();
-        if self.pending.load(Ordering::Acquire) == 0 {
+        let owed = lock(&self.state)
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.owed_reply.is_some());
+        if self.pending.load(Ordering::Acquire) == 0 && !owed {
             self.events.disarm();
             return;
         }
         let now = self.events.signalled.load(Ordering::Acquire);
-        if self.events.at_last_tick.swap(now, Ordering::AcqRel) != now {
+        let signalling = self.events.at_last_tick.swap(now, Ordering::AcqRel) != now;
+        if signalling && !owed {
             return;
         }
         // Alive means its renderer answers (Capsets goes through it).
@@ -727,27 +882,30 @@ impl Renderer for RemoteRenderer {
     }
 
     fn create_2d(&self, id: Res, width: u32, height: u32, format: u32) -> Result<(), RenderError> {
-        self.inner.ok(&Request::Create2d {
+        let request = Request::Create2d {
             id: id.0,
             width,
             height,
             format,
-        })
+        };
+        self.inner.post(&request, None, "RESOURCE_CREATE_2D")
     }
 
     fn unref(&self, id: Res) {
-        let _ = self.inner.ok(&Request::Unref { id: id.0 });
+        let _ = (self.inner).post(&Request::Unref { id: id.0 }, None, "RESOURCE_UNREF");
     }
 
     fn attach_backing(&self, id: Res, pages: Vec<HostRange>) -> Result<(), RenderError> {
-        self.inner.ok(&Request::AttachBacking {
+        let request = Request::AttachBacking {
             id: id.0,
             ranges: ranges(&pages),
-        })
+        };
+        self.inner.post(&request, None, "RESOURCE_ATTACH_BACKING")
     }
 
     fn detach_backing(&self, id: Res) {
-        let _ = self.inner.ok(&Request::DetachBacking { id: id.0 });
+        let request = Request::DetachBacking { id: id.0 };
+        let _ = self.inner.post(&request, None, "RESOURCE_DETACH_BACKING");
     }
 
     fn transfer_to_host_2d(
@@ -757,12 +915,13 @@ impl Renderer for RemoteRenderer {
         rect: Rect,
         offset: u64,
     ) -> Result<(), RenderError> {
-        self.inner.ok(&Request::TransferToHost2d {
+        let request = Request::TransferToHost2d {
             id: id.0,
             width,
             rect,
             offset,
-        })
+        };
+        self.inner.post(&request, None, "TRANSFER_TO_HOST_2D")
     }
 
     fn read_pixels(&self, id: Res, rect: Rect) -> Result<Vec<u8>, RenderError> {
@@ -813,10 +972,11 @@ impl Renderer for RemoteRenderer {
     }
 
     fn create_3d(&self, id: Res, args: &ResourceCreate3d) -> Result<(), RenderError> {
-        self.inner.ok(&Request::Create3d {
+        let request = Request::Create3d {
             id: id.0,
             args: *args,
-        })
+        };
+        self.inner.post(&request, None, "RESOURCE_CREATE_3D")
     }
 
     fn create_context(&self, ctx: Ctx, context_init: u32, name: &str) -> Result<(), RenderError> {
@@ -828,39 +988,46 @@ impl Renderer for RemoteRenderer {
     }
 
     fn destroy_context(&self, ctx: Ctx) {
-        let _ = self.inner.ok(&Request::DestroyContext { ctx: ctx.0 });
+        let request = Request::DestroyContext { ctx: ctx.0 };
+        let _ = self.inner.post(&request, None, "CTX_DESTROY");
     }
 
     fn attach_to_context(&self, ctx: Ctx, id: Res) -> Result<(), RenderError> {
-        self.inner.ok(&Request::AttachToContext {
+        let request = Request::AttachToContext {
             ctx: ctx.0,
             id: id.0,
-        })
+        };
+        self.inner.post(&request, None, "CTX_ATTACH_RESOURCE")
     }
 
     fn detach_from_context(&self, ctx: Ctx, id: Res) {
-        let _ = self.inner.ok(&Request::DetachFromContext {
+        let request = Request::DetachFromContext {
             ctx: ctx.0,
             id: id.0,
-        });
+        };
+        let _ = self.inner.post(&request, None, "CTX_DETACH_RESOURCE");
     }
 
     fn transfer_to_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
-        self.inner.ok(&Request::Transfer3d {
+        let request = Request::Transfer3d {
             ctx: ctx.0,
             id: id.0,
             to_host: true,
             transfer: *t,
-        })
+            fence: None,
+        };
+        self.inner.post(&request, None, "TRANSFER_TO_HOST_3D")
     }
 
     fn transfer_from_host_3d(&self, ctx: Ctx, id: Res, t: &Transfer3d) -> Result<(), RenderError> {
-        self.inner.ok(&Request::Transfer3d {
+        let request = Request::Transfer3d {
             ctx: ctx.0,
             id: id.0,
             to_host: false,
             transfer: *t,
-        })
+            fence: None,
+        };
+        self.inner.post(&request, None, "TRANSFER_FROM_HOST_3D")
     }
 
     fn submit_3d(&self, ctx: Ctx, commands: Vec<u8>) -> Result<(), RenderError> {
@@ -869,10 +1036,7 @@ impl Renderer for RemoteRenderer {
             len: commands.len() as u64,
             fence: None,
         };
-        match self.inner.call(&request, &[], Some(&commands))?.0 {
-            Reply::Ok => Ok(()),
-            other => Err(self.inner.unexpected(other)),
-        }
+        (self.inner).post(&request, Some(&commands), "SUBMIT_3D")
     }
 
     fn submit_3d_fenced(
@@ -886,16 +1050,25 @@ impl Renderer for RemoteRenderer {
             len: commands.len() as u64,
             fence: Some(FenceAfter { ring }),
         };
-        self.inner.pending.fetch_add(1, Ordering::AcqRel);
-        self.inner.events.arm(self.inner.limits.timeout);
-        match self.inner.call(&request, &[], Some(&commands)) {
-            Ok((reply, _)) => Ok(self.fence_from(reply)),
-            Err(e) => {
-                // The stream was refused (or the worker is gone): no fence was made.
-                self.inner.uncount();
-                Err(e)
-            }
-        }
+        self.fenced_call(&request, Some(&commands))
+    }
+
+    fn transfer_3d_fenced(
+        &self,
+        ctx: Ctx,
+        id: Res,
+        t: &Transfer3d,
+        to_host: bool,
+        ring: Option<u8>,
+    ) -> Result<Result<Fence, RenderError>, RenderError> {
+        let request = Request::Transfer3d {
+            ctx: ctx.0,
+            id: id.0,
+            to_host,
+            transfer: *t,
+            fence: Some(FenceAfter { ring }),
+        };
+        self.fenced_call(&request, None)
     }
 
     fn create_blob(
@@ -979,6 +1152,10 @@ impl Renderer for RemoteRenderer {
         if running {
             let _ = self.inner.call(&Request::MemoryTable(regions), &fds, None);
         }
+    }
+
+    fn settle(&self) -> Result<(), RenderError> {
+        self.inner.settle()
     }
 
     fn on_death(&self, notice: DeathNotice) {

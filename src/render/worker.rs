@@ -343,11 +343,18 @@ impl Worker {
                 id,
                 to_host,
                 transfer,
-            } => done(if to_host {
-                r.transfer_to_host_3d(Ctx(ctx), Res(id), &transfer)
-            } else {
-                r.transfer_from_host_3d(Ctx(ctx), Res(id), &transfer)
-            }),
+                fence,
+            } => {
+                if to_host {
+                    r.transfer_to_host_3d(Ctx(ctx), Res(id), &transfer)?;
+                } else {
+                    r.transfer_from_host_3d(Ctx(ctx), Res(id), &transfer)?;
+                }
+                match fence {
+                    None => Ok((Reply::Ok, None)),
+                    Some(f) => fence_reply(r.create_fence(Ctx(ctx), f.ring)?),
+                }
+            }
             Request::Submit3d { ctx, len, fence } => {
                 let commands = self.mailbox.read(len).map_err(render_io)?;
                 self.renderer.submit_3d(Ctx(ctx), commands)?;

@@ -169,6 +169,7 @@ impl VmBackend {
             } => Arc::new(RemoteRenderer::new(
                 kind,
                 name,
+                log.clone(),
                 Limits { timeout, spin },
                 capsets,
                 sink,

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: a vgpud process and request/response helpers.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod share;
 
 use std::path::Path;
@@ -84,6 +85,21 @@ pub fn encode(cmd: Command) -> Vec<u8> {
 pub fn call(vm: &mut Vm, cmd: Command) -> Response {
     let bytes = vm.request(&encode(cmd)).expect("request");
     Response::decode(&bytes).expect("decodable response").1
+}
+
+/// Whether `vm` is disconnected within `within`: its requests (that need no renderer) fail, and
+/// not for want of an answer. A VM whose render worker died may still have an unfenced request
+/// answered (it was posted before the death was seen); then it is disconnected.
+pub fn disconnected_within(vm: &mut Vm, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    vm.set_timeout(within);
+    while Instant::now() < deadline {
+        match vm.request(&encode(Command::GetDisplayInfo)) {
+            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return e.kind() != std::io::ErrorKind::TimedOut,
+        }
+    }
+    false
 }
 
 pub fn ok(vm: &mut Vm, cmd: Command) {
