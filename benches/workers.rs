@@ -17,7 +17,9 @@
 //! Knobs: `VGPUD_BENCH_ROUND_TRIPS` (2000), `VGPUD_BENCH_ROUNDS` (5), `VGPUD_BENCH_WORKER_SPIN`
 //! (the spinning workers' --worker-spin; the daemon's default if unset), `VGPUD_BENCH_PIN=1`
 //! (this process, so the frontend, the in-place peers and the daemons' brokers, on the first
-//! CPU it may use; the workers on the last, with `--worker-cpus`).
+//! CPU it may use; the workers on the last, with `--worker-cpus`), `VGPUD_BENCH_DAEMON` (another
+//! build of the daemon to run the workers with, such as an older revision's; the in-place peers
+//! are always this build's).
 //! Without `--bench` (cargo test --benches) it makes a quick smoke run.
 // Without virglrenderer there is nothing to run.
 #![cfg_attr(not(feature = "virgl"), allow(dead_code, unused_imports))]
@@ -445,7 +447,13 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let n = knob("VGPUD_BENCH_ROUND_TRIPS", if full { 2000 } else { 20 });
     let rounds = knob("VGPUD_BENCH_ROUNDS", if full { 5 } else { 1 }).max(1);
-    let vgpud = Path::new(env!("CARGO_BIN_EXE_vgpud"));
+    // Another build of the daemon (an older revision's, to compare in one session), or this one.
+    let other = std::env::var_os("VGPUD_BENCH_DAEMON")
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from);
+    let vgpud = other
+        .as_deref()
+        .unwrap_or(Path::new(env!("CARGO_BIN_EXE_vgpud")));
     println!(
         "vgpud: {}  rounds: {rounds}  round trips: {n}",
         vgpud.display()

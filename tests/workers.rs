@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::metrics::{scrape, wait_for};
 use common::*;
-use vgpud_harness::{Daemon, ProcStats, Vm, VmConfig};
+use vgpud_harness::{Daemon, ProcStats, Token, Vm, VmConfig};
 use vgpud_protocol::{Box3d, Command, MemEntry, ResourceCreate3d, Response, Transfer3d, F_VIRGL};
 
 fn fake(n: usize, extra: &[&str]) -> Daemon {
@@ -189,6 +189,18 @@ fn a_failed_commands_log_line_names_its_cause() {
     }
 }
 
+/// Posts a fenced SUBMIT_3D of `script` on `ring` of the test context.
+fn post_fenced(vm: &mut Vm, ring: u8, fence: u64, script: &str) -> Token {
+    vm.post(0, &fenced_cmd(CTX, ring, fence, submit(script)), 1024)
+        .unwrap()
+}
+
+/// Waits for the answer to `token` and checks that it is an OK with `fence`.
+fn answered_ok(vm: &mut Vm, token: Token, fence: u64) {
+    let (hdr, r) = Response::decode(&vm.wait(token).unwrap()).unwrap();
+    assert_eq!((hdr.fence_id, r), (fence, Response::OkNodata));
+}
+
 #[test]
 fn rings_complete_out_of_order_and_each_answers_in_order() {
     let d = fake(1, &[]);
@@ -196,15 +208,9 @@ fn rings_complete_out_of_order_and_each_answers_in_order() {
     setup(&mut vm, 4096);
     // Ring 0: a fence due in 500 ms, then one due at once (it must wait its turn). Ring 1: one
     // due at once, which overtakes ring 0.
-    let slow = vm
-        .post(0, &fenced_cmd(CTX, 0, 1, submit("delay 500")), 1024)
-        .unwrap();
-    let behind = vm
-        .post(0, &fenced_cmd(CTX, 0, 2, submit("")), 1024)
-        .unwrap();
-    let other_ring = vm
-        .post(0, &fenced_cmd(CTX, 1, 3, submit("")), 1024)
-        .unwrap();
+    let slow = post_fenced(&mut vm, 0, 1, "delay 500");
+    let behind = post_fenced(&mut vm, 0, 2, "");
+    let other_ring = post_fenced(&mut vm, 1, 3, "");
     let overtook = Response::decode(&vm.wait(other_ring).unwrap()).unwrap();
     assert_eq!(overtook.0.fence_id, 3);
     assert!(!vm.is_done(slow).unwrap(), "ring 0 waited for ring 1");
@@ -212,10 +218,26 @@ fn rings_complete_out_of_order_and_each_answers_in_order() {
         !vm.is_done(behind).unwrap(),
         "answered before the earlier fence on its ring"
     );
-    for (token, id) in [(slow, 1), (behind, 2)] {
-        let (hdr, r) = Response::decode(&vm.wait(token).unwrap()).unwrap();
-        assert_eq!((hdr.fence_id, r), (id, Response::OkNodata));
-    }
+    answered_ok(&mut vm, slow, 1);
+    answered_ok(&mut vm, behind, 2);
+}
+
+#[test]
+fn a_fence_told_done_in_its_reply_is_answered_no_sooner_than_the_earlier_ones_of_its_ring() {
+    let d = fake(1, &[]);
+    let mut vm = connect(&d, 0);
+    setup(&mut vm, 4096);
+    // Ring 0: a fence due in 500 ms, then one the renderer signals while making it (so the
+    // worker says in its reply that it is done), ahead of the first.
+    let slow = post_fenced(&mut vm, 0, 1, "delay 500");
+    let early = post_fenced(&mut vm, 0, 2, "early");
+    answered_ok(&mut vm, early, 2);
+    // A later fence of a ring done means the earlier ones are: answered with it, in order.
+    assert!(
+        vm.is_done(slow).unwrap(),
+        "the later fence's answer overtook the earlier one"
+    );
+    answered_ok(&mut vm, slow, 1);
 }
 
 #[test]

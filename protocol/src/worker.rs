@@ -134,8 +134,8 @@ pub enum Request {
     MapBlob {
         id: u32,
     },
-    /// Reply: `Fence`, whose signal comes later as an `Event`; or `Ok` when the renderer has no
-    /// work the fence could wait for (it is done already).
+    /// Reply: `Fence`, whose signal comes later as an `Event`; `FenceDone` when it signalled
+    /// before the reply; or `Ok` when the renderer has no work the fence could wait for.
     CreateFence {
         ctx: u32,
         ring: Option<u8>,
@@ -162,7 +162,12 @@ pub enum Reply {
         size: u64,
         map_info: u32,
     },
+    /// A fence, whose signal comes later as an `Event`.
     Fence {
+        id: u64,
+    },
+    /// A fence that has signalled already: no `Event` follows for it.
+    FenceDone {
         id: u64,
     },
 }
@@ -302,6 +307,7 @@ mod tests {
             size: 1 << 20,
             map_info: 1,
         });
+        roundtrip(Reply::FenceDone { id: u64::MAX });
         roundtrip(Event::FenceSignalled { id: u64::MAX });
     }
 

@@ -5,6 +5,8 @@
 //! Script lines (one per line of a SUBMIT_3D stream):
 //! - `delay MS`: the next fence created on this context signals MS milliseconds later. Fences
 //!   of one ring complete in order (as a GPU ring does); other rings and contexts overtake them.
+//! - `early`: the next fence created on this context signals while it is made, ahead of the
+//!   earlier fences of its ring (a renderer that breaks ring order);
 //! - `crash`: the process dies at once (SIGKILL: no core dump);
 //! - `hang`: the renderer stops answering, for good;
 //! - `spurious N`: N fence signals nobody asked for (a worker gone rogue).
@@ -42,10 +44,17 @@ struct Resource {
 
 type Timer = (Instant, FenceId);
 
+/// A context's next fence: its delay in ms, or signalled while it is made (`early`).
+#[derive(Default)]
+struct NextFence {
+    delay: u64,
+    early: bool,
+}
+
 pub struct Fake {
     resources: Mutex<HashMap<Res, Resource>>,
-    /// Each context's delay for its next fence.
-    contexts: Mutex<HashMap<Ctx, u64>>,
+    /// What each context's next fence does.
+    contexts: Mutex<HashMap<Ctx, NextFence>>,
     /// When the last fence of each (context, ring) is due: a later one is never due earlier.
     rings: Mutex<HashMap<(Ctx, Option<u8>), Instant>>,
     next_fence: AtomicU64,
@@ -197,7 +206,7 @@ impl Renderer for Fake {
     }
 
     fn create_context(&self, ctx: Ctx, _init: u32, _name: &str) -> Result<(), RenderError> {
-        lock(&self.contexts).insert(ctx, 0);
+        lock(&self.contexts).insert(ctx, NextFence::default());
         Ok(())
     }
 
@@ -231,8 +240,13 @@ impl Renderer for Fake {
             match (words.next(), words.next()) {
                 (Some("delay"), Some(ms)) => {
                     let ms = ms.parse().map_err(|_| rejected("bad delay"))?;
-                    if let Some(d) = lock(&self.contexts).get_mut(&ctx) {
-                        *d = ms;
+                    if let Some(next) = lock(&self.contexts).get_mut(&ctx) {
+                        next.delay = ms;
+                    }
+                }
+                (Some("early"), _) => {
+                    if let Some(next) = lock(&self.contexts).get_mut(&ctx) {
+                        next.early = true;
                     }
                 }
                 (Some("crash"), _) => {
@@ -277,7 +291,12 @@ impl Renderer for Fake {
 
     fn create_fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<Fence, RenderError> {
         let id = FenceId(self.next_fence.fetch_add(1, Ordering::Relaxed) + 1);
-        let delay = lock(&self.contexts).get_mut(&ctx).map_or(0, std::mem::take);
+        let next = lock(&self.contexts).get_mut(&ctx).map(std::mem::take);
+        let NextFence { delay, early } = next.unwrap_or_default();
+        if early {
+            self.sink.signalled(id);
+            return Ok(Fence::Pending(id));
+        }
         let mut rings = lock(&self.rings);
         let last = rings.entry((ctx, ring)).or_insert_with(Instant::now);
         let due = (Instant::now() + Duration::from_millis(delay)).max(*last);

@@ -431,6 +431,15 @@ impl RemoteRenderer {
     fn fence_from(&self, reply: Reply) -> Result<Fence, RenderError> {
         match reply {
             Reply::Fence { id } => Ok(Fence::Pending(FenceId(id))),
+            Reply::FenceDone { id } => {
+                // Pending all the same, and signalled now: the device parks the answer before
+                // it takes the signals, so the answer still waits for the fences before it on
+                // its timeline.
+                if !self.inner.signal(FenceId(id)) {
+                    return Err(self.inner.unexpected(Reply::FenceDone { id }));
+                }
+                Ok(Fence::Pending(FenceId(id)))
+            }
             Reply::Ok => {
                 // Its signal may have come (and been counted) while it answered: a worker that
                 // says both is lying, and would otherwise unbound what it may signal.
@@ -783,6 +792,20 @@ impl Inner {
             .is_ok()
     }
 
+    /// Passes a fence signal on to the VM; false if no fence was outstanding. Never more
+    /// signals than fences asked for: what a worker can make the broker queue stays bounded by
+    /// what the guest asked.
+    fn signal(&self, fence: FenceId) -> bool {
+        if !self.uncount() {
+            return false;
+        }
+        self.events.signalled.fetch_add(1, Ordering::AcqRel);
+        if let Some(sink) = self.sink.upgrade() {
+            sink.signalled(fence);
+        }
+        true
+    }
+
     /// What the queue thread does when `Events::set` is readable: forward the fence signals
     /// that came, or see whether the worker is alive.
     fn poll(self: &Arc<Self>) {
@@ -818,22 +841,11 @@ impl Inner {
             }
             match got {
                 Ok(Event::FenceSignalled { id }) => {
-                    // Never more signals than fences asked for: what a worker can make the
-                    // broker queue stays bounded by what the guest asked.
-                    let asked =
-                        self.pending
-                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                                n.checked_sub(1)
-                            });
-                    if asked.is_err() {
+                    if !self.signal(FenceId(id)) {
                         *trouble = Some(format!(
                             "signalled fence {id}, which it was never asked for"
                         ));
                         return false;
-                    }
-                    self.events.signalled.fetch_add(1, Ordering::AcqRel);
-                    if let Some(sink) = self.sink.upgrade() {
-                        sink.signalled(FenceId(id));
                     }
                 }
                 Err(e) => {

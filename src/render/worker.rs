@@ -9,8 +9,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use super::channel::{Channel, Doorbell, DoorbellFds, Mailbox, Spin};
-use super::{start, RendererKind, SharedRenderer, Started};
+use super::{start, Poll, RendererKind, SharedRenderer, Started};
 use crate::device::memory::{check_region, resolve_backing, Backing};
 use crate::device::{band_bytes, BlobArgs, RenderError};
 use crate::fences::{Fence, FenceSink};
@@ -34,20 +35,167 @@ pub const DOORBELL_PAGE_FD: i32 = 6;
 pub const DOORBELL_BELL_FD: i32 = 7;
 pub const DOORBELL_RING_FD: i32 = 8;
 
-/// Fence signals go to the broker on the event channel, from whatever thread signals them.
-struct EventSink(Mutex<Channel>);
+/// Fence signals go to the broker on the event channel, from whatever thread signals them;
+/// except the fence the worker is waiting for before it replies (`wait_for`), which is told in
+/// the reply instead.
+struct EventSink {
+    events: Mutex<Channel>,
+    awaited: Mutex<Awaited>,
+    /// Whether the fence waited for has signalled: read without the lock while waiting.
+    done: AtomicBool,
+    /// Whether fences come quickly enough to wait for.
+    spin: Spin,
+}
+
+#[derive(Default)]
+struct Awaited {
+    phase: Phase,
+    /// The last fence made, and when: its signal tells how long fences take.
+    last: Option<(FenceId, Instant)>,
+}
+
+#[derive(Default)]
+enum Phase {
+    #[default]
+    Idle,
+    /// A fence is being made, its id not known yet: signals are held until it is.
+    Making(Vec<FenceId>),
+    /// Its signal goes into the reply, not the event channel.
+    Waiting(FenceId),
+}
+
+/// Most signals held while a fence is made (each is of a fence the broker asked for, so there are
+/// few); more go out at once.
+const MAX_HELD: usize = 64;
 
 impl FenceSink for EventSink {
     fn signalled(&self, fence: FenceId) {
-        let events = crate::sync::lock(&self.0);
+        {
+            let mut awaited = crate::sync::lock(&self.awaited);
+            if let Some((_, made)) = awaited.last.take_if(|(id, _)| *id == fence) {
+                self.spin.settle(made.elapsed());
+            }
+            match &mut awaited.phase {
+                Phase::Making(held) if held.len() < MAX_HELD => return held.push(fence),
+                Phase::Waiting(id) if *id == fence => {
+                    self.done.store(true, Ordering::Release);
+                    return;
+                }
+                _ => {}
+            }
+        }
+        self.send(fence);
+    }
+}
+
+impl EventSink {
+    fn new(events: Channel, spin: Duration) -> EventSink {
+        EventSink {
+            events: Mutex::new(events),
+            awaited: Mutex::new(Awaited::default()),
+            done: AtomicBool::new(false),
+            spin: Spin::new(spin),
+        }
+    }
+
+    fn send(&self, fence: FenceId) {
+        let events = crate::sync::lock(&self.events);
         if let Err(e) = events.send(&Event::FenceSignalled { id: fence.0 }, &[]) {
             error!("render worker: cannot report fence {fence}: {e}");
         }
     }
+
+    /// Makes a fence with `make`, then waits for it for up to one spin budget (none when fences
+    /// have been slow), letting the renderer look at its work meanwhile. Says whether it has
+    /// signalled; if so, no event follows for it. (A fence that signals just after the reply
+    /// costs the broker a second wakeup, which on an idle host is most of a fenced command.)
+    fn wait_for(
+        &self,
+        make: impl FnOnce() -> Result<Fence, RenderError>,
+        poll: Option<&Poll>,
+    ) -> Result<(Fence, bool), RenderError> {
+        crate::sync::lock(&self.awaited).phase = Phase::Making(Vec::new());
+        let made = Instant::now();
+        let fence = make();
+        let (id, held, wait) = {
+            let mut awaited = crate::sync::lock(&self.awaited);
+            // Only this thread sets the phase.
+            let held = match std::mem::take(&mut awaited.phase) {
+                Phase::Making(held) => held,
+                _ => Vec::new(),
+            };
+            let id = match fence {
+                Ok(Fence::Pending(id)) => id,
+                other => {
+                    drop(awaited);
+                    held.into_iter().for_each(|f| self.send(f));
+                    return other.map(|f| (f, false));
+                }
+            };
+            let wait = if held.contains(&id) {
+                self.spin.settle(made.elapsed());
+                FenceWait::Done
+            } else {
+                awaited.last = Some((id, made));
+                // Decided once, under the lock: the phase says where its signal goes.
+                match self.spin.until(made) {
+                    Some(until) => {
+                        awaited.phase = Phase::Waiting(id);
+                        self.done.store(false, Ordering::Release);
+                        FenceWait::Until(until)
+                    }
+                    None => FenceWait::No,
+                }
+            };
+            let held: Vec<FenceId> = held.into_iter().filter(|f| *f != id).collect();
+            (id, held, wait)
+        };
+        held.into_iter().for_each(|f| self.send(f));
+        let until = match wait {
+            FenceWait::Done => return Ok((Fence::Pending(id), true)),
+            FenceWait::No => return Ok((Fence::Pending(id), false)),
+            FenceWait::Until(until) => until,
+        };
+        let mut looks = 0u32;
+        while !self.done.load(Ordering::Acquire) && Instant::now() < until {
+            if Spin::time_to_poll(&mut looks) {
+                if let Some(p) = poll.filter(|p| readable(&p.fd.as_fd())) {
+                    p.run();
+                }
+            }
+        }
+        // Under the lock: a signal after this goes to the event channel.
+        let mut awaited = crate::sync::lock(&self.awaited);
+        awaited.phase = Phase::Idle;
+        Ok((Fence::Pending(id), self.done.load(Ordering::Acquire)))
+    }
+}
+
+/// What `wait_for` does once the fence is made.
+enum FenceWait {
+    /// It signalled while it was made.
+    Done,
+    /// Fences have been slow: not waited for.
+    No,
+    Until(Instant),
+}
+
+/// Whether a descriptor is readable now.
+fn readable(fd: &BorrowedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd, ours, for the call only; no wait.
+    unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
 }
 
 struct Worker {
     renderer: SharedRenderer,
+    /// The renderer's descriptor to look at, if it has one (see `Poll`).
+    poll: Option<Poll>,
+    fences: Arc<EventSink>,
     mailbox: Mailbox,
     mem: Option<Arc<GuestMemoryMmap>>,
     /// Guest pages attached to resources: held so they stay mapped while the renderer uses them.
@@ -82,13 +230,10 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
             return 1;
         }
     };
-    let sink: Arc<dyn FenceSink> = Arc::new(EventSink(Mutex::new(Channel::new(events))));
+    let fences = Arc::new(EventSink::new(Channel::new(events), spin));
     let setup = Mailbox::map(mailbox).and_then(|mailbox| {
-        let started = start(kind, sink).map_err(io::Error::other)?;
-        let renderer_fd = started.poll.as_ref().map(|p| {
-            use std::os::fd::AsFd;
-            p.fd.as_fd().as_raw_fd()
-        });
+        let started = start(kind, fences.clone()).map_err(io::Error::other)?;
+        let renderer_fd = started.poll.as_ref().map(|p| p.fd.as_fd().as_raw_fd());
         let wait = Wait::new(&requests, renderer_fd, spin)?;
         Ok((started, mailbox, wait))
     });
@@ -105,6 +250,8 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
     );
     let mut worker = Worker {
         renderer,
+        poll,
+        fences,
         mailbox,
         mem: None,
         backings: HashMap::new(),
@@ -116,7 +263,7 @@ pub fn run(kind: RendererKind, vm: &str, spin: Duration) -> i32 {
         // The renderer's own work (fences) is looked at on this thread too, between requests.
         match wait.next(&requests, since) {
             Ok(Ready::Renderer) => {
-                if let Some(p) = &poll {
+                if let Some(p) = &worker.poll {
                     p.run();
                 }
                 continue;
@@ -251,14 +398,6 @@ fn failed(e: &RenderError) -> Reply {
     }
 }
 
-fn fence_reply(fence: Fence) -> Result<(Reply, Option<File>), RenderError> {
-    let reply = match fence {
-        Fence::Pending(id) => Reply::Fence { id: id.0 },
-        Fence::Signalled => Reply::Ok,
-    };
-    Ok((reply, None))
-}
-
 fn done(result: Result<(), RenderError>) -> Result<(Reply, Option<File>), RenderError> {
     result.map(|()| (Reply::Ok, None))
 }
@@ -352,7 +491,7 @@ impl Worker {
                 }
                 match fence {
                     None => Ok((Reply::Ok, None)),
-                    Some(f) => fence_reply(r.create_fence(Ctx(ctx), f.ring)?),
+                    Some(f) => self.fence(Ctx(ctx), f.ring),
                 }
             }
             Request::Submit3d { ctx, len, fence } => {
@@ -360,7 +499,7 @@ impl Worker {
                 self.renderer.submit_3d(Ctx(ctx), commands)?;
                 match fence {
                     None => Ok((Reply::Ok, None)),
-                    Some(f) => fence_reply(r.create_fence(Ctx(ctx), f.ring)?),
+                    Some(f) => self.fence(Ctx(ctx), f.ring),
                 }
             }
             Request::CreateBlob {
@@ -396,8 +535,19 @@ impl Worker {
                 };
                 Ok((reply, Some(file)))
             }
-            Request::CreateFence { ctx, ring } => fence_reply(r.create_fence(Ctx(ctx), ring)?),
+            Request::CreateFence { ctx, ring } => self.fence(Ctx(ctx), ring),
         }
+    }
+
+    /// Makes a fence on `ring` of `ctx` and waits a little for it (`EventSink::wait_for`).
+    fn fence(&self, ctx: Ctx, ring: Option<u8>) -> Result<(Reply, Option<File>), RenderError> {
+        let make = || self.renderer.create_fence(ctx, ring);
+        let reply = match self.fences.wait_for(make, self.poll.as_ref())? {
+            (Fence::Pending(id), true) => Reply::FenceDone { id: id.0 },
+            (Fence::Pending(id), false) => Reply::Fence { id: id.0 },
+            (Fence::Signalled, _) => Reply::Ok,
+        };
+        Ok((reply, None))
     }
 
     fn data(&self, bytes: &[u8]) -> Result<(Reply, Option<File>), RenderError> {
@@ -460,6 +610,75 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use crate::render::channel::{thread_cpu, Doorbell};
+
+    /// A sink over a socket pair, its budget `spin`, and the broker's end of its events
+    /// (reads time out after `wait`).
+    fn sink(spin: Duration, wait: Duration) -> (Arc<EventSink>, Channel) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let broker = Channel::new(a);
+        broker.set_timeout(Some(wait)).unwrap();
+        (Arc::new(EventSink::new(Channel::new(b), spin)), broker)
+    }
+
+    fn event(broker: &Channel) -> io::Result<Event> {
+        broker.recv::<Event>().map(|(e, _)| e)
+    }
+
+    #[test]
+    fn a_fence_that_signals_while_it_is_made_or_waited_for_is_told_in_the_reply_alone() {
+        let (fences, broker) = sink(Duration::from_secs(2), Duration::from_millis(100));
+        // Signalled while it is made, with another fence's signal, which still goes out.
+        let make = || {
+            fences.signalled(FenceId(7));
+            fences.signalled(FenceId(1));
+            Ok(Fence::Pending(FenceId(1)))
+        };
+        let got = fences.wait_for(make, None).unwrap();
+        assert_eq!(got, (Fence::Pending(FenceId(1)), true));
+        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 7 });
+        // Signalled by another thread while the worker waits.
+        let signaller = {
+            let fences = fences.clone();
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(5));
+                fences.signalled(FenceId(2));
+            })
+        };
+        let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(2))), None);
+        signaller.join().unwrap();
+        assert_eq!(got.unwrap(), (Fence::Pending(FenceId(2)), true));
+        let nothing = event(&broker).expect_err("a fence told in the reply was sent as well");
+        assert!(matches!(
+            nothing.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ));
+    }
+
+    #[test]
+    fn a_fence_slower_than_the_budget_is_sent_as_an_event_and_the_next_is_not_waited_for() {
+        let (fences, broker) = sink(Duration::from_millis(10), Duration::from_secs(5));
+        let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(3))), None);
+        assert_eq!(got.unwrap(), (Fence::Pending(FenceId(3)), false));
+        // It signals long after the wait gave up.
+        thread::sleep(Duration::from_millis(100));
+        fences.signalled(FenceId(3));
+        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 3 });
+        // Fences that slow are not waited for...
+        assert_eq!(fences.spin.until(Instant::now()), None);
+        let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(4))), None);
+        assert_eq!(got.unwrap(), (Fence::Pending(FenceId(4)), false));
+        // ...until one is quick again.
+        fences.signalled(FenceId(4));
+        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 4 });
+        assert!(fences.spin.until(Instant::now()).is_some());
+        // A refused fence sends what was held meanwhile.
+        let refused = || {
+            fences.signalled(FenceId(8));
+            Err(RenderError::Rejected("no".into()))
+        };
+        assert!(fences.wait_for(refused, None).is_err());
+        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 8 });
+    }
 
     #[test]
     fn renderer_work_between_requests_does_not_start_a_new_spin() {
