@@ -127,6 +127,11 @@ impl Collector for Metrics {
                 "unfenced requests the renderer refused after they had been answered",
                 &DAEMON.late_refusals,
             ),
+            (
+                "vgpud_fences_in_reply",
+                "fences a render worker reported signalled in the reply to the request that made them",
+                &DAEMON.fences_in_reply,
+            ),
         ];
         for (name, help, counter) in daemon {
             family(e, name, help, Counter, [(vec![], get(counter))])?;

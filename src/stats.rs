@@ -16,6 +16,9 @@ pub struct DaemonCounters {
     pub watchdog_kills: AtomicU64,
     /// Posted requests (answered before the worker did them) that the renderer then refused.
     pub late_refusals: AtomicU64,
+    /// Fences a render worker reported signalled in its reply (no second wakeup of the VM's
+    /// queue thread for them).
+    pub fences_in_reply: AtomicU64,
 }
 
 pub static DAEMON: DaemonCounters = DaemonCounters {
@@ -25,6 +28,7 @@ pub static DAEMON: DaemonCounters = DaemonCounters {
     worker_failures: AtomicU64::new(0),
     watchdog_kills: AtomicU64::new(0),
     late_refusals: AtomicU64::new(0),
+    fences_in_reply: AtomicU64::new(0),
 };
 
 pub fn bump(counter: &AtomicU64) {

@@ -87,9 +87,11 @@ fn metrics_count_each_vms_commands_errors_fences_and_resources() {
     );
     assert_eq!(v(r#"vgpud_resources{vm="a"}"#), 2.0);
     assert_eq!(v(r#"vgpud_resources{vm="b"}"#), 0.0);
-    // The fenced submit was answered 60 ms (the script's delay) or more after it came.
+    // The fenced submit's answer was parked when the worker replied and sent when its fence
+    // signalled, 60 ms (the script's delay) after it was made. The worker may wait up to a spin
+    // budget for the fence before it replies, so the parked time is a little less.
     assert_eq!(v(r#"vgpud_fence_latency_seconds_count{vm="a"}"#), 1.0);
-    assert!(v(r#"vgpud_fence_latency_seconds_sum{vm="a"}"#) >= 0.06);
+    assert!(v(r#"vgpud_fence_latency_seconds_sum{vm="a"}"#) >= 0.05);
     assert_eq!(v(r#"vgpud_fences_signalled_total{vm="a"}"#), 1.0);
     // A worker starts when a VM first needs its renderer: a's did, b's not yet.
     assert_eq!(v("vgpud_worker_starts_total"), 1.0);

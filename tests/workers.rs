@@ -224,20 +224,28 @@ fn rings_complete_out_of_order_and_each_answers_in_order() {
 
 #[test]
 fn a_fence_told_done_in_its_reply_is_answered_no_sooner_than_the_earlier_ones_of_its_ring() {
-    let d = fake(1, &[]);
+    let dir = std::env::temp_dir().join(format!("vgpud-in-reply-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("metrics.sock");
+    let d = fake(1, &["--metrics-socket", socket.to_str().unwrap()]);
     let mut vm = connect(&d, 0);
     setup(&mut vm, 4096);
-    // Ring 0: a fence due in 500 ms, then one the renderer signals while making it (so the
+    wait_for(&socket);
+    let in_reply = || scrape(&socket).get("vgpud_fences_in_reply_total").copied();
+    let before = in_reply().unwrap_or(0.0);
+    // Ring 0: a fence due in 5 s, then one the renderer signals while making it (so the
     // worker says in its reply that it is done), ahead of the first.
-    let slow = post_fenced(&mut vm, 0, 1, "delay 500");
+    let slow = post_fenced(&mut vm, 0, 1, "delay 5000");
     let early = post_fenced(&mut vm, 0, 2, "early");
     answered_ok(&mut vm, early, 2);
+    assert_eq!(in_reply(), Some(before + 1.0), "not told in the reply");
     // A later fence of a ring done means the earlier ones are: answered with it, in order.
     assert!(
         vm.is_done(slow).unwrap(),
         "the later fence's answer overtook the earlier one"
     );
     answered_ok(&mut vm, slow, 1);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

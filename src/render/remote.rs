@@ -438,6 +438,7 @@ impl RemoteRenderer {
                 if !self.inner.signal(FenceId(id)) {
                     return Err(self.inner.unexpected(Reply::FenceDone { id }));
                 }
+                stats::bump(&stats::DAEMON.fences_in_reply);
                 Ok(Fence::Pending(FenceId(id)))
             }
             Reply::Ok => {

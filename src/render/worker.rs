@@ -6,7 +6,7 @@
 //! 5, the mailbox; 6, 7 and 8, the request channel's doorbell (its page, the eventfd the worker
 //! waits on, the one it rings).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -43,23 +43,27 @@ struct EventSink {
     awaited: Mutex<Awaited>,
     /// Whether the fence waited for has signalled: read without the lock while waiting.
     done: AtomicBool,
-    /// Whether fences come quickly enough to wait for.
-    spin: Spin,
+    /// How long a fence is waited for, and whether fences come quickly enough to wait for: off
+    /// when a wait gives up, on again when a fence not waited for signals within the budget.
+    budget: Duration,
+    hot: AtomicBool,
 }
 
 #[derive(Default)]
 struct Awaited {
     phase: Phase,
-    /// The last fence made, and when: its signal tells how long fences take.
-    last: Option<(FenceId, Instant)>,
+    /// Fences made and not waited for, and when: whether they signal within the budget says
+    /// whether to wait again. The newest `RECENT` only.
+    recent: VecDeque<(FenceId, Instant)>,
 }
 
 #[derive(Default)]
 enum Phase {
     #[default]
     Idle,
-    /// A fence is being made, its id not known yet: signals are held until it is.
-    Making(Vec<FenceId>),
+    /// A fence is being made, its id not known yet: signals are held until it is (at most
+    /// `MAX_HELD`; `spilled` when more went out at once, perhaps its own).
+    Making { held: Vec<FenceId>, spilled: bool },
     /// Its signal goes into the reply, not the event channel.
     Waiting(FenceId),
 }
@@ -68,15 +72,26 @@ enum Phase {
 /// few); more go out at once.
 const MAX_HELD: usize = 64;
 
+/// Fences not waited for whose signal is watched (pipelined fences signal in order, so the
+/// newest few tell enough).
+const RECENT: usize = 16;
+
 impl FenceSink for EventSink {
     fn signalled(&self, fence: FenceId) {
         {
             let mut awaited = crate::sync::lock(&self.awaited);
-            if let Some((_, made)) = awaited.last.take_if(|(id, _)| *id == fence) {
-                self.spin.settle(made.elapsed());
+            if let Some(at) = awaited.recent.iter().position(|(id, _)| *id == fence) {
+                if let Some((_, made)) = awaited.recent.remove(at) {
+                    if made.elapsed() <= self.budget && !self.budget.is_zero() {
+                        self.hot.store(true, Ordering::Relaxed);
+                    }
+                }
             }
             match &mut awaited.phase {
-                Phase::Making(held) if held.len() < MAX_HELD => return held.push(fence),
+                Phase::Making { held, .. } if held.len() < MAX_HELD => {
+                    return held.push(fence);
+                }
+                Phase::Making { spilled, .. } => *spilled = true,
                 Phase::Waiting(id) if *id == fence => {
                     self.done.store(true, Ordering::Release);
                     return;
@@ -89,12 +104,13 @@ impl FenceSink for EventSink {
 }
 
 impl EventSink {
-    fn new(events: Channel, spin: Duration) -> EventSink {
+    fn new(events: Channel, budget: Duration) -> EventSink {
         EventSink {
             events: Mutex::new(events),
             awaited: Mutex::new(Awaited::default()),
             done: AtomicBool::new(false),
-            spin: Spin::new(spin),
+            budget,
+            hot: AtomicBool::new(!budget.is_zero()),
         }
     }
 
@@ -105,24 +121,27 @@ impl EventSink {
         }
     }
 
-    /// Makes a fence with `make`, then waits for it for up to one spin budget (none when fences
-    /// have been slow), letting the renderer look at its work meanwhile. Says whether it has
-    /// signalled; if so, no event follows for it. (A fence that signals just after the reply
+    /// Makes a fence with `make`, then, while fences come quickly, waits for it until one budget
+    /// after it was asked for, letting the renderer look at its work meanwhile. Says whether it
+    /// has signalled; if so, no event follows for it. (A fence that signals just after the reply
     /// costs the broker a second wakeup, which on an idle host is most of a fenced command.)
     fn wait_for(
         &self,
         make: impl FnOnce() -> Result<Fence, RenderError>,
         poll: Option<&Poll>,
     ) -> Result<(Fence, bool), RenderError> {
-        crate::sync::lock(&self.awaited).phase = Phase::Making(Vec::new());
+        crate::sync::lock(&self.awaited).phase = Phase::Making {
+            held: Vec::new(),
+            spilled: false,
+        };
         let made = Instant::now();
         let fence = make();
         let (id, held, wait) = {
             let mut awaited = crate::sync::lock(&self.awaited);
             // Only this thread sets the phase.
-            let held = match std::mem::take(&mut awaited.phase) {
-                Phase::Making(held) => held,
-                _ => Vec::new(),
+            let (held, spilled) = match std::mem::take(&mut awaited.phase) {
+                Phase::Making { held, spilled } => (held, spilled),
+                _ => (Vec::new(), true),
             };
             let id = match fence {
                 Ok(Fence::Pending(id)) => id,
@@ -132,20 +151,19 @@ impl EventSink {
                     return other.map(|f| (f, false));
                 }
             };
+            // Decided once, under the lock: the phase says where its signal goes.
             let wait = if held.contains(&id) {
-                self.spin.settle(made.elapsed());
                 FenceWait::Done
+            } else if self.hot.load(Ordering::Relaxed) && !spilled {
+                awaited.phase = Phase::Waiting(id);
+                self.done.store(false, Ordering::Release);
+                FenceWait::Until(made + self.budget)
             } else {
-                awaited.last = Some((id, made));
-                // Decided once, under the lock: the phase says where its signal goes.
-                match self.spin.until(made) {
-                    Some(until) => {
-                        awaited.phase = Phase::Waiting(id);
-                        self.done.store(false, Ordering::Release);
-                        FenceWait::Until(until)
-                    }
-                    None => FenceWait::No,
+                if awaited.recent.len() >= RECENT {
+                    awaited.recent.pop_front();
                 }
+                awaited.recent.push_back((id, made));
+                FenceWait::No
             };
             let held: Vec<FenceId> = held.into_iter().filter(|f| *f != id).collect();
             (id, held, wait)
@@ -167,7 +185,12 @@ impl EventSink {
         // Under the lock: a signal after this goes to the event channel.
         let mut awaited = crate::sync::lock(&self.awaited);
         awaited.phase = Phase::Idle;
-        Ok((Fence::Pending(id), self.done.load(Ordering::Acquire)))
+        let done = self.done.load(Ordering::Acquire);
+        if !done {
+            // Fences are slower than the budget now: stop waiting until one is quick again.
+            self.hot.store(false, Ordering::Relaxed);
+        }
+        Ok((Fence::Pending(id), done))
     }
 }
 
@@ -610,6 +633,7 @@ mod tests {
     use vmm_sys_util::eventfd::EventFd;
 
     use crate::render::channel::{thread_cpu, Doorbell};
+    use crate::sync::lock;
 
     /// A sink over a socket pair, its budget `spin`, and the broker's end of its events
     /// (reads time out after `wait`).
@@ -640,7 +664,10 @@ mod tests {
         let signaller = {
             let fences = fences.clone();
             thread::spawn(move || {
-                thread::sleep(Duration::from_millis(5));
+                // Once the worker waits for it.
+                while !matches!(lock(&fences.awaited).phase, Phase::Waiting(FenceId(2))) {
+                    thread::sleep(Duration::from_millis(1));
+                }
                 fences.signalled(FenceId(2));
             })
         };
@@ -657,20 +684,31 @@ mod tests {
     #[test]
     fn a_fence_slower_than_the_budget_is_sent_as_an_event_and_the_next_is_not_waited_for() {
         let (fences, broker) = sink(Duration::from_millis(10), Duration::from_secs(5));
+        let hot = |f: &EventSink| f.hot.load(Ordering::Relaxed);
         let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(3))), None);
         assert_eq!(got.unwrap(), (Fence::Pending(FenceId(3)), false));
-        // It signals long after the wait gave up.
-        thread::sleep(Duration::from_millis(100));
-        fences.signalled(FenceId(3));
-        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 3 });
         // Fences that slow are not waited for...
-        assert_eq!(fences.spin.until(Instant::now()), None);
-        let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(4))), None);
-        assert_eq!(got.unwrap(), (Fence::Pending(FenceId(4)), false));
-        // ...until one is quick again.
-        fences.signalled(FenceId(4));
-        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 4 });
-        assert!(fences.spin.until(Instant::now()).is_some());
+        assert!(!hot(&fences));
+        // ...even with several in flight (each made before the one before has signalled).
+        for id in [4, 5] {
+            let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(id))), None);
+            assert_eq!(got.unwrap(), (Fence::Pending(FenceId(id)), false));
+        }
+        thread::sleep(Duration::from_millis(50));
+        for id in [3, 4, 5] {
+            fences.signalled(FenceId(id));
+            assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id });
+        }
+        assert!(
+            !hot(&fences),
+            "fences slower than the budget turned the wait on"
+        );
+        // ...until one not waited for signals within the budget.
+        let got = fences.wait_for(|| Ok(Fence::Pending(FenceId(6))), None);
+        assert_eq!(got.unwrap(), (Fence::Pending(FenceId(6)), false));
+        fences.signalled(FenceId(6));
+        assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 6 });
+        assert!(hot(&fences));
         // A refused fence sends what was held meanwhile.
         let refused = || {
             fences.signalled(FenceId(8));
@@ -678,6 +716,30 @@ mod tests {
         };
         assert!(fences.wait_for(refused, None).is_err());
         assert_eq!(event(&broker).unwrap(), Event::FenceSignalled { id: 8 });
+    }
+
+    #[test]
+    fn a_fence_whose_signal_did_not_fit_the_held_ones_is_not_waited_for() {
+        let (fences, broker) = sink(Duration::from_secs(5), Duration::from_secs(5));
+        let many = MAX_HELD as u64 + 1;
+        // Its own signal comes last, after the held list is full: it goes out as an event.
+        let make = || {
+            (1..=many).for_each(|id| fences.signalled(FenceId(id)));
+            Ok(Fence::Pending(FenceId(many)))
+        };
+        let started = Instant::now();
+        let got = fences.wait_for(make, None).unwrap();
+        assert_eq!(got, (Fence::Pending(FenceId(many)), false));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "waited the whole budget for a signal already sent"
+        );
+        let id = |e: Event| match e {
+            Event::FenceSignalled { id } => id,
+        };
+        let mut sent: Vec<u64> = (0..many).map(|_| id(event(&broker).unwrap())).collect();
+        sent.sort_unstable();
+        assert_eq!(sent, (1..=many).collect::<Vec<u64>>());
     }
 
     #[test]
