@@ -489,8 +489,9 @@ impl Drop for RemoteRenderer {
             let pid = worker.child.id();
             end(worker);
             info!(
-                "vm={} event=worker-end pid={pid} reason=vm-gone",
-                self.inner.vm
+                "vm={} event=worker-end pid={pid} reason=vm-gone fences_pending={}",
+                self.inner.vm,
+                self.inner.pending.load(Ordering::Acquire)
             );
         }
     }

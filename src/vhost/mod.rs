@@ -347,6 +347,9 @@ fn serve_one(
     // Stop the queue worker, then free what the VM held in the renderer.
     let _ = backend.exit.write(1);
     drop(daemon);
+    // Answers still waiting for their fence when the VM went (a hung guest shows here).
+    let parked =
+        (backend.record.counters.fences_pending).load(std::sync::atomic::Ordering::Relaxed);
     backend.teardown();
     let renderer_failed = backend
         .renderer_failed
@@ -358,7 +361,7 @@ fn serve_one(
     drop(registration);
     if let Some(why) = disconnected {
         crate::stats::bump(&crate::stats::DAEMON.disconnects);
-        log.event("disconnect", format_args!("reason={why}"));
+        log.event("disconnect", format_args!("reason={why} parked={parked}"));
     }
     result.map(|()| renderer_failed)
 }
