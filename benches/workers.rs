@@ -1,10 +1,11 @@
 //! Render worker benchmarks: what one process per 3D VM costs.
 //!
 //! - Round trips of renderer-bound commands through a virgl render worker against the same
-//!   renderer called in place on the VM's queue thread (a backend in this process built from
-//!   vgpud's own transport and device: common/in_place.rs), same harness frontend, through a
-//!   worker that never spins (`--worker-spin 0`) too; the VMs (and the 2D renderer's) take
-//!   turns, a burst of requests each.
+//!   renderer called in place on the VM's queue thread (a backend built from vgpud's own
+//!   transport and device: common/in_place.rs), same harness frontend, through a worker that
+//!   never spins (`--worker-spin 0`) too. The in-place peer runs twice: in this process, and in
+//!   a child process of its own as a real backend would (`PeerProcess`). The VMs (and the 2D
+//!   renderer's) take turns, a burst of requests each.
 //! - The worker boundary alone: the scripted renderer (no GPU work) through a worker (spinning
 //!   and not) against the same renderer in place, next to the eventfd ping-pong floor of the
 //!   same round.
@@ -442,8 +443,73 @@ fn pin_apart() -> Option<String> {
     Some(last.to_string())
 }
 
+/// Set in a child of this bench that serves one in-place peer in a process of its own: the
+/// renderer ("virgl" or "fake") and the directory for its socket.
+const PEER_ENV: &str = "VGPUD_BENCH_PEER";
+
+/// In a child started by `peer_process`: serves the peer, says where on stdout, and ends when
+/// its stdin closes (the bench ended, however it ended).
+#[cfg(feature = "virgl")]
+fn serve_peer(spec: &str) {
+    use std::io::Read;
+    let (kind, dir) = spec.split_once(' ').expect("kind and directory");
+    let (kind, args) = match kind {
+        "virgl" => (RendererKind::Virgl, ["--renderer", "virgl"]),
+        _ => (RendererKind::Fake, ["--renderer", "fake"]),
+    };
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .try_init();
+    vgpud::memfault::install().expect("SIGBUS handler");
+    let capsets = capsets_of(Path::new(env!("CARGO_BIN_EXE_vgpud")), &args).expect("capsets");
+    let socket = serve_in_place(Path::new(dir), kind, capsets).expect("in-place backend");
+    println!("{}", socket.display());
+    let _ = io::stdin().lock().read_to_end(&mut Vec::new());
+}
+
+/// An in-place peer in a process of its own (a child of this bench, on its CPU), as a real
+/// vhost-user backend is: in this process, its thread and the frontend's switch without
+/// changing address space, which makes each round trip a few hundred ns cheaper. Killed when
+/// dropped.
+#[cfg(feature = "virgl")]
+struct PeerProcess(std::process::Child);
+
+#[cfg(feature = "virgl")]
+impl PeerProcess {
+    /// Starts one serving `kind` ("virgl" or "fake") on a socket in `dir`, and its VM.
+    fn start(kind: &str, dir: &Path) -> (PeerProcess, Vm) {
+        use std::io::BufRead;
+        use std::process::{Command as Process, Stdio};
+        let child = Process::new(std::env::current_exe().expect("this bench"))
+            .env(PEER_ENV, format!("{kind} {}", dir.display()))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("peer process");
+        let mut peer = PeerProcess(child);
+        let mut socket = String::new();
+        let out = peer.0.stdout.take().expect("peer's stdout");
+        io::BufReader::new(out)
+            .read_line(&mut socket)
+            .expect("peer's socket");
+        let mut vm = connect(Path::new(socket.trim_end())).expect("in-place VM, own process");
+        setup(&mut vm, true).expect("in-place setup");
+        (peer, vm)
+    }
+}
+
+#[cfg(feature = "virgl")]
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[cfg(feature = "virgl")]
 fn main() {
+    if let Ok(spec) = std::env::var(PEER_ENV) {
+        return serve_peer(&spec);
+    }
     let full = std::env::args().any(|a| a == "--bench");
     let n = knob("VGPUD_BENCH_ROUND_TRIPS", if full { 2000 } else { 20 });
     let rounds = knob("VGPUD_BENCH_ROUNDS", if full { 5 } else { 1 }).max(1);
@@ -487,6 +553,9 @@ fn main() {
     };
     let mut virgl_in_place = peer(RendererKind::Virgl, &virgl);
     let mut fake_in_place = peer(RendererKind::Fake, &fake);
+    let (virgl_peer, mut virgl_own) = PeerProcess::start("virgl", &dir);
+    let (fake_peer, mut fake_own) = PeerProcess::start("fake", &dir);
+    let (mut own_virgl, mut own_fake) = (Vec::new(), Vec::new());
 
     let (mut worker, mut still, mut in_place) = (Vec::new(), Vec::new(), Vec::new());
     let (mut fake_worker, mut fake_still, mut fake_local) = (Vec::new(), Vec::new(), Vec::new());
@@ -506,10 +575,11 @@ fn main() {
             (&mut still_vm, true),
             (&mut virgl_in_place, true),
             (&mut two_d_vm, false),
+            (&mut virgl_own, true),
         ];
         let daemons = [tree(virgl_daemon.pid()), tree(still_daemon.pid())];
         let before = daemons.each_ref().map(|d| cpu_us(d));
-        let mut made = [0; 4];
+        let mut made = [0; 5];
         let mut p50s = measure(&mut vms, n, &mut made).expect("virgl").into_iter();
         for ((cpu, d), (b, m)) in cpu.iter_mut().zip(&daemons).zip(before.iter().zip(made)) {
             cpu.push((cpu_us(d) - b) / m.max(1) as f64);
@@ -518,6 +588,7 @@ fn main() {
         still.extend(p50s.next());
         in_place.extend(p50s.next());
         two_d.extend(p50s.next());
+        own_virgl.extend(p50s.next());
         let (_fake_daemon, mut fake_vm) = fresh(vgpud, &fake_spin, true).expect("fake worker");
         let (_fake_still_daemon, mut fake_still_vm) =
             fresh(vgpud, &fake_no_spin, true).expect("fake worker, no spin");
@@ -525,32 +596,39 @@ fn main() {
             (&mut fake_vm, true),
             (&mut fake_still_vm, true),
             (&mut fake_in_place, true),
+            (&mut fake_own, true),
         ];
-        let mut p50s = measure(&mut vms, n, &mut [0; 3]).expect("fake").into_iter();
+        let mut p50s = measure(&mut vms, n, &mut [0; 4]).expect("fake").into_iter();
         fake_worker.extend(p50s.next());
         fake_still.extend(p50s.next());
         fake_local.extend(p50s.next());
+        own_fake.extend(p50s.next());
         println!("round {} done", round + 1);
     }
+    // Before their VMs go, so that they do not see them go.
+    drop((virgl_peer, fake_peer));
     let floor = median(floor);
     // Each column's median over the rounds.
     let (worker, still, in_place) = (medians(&worker), medians(&still), medians(&in_place));
     let (fake_worker, fake_still) = (medians(&fake_worker), medians(&fake_still));
     let fake_local = medians(&fake_local);
     let two_d = medians(&two_d);
+    let (own_virgl, own_fake) = (medians(&own_virgl), medians(&own_fake));
     let names: Vec<&str> = commands().iter().map(|c| c.name).collect();
 
     println!();
     println!("Round trips through a virgl render worker (spinning, and not) and with virgl in place, p50 µs (median of rounds)");
+    println!("(in place: in this process; own: in a process of its own, as a real backend is)");
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>8} {:>8}",
-        "command", "worker", "no spin", "in place", "ratio", "no spin"
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "command", "worker", "no spin", "in place", "own", "ratio", "vs own", "no spin"
     );
     for (i, name) in names.iter().enumerate() {
-        let (w, s, p) = (worker[i], still[i], in_place[i]);
+        let (w, s, p, o) = (worker[i], still[i], in_place[i], own_virgl[i]);
         println!(
-            "{name:<30} {w:>10.1} {s:>10.1} {p:>10.1} {:>7.2}x {:>7.2}x",
+            "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.2}x {:>7.2}x {:>7.2}x",
             w / p,
+            w / o,
             s / p
         );
     }
@@ -566,14 +644,14 @@ fn main() {
         "The worker boundary alone (scripted renderer, no GPU work), p50 µs; eventfd ping-pong floor {floor:.1} µs"
     );
     println!(
-        "{:<30} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "command", "worker", "no spin", "in place", "x floor", "no spin"
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
+        "command", "worker", "no spin", "in place", "own", "x floor", "no spin"
     );
     for (i, name) in names.iter().enumerate() {
-        let (w, s, p) = (fake_worker[i], fake_still[i], fake_local[i]);
+        let (w, s, p, o) = (fake_worker[i], fake_still[i], fake_local[i], own_fake[i]);
         if !w.is_nan() {
             println!(
-                "{name:<30} {w:>10.1} {s:>10.1} {p:>10.1} {:>9.1}x {:>9.1}x",
+                "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.1}x {:>7.1}x",
                 (w - p) / floor,
                 (s - p) / floor
             );

@@ -2,8 +2,8 @@
 //! one process per 3D VM). They mirror the device model's `Renderer` trait one call each.
 //!
 //! Transport: a UNIX stream socket pair per channel; each message is a frame of a 4-byte
-//! little-endian length and that many bytes of JSON, with any file descriptors it carries sent
-//! alongside its first byte (SCM_RIGHTS). The request channel has a faster path for frames
+//! little-endian length and that many bytes of postcard (serde's compact binary format), with
+//! any file descriptors it carries sent alongside its first byte (SCM_RIGHTS). The request channel has a faster path for frames
 //! that carry no descriptor and fit `SLOT_BYTES`: a slot per direction in a shared page, each
 //! frame stamped with a sequence number that counts that direction's slot frames from 1
 //! (`slot_frame`, `slot_body`) and is written last, so that a new number means a whole new
@@ -191,12 +191,14 @@ pub enum FrameError {
     #[error("frame of {0} bytes is larger than {MAX_FRAME}")]
     TooLarge(usize),
     #[error("undecodable frame: {0}")]
-    Decode(#[from] serde_json::Error),
+    Decode(#[from] postcard::Error),
+    #[error("{0} bytes after the message")]
+    Trailing(usize),
 }
 
-/// Encodes a message as a frame: length, then JSON.
+/// Encodes a message as a frame: length, then the message.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let body = serde_json::to_vec(msg)?;
+    let body = postcard::to_allocvec(msg)?;
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
@@ -215,24 +217,31 @@ pub fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
     Ok(len)
 }
 
-/// Decodes a frame's body.
+/// Decodes a frame's body, which must hold the message and nothing more.
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, FrameError> {
     if body.len() > MAX_FRAME {
         return Err(FrameError::TooLarge(body.len()));
     }
-    Ok(serde_json::from_slice(body)?)
+    match postcard::take_from_bytes(body)? {
+        (msg, []) => Ok(msg),
+        (_, rest) => Err(FrameError::Trailing(rest.len())),
+    }
 }
 
 /// `msg` as a doorbell slot's bytes with sequence number `seq`, or None when it does not fit.
 pub fn slot_frame<T: Serialize>(msg: &T, seq: u32) -> Result<Option<Vec<u8>>, FrameError> {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > SLOT_BYTES - SLOT_HEADER {
+    // The body goes after room for the header, which is filled in once its length is known.
+    let mut room = Vec::with_capacity(64);
+    room.extend_from_slice(&[0; SLOT_HEADER]);
+    let mut slot = postcard::to_extend(msg, room)?;
+    let len = slot.len().saturating_sub(SLOT_HEADER);
+    if len > SLOT_BYTES - SLOT_HEADER {
         return Ok(None);
     }
-    let mut slot = Vec::with_capacity(SLOT_HEADER + body.len());
-    slot.extend_from_slice(&seq.to_le_bytes());
-    slot.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    slot.extend_from_slice(&body);
+    slot.splice(
+        ..SLOT_HEADER,
+        [seq, len as u32].iter().flat_map(|w| w.to_le_bytes()),
+    );
     Ok(Some(slot))
 }
 
@@ -315,9 +324,14 @@ mod tests {
     fn oversized_and_garbled_frames_are_refused() {
         assert!(frame_len(((MAX_FRAME + 1) as u32).to_le_bytes()).is_err());
         assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
-        assert!(decode::<Reply>(b"{\"Data\":{\"len\":-1}}").is_err());
-        assert!(decode::<Reply>(b"\xff\xfe").is_err());
-        assert!(decode::<Event>(b"{\"FenceSignalled\":{}}").is_err());
+        assert!(decode::<Reply>(b"\xff\xfe").is_err(), "no such reply");
+        assert!(decode::<Event>(b"\x00").is_err(), "cut short");
+        let mut trailing = encode(&Reply::Ok).unwrap().split_off(4);
+        trailing.push(0);
+        assert!(
+            decode::<Reply>(&trailing).is_err(),
+            "bytes after the message"
+        );
         let long = "x".repeat(MAX_FRAME);
         assert!(encode(&Reply::Failed {
             out_of_memory: false,
@@ -328,10 +342,11 @@ mod tests {
 
     #[test]
     fn slot_frames_are_numbered_and_bounded() {
-        let slot = slot_frame(&Reply::Ok, 7).unwrap().unwrap();
+        let reply = Reply::Data { len: 1 << 20 };
+        let slot = slot_frame(&reply, 7).unwrap().unwrap();
         assert_eq!(
             decode::<Reply>(slot_body(&slot, 7).unwrap()).unwrap(),
-            Reply::Ok
+            reply
         );
         assert!(matches!(
             slot_body(&slot, 8),

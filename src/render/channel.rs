@@ -112,6 +112,14 @@ impl Channel {
         self.recv()
     }
 
+    /// The message already waiting in the doorbell's slot, if there is one; never waits.
+    pub fn try_recv<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
+        match &self.doorbell {
+            Some(doorbell) => doorbell.recv(),
+            None => Ok(None),
+        }
+    }
+
     /// As `recv`, and meanwhile, whenever `side`'s descriptor is readable, calls its function
     /// (a peer that must not block on a full socket while we wait for it), which says whether
     /// to keep watching it; its error ends the wait.
@@ -627,7 +635,12 @@ impl Doorbell {
     }
 
     pub fn awake(&self) -> io::Result<()> {
-        self.asleep_of(self.mine)?.store(0, Ordering::Relaxed);
+        // Written only when set: a spinning end that wrote it after every poll would take the
+        // line from the other end's cache each time, and its next send would wait for it back.
+        let asleep = self.asleep_of(self.mine)?;
+        if asleep.load(Ordering::Relaxed) != 0 {
+            asleep.store(0, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -657,7 +670,17 @@ impl Doorbell {
         number.copy_from_slice(&found.to_le_bytes());
         length.copy_from_slice(&self.page.read_at(slot + 4, 4)?);
         let len = worker::slot_body_len(header, seq).map_err(io::Error::other)?;
-        let body = self.page.read_at(slot + SLOT_HEADER, len as u64)?;
+        // Most frames are a few bytes: those are read into the stack, not a fresh allocation.
+        let mut small = [0u8; 256];
+        let body = match small.get_mut(..len) {
+            Some(body) => {
+                self.page
+                    .slice(slot + SLOT_HEADER, len as u64)?
+                    .copy_to(body);
+                std::borrow::Cow::Borrowed(&*body)
+            }
+            None => self.page.read_at(slot + SLOT_HEADER, len as u64)?.into(),
+        };
         self.received.store(seq, Ordering::Relaxed);
         worker::decode(&body).map(Some).map_err(io::Error::other)
     }

@@ -632,7 +632,12 @@ impl Inner {
         let Some(Owed { what, sent }) = worker.owed_reply.take() else {
             return Ok(None);
         };
-        match self.receive(worker, sent, trouble)? {
+        // Usually the worker is done by now: its reply is in the slot, and nothing needs waiting.
+        let reply = match worker.requests.try_recv()? {
+            Some(reply) => (reply, Vec::new()),
+            None => self.receive(worker, sent, trouble)?,
+        };
+        match reply {
             (Reply::Ok, files) if files.is_empty() => Ok(None),
             (Reply::Failed { out_of_memory, why }, files) if files.is_empty() => {
                 Ok(Some((what, refusal(out_of_memory, why))))
