@@ -444,25 +444,29 @@ fn pin_apart() -> Option<String> {
 }
 
 /// Set in a child of this bench that serves one in-place peer in a process of its own: the
-/// renderer ("virgl" or "fake") and the directory for its socket.
+/// renderer ("virgl" or "fake"); the directory for its socket and the daemon to ask for the
+/// renderer's capsets come in `PEER_DIR_ENV` and `PEER_DAEMON_ENV`.
 const PEER_ENV: &str = "VGPUD_BENCH_PEER";
+const PEER_DIR_ENV: &str = "VGPUD_BENCH_PEER_DIR";
+const PEER_DAEMON_ENV: &str = "VGPUD_BENCH_PEER_DAEMON";
 
-/// In a child started by `peer_process`: serves the peer, says where on stdout, and ends when
-/// its stdin closes (the bench ended, however it ended).
+/// In a child started by `PeerProcess::start`: serves the peer, says where on stdout, and ends
+/// when its stdin closes (the bench ended, however it ended).
 #[cfg(feature = "virgl")]
-fn serve_peer(spec: &str) {
-    use std::io::Read;
-    let (kind, dir) = spec.split_once(' ').expect("kind and directory");
+fn serve_peer(kind: &str) {
+    use std::io::{Read, Write};
     let (kind, args) = match kind {
         "virgl" => (RendererKind::Virgl, ["--renderer", "virgl"]),
         _ => (RendererKind::Fake, ["--renderer", "fake"]),
     };
+    let env = |name| std::path::PathBuf::from(std::env::var_os(name).expect(name));
     let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .try_init();
     vgpud::memfault::install().expect("SIGBUS handler");
-    let capsets = capsets_of(Path::new(env!("CARGO_BIN_EXE_vgpud")), &args).expect("capsets");
-    let socket = serve_in_place(Path::new(dir), kind, capsets).expect("in-place backend");
-    println!("{}", socket.display());
+    let capsets = capsets_of(&env(PEER_DAEMON_ENV), &args).expect("capsets");
+    let socket = serve_in_place(&env(PEER_DIR_ENV), kind, capsets).expect("in-place backend");
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{}", socket.display()).and_then(|()| out.flush());
     let _ = io::stdin().lock().read_to_end(&mut Vec::new());
 }
 
@@ -475,22 +479,37 @@ struct PeerProcess(std::process::Child);
 
 #[cfg(feature = "virgl")]
 impl PeerProcess {
-    /// Starts one serving `kind` ("virgl" or "fake") on a socket in `dir`, and its VM.
-    fn start(kind: &str, dir: &Path) -> (PeerProcess, Vm) {
+    /// Starts one serving `kind` ("virgl" or "fake") on a socket in a directory of its own
+    /// under `dir`, with the capsets `vgpud` offers, and connects its VM.
+    fn start(kind: &str, dir: &Path, vgpud: &Path) -> (PeerProcess, Vm) {
         use std::io::BufRead;
         use std::process::{Command as Process, Stdio};
+        let own = dir.join(format!("own-{kind}"));
+        std::fs::create_dir_all(&own).expect("peer's directory");
         let child = Process::new(std::env::current_exe().expect("this bench"))
-            .env(PEER_ENV, format!("{kind} {}", dir.display()))
+            .env(PEER_ENV, kind)
+            .env(PEER_DIR_ENV, &own)
+            .env(PEER_DAEMON_ENV, vgpud)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("peer process");
         let mut peer = PeerProcess(child);
-        let mut socket = String::new();
         let out = peer.0.stdout.take().expect("peer's stdout");
-        io::BufReader::new(out)
-            .read_line(&mut socket)
-            .expect("peer's socket");
+        // Read on a thread of its own, so that a peer that never starts fails the bench.
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut socket = String::new();
+            let _ = tx.send(
+                io::BufReader::new(out)
+                    .read_line(&mut socket)
+                    .map(|_| socket),
+            );
+        });
+        let socket = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(socket)) if !socket.is_empty() => socket,
+            other => panic!("the {kind} peer did not start: {other:?}"),
+        };
         let mut vm = connect(Path::new(socket.trim_end())).expect("in-place VM, own process");
         setup(&mut vm, true).expect("in-place setup");
         (peer, vm)
@@ -507,8 +526,8 @@ impl Drop for PeerProcess {
 
 #[cfg(feature = "virgl")]
 fn main() {
-    if let Ok(spec) = std::env::var(PEER_ENV) {
-        return serve_peer(&spec);
+    if let Ok(kind) = std::env::var(PEER_ENV) {
+        return serve_peer(&kind);
     }
     let full = std::env::args().any(|a| a == "--bench");
     let n = knob("VGPUD_BENCH_ROUND_TRIPS", if full { 2000 } else { 20 });
@@ -553,8 +572,8 @@ fn main() {
     };
     let mut virgl_in_place = peer(RendererKind::Virgl, &virgl);
     let mut fake_in_place = peer(RendererKind::Fake, &fake);
-    let (virgl_peer, mut virgl_own) = PeerProcess::start("virgl", &dir);
-    let (fake_peer, mut fake_own) = PeerProcess::start("fake", &dir);
+    let (virgl_peer, mut virgl_own) = PeerProcess::start("virgl", &dir, vgpud);
+    let (fake_peer, mut fake_own) = PeerProcess::start("fake", &dir, vgpud);
     let (mut own_virgl, mut own_fake) = (Vec::new(), Vec::new());
 
     let (mut worker, mut still, mut in_place) = (Vec::new(), Vec::new(), Vec::new());

@@ -23,6 +23,14 @@ use crate::command::{Rect, ResourceCreate3d, Transfer3d};
 /// Largest frame either side sends or accepts (a backing of 16384 entries fits).
 pub const MAX_FRAME: usize = 4 << 20;
 
+/// Largest reply frame the broker accepts: a reply is a few bytes, and the worker cuts the
+/// reason of a refusal to `MAX_WHY`. (A frame of `MAX_FRAME` would let a worker make the
+/// broker build a list of a million capsets before it looked at what the reply was.)
+pub const MAX_REPLY_FRAME: usize = 16 << 10;
+
+/// Longest reason a worker gives for a refusal, in bytes.
+pub const MAX_WHY: usize = 4096;
+
 /// Size of the shared mailbox: the largest command stream (16 MiB) and room to spare.
 pub const MAILBOX_BYTES: u64 = 20 << 20;
 
@@ -109,7 +117,6 @@ pub enum Request {
         id: u32,
         to_host: bool,
         transfer: Transfer3d,
-        #[serde(default)]
         fence: Option<FenceAfter>,
     },
     /// The command stream is the first `len` bytes of the mailbox. With `fence`, a fence is
@@ -118,7 +125,6 @@ pub enum Request {
     Submit3d {
         ctx: u32,
         len: u64,
-        #[serde(default)]
         fence: Option<FenceAfter>,
     },
     CreateBlob {
@@ -324,8 +330,21 @@ mod tests {
     fn oversized_and_garbled_frames_are_refused() {
         assert!(frame_len(((MAX_FRAME + 1) as u32).to_le_bytes()).is_err());
         assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
-        assert!(decode::<Reply>(b"\xff\xfe").is_err(), "no such reply");
+        // Reply's variants are numbered 0..=6.
+        assert!(decode::<Reply>(b"\x07").is_err(), "no such reply");
+        assert!(decode::<Reply>(b"\xff\xfe").is_err(), "a varint cut short");
         assert!(decode::<Event>(b"\x00").is_err(), "cut short");
+        let long_varint = [
+            3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+        ];
+        assert!(
+            decode::<Reply>(&long_varint).is_err(),
+            "a u64 of more than 64 bits"
+        );
+        assert!(decode::<Reply>(&[1, 2, 0]).is_err(), "a bool of 2");
+        assert!(decode::<Reply>(&[1, 0, 1, 0xff]).is_err(), "not UTF-8");
+        let huge = [2, 0xff, 0xff, 0xff, 0xff, 0x0f];
+        assert!(decode::<Reply>(&huge).is_err(), "more capsets than bytes");
         let mut trailing = encode(&Reply::Ok).unwrap().split_off(4);
         trailing.push(0);
         assert!(

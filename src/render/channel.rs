@@ -35,6 +35,8 @@ pub struct Channel {
     spin: Spin,
     /// The longest a receive waits; None: for ever.
     limit: Mutex<Option<Duration>>,
+    /// The largest frame a receive accepts.
+    max_frame: usize,
 }
 
 impl Channel {
@@ -44,6 +46,15 @@ impl Channel {
             doorbell: None,
             spin: Spin::new(Duration::ZERO),
             limit: Mutex::new(None),
+            max_frame: worker::MAX_FRAME,
+        }
+    }
+
+    /// Refuses frames received larger than `max` bytes (the broker's end: replies are small).
+    pub fn accepting_up_to(self, max: usize) -> Self {
+        Channel {
+            max_frame: max,
+            ..self
         }
     }
 
@@ -105,7 +116,7 @@ impl Channel {
     /// at first, without a poll.
     pub fn recv_waiting<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
         if let Some(doorbell) = &self.doorbell {
-            if let Some(msg) = doorbell.recv()? {
+            if let Some(msg) = doorbell.recv(self.max_frame)? {
                 return Ok((msg, Vec::new()));
             }
         }
@@ -114,10 +125,15 @@ impl Channel {
 
     /// The message already waiting in the doorbell's slot, if there is one; never waits.
     pub fn try_recv<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
-        match &self.doorbell {
-            Some(doorbell) => doorbell.recv(),
-            None => Ok(None),
+        let Some(doorbell) = &self.doorbell else {
+            return Ok(None);
+        };
+        let got = doorbell.recv(self.max_frame)?;
+        if got.is_some() {
+            // A message that was there at once: the peer is quick, so the next wait spins.
+            self.spin.settle(Duration::ZERO);
         }
+        Ok(got)
     }
 
     /// As `recv`, and meanwhile, whenever `side`'s descriptor is readable, calls its function
@@ -175,7 +191,7 @@ impl Channel {
         let mut looks = 0u32;
         loop {
             // The slot first: a look at memory, no syscall.
-            if let Some(msg) = doorbell.recv()? {
+            if let Some(msg) = doorbell.recv(self.max_frame)? {
                 return Ok((msg, Vec::new()));
             }
             let now = Instant::now();
@@ -232,7 +248,7 @@ impl Channel {
             }
             if sock.revents != 0 {
                 // A frame put in the slot before the socket turned readable comes first.
-                if let Some(msg) = doorbell.recv()? {
+                if let Some(msg) = doorbell.recv(self.max_frame)? {
                     return Ok((msg, Vec::new()));
                 }
                 return self.recv_socket(deadline);
@@ -272,6 +288,9 @@ impl Channel {
         }
         self.read_by(header.get_mut(got..).unwrap_or_default(), deadline)?;
         let len = worker::frame_len(header).map_err(io::Error::other)?;
+        if len > self.max_frame {
+            return Err(io::Error::other(format!("a frame of {len} bytes")));
+        }
         let mut body = vec![0u8; len];
         self.read_by(&mut body, deadline)?;
         let msg = worker::decode(&body).map_err(io::Error::other)?;
@@ -654,8 +673,8 @@ impl Doorbell {
     }
 
     /// The frame in the other end's slot if there is a new one (None if not), checked to be
-    /// the next one and to fit the slot.
-    fn recv<T: DeserializeOwned>(&self) -> io::Result<Option<T>> {
+    /// the next one and to fit the slot and `max` bytes.
+    fn recv<T: DeserializeOwned>(&self, max: usize) -> io::Result<Option<T>> {
         let last = self.received.load(Ordering::Relaxed);
         let found = self.seq_of(1 - self.mine)?.load(Ordering::Acquire);
         if found == last {
@@ -670,6 +689,9 @@ impl Doorbell {
         number.copy_from_slice(&found.to_le_bytes());
         length.copy_from_slice(&self.page.read_at(slot + 4, 4)?);
         let len = worker::slot_body_len(header, seq).map_err(io::Error::other)?;
+        if len > max {
+            return Err(io::Error::other(format!("a slot frame of {len} bytes")));
+        }
         // Most frames are a few bytes: those are read into the stack, not a fresh allocation.
         let mut small = [0u8; 256];
         let body = match small.get_mut(..len) {
@@ -1011,6 +1033,33 @@ mod tests {
         junk.extend_from_slice(b"\xff\xfe{]");
         put(1, &junk);
         assert!(broker.recv::<Reply>().is_err(), "undecodable");
+    }
+
+    #[test]
+    fn frames_of_any_size_cross_and_a_limited_end_refuses_larger_ones() {
+        let (broker, worker) = doorbell_pair();
+        // Bodies on both sides of the 256 bytes read into the stack, and past it.
+        for len in [1, 250, 253, 254, 300, 5000] {
+            let failed = Reply::Failed {
+                out_of_memory: false,
+                why: "x".repeat(len),
+            };
+            worker.send(&failed, &[]).unwrap();
+            assert_eq!(broker.recv::<Reply>().unwrap().0, failed, "{len}");
+        }
+        let long = Reply::Failed {
+            out_of_memory: false,
+            why: "x".repeat(200),
+        };
+        let (broker, worker) = doorbell_pair();
+        let broker = broker.accepting_up_to(100);
+        worker.send(&long, &[]).unwrap();
+        assert!(broker.recv::<Reply>().is_err(), "in the slot");
+        let (broker, worker) = doorbell_pair();
+        let broker = broker.accepting_up_to(100);
+        let frame = worker::encode(&long).unwrap();
+        (&worker.sock).write_all(&frame).unwrap();
+        assert!(broker.recv::<Reply>().is_err(), "on the socket");
     }
 
     #[test]

@@ -321,7 +321,8 @@ fn spawn(kind: RendererKind, vm: &str, limits: Limits) -> io::Result<(Worker, Un
     drop((theirs_req, theirs_ev, theirs_bell));
     let worker = Worker {
         child,
-        requests: Channel::with_doorbell(requests, doorbell, limits.spin),
+        requests: Channel::with_doorbell(requests, doorbell, limits.spin)
+            .accepting_up_to(vgpud_protocol::worker::MAX_REPLY_FRAME),
         mailbox,
         owed_reply: None,
     };

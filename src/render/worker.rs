@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use log::{error, info};
-use vgpud_protocol::worker::{Event, Region, Reply, Request};
+use vgpud_protocol::worker::{Event, Region, Reply, Request, MAX_WHY};
 use vgpud_protocol::MemEntry;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -411,10 +411,15 @@ impl Wait {
 
 fn failed(e: &RenderError) -> Reply {
     // The broker says "renderer rejected the request" itself.
-    let why = match e {
+    let mut why = match e {
         RenderError::Rejected(why) => why.clone(),
         other => other.to_string(),
     };
+    // The broker takes small replies only.
+    if why.len() > MAX_WHY {
+        let cut = (0..=MAX_WHY).rev().find(|&i| why.is_char_boundary(i));
+        why.truncate(cut.unwrap_or(0));
+    }
     Reply::Failed {
         out_of_memory: matches!(e, RenderError::OutOfMemory),
         why,
@@ -634,6 +639,22 @@ mod tests {
 
     use crate::render::channel::{thread_cpu, Doorbell};
     use crate::sync::lock;
+
+    #[test]
+    fn a_refusal_fits_the_reply_frame_the_broker_accepts() {
+        let long = RenderError::Rejected("é".repeat(10 * MAX_WHY));
+        let reply = failed(&long);
+        let Reply::Failed { why, .. } = &reply else {
+            panic!("{reply:?}");
+        };
+        assert!(
+            why.len() <= MAX_WHY && why.len() > MAX_WHY - 2,
+            "{}",
+            why.len()
+        );
+        let frame = vgpud_protocol::worker::encode(&reply).unwrap();
+        assert!(frame.len() <= vgpud_protocol::worker::MAX_REPLY_FRAME);
+    }
 
     /// A sink over a socket pair, its budget `spin`, and the broker's end of its events
     /// (reads time out after `wait`).
