@@ -3,14 +3,14 @@
 //!
 //! Transport: a UNIX stream socket pair per channel; each message is a frame of a 4-byte
 //! little-endian length and that many bytes of postcard (serde's compact binary format), with
-//! any file descriptors it carries sent alongside its first byte (SCM_RIGHTS). The request channel has a faster path for frames
-//! that carry no descriptor and fit `SLOT_BYTES`: a slot per direction in a shared page, each
-//! frame stamped with a sequence number that counts that direction's slot frames from 1
-//! (`slot_frame`, `slot_body`) and is written last, so that a new number means a whole new
-//! frame; and an eventfd per direction (the doorbell) rung for a receiver that said, in a flag
-//! of the same page, that it is about to sleep. Bulk bytes (command streams, pixels, capset data) go
-//! through a shared-memory mailbox both processes map, never through the socket: messages only
-//! say how many bytes of the mailbox are meant.
+//! any file descriptors it carries sent alongside its first byte (SCM_RIGHTS). The request
+//! channel has a faster path for frames that carry no descriptor and fit `SLOT_BYTES`: a slot
+//! per direction in a shared page, each frame stamped with a sequence number that counts that
+//! direction's slot frames from 1 (`slot_frame`, `slot_body`) and is written last, so that a new
+//! number means a whole new frame; and an eventfd per direction (the doorbell) rung for a
+//! receiver that said, in a flag of the same page, that it is about to sleep. Bulk bytes
+//! (command streams, pixels, capset data) go through a shared-memory mailbox both processes
+//! map, never through the socket: messages only say how many bytes of the mailbox are meant.
 //!
 //! The broker trusts no worker: a worker runs GPU driver code on a guest's behalf. Frames are
 //! bounded (`MAX_FRAME`), decoding never panics, and the broker checks every number it gets

@@ -1093,14 +1093,18 @@ pub(crate) fn bounded(e: &RenderError) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     if s.len() > MAX_CAUSE {
-        let mut end = MAX_CAUSE;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+        cut_to(&mut s, MAX_CAUSE);
         s.push_str("...");
     }
     s
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub(crate) fn cut_to(s: &mut String, max: usize) {
+    if s.len() > max {
+        let end = (0..=max).rev().find(|&i| s.is_char_boundary(i));
+        s.truncate(end.unwrap_or(0));
+    }
 }
 
 /// ERR_INVALID_PARAMETER: `rect` does not lie inside resource `res`.

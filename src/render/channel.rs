@@ -115,12 +115,10 @@ impl Channel {
     /// As `recv`, for a caller that was just told a message is waiting: the doorbell is looked
     /// at first, without a poll.
     pub fn recv_waiting<T: DeserializeOwned>(&self) -> io::Result<(T, Vec<File>)> {
-        if let Some(doorbell) = &self.doorbell {
-            if let Some(msg) = doorbell.recv(self.max_frame)? {
-                return Ok((msg, Vec::new()));
-            }
+        match self.try_recv()? {
+            Some(msg) => Ok((msg, Vec::new())),
+            None => self.recv(),
         }
-        self.recv()
     }
 
     /// The message already waiting in the doorbell's slot, if there is one; never waits.

@@ -416,10 +416,7 @@ fn failed(e: &RenderError) -> Reply {
         other => other.to_string(),
     };
     // The broker takes small replies only.
-    if why.len() > MAX_WHY {
-        let cut = (0..=MAX_WHY).rev().find(|&i| why.is_char_boundary(i));
-        why.truncate(cut.unwrap_or(0));
-    }
+    crate::device::cut_to(&mut why, MAX_WHY);
     Reply::Failed {
         out_of_memory: matches!(e, RenderError::OutOfMemory),
         why,
