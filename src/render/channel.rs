@@ -539,6 +539,10 @@ impl Drop for Mailbox {
 /// (sender: sequence number, fence, flag; receiver: flag, fence, sequence number) make sure at
 /// least one side sees the other, so no frame is left unseen by a sleeper. A peer that lies
 /// about its flag only keeps its own frames from being rung for, or makes us ring for nothing.
+///
+/// Beside its flag, each end says which CPU it last sent from or looked from, so that a
+/// spinning worker can tell when it spins on the broker's CPU (`beside_peer`). Only the
+/// worker reads these words: a worker that writes them fools only itself.
 pub struct Doorbell {
     page: Mailbox,
     mine: usize,
@@ -586,7 +590,8 @@ impl Doorbell {
         Ok(Doorbell::new(page, 1, ring, bell))
     }
 
-    /// The two slots, then each end's "about to sleep" flag on a cache line of its own.
+    /// The two slots, then each end's "about to sleep" flag and CPU on a cache line of its
+    /// own.
     const PAGE: usize = 2 * SLOT_BYTES + 2 * 64;
 
     fn seq_of(&self, end: usize) -> io::Result<&AtomicU32> {
@@ -595,6 +600,34 @@ impl Doorbell {
 
     fn asleep_of(&self, end: usize) -> io::Result<&AtomicU32> {
         self.page.atomic_at(2 * SLOT_BYTES + end * 64)
+    }
+
+    /// The CPU an end last said it ran on, plus one (0: not said), beside its flag.
+    fn cpu_of(&self, end: usize) -> io::Result<&AtomicU32> {
+        self.page.atomic_at(2 * SLOT_BYTES + end * 64 + 4)
+    }
+
+    /// Says which CPU this thread runs on now; the word is written only when that changed.
+    fn publish_cpu(&self) -> io::Result<u32> {
+        // SAFETY: sched_getcpu has no arguments and no effect on memory.
+        let cpu = unsafe { libc::sched_getcpu() };
+        let Ok(cpu) = u32::try_from(cpu) else {
+            return Ok(0);
+        };
+        let cpu = cpu.wrapping_add(1);
+        let word = self.cpu_of(self.mine)?;
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
+        Ok(cpu)
+    }
+
+    /// The CPU this thread runs on, if the other end last ran there too: then a spin here
+    /// only keeps it from running.
+    pub fn beside_peer(&self) -> io::Result<Option<usize>> {
+        let cpu = self.publish_cpu()?;
+        let same = cpu != 0 && self.cpu_of(1 - self.mine)?.load(Ordering::Relaxed) == cpu;
+        Ok(same.then(|| cpu as usize - 1))
     }
 
     /// The eventfd this end sleeps on.
@@ -624,6 +657,7 @@ impl Doorbell {
         let slot = self.mine * SLOT_BYTES;
         self.page
             .write_at(slot + 4, frame.get(4..).unwrap_or_default())?;
+        self.publish_cpu()?;
         self.seq_of(self.mine)?.store(seq, Ordering::Release);
         self.sent.store(seq, Ordering::Relaxed);
         fence(Ordering::SeqCst);
@@ -798,6 +832,42 @@ mod tests {
 
     /// The budgets the channel tests run with: none, and one longer than their waits.
     const SPINS: [Duration; 2] = [Duration::ZERO, Duration::from_millis(1)];
+
+    #[test]
+    fn an_end_sees_whether_the_other_last_ran_on_its_cpu() {
+        use crate::render::cpus::CpuList;
+        let cpus = CpuList::of_this_thread().unwrap().cpus().to_vec();
+        let (broker, worker) = doorbell_pair();
+        let at_worker = worker.doorbell().unwrap();
+        assert_eq!(
+            at_worker.beside_peer().unwrap(),
+            None,
+            "the broker never said"
+        );
+        // On each CPU in turn (the first two), the broker sends, then the worker looks.
+        let on = |cpu: usize, f: &mut (dyn FnMut() + Send)| {
+            thread::scope(|s| {
+                s.spawn(|| {
+                    CpuList::parse(&cpu.to_string())
+                        .unwrap()
+                        .pin_this_thread()
+                        .unwrap();
+                    f()
+                });
+            })
+        };
+        let first = cpus[0];
+        on(first, &mut || broker.send(&Request::Capsets, &[]).unwrap());
+        let _: Request = worker.recv().unwrap().0;
+        on(first, &mut || {
+            assert_eq!(at_worker.beside_peer().unwrap(), Some(first));
+        });
+        if let Some(&second) = cpus.get(1) {
+            on(second, &mut || {
+                assert_eq!(at_worker.beside_peer().unwrap(), None, "on another CPU");
+            });
+        }
+    }
 
     #[test]
     fn a_sender_rings_only_for_a_receiver_about_to_sleep() {

@@ -74,6 +74,44 @@ impl CpuList {
     }
 }
 
+/// Moves the calling thread off `cpu` (where it runs) to another CPU it may use, and leaves it
+/// free to come back later: the kernel moves a thread at once when its CPU leaves its
+/// affinity, and not when the CPU comes back. The CPU it went to; None when it may use no
+/// other.
+///
+/// The affinity it had is set again straight after; a change someone else made in between
+/// (a few microseconds) is lost.
+pub fn step_off(cpu: usize) -> io::Result<Option<usize>> {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: a zeroed cpu_set_t is an empty set.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the kernel fills the whole set of the size passed, for pid 0 (this thread).
+    if unsafe { libc::sched_getaffinity(0, size, &mut allowed) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut others = allowed;
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Ok(None);
+    }
+    // SAFETY: `cpu` is below CPU_SETSIZE (checked).
+    unsafe { libc::CPU_CLR(cpu, &mut others) };
+    // SAFETY: counts the bits of a whole set.
+    if unsafe { libc::CPU_COUNT(&others) } == 0 {
+        return Ok(None);
+    }
+    // SAFETY: pid 0 is this thread; `others` is a whole cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, size, &others) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: no arguments, no effect on memory.
+    let now = usize::try_from(unsafe { libc::sched_getcpu() }).ok();
+    // SAFETY: pid 0 is this thread; `allowed` is a whole cpu_set_t of the size passed.
+    if unsafe { libc::sched_setaffinity(0, size, &allowed) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(now)
+}
+
 impl fmt::Display for CpuList {
     /// The list as `parse` reads it, one number per CPU.
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -85,6 +123,38 @@ impl fmt::Display for CpuList {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn this_cpu() -> usize {
+        // SAFETY: no arguments, no effect on memory.
+        usize::try_from(unsafe { libc::sched_getcpu() }).unwrap()
+    }
+
+    #[test]
+    fn a_thread_steps_off_its_cpu_and_keeps_its_affinity() {
+        std::thread::spawn(|| {
+            let allowed = CpuList::of_this_thread().unwrap();
+            let cpu = this_cpu();
+            match step_off(cpu).unwrap() {
+                Some(went) => {
+                    assert_ne!(went, cpu, "stayed");
+                    assert!(allowed.cpus().contains(&went), "went outside its CPUs");
+                }
+                None => assert_eq!(allowed.cpus(), [cpu], "stayed with others allowed"),
+            }
+            assert_eq!(
+                CpuList::of_this_thread().unwrap(),
+                allowed,
+                "affinity not restored"
+            );
+            // A thread with one CPU stays on it.
+            let one = CpuList(vec![this_cpu()]);
+            one.pin_this_thread().unwrap();
+            assert_eq!(step_off(one.0[0]).unwrap(), None);
+            assert_eq!(CpuList::of_this_thread().unwrap(), one);
+        })
+        .join()
+        .unwrap();
+    }
 
     #[test]
     fn lists_ranges_and_repeats_read_as_the_kernel_writes_them() {

@@ -6,6 +6,7 @@
 //! 5, the mailbox; 6, 7 and 8, the request channel's doorbell (its page, the eventfd the worker
 //! waits on, the one it rings).
 
+use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io;
@@ -328,6 +329,10 @@ enum Ready {
 struct Wait {
     epoll: Epoll,
     spin: Spin,
+    /// Waits in a row that found the broker on this worker's CPU (`beside_broker`).
+    met: Cell<u32>,
+    /// When this worker last moved off the broker's CPU.
+    moved: Cell<Option<Instant>>,
 }
 
 impl Wait {
@@ -354,6 +359,8 @@ impl Wait {
         Ok(Wait {
             epoll,
             spin: Spin::new(spin),
+            met: Cell::new(0),
+            moved: Cell::new(None),
         })
     }
 
@@ -364,17 +371,26 @@ impl Wait {
         let doorbell = requests.doorbell();
         let slot_ready = || doorbell.map_or(Ok(false), |d| d.ready());
         let mut events = [EpollEvent::default(); 3];
-        let spin_until = self.spin.until(since);
+        let mut spin_until = self.spin.until(since);
         let mut looks = 0u32;
         loop {
             // The slot first: a look at memory, no syscall.
             if slot_ready()? {
                 self.spin.settle(since.elapsed());
+                if spin_until.is_some() {
+                    self.met.set(0);
+                }
                 return Ok(Ready::Request);
             }
             let spinning = spin_until.is_some_and(|until| Instant::now() < until);
             if spinning {
                 if !Spin::time_to_poll(&mut looks) {
+                    continue;
+                }
+                if let Some(cpu) = doorbell.and_then(|d| d.beside_peer().ok().flatten()) {
+                    if !self.beside_broker(cpu) {
+                        spin_until = None;
+                    }
                     continue;
                 }
             } else if let Some(d) = doorbell {
@@ -406,6 +422,30 @@ impl Wait {
                 return Ok(Ready::Renderer);
             }
         }
+    }
+}
+
+impl Wait {
+    /// A look while spinning found the broker last ran on this worker's CPU `cpu`: true if
+    /// the worker moved to another CPU (then it spins on there), false if it should sleep.
+    ///
+    /// A spinner beside the broker only keeps it waiting: its next wakeup there waits for the
+    /// spinner to yield, and the scheduler need not let it run even then. With few cores the
+    /// renderer's fence threads wait behind two spinners, too (docs/benchmarks.md, step 8).
+    /// Sleeping leaves the CPU to them. But a sleeping worker tends to be woken onto the
+    /// broker's CPU again, so after `STUCK` such waits in a row it moves instead: at most once
+    /// per `MOVE_EVERY`, so a scheduler that keeps putting the two together costs little.
+    fn beside_broker(&self, cpu: usize) -> bool {
+        const STUCK: u32 = 2;
+        const MOVE_EVERY: Duration = Duration::from_millis(1);
+        let met = self.met.get().saturating_add(1);
+        self.met.set(met);
+        if met < STUCK || self.moved.get().is_some_and(|t| t.elapsed() < MOVE_EVERY) {
+            return false;
+        }
+        self.met.set(0);
+        self.moved.set(Some(Instant::now()));
+        matches!(super::cpus::step_off(cpu), Ok(Some(_)))
     }
 }
 
@@ -760,12 +800,58 @@ mod tests {
         assert_eq!(sent, (1..=many).collect::<Vec<u64>>());
     }
 
-    #[test]
-    fn renderer_work_between_requests_does_not_start_a_new_spin() {
+    use crate::render::cpus::CpuList;
+
+    /// The broker's end of a request channel with a doorbell, and the worker's.
+    fn request_channels() -> (Channel, Channel) {
         let (a, b) = UnixStream::pair().unwrap();
         let (broker_end, theirs) = Doorbell::create().unwrap();
-        let broker = Channel::with_doorbell(a, broker_end, Duration::ZERO);
-        let requests = Channel::with_doorbell(b, Doorbell::open(theirs).unwrap(), Duration::ZERO);
+        let worker_end = Doorbell::open(theirs).unwrap();
+        (
+            Channel::with_doorbell(a, broker_end, Duration::ZERO),
+            Channel::with_doorbell(b, worker_end, Duration::ZERO),
+        )
+    }
+
+    #[test]
+    fn a_worker_that_keeps_meeting_the_broker_moves_off_its_cpu_now_and_then() {
+        let (broker, requests) = request_channels();
+        let wait = Wait::new(&requests, None, Duration::from_millis(1)).unwrap();
+        thread::spawn(move || {
+            let doorbell = requests.doorbell().unwrap();
+            // The broker sends from this thread's CPU and the worker looks from there (again,
+            // if the scheduler moved the thread in between).
+            let meet = || {
+                (0..1000)
+                    .find_map(|_| {
+                        broker.send(&Request::Capsets, &[]).unwrap();
+                        let _: Request = requests.recv().unwrap().0;
+                        doorbell.beside_peer().unwrap()
+                    })
+                    .expect("never beside a broker on the same thread")
+            };
+            let cpu = meet();
+            assert!(!wait.beside_broker(cpu), "moved at the first meeting");
+            if CpuList::of_this_thread().unwrap().cpus().len() < 2 {
+                assert!(!wait.beside_broker(cpu), "moved with nowhere to go");
+                return;
+            }
+            assert!(
+                wait.beside_broker(cpu),
+                "stayed at the second meeting in a row"
+            );
+            // Meeting again at once: it sleeps rather than moving again so soon.
+            let cpu = meet();
+            assert!(!wait.beside_broker(cpu));
+            assert!(!wait.beside_broker(cpu), "moved twice within MOVE_EVERY");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn renderer_work_between_requests_does_not_start_a_new_spin() {
+        let (broker, requests) = request_channels();
         let fences = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let wait = Wait::new(
             &requests,
