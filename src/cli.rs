@@ -120,8 +120,8 @@ pub struct Options {
     /// tens on an idle core) for CPU: a VM whose requests stop costs one budget on each side,
     /// and a wait longer than four budgets turns spinning off until requests come quickly
     /// again. A spinning thread reads shared memory, and now and then lets other runnable
-    /// threads on its CPU run. A worker does not spin on the CPU the broker last ran on: it
-    /// sleeps, or moves to another of its CPUs.
+    /// threads on its CPU run. A worker does not spin on the CPU the broker last sent a
+    /// request from: it sleeps, or moves to another of its CPUs.
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 

@@ -540,8 +540,9 @@ impl Drop for Mailbox {
 /// least one side sees the other, so no frame is left unseen by a sleeper. A peer that lies
 /// about its flag only keeps its own frames from being rung for, or makes us ring for nothing.
 ///
-/// Beside its flag, each end says which CPU it last sent from or looked from, so that a
-/// spinning worker can tell when it spins on the broker's CPU (`beside_peer`). Only the
+/// Beside its flag, each end says which CPU it last ran on (the broker: sent a request from;
+/// the worker: sent or looked from), so that a spinning worker can tell when it spins on the
+/// broker's CPU (`beside_peer`). Only the
 /// worker reads these words: a worker that writes them fools only itself.
 pub struct Doorbell {
     page: Mailbox,
@@ -625,6 +626,7 @@ impl Doorbell {
     /// The CPU this thread runs on, if the other end last ran there too: then a spin here
     /// only keeps it from running.
     pub fn beside_peer(&self) -> io::Result<Option<usize>> {
+        debug_assert_eq!(self.mine, 1, "the broker trusts no word of the worker's");
         let cpu = self.publish_cpu()?;
         let same = cpu != 0 && self.cpu_of(1 - self.mine)?.load(Ordering::Relaxed) == cpu;
         Ok(same.then(|| cpu as usize - 1))

@@ -331,6 +331,8 @@ struct Wait {
     spin: Spin,
     /// Waits in a row that found the broker on this worker's CPU (`beside_broker`).
     met: Cell<u32>,
+    /// The start of the last wait that did so (and so spins no more).
+    quiet: Cell<Option<Instant>>,
     /// When this worker last moved off the broker's CPU.
     moved: Cell<Option<Instant>>,
 }
@@ -360,6 +362,7 @@ impl Wait {
             epoll,
             spin: Spin::new(spin),
             met: Cell::new(0),
+            quiet: Cell::new(None),
             moved: Cell::new(None),
         })
     }
@@ -371,16 +374,21 @@ impl Wait {
         let doorbell = requests.doorbell();
         let slot_ready = || doorbell.map_or(Ok(false), |d| d.ready());
         let mut events = [EpollEvent::default(); 3];
-        let mut spin_until = self.spin.until(since);
+        // A wait that met the broker does not spin again, after renderer work included.
+        let met_broker = || self.quiet.get() == Some(since);
+        let mut spin_until = self.spin.until(since).filter(|_| !met_broker());
+        let request = || {
+            self.spin.settle(since.elapsed());
+            if !met_broker() {
+                self.met.set(0);
+            }
+            Ok(Ready::Request)
+        };
         let mut looks = 0u32;
         loop {
             // The slot first: a look at memory, no syscall.
             if slot_ready()? {
-                self.spin.settle(since.elapsed());
-                if spin_until.is_some() {
-                    self.met.set(0);
-                }
-                return Ok(Ready::Request);
+                return request();
             }
             let spinning = spin_until.is_some_and(|until| Instant::now() < until);
             if spinning {
@@ -389,6 +397,7 @@ impl Wait {
                 }
                 if let Some(cpu) = doorbell.and_then(|d| d.beside_peer().ok().flatten()) {
                     if !self.beside_broker(cpu) {
+                        self.quiet.set(Some(since));
                         spin_until = None;
                     }
                     continue;
@@ -415,8 +424,7 @@ impl Wait {
                 }
             }
             if has(Wait::SOCKET) || slot_ready()? {
-                self.spin.settle(since.elapsed());
-                return Ok(Ready::Request);
+                return request();
             }
             if has(Wait::RENDERER) {
                 return Ok(Ready::Renderer);
@@ -426,6 +434,8 @@ impl Wait {
 }
 
 impl Wait {
+    const MOVE_EVERY: Duration = Duration::from_millis(1);
+
     /// A look while spinning found the broker last ran on this worker's CPU `cpu`: true if
     /// the worker moved to another CPU (then it spins on there), false if it should sleep.
     ///
@@ -433,14 +443,18 @@ impl Wait {
     /// spinner to yield, and the scheduler need not let it run even then. With few cores the
     /// renderer's fence threads wait behind two spinners, too (docs/benchmarks.md, step 8).
     /// Sleeping leaves the CPU to them. But a sleeping worker tends to be woken onto the
-    /// broker's CPU again, so after `STUCK` such waits in a row it moves instead: at most once
-    /// per `MOVE_EVERY`, so a scheduler that keeps putting the two together costs little.
+    /// broker's CPU again, so the `STUCK`th wait in a row that meets it moves instead: at most
+    /// once per `MOVE_EVERY`, so a scheduler that keeps putting the two together costs little.
     fn beside_broker(&self, cpu: usize) -> bool {
         const STUCK: u32 = 2;
-        const MOVE_EVERY: Duration = Duration::from_millis(1);
         let met = self.met.get().saturating_add(1);
         self.met.set(met);
-        if met < STUCK || self.moved.get().is_some_and(|t| t.elapsed() < MOVE_EVERY) {
+        if met < STUCK
+            || self
+                .moved
+                .get()
+                .is_some_and(|t| t.elapsed() < Wait::MOVE_EVERY)
+        {
             return false;
         }
         self.met.set(0);
@@ -843,10 +857,45 @@ mod tests {
             // Meeting again at once: it sleeps rather than moving again so soon.
             let cpu = meet();
             assert!(!wait.beside_broker(cpu));
-            assert!(!wait.beside_broker(cpu), "moved twice within MOVE_EVERY");
+            let last_move = wait.moved.get().unwrap();
+            let moved = wait.beside_broker(cpu);
+            // Unless the thread was held up past MOVE_EVERY meanwhile.
+            let soon = last_move.elapsed() < Wait::MOVE_EVERY;
+            assert!(!(moved && soon), "moved twice within MOVE_EVERY");
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_worker_on_the_broker_s_cpu_sleeps_for_its_next_request_instead_of_spinning() {
+        let (broker, requests) = request_channels();
+        // A budget far longer than the wait: only meeting the broker stops the spin.
+        let wait = Wait::new(&requests, None, Duration::from_secs(5)).unwrap();
+        let cpu = CpuList::of_this_thread().unwrap().cpus()[0];
+        let here = CpuList::parse(&cpu.to_string()).unwrap();
+        let (broker, here) = (&broker, &here);
+        thread::scope(|s| {
+            s.spawn(move || {
+                here.pin_this_thread().unwrap();
+                broker.send(&Request::Capsets, &[]).unwrap();
+                let _: Request = requests.recv().unwrap().0;
+                // The next request comes from the same CPU, 50 ms later.
+                let sender = s.spawn(move || {
+                    here.pin_this_thread().unwrap();
+                    thread::sleep(Duration::from_millis(50));
+                    broker.send(&Request::Capsets, &[]).unwrap();
+                });
+                let burnt = crate::render::channel::thread_cpu();
+                assert!(matches!(
+                    wait.next(&requests, Instant::now()),
+                    Ok(Ready::Request)
+                ));
+                let burnt = crate::render::channel::thread_cpu() - burnt;
+                sender.join().unwrap();
+                assert!(burnt < Duration::from_millis(25), "spun {burnt:?}");
+            });
+        });
     }
 
     #[test]
