@@ -121,7 +121,8 @@ pub struct Options {
     /// and a wait longer than four budgets turns spinning off until requests come quickly
     /// again. A spinning thread reads shared memory, and now and then lets other runnable
     /// threads on its CPU run. A worker does not spin on the CPU the broker last sent a
-    /// request from: it sleeps, or moves to another of its CPUs.
+    /// request from: it sleeps, or moves to another of its CPUs (when neither keeps them
+    /// apart, it spins beside the broker all the same for 20ms).
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 

@@ -335,6 +335,8 @@ struct Wait {
     quiet: Cell<Option<Instant>>,
     /// When this worker last moved off the broker's CPU.
     moved: Cell<Option<Instant>>,
+    /// Until when it spins beside the broker all the same (`beside_broker`).
+    spin_on: Cell<Option<Instant>>,
 }
 
 impl Wait {
@@ -364,6 +366,7 @@ impl Wait {
             met: Cell::new(0),
             quiet: Cell::new(None),
             moved: Cell::new(None),
+            spin_on: Cell::new(None),
         })
     }
 
@@ -435,9 +438,12 @@ impl Wait {
 
 impl Wait {
     const MOVE_EVERY: Duration = Duration::from_millis(1);
+    /// How long a worker that could not keep away from the broker spins beside it.
+    const SPIN_ON: Duration = Duration::from_millis(20);
 
     /// A look while spinning found the broker last ran on this worker's CPU `cpu`: true if
-    /// the worker moved to another CPU (then it spins on there), false if it should sleep.
+    /// the worker spins on (it moved to another CPU, or gave up keeping away), false if it
+    /// should sleep.
     ///
     /// A spinner beside the broker only keeps it waiting: its next wakeup there waits for the
     /// spinner to yield, and the scheduler need not let it run even then. With few cores the
@@ -445,10 +451,29 @@ impl Wait {
     /// Sleeping leaves the CPU to them. But a sleeping worker tends to be woken onto the
     /// broker's CPU again, so the `STUCK`th wait in a row that meets it moves instead: at most
     /// once per `MOVE_EVERY`, so a scheduler that keeps putting the two together costs little.
+    ///
+    /// When `GIVE_UP` waits in a row still meet it, sleeping only holds the two there: the
+    /// broker's CPU goes idle between requests, and the scheduler keeps waking the broker on
+    /// its idle CPU, away from the VMM's thread, at the cost of an idle CPU's wakeup each time
+    /// (docs/benchmarks.md, step 9). Then the worker spins beside it for `SPIN_ON`, as if it
+    /// had not met it: a busy CPU is where the scheduler wakes the broker no more.
     fn beside_broker(&self, cpu: usize) -> bool {
         const STUCK: u32 = 2;
+        const GIVE_UP: u32 = 8;
+        if self
+            .spin_on
+            .get()
+            .is_some_and(|until| Instant::now() < until)
+        {
+            return true;
+        }
         let met = self.met.get().saturating_add(1);
         self.met.set(met);
+        if met >= GIVE_UP {
+            self.met.set(0);
+            self.spin_on.set(Some(Instant::now() + Wait::SPIN_ON));
+            return true;
+        }
         if met < STUCK
             || self
                 .moved
@@ -862,6 +887,29 @@ mod tests {
             // Unless the thread was held up past MOVE_EVERY meanwhile.
             let soon = last_move.elapsed() < Wait::MOVE_EVERY;
             assert!(!(moved && soon), "moved twice within MOVE_EVERY");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn a_worker_that_cannot_keep_away_from_the_broker_spins_beside_it_for_a_while() {
+        let (_broker, requests) = request_channels();
+        let wait = Wait::new(&requests, None, Duration::from_millis(1)).unwrap();
+        let cpu = CpuList::of_this_thread().unwrap().cpus()[0];
+        thread::spawn(move || {
+            // On one CPU a move has nowhere to go: every wait meets the broker again.
+            let here = CpuList::parse(&cpu.to_string()).unwrap();
+            here.pin_this_thread().unwrap();
+            let slept = (0..100).take_while(|_| !wait.beside_broker(cpu)).count();
+            assert!(slept >= 7, "gave up after {slept} waits that slept");
+            assert!(slept < 100, "never gave up sleeping beside the broker");
+            assert!(
+                wait.beside_broker(cpu),
+                "stopped spinning beside it at once"
+            );
+            thread::sleep(Wait::SPIN_ON);
+            assert!(!wait.beside_broker(cpu), "spun beside it past SPIN_ON");
         })
         .join()
         .unwrap();
