@@ -122,7 +122,7 @@ pub struct Options {
     /// again. A spinning thread reads shared memory, and now and then lets other runnable
     /// threads on its CPU run. A worker does not spin on the CPU the broker last sent a
     /// request from: it sleeps, or moves to another of its CPUs (when neither keeps them
-    /// apart, it spins beside the broker all the same for 20ms).
+    /// apart, its waits spin as usual for the next 20ms).
     #[arg(long, default_value = "50us", value_parser = parse_spin)]
     pub worker_spin: Duration,
 
