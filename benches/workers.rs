@@ -8,7 +8,8 @@
 //!   renderer's) take turns, a burst of requests each.
 //! - The worker boundary alone: the scripted renderer (no GPU work) through a worker (spinning
 //!   and not) against the same renderer in place, next to the eventfd ping-pong floor of the
-//!   same round.
+//!   same round, and the cache-line ping-pong between two CPUs (the floor of a crossing whose
+//!   ends spin: what the worker adds over in place is also given in those round trips).
 //! - A 2D command of a VM on the virgl renderer against the same command on the 2D renderer.
 //! - Memory of the whole daemon (broker, workers, render servers: proportional set size, so shared
 //!   libraries count once) with 1, 4 and 16 idle 3D VMs, virgl and Venus.
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::in_place::serve_in_place;
-use common::{check, eventfd_ping_pong, knob};
+use common::{cache_line_ping_pong, check, eventfd_ping_pong, knob};
 use vgpud::device::CapsetInfo;
 use vgpud::render::cpus::CpuList;
 use vgpud::render::RendererKind;
@@ -443,6 +444,15 @@ fn pin_apart() -> Option<String> {
     Some(last.to_string())
 }
 
+/// The two CPUs the cache-line floor runs between: the first and the last this bench may use
+/// (with `VGPUD_BENCH_PIN=1`, where the brokers and the workers run); None with one CPU.
+fn line_cpus() -> Option<(usize, usize)> {
+    let cpus = CpuList::of_this_thread().expect("this thread's CPUs");
+    let first = *cpus.cpus().first()?;
+    let last = *cpus.cpus().last()?;
+    (first != last).then_some((first, last))
+}
+
 /// Set in a child of this bench that serves one in-place peer in a process of its own: the
 /// renderer ("virgl" or "fake"); the directory for its socket and the daemon to ask for the
 /// renderer's capsets come in `PEER_DIR_ENV` and `PEER_DAEMON_ENV`.
@@ -554,6 +564,9 @@ fn main() {
     // The spinning workers' budget: the daemon's default unless VGPUD_BENCH_WORKER_SPIN says.
     let spin = std::env::var("VGPUD_BENCH_WORKER_SPIN").ok();
     let spin: Vec<&str> = spin.iter().flat_map(|s| ["--worker-spin", s]).collect();
+    // The spinning floor: between the brokers' CPU and the workers' when pinned, else between
+    // the first and the last CPU this bench may use (None: only one). Found before pinning.
+    let line_cpus = line_cpus();
     let pinned = pin_apart();
     let pin: Vec<&str> = pinned.iter().flat_map(|c| ["--worker-cpus", c]).collect();
     let virgl_spin = [&["--renderer", "virgl"][..], &spin, &pin].concat();
@@ -580,10 +593,14 @@ fn main() {
     let (mut fake_worker, mut fake_still, mut fake_local) = (Vec::new(), Vec::new(), Vec::new());
     let mut two_d = Vec::new();
     let mut floor = Vec::new();
+    let mut line = Vec::new();
     // CPU per request of the virgl daemons (broker and worker), spinning and not.
     let mut cpu = [Vec::new(), Vec::new()];
     for round in 0..rounds {
         floor.push(eventfd_ping_pong(n).expect("eventfd floor"));
+        if let Some((a, b)) = line_cpus {
+            line.push(cache_line_ping_pong(n, a, b).expect("cache-line floor"));
+        }
         let (virgl_daemon, mut virgl_vm) = fresh(vgpud, &virgl_spin, true).expect("virgl worker");
         let (still_daemon, mut still_vm) =
             fresh(vgpud, &virgl_no_spin, true).expect("virgl worker, no spin");
@@ -627,6 +644,8 @@ fn main() {
     // Before their VMs go, so that they do not see them go.
     drop((virgl_peer, fake_peer));
     let floor = median(floor);
+    // NaN without a second CPU: its columns then read NaN.
+    let line = median(line);
     // Each column's median over the rounds.
     let (worker, still, in_place) = (medians(&worker), medians(&still), medians(&in_place));
     let (fake_worker, fake_still) = (medians(&fake_worker), medians(&fake_still));
@@ -637,18 +656,25 @@ fn main() {
 
     println!();
     println!("Round trips through a virgl render worker (spinning, and not) and with virgl in place, p50 µs (median of rounds)");
-    println!("(in place: in this process; own: in a process of its own, as a real backend is)");
+    println!("(in place: in this process; own: in a process of its own, as a real backend is;");
     println!(
-        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "command", "worker", "no spin", "in place", "own", "ratio", "vs own", "no spin"
+        " lines: what the worker adds to in place, in cache-line round trips between two CPUs)"
+    );
+    if let Some((a, b)) = line_cpus {
+        println!("cache-line round trip between CPU {a} and CPU {b}: {line:.2} µs");
+    }
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "command", "worker", "no spin", "in place", "own", "ratio", "vs own", "no spin", "lines"
     );
     for (i, name) in names.iter().enumerate() {
         let (w, s, p, o) = (worker[i], still[i], in_place[i], own_virgl[i]);
         println!(
-            "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.2}x {:>7.2}x {:>7.2}x",
+            "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.2}x {:>7.2}x {:>7.2}x {:>6.1}",
             w / p,
             w / o,
-            s / p
+            s / p,
+            (w - p) / line
         );
     }
 
@@ -663,16 +689,17 @@ fn main() {
         "The worker boundary alone (scripted renderer, no GPU work), p50 µs; eventfd ping-pong floor {floor:.1} µs"
     );
     println!(
-        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8}",
-        "command", "worker", "no spin", "in place", "own", "x floor", "no spin"
+        "{:<30} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6}",
+        "command", "worker", "no spin", "in place", "own", "x floor", "no spin", "lines"
     );
     for (i, name) in names.iter().enumerate() {
         let (w, s, p, o) = (fake_worker[i], fake_still[i], fake_local[i], own_fake[i]);
         if !w.is_nan() {
             println!(
-                "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.1}x {:>7.1}x",
+                "{name:<30} {w:>8.1} {s:>8.1} {p:>8.1} {o:>8.1} {:>7.1}x {:>7.1}x {:>6.1}",
                 (w - p) / floor,
-                (s - p) / floor
+                (s - p) / floor,
+                (w - p) / line
             );
         }
     }

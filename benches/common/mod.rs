@@ -1,4 +1,5 @@
-//! What the benchmarks share: knobs, response checks, statistics and the eventfd floor.
+//! What the benchmarks share: knobs, response checks, statistics, and the eventfd and cache-line
+//! floors.
 #![allow(dead_code)] // each bench uses a part
 
 pub mod in_place;
@@ -97,5 +98,71 @@ pub fn eventfd_ping_pong(n: usize) -> io::Result<f64> {
         }
     }
     echo.join().expect("echo thread")?;
+    Ok(percentile(&micros(&samples), 0.5))
+}
+
+/// p50 (µs) of a cache-line ping-pong between a thread on CPU `a` and one on CPU `b`: each side
+/// spins on the other's word (a line of its own) and answers in its own, as a spinning broker
+/// and worker hand a request and its reply over in the doorbell's page. It is the floor of a
+/// crossing between two CPUs that never sleeps: what the memory system charges, with no code
+/// around it. A side that hears nothing for a second gives up (its peer could not run).
+pub fn cache_line_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+    use vgpud::render::cpus::CpuList;
+
+    #[repr(align(128))]
+    struct Line(AtomicU64);
+    let words = Arc::new([Line(AtomicU64::new(0)), Line(AtomicU64::new(0))]);
+    let pin = |cpu: usize| {
+        CpuList::parse(&cpu.to_string())
+            .and_then(|l| l.pin_this_thread().map_err(|e| e.to_string()))
+    };
+    // Waits until `word` holds `want`; false after a second without it.
+    let wait = |word: &AtomicU64, want: u64| {
+        let start = Instant::now();
+        let mut looks = 0u32;
+        while word.load(Ordering::Acquire) != want {
+            looks = looks.wrapping_add(1);
+            if looks.is_multiple_of(1 << 16) && start.elapsed() > Duration::from_secs(1) {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        true
+    };
+    let total = (WARMUP + n) as u64;
+    let theirs = words.clone();
+    let echo = thread::spawn(move || -> io::Result<()> {
+        pin(b).map_err(io::Error::other)?;
+        for i in 1..=total {
+            if !wait(&theirs[0].0, i) {
+                return Err(io::Error::other("cache-line ping-pong: no ping"));
+            }
+            theirs[1].0.store(i, Ordering::Release);
+        }
+        Ok(())
+    });
+    let mine = CpuList::of_this_thread()?;
+    pin(a).map_err(io::Error::other)?;
+    let mut samples = Vec::with_capacity(n);
+    let mut answered = true;
+    for i in 1..=total {
+        let t = Instant::now();
+        words[0].0.store(i, Ordering::Release);
+        if !wait(&words[1].0, i) {
+            answered = false;
+            break;
+        }
+        if i > WARMUP as u64 {
+            samples.push(t.elapsed());
+        }
+    }
+    mine.pin_this_thread()?;
+    echo.join()
+        .map_err(|_| io::Error::other("echo thread panicked"))??;
+    if !answered {
+        return Err(io::Error::other("cache-line ping-pong: no pong"));
+    }
     Ok(percentile(&micros(&samples), 0.5))
 }
