@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Untimed round trips before the timed ones of the eventfd floor.
+/// Untimed round trips before the timed ones of the eventfd and cache-line floors.
 const WARMUP: usize = 500;
 
 /// A number from the environment, or `default`.
@@ -104,65 +104,75 @@ pub fn eventfd_ping_pong(n: usize) -> io::Result<f64> {
 /// p50 (µs) of a cache-line ping-pong between a thread on CPU `a` and one on CPU `b`: each side
 /// spins on the other's word (a line of its own) and answers in its own, as a spinning broker
 /// and worker hand a request and its reply over in the doorbell's page. It is the floor of a
-/// crossing between two CPUs that never sleeps: what the memory system charges, with no code
-/// around it. A side that hears nothing for a second gives up (its peer could not run).
+/// crossing between two CPUs that never sleeps: the memory system's hand-over, with next to no
+/// code around it (a store, a spin, and the clock read before and after each round trip). A
+/// side that hears nothing for about a second gives up: its peer could not run.
 pub fn cache_line_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
     use vgpud::render::cpus::CpuList;
 
+    // 128 bytes: the adjacent-line prefetcher fetches lines in pairs, which would join the two.
     #[repr(align(128))]
     struct Line(AtomicU64);
+    const PING: usize = 0;
+    const PONG: usize = 1;
     let words = Arc::new([Line(AtomicU64::new(0)), Line(AtomicU64::new(0))]);
-    let pin = |cpu: usize| {
-        CpuList::parse(&cpu.to_string())
-            .and_then(|l| l.pin_this_thread().map_err(|e| e.to_string()))
-    };
-    // Waits until `word` holds `want`; false after a second without it.
-    let wait = |word: &AtomicU64, want: u64| {
-        let start = Instant::now();
-        let mut looks = 0u32;
-        while word.load(Ordering::Acquire) != want {
-            looks = looks.wrapping_add(1);
-            if looks.is_multiple_of(1 << 16) && start.elapsed() > Duration::from_secs(1) {
-                return false;
-            }
-            std::hint::spin_loop();
-        }
-        true
-    };
     let total = (WARMUP + n) as u64;
-    let theirs = words.clone();
+    let echo_words = words.clone();
     let echo = thread::spawn(move || -> io::Result<()> {
-        pin(b).map_err(io::Error::other)?;
+        pin_to(b)?;
         for i in 1..=total {
-            if !wait(&theirs[0].0, i) {
-                return Err(io::Error::other("cache-line ping-pong: no ping"));
-            }
-            theirs[1].0.store(i, Ordering::Release);
+            spin_until(&echo_words[PING].0, i)?;
+            echo_words[PONG].0.store(i, Ordering::Release);
         }
         Ok(())
     });
-    let mine = CpuList::of_this_thread()?;
-    pin(a).map_err(io::Error::other)?;
-    let mut samples = Vec::with_capacity(n);
-    let mut answered = true;
-    for i in 1..=total {
-        let t = Instant::now();
-        words[0].0.store(i, Ordering::Release);
-        if !wait(&words[1].0, i) {
-            answered = false;
-            break;
+    let saved_cpus = CpuList::of_this_thread()?;
+    let pinged = pin_to(a).and_then(|()| {
+        let mut samples = Vec::with_capacity(n);
+        for i in 1..=total {
+            let t = Instant::now();
+            words[PING].0.store(i, Ordering::Release);
+            spin_until(&words[PONG].0, i)?;
+            if i > WARMUP as u64 {
+                samples.push(t.elapsed());
+            }
         }
-        if i > WARMUP as u64 {
-            samples.push(t.elapsed());
-        }
-    }
-    mine.pin_this_thread()?;
-    echo.join()
-        .map_err(|_| io::Error::other("echo thread panicked"))??;
-    if !answered {
-        return Err(io::Error::other("cache-line ping-pong: no pong"));
-    }
+        Ok(samples)
+    });
+    let restored = saved_cpus.pin_this_thread();
+    // Bounded: the echo gives up a second after its last ping.
+    let echoed = echo
+        .join()
+        .map_err(|_| io::Error::other("echo thread panicked"))?;
+    let samples = pinged?;
+    restored?;
+    echoed?;
     Ok(percentile(&micros(&samples), 0.5))
+}
+
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> io::Result<()> {
+    let one = vgpud::render::cpus::CpuList::parse(&cpu.to_string()).map_err(io::Error::other)?;
+    one.pin_this_thread()
+}
+
+/// Spins until `word` holds `want`; an error once it has not for about a second (the clock is
+/// read only after many looks, so a quick answer costs no clock read).
+fn spin_until(word: &std::sync::atomic::AtomicU64, want: u64) -> io::Result<()> {
+    let mut looks = 0u32;
+    let mut since = None;
+    while word.load(std::sync::atomic::Ordering::Acquire) != want {
+        looks = looks.wrapping_add(1);
+        if looks.is_multiple_of(1 << 16)
+            && since.get_or_insert_with(Instant::now).elapsed() > Duration::from_secs(1)
+        {
+            return Err(io::Error::other(
+                "cache-line ping-pong: the other side never answered",
+            ));
+        }
+        std::hint::spin_loop();
+    }
+    Ok(())
 }
