@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use common::in_place::serve_in_place;
-use common::{cache_line_ping_pong, check, eventfd_ping_pong, knob};
+use common::{cache_line_ping_pong, check, eventfd_ping_pong, knob, pin_to};
 use vgpud::device::CapsetInfo;
 use vgpud::render::cpus::CpuList;
 use vgpud::render::RendererKind;
@@ -460,10 +460,6 @@ fn channel_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
     use vgpud::render::channel::{Channel, Doorbell};
     use vgpud_protocol::worker::{Reply, Request};
 
-    const WARMUP: usize = 500;
-    let pin = |cpu: usize| {
-        (CpuList::parse(&cpu.to_string()).map_err(io::Error::other)?).pin_this_thread()
-    };
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     let (doorbell, fds) = Doorbell::create()?;
     let spin = Duration::from_micros(50);
@@ -472,9 +468,9 @@ fn channel_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
     // Neither end waits for ever on a peer that failed.
     broker.set_timeout(Some(Duration::from_secs(1)))?;
     worker.set_timeout(Some(Duration::from_secs(1)))?;
-    let total = WARMUP + n;
+    let total = common::WARMUP + n;
     let echo = thread::spawn(move || -> io::Result<()> {
-        pin(b)?;
+        pin_to(b)?;
         for _ in 0..total {
             let _: (Request, _) = worker.recv()?;
             worker.send(&Reply::Ok, &[])?;
@@ -482,13 +478,13 @@ fn channel_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
         Ok(())
     });
     let saved_cpus = CpuList::of_this_thread()?;
-    let asked = pin(a).and_then(|()| {
+    let asked = pin_to(a).and_then(|()| {
         let mut samples = Vec::with_capacity(n);
         for i in 0..total {
             let t = Instant::now();
             broker.send(&Request::Unref { id: 1 }, &[])?;
             let _: (Reply, _) = broker.recv()?;
-            if i >= WARMUP {
+            if i >= common::WARMUP {
                 samples.push(t.elapsed().as_secs_f64() * 1e6);
             }
         }

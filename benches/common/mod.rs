@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
-/// Untimed round trips before the timed ones of the eventfd and cache-line floors.
-const WARMUP: usize = 500;
+/// Untimed round trips before the timed ones of the floors.
+pub const WARMUP: usize = 500;
 
 /// A number from the environment, or `default`.
 pub fn knob(name: &str, default: usize) -> usize {
@@ -153,7 +153,7 @@ pub fn cache_line_ping_pong(n: usize, a: usize, b: usize) -> io::Result<f64> {
 }
 
 /// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> io::Result<()> {
+pub fn pin_to(cpu: usize) -> io::Result<()> {
     let one = vgpud::render::cpus::CpuList::parse(&cpu.to_string()).map_err(io::Error::other)?;
     one.pin_this_thread()
 }
